@@ -1,0 +1,34 @@
+// The validated, frozen configuration every part of the mirror is built from.
+// Only lib/config/ parses YAML, units and environment variables; everything
+// else receives a MirrorConfig and trusts it.
+
+export interface UpstreamConfig {
+  /** The registry host clients name: `docker.io`, `ghcr.io`. Matched against `?ns=` and path prefixes. */
+  readonly name: string
+  /** Where requests actually go, without a trailing slash: `https://registry-1.docker.io`. */
+  readonly url: string
+  /** The upstream for requests that name no registry (dockerd's `registry-mirrors`). */
+  readonly default: boolean
+  readonly username?: string | undefined
+  readonly password?: string | undefined
+  /** Milliseconds. */
+  readonly connectTimeout: number
+  readonly headersTimeout: number
+  readonly bodyTimeout: number
+}
+
+export interface MirrorConfig {
+  /** Where the config was read from, for messages; undefined when built in code. */
+  readonly source?: string | undefined
+  readonly listen: { readonly host: string, readonly port: number }
+  readonly storage: { readonly path: string }
+  /** Keyed by registry host; insertion order is the config file's order. */
+  readonly upstreams: ReadonlyMap<string, UpstreamConfig>
+  readonly cache: {
+    /** Milliseconds a tag -> digest answer is trusted without asking upstream. */
+    readonly tagTtl: number
+    /** Entries in the hot in-memory manifest cache. */
+    readonly hotEntries: number
+  }
+  readonly log: { readonly level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' }
+}
