@@ -25,7 +25,6 @@ export class BlobUnknownError extends RegistryError { readonly code = 'BLOB_UNKN
 export class ManifestUnknownError extends RegistryError { readonly code = 'MANIFEST_UNKNOWN'; readonly status = 404 }
 export class NameUnknownError extends RegistryError { readonly code = 'NAME_UNKNOWN'; readonly status = 404 }
 export class NameInvalidError extends RegistryError { readonly code = 'NAME_INVALID'; readonly status = 400 }
-export class TagInvalidError extends RegistryError { readonly code = 'TAG_INVALID'; readonly status = 400 }
 export class DigestInvalidError extends RegistryError { readonly code = 'DIGEST_INVALID'; readonly status = 400 }
 export class ManifestInvalidError extends RegistryError { readonly code = 'MANIFEST_INVALID'; readonly status = 400 }
 export class SizeInvalidError extends RegistryError { readonly code = 'SIZE_INVALID'; readonly status = 400 }
@@ -79,3 +78,6 @@ export class DigestMismatchError extends Error {
     this.actual = actual
   }
 }
+
+/** A path outside the distribution API. */
+export class NotFoundError extends RegistryError { readonly code = 'NOT_FOUND'; readonly status = 404 }

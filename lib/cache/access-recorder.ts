@@ -1,0 +1,68 @@
+// Last-access times are written in batches: a request only notes the time in
+// memory, and a timer (or close) applies every note in one transaction.
+
+export interface AccessBatch {
+  /** digest -> latest access time */
+  readonly blobs: ReadonlyMap<string, number>
+  readonly manifests: ReadonlyMap<string, number>
+  /** [digest, repository] pairs seen, so the index knows every repository that uses a blob or manifest */
+  readonly blobRepositories: ReadonlyArray<readonly [string, string]>
+  readonly manifestRepositories: ReadonlyArray<readonly [string, string]>
+}
+
+export interface AccessSink {
+  recordAccess (batch: AccessBatch): void
+}
+
+export class AccessRecorder {
+  #blobs = new Map<string, number>()
+  #manifests = new Map<string, number>()
+  #blobRepositories = new Map<string, readonly [string, string]>()
+  #manifestRepositories = new Map<string, readonly [string, string]>()
+  readonly #sink: AccessSink
+  readonly #now: () => number
+  readonly #timer: NodeJS.Timeout
+  readonly #onError: (err: unknown) => void
+
+  constructor (options: { sink: AccessSink, intervalMs?: number, now?: () => number, onError: (err: unknown) => void }) {
+    this.#sink = options.sink
+    this.#now = options.now ?? Date.now
+    this.#onError = options.onError
+    this.#timer = setInterval(() => this.flush(), options.intervalMs ?? 5_000)
+    this.#timer.unref()
+  }
+
+  blob (digest: string, repository: string): void {
+    this.#blobs.set(digest, this.#now())
+    this.#blobRepositories.set(`${digest} ${repository}`, [digest, repository])
+  }
+
+  manifest (digest: string, repository: string): void {
+    this.#manifests.set(digest, this.#now())
+    this.#manifestRepositories.set(`${digest} ${repository}`, [digest, repository])
+  }
+
+  flush (): void {
+    if (this.#blobs.size === 0 && this.#manifests.size === 0) return
+    const batch: AccessBatch = {
+      blobs: this.#blobs,
+      manifests: this.#manifests,
+      blobRepositories: [...this.#blobRepositories.values()],
+      manifestRepositories: [...this.#manifestRepositories.values()]
+    }
+    this.#blobs = new Map()
+    this.#manifests = new Map()
+    this.#blobRepositories = new Map()
+    this.#manifestRepositories = new Map()
+    try {
+      this.#sink.recordAccess(batch)
+    } catch (err) {
+      this.#onError(err)
+    }
+  }
+
+  close (): void {
+    clearInterval(this.#timer)
+    this.flush()
+  }
+}

@@ -1,0 +1,228 @@
+// The SQLite index of what the cache holds. Blob bytes live in the blob store;
+// manifests (small, at most 4 MiB) live here, so a tag and the manifest it
+// points at are written in one transaction and a tag can never name a manifest
+// the mirror does not have.
+
+import Database from 'better-sqlite3'
+import type { Database as DB, Statement } from 'better-sqlite3'
+import type { AccessBatch } from '../cache/access-recorder.js'
+
+export interface BlobRow { digest: string, size: number, mediaType: string | null, createdAt: number, accessedAt: number }
+export interface ManifestRow { digest: string, mediaType: string, size: number, content: Buffer }
+export interface TagRow { repository: string, tag: string, digest: string, confirmedAt: number }
+
+const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    media_type TEXT,
+    created_at INTEGER NOT NULL,
+    accessed_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX blobs_accessed ON blobs (accessed_at);
+  CREATE TABLE blob_repositories (
+    digest TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    PRIMARY KEY (digest, repository)
+  ) WITHOUT ROWID;
+  CREATE TABLE manifests (
+    digest TEXT PRIMARY KEY,
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    content BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    accessed_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX manifests_accessed ON manifests (accessed_at);
+  CREATE TABLE manifest_repositories (
+    digest TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    PRIMARY KEY (digest, repository)
+  ) WITHOUT ROWID;
+  CREATE INDEX manifest_repositories_repo ON manifest_repositories (repository);
+  CREATE TABLE tags (
+    repository TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    confirmed_at INTEGER NOT NULL,
+    PRIMARY KEY (repository, tag)
+  ) WITHOUT ROWID;
+  CREATE TABLE referrers (
+    repository TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    artifact_type TEXT NOT NULL,
+    content BLOB NOT NULL,
+    fetched_at INTEGER NOT NULL,
+    PRIMARY KEY (repository, subject, artifact_type)
+  ) WITHOUT ROWID;
+  `
+]
+
+export interface CacheIndexOptions { readonly path: string, readonly now?: () => number }
+
+export class CacheIndex {
+  readonly #db: DB
+  readonly #now: () => number
+  readonly #s: {
+    getBlob: Statement<[string], { digest: string, size: number, media_type: string | null, created_at: number, accessed_at: number }>
+    putBlob: Statement<[string, number, string | null, number, number]>
+    addBlobRepo: Statement<[string, string]>
+    deleteBlob: Statement<[string]>
+    deleteBlobRepos: Statement<[string]>
+    touchBlob: Statement<[number, string]>
+    getManifest: Statement<[string], { digest: string, media_type: string, size: number, content: Buffer }>
+    putManifest: Statement<[string, string, number, Buffer, number, number]>
+    addManifestRepo: Statement<[string, string]>
+    touchManifest: Statement<[number, string]>
+    getTag: Statement<[string, string], { repository: string, tag: string, digest: string, confirmed_at: number }>
+    putTag: Statement<[string, string, string, number]>
+    confirmTag: Statement<[number, string, string]>
+    deleteTag: Statement<[string, string]>
+    listTags: Statement<[string], { tag: string }>
+    repositories: Statement<[], { repository: string }>
+    getReferrers: Statement<[string, string, string], { content: Buffer, fetched_at: number }>
+    putReferrers: Statement<[string, string, string, Buffer, number]>
+  }
+
+  constructor (options: CacheIndexOptions) {
+    this.#now = options.now ?? Date.now
+    this.#db = new Database(options.path)
+    this.#db.pragma('journal_mode = WAL')
+    this.#db.pragma('synchronous = NORMAL')
+    this.#db.pragma('foreign_keys = ON')
+    this.#db.pragma('busy_timeout = 5000')
+    this.#migrate()
+    const db = this.#db
+    this.#s = {
+      getBlob: db.prepare('SELECT digest, size, media_type, created_at, accessed_at FROM blobs WHERE digest = ?'),
+      putBlob: db.prepare(`INSERT INTO blobs (digest, size, media_type, created_at, accessed_at) VALUES (?, ?, ?, ?, ?)
+        ON CONFLICT (digest) DO UPDATE SET size = excluded.size, media_type = coalesce(excluded.media_type, media_type), accessed_at = excluded.accessed_at`),
+      addBlobRepo: db.prepare('INSERT OR IGNORE INTO blob_repositories (digest, repository) VALUES (?, ?)'),
+      deleteBlob: db.prepare('DELETE FROM blobs WHERE digest = ?'),
+      deleteBlobRepos: db.prepare('DELETE FROM blob_repositories WHERE digest = ?'),
+      touchBlob: db.prepare('UPDATE blobs SET accessed_at = max(accessed_at, ?) WHERE digest = ?'),
+      getManifest: db.prepare('SELECT digest, media_type, size, content FROM manifests WHERE digest = ?'),
+      putManifest: db.prepare(`INSERT INTO manifests (digest, media_type, size, content, created_at, accessed_at) VALUES (?, ?, ?, ?, ?, ?)
+        ON CONFLICT (digest) DO UPDATE SET accessed_at = excluded.accessed_at`),
+      addManifestRepo: db.prepare('INSERT OR IGNORE INTO manifest_repositories (digest, repository) VALUES (?, ?)'),
+      touchManifest: db.prepare('UPDATE manifests SET accessed_at = max(accessed_at, ?) WHERE digest = ?'),
+      getTag: db.prepare('SELECT repository, tag, digest, confirmed_at FROM tags WHERE repository = ? AND tag = ?'),
+      putTag: db.prepare(`INSERT INTO tags (repository, tag, digest, confirmed_at) VALUES (?, ?, ?, ?)
+        ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest, confirmed_at = excluded.confirmed_at`),
+      confirmTag: db.prepare('UPDATE tags SET confirmed_at = ? WHERE repository = ? AND tag = ?'),
+      deleteTag: db.prepare('DELETE FROM tags WHERE repository = ? AND tag = ?'),
+      listTags: db.prepare('SELECT tag FROM tags WHERE repository = ? ORDER BY tag'),
+      repositories: db.prepare(`SELECT repository FROM manifest_repositories UNION SELECT repository FROM tags
+        UNION SELECT repository FROM blob_repositories ORDER BY repository`),
+      getReferrers: db.prepare('SELECT content, fetched_at FROM referrers WHERE repository = ? AND subject = ? AND artifact_type = ?'),
+      putReferrers: db.prepare(`INSERT INTO referrers (repository, subject, artifact_type, content, fetched_at) VALUES (?, ?, ?, ?, ?)
+        ON CONFLICT (repository, subject, artifact_type) DO UPDATE SET content = excluded.content, fetched_at = excluded.fetched_at`)
+    }
+  }
+
+  #migrate (): void {
+    const version = this.#db.pragma('user_version', { simple: true })
+    if (typeof version !== 'number') throw new Error('cannot read the index schema version')
+    if (version > MIGRATIONS.length) {
+      throw new Error(`the cache index has schema version ${version}, newer than this registry-mirror understands (${MIGRATIONS.length})`)
+    }
+    for (let v = version; v < MIGRATIONS.length; v++) {
+      const sql = MIGRATIONS[v] ?? ''
+      this.#db.transaction(() => {
+        this.#db.exec(sql)
+        this.#db.pragma(`user_version = ${v + 1}`)
+      })()
+    }
+  }
+
+  getBlob (digest: string): BlobRow | undefined {
+    const r = this.#s.getBlob.get(digest)
+    return r === undefined ? undefined : { digest: r.digest, size: r.size, mediaType: r.media_type, createdAt: r.created_at, accessedAt: r.accessed_at }
+  }
+
+  putBlob (digest: string, size: number, repository: string, mediaType: string | null = null): void {
+    const now = this.#now()
+    this.#db.transaction(() => {
+      this.#s.putBlob.run(digest, size, mediaType, now, now)
+      this.#s.addBlobRepo.run(digest, repository)
+    })()
+  }
+
+  addBlobRepository (digest: string, repository: string): void {
+    this.#s.addBlobRepo.run(digest, repository)
+  }
+
+  /** Drops a blob's row; used when its file turned out to be missing. */
+  deleteBlob (digest: string): void {
+    this.#db.transaction(() => {
+      this.#s.deleteBlob.run(digest)
+      this.#s.deleteBlobRepos.run(digest)
+    })()
+  }
+
+  getManifest (digest: string): ManifestRow | undefined {
+    const r = this.#s.getManifest.get(digest)
+    return r === undefined ? undefined : { digest: r.digest, mediaType: r.media_type, size: r.size, content: r.content }
+  }
+
+  /** Stores a manifest, and, when a tag is given, points the tag at it in the same transaction. */
+  putManifest (repository: string, manifest: { digest: string, mediaType: string, content: Buffer }, tag?: string): void {
+    const now = this.#now()
+    this.#db.transaction(() => {
+      this.#s.putManifest.run(manifest.digest, manifest.mediaType, manifest.content.length, manifest.content, now, now)
+      this.#s.addManifestRepo.run(manifest.digest, repository)
+      if (tag !== undefined) this.#s.putTag.run(repository, tag, manifest.digest, now)
+    })()
+  }
+
+  getTag (repository: string, tag: string): TagRow | undefined {
+    const r = this.#s.getTag.get(repository, tag)
+    return r === undefined ? undefined : { repository: r.repository, tag: r.tag, digest: r.digest, confirmedAt: r.confirmed_at }
+  }
+
+  /** Records that upstream still maps the tag to the digest the cache has. */
+  confirmTag (repository: string, tag: string, at: number = this.#now()): void {
+    this.#s.confirmTag.run(at, repository, tag)
+  }
+
+  deleteTag (repository: string, tag: string): void {
+    this.#s.deleteTag.run(repository, tag)
+  }
+
+  listTags (repository: string): string[] {
+    return this.#s.listTags.all(repository).map(r => r.tag)
+  }
+
+  repositories (): string[] {
+    return this.#s.repositories.all().map(r => r.repository)
+  }
+
+  getReferrers (repository: string, subject: string, artifactType: string): { content: Buffer, fetchedAt: number } | undefined {
+    const r = this.#s.getReferrers.get(repository, subject, artifactType)
+    return r === undefined ? undefined : { content: r.content, fetchedAt: r.fetched_at }
+  }
+
+  putReferrers (repository: string, subject: string, artifactType: string, content: Buffer): void {
+    this.#s.putReferrers.run(repository, subject, artifactType, content, this.#now())
+  }
+
+  /** Applies batched last-access times in one transaction. */
+  recordAccess (batch: AccessBatch): void {
+    this.#db.transaction(() => {
+      for (const [digest, at] of batch.blobs) this.#s.touchBlob.run(at, digest)
+      for (const [digest, at] of batch.manifests) this.#s.touchManifest.run(at, digest)
+      // Only rows that still exist get an association: an evicted blob must not leave one behind.
+      for (const [digest, repository] of batch.blobRepositories) {
+        if (this.#s.getBlob.get(digest) !== undefined) this.#s.addBlobRepo.run(digest, repository)
+      }
+      for (const [digest, repository] of batch.manifestRepositories) {
+        if (this.#s.getManifest.get(digest) !== undefined) this.#s.addManifestRepo.run(digest, repository)
+      }
+    })()
+  }
+
+  close (): void {
+    if (this.#db.open) this.#db.close()
+  }
+}

@@ -1,0 +1,218 @@
+// The Koa application: the pull side of the OCI distribution API over the
+// mirror's services. It parses and validates, picks the upstream, and turns
+// answers and errors into HTTP; the caching policy lives in lib/mirror/.
+
+import Koa, { type Context, type Next } from 'koa'
+import Router from '@koa/router'
+import type { Logger } from 'pino'
+import { NameInvalidError, NotFoundError, RegistryError, UnsupportedError } from '../errors.js'
+import type { BlobService } from '../mirror/blobs.js'
+import type { ListingService } from '../mirror/listings.js'
+import { parsePage } from '../mirror/listings.js'
+import type { ManifestService } from '../mirror/manifests.js'
+import type { CacheOutcome } from '../mirror/outcome.js'
+import { MediaTypes, parseDigest, parseManifestReference } from '../reference.js'
+import { route, type Route, type RoutingTable } from '../upstream/routing.js'
+import { sendError } from './envelope.js'
+
+export interface AppState {
+  cache?: CacheOutcome
+  kind?: RequestKind
+  upstream?: string
+}
+
+export type RequestKind = 'manifest' | 'blob' | 'tags' | 'referrers' | 'catalog' | 'other'
+
+export interface RequestRecord {
+  readonly method: string
+  readonly kind: RequestKind
+  readonly status: number
+  readonly outcome: CacheOutcome | 'error' | undefined
+  readonly seconds: number
+  readonly bytes: number
+}
+
+export interface AppOptions {
+  readonly blobs: BlobService
+  readonly manifests: ManifestService
+  readonly listings: ListingService
+  readonly routing: RoutingTable
+  readonly log: Logger
+  /** Called once per finished request (metrics). */
+  readonly onRequest?: ((record: RequestRecord) => void) | undefined
+}
+
+type Ctx = Context & { state: AppState }
+
+const API_VERSION = 'registry/2.0'
+const PATH = /^\/v2\/(.+)\/(manifests|blobs|tags|referrers)\/([^/]+)$/
+
+export function createApp (options: AppOptions): Koa<AppState> {
+  const app = new Koa<AppState>()
+  app.proxy = false
+  // Errors after the headers went out (a blob failing verification mid-stream) end in a cut
+  // connection, which is the point; they are logged by the blob service, not here.
+  app.on('error', (err: unknown) => {
+    options.log.debug({ err: err instanceof Error ? err.message : String(err) }, 'response stream ended with an error')
+  })
+  app.use(requestLog(options))
+  app.use(errors(options.log))
+
+  const router = new Router<AppState>()
+  router.get('/v2/', ctx => {
+    ctx.set('Docker-Distribution-API-Version', API_VERSION)
+    ctx.body = {}
+  })
+  router.get('/v2', ctx => {
+    ctx.set('Docker-Distribution-API-Version', API_VERSION)
+    ctx.body = {}
+  })
+  router.get('/v2/_catalog', ctx => {
+    ctx.state.kind = 'catalog'
+    const page = parsePage(single(ctx.query.n), single(ctx.query.last))
+    const { repositories, next } = options.listings.catalog(page)
+    if (next !== undefined) ctx.set('Link', `</v2/_catalog?${new URLSearchParams({ n: String(page.n), last: next }).toString()}>; rel="next"`)
+    ctx.body = { repositories }
+  })
+  app.use(router.routes())
+  app.use(distribution(options))
+  return app
+}
+
+function errors (log: Logger) {
+  return async (ctx: Ctx, next: Next): Promise<void> => {
+    try {
+      await next()
+    } catch (err) {
+      if (!(err instanceof RegistryError)) {
+        log.error({ err, method: ctx.method, path: ctx.path }, 'unexpected error')
+      }
+      sendError(ctx, err)
+    }
+  }
+}
+
+function requestLog (options: AppOptions) {
+  return async (ctx: Ctx, next: Next): Promise<void> => {
+    const started = process.hrtime.bigint()
+    const socket = ctx.req.socket
+    const bytesBefore = socket.bytesWritten
+    ctx.res.once('close', () => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9
+      const bytes = socket.bytesWritten - bytesBefore
+      const status = ctx.res.writableFinished ? ctx.status : 499
+      const outcome = status >= 400 || !ctx.res.writableFinished ? 'error' : ctx.state.cache
+      options.log.info({
+        method: ctx.method,
+        path: ctx.url,
+        status,
+        bytes,
+        ms: Math.round(seconds * 1000),
+        cache: ctx.state.cache,
+        upstream: ctx.state.upstream
+      }, 'request')
+      options.onRequest?.({ method: ctx.method, kind: ctx.state.kind ?? 'other', status, outcome, seconds, bytes })
+    })
+    await next()
+  }
+}
+
+function distribution (options: AppOptions) {
+  return async (ctx: Ctx): Promise<void> => {
+    const path = ctx.path
+    if (!path.startsWith('/v2/')) throw new NotFoundError('not found', { path })
+    if (path.includes('%') || path.includes('//') || /\/\.{1,2}(\/|$)/.test(path)) {
+      throw new NameInvalidError('invalid repository name', { path })
+    }
+    if (ctx.method !== 'GET' && ctx.method !== 'HEAD') {
+      throw new UnsupportedError('this registry is a read-only mirror', { method: ctx.method })
+    }
+    const m = PATH.exec(path)
+    if (m === null) {
+      if (/\/blobs\/uploads\/?/.test(path)) throw new UnsupportedError('this registry is a read-only mirror')
+      throw new NotFoundError('not found', { path })
+    }
+    const [, rawName = '', what = '', ref = ''] = m
+    const ns = single(ctx.query.ns)
+    const r = route(options.routing, rawName, ns)
+    ctx.state.upstream = r.upstream
+    ctx.set('Docker-Distribution-API-Version', API_VERSION)
+    switch (what) {
+      case 'manifests': return await manifest(ctx, options, r, ref)
+      case 'blobs': return await blob(ctx, options, r, ref)
+      case 'tags':
+        if (ref !== 'list') throw new NotFoundError('not found', { path })
+        return await tags(ctx, options, r, rawName)
+      case 'referrers': return await referrers(ctx, options, r, ref)
+    }
+  }
+}
+
+async function manifest (ctx: Ctx, options: AppOptions, r: Route, ref: string): Promise<void> {
+  ctx.state.kind = 'manifest'
+  const reference = parseManifestReference(ref)
+  const answer = await options.manifests.get(r, reference, ctx.get('accept') || undefined)
+  ctx.state.cache = answer.outcome
+  for (const [k, v] of Object.entries(answer.headers)) ctx.set(k, v)
+  ctx.body = answer.content
+  ctx.type = answer.mediaType
+  ctx.set('Docker-Content-Digest', answer.digest)
+  ctx.set('ETag', `"${answer.digest}"`)
+  ctx.length = answer.content.length
+}
+
+async function blob (ctx: Ctx, options: AppOptions, r: Route, ref: string): Promise<void> {
+  ctx.state.kind = 'blob'
+  const digest = parseDigest(ref).digest
+  const method = ctx.method === 'HEAD' ? 'HEAD' : 'GET'
+  const answer = await options.blobs.get(r, digest, { method, range: ctx.get('range') || undefined })
+  ctx.state.cache = answer.outcome
+  for (const [k, v] of Object.entries(answer.headers)) ctx.set(k, v)
+  if (answer.body !== undefined) {
+    // A client that goes away stops reading; the download it may have started goes on.
+    ctx.body = answer.body
+  }
+  ctx.status = answer.range !== undefined ? 206 : 200
+  ctx.type = 'application/octet-stream'
+  ctx.set('Docker-Content-Digest', digest)
+  ctx.set('ETag', `"${digest}"`)
+  ctx.set('Accept-Ranges', 'bytes')
+  if (answer.range !== undefined) {
+    ctx.set('Content-Range', `bytes ${answer.range.start}-${answer.range.end}/${answer.size ?? '*'}`)
+    ctx.length = answer.range.end - answer.range.start + 1
+  } else if (answer.size !== undefined) {
+    ctx.length = answer.size
+  }
+}
+
+async function tags (ctx: Ctx, options: AppOptions, r: Route, rawName: string): Promise<void> {
+  ctx.state.kind = 'tags'
+  const page = parsePage(single(ctx.query.n), single(ctx.query.last))
+  const list = await options.listings.tags(r, page)
+  ctx.state.cache = list.outcome
+  for (const [k, v] of Object.entries(list.headers)) ctx.set(k, v)
+  if (list.next !== undefined) {
+    const q = new URLSearchParams()
+    if (page.n !== undefined) q.set('n', String(page.n))
+    q.set('last', list.next)
+    const ns = single(ctx.query.ns)
+    if (ns !== undefined) q.set('ns', ns)
+    ctx.set('Link', `</v2/${rawName}/tags/list?${q.toString()}>; rel="next"`)
+  }
+  ctx.body = { name: rawName, tags: list.tags }
+}
+
+async function referrers (ctx: Ctx, options: AppOptions, r: Route, ref: string): Promise<void> {
+  ctx.state.kind = 'referrers'
+  const digest = parseDigest(ref).digest
+  const artifactType = single(ctx.query.artifactType)
+  const answer = await options.listings.referrers(r, digest, artifactType)
+  ctx.state.cache = answer.outcome
+  ctx.body = answer.content
+  ctx.type = MediaTypes.ociIndex
+  if (answer.filtered) ctx.set('OCI-Filters-Applied', 'artifactType')
+}
+
+function single (v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v
+}

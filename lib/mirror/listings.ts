@@ -1,0 +1,151 @@
+// Tag lists, referrers and the catalog. Tag lists and referrers come from
+// upstream when it answers (they change), and from what the cache knows when
+// it does not.
+
+import type { CacheIndex } from '../db/cache-index.js'
+import { ManifestUnknownError, NameUnknownError, PaginationNumberInvalidError, RegistryError, UnavailableError } from '../errors.js'
+import { MediaTypes } from '../reference.js'
+import { header, passedThroughHeaders, type UpstreamClient } from '../upstream/client.js'
+import type { Route } from '../upstream/routing.js'
+import type { CacheOutcome } from './outcome.js'
+
+const MAX_LISTING_BYTES = 16 * 1024 * 1024
+
+export interface Page { readonly n: number | undefined, readonly last: string | undefined }
+
+export interface TagList {
+  readonly tags: string[]
+  /** The `last` of the next page, when there is one. */
+  readonly next: string | undefined
+  readonly outcome: CacheOutcome
+  readonly headers: Readonly<Record<string, string>>
+}
+
+export interface ListingServiceOptions {
+  readonly index: CacheIndex
+  readonly upstream: (name: string) => UpstreamClient
+  readonly referrersTtl: number
+  readonly now?: () => number
+}
+
+export function parsePage (n: string | undefined, last: string | undefined): Page {
+  if (n !== undefined && !/^\d+$/.test(n)) throw new PaginationNumberInvalidError('invalid number of results requested', { n })
+  return { n: n === undefined ? undefined : Number(n), last: last === '' ? undefined : last }
+}
+
+/** Applies n/last to a sorted list. */
+export function paginate (items: readonly string[], page: Page): { items: string[], next: string | undefined } {
+  let from = items
+  if (page.last !== undefined) {
+    const last = page.last
+    from = items.filter(t => t > last)
+  }
+  if (page.n === undefined || from.length <= page.n) return { items: [...from], next: undefined }
+  const items2 = from.slice(0, page.n)
+  return { items: items2, next: items2.length > 0 ? items2[items2.length - 1] : undefined }
+}
+
+export class ListingService {
+  readonly #o: ListingServiceOptions
+  readonly #now: () => number
+
+  constructor (options: ListingServiceOptions) {
+    this.#o = options
+    this.#now = options.now ?? Date.now
+  }
+
+  async tags (route: Route, page: Page): Promise<TagList> {
+    const query = new URLSearchParams()
+    if (page.n !== undefined) query.set('n', String(page.n))
+    if (page.last !== undefined) query.set('last', page.last)
+    const qs = query.size > 0 ? `?${query.toString()}` : ''
+    try {
+      const res = await this.#o.upstream(route.upstream).send('GET', `/v2/${route.name}/tags/list${qs}`, { repository: route.name, kind: 'tags' })
+      if (res.status === 404) {
+        await res.body.dump()
+        throw new NameUnknownError('repository name not known to registry', { name: route.name })
+      }
+      if (res.status !== 200) {
+        await res.body.dump()
+        throw new UnavailableError(`upstream answered HTTP ${res.status} for a tag list`)
+      }
+      const body = await readJson(res.body)
+      const tags = isRecord(body) && Array.isArray(body.tags) ? body.tags.filter((t): t is string => typeof t === 'string') : []
+      const link = header(res.headers, 'link')
+      const next = link === undefined ? undefined : nextLast(link)
+      return { tags, next, outcome: 'miss', headers: passedThroughHeaders(res.headers) }
+    } catch (err) {
+      if (err instanceof NameUnknownError || !(err instanceof RegistryError)) throw err
+      const known = this.#o.index.listTags(route.repository)
+      if (known.length === 0) throw err
+      const { items, next } = paginate(known, page)
+      return { tags: items, next, outcome: 'stale', headers: {} }
+    }
+  }
+
+  async referrers (route: Route, digest: string, artifactType: string | undefined): Promise<{ content: Buffer, outcome: CacheOutcome, filtered: boolean }> {
+    const key = artifactType ?? ''
+    const cached = this.#o.index.getReferrers(route.repository, digest, key)
+    if (cached !== undefined && this.#now() - cached.fetchedAt < this.#o.referrersTtl) {
+      return { content: cached.content, outcome: 'hit', filtered: key !== '' }
+    }
+    const qs = artifactType === undefined ? '' : `?artifactType=${encodeURIComponent(artifactType)}`
+    try {
+      const res = await this.#o.upstream(route.upstream).send('GET', `/v2/${route.name}/referrers/${digest}${qs}`,
+        { repository: route.name, headers: { accept: MediaTypes.ociIndex }, kind: 'referrers' })
+      if (res.status === 404) {
+        await res.body.dump()
+        throw new ManifestUnknownError('upstream has no referrers for this digest', { digest })
+      }
+      if (res.status !== 200) {
+        await res.body.dump()
+        throw new UnavailableError(`upstream answered HTTP ${res.status} for referrers`)
+      }
+      const body = await readJson(res.body)
+      if (!isRecord(body) || !Array.isArray(body.manifests)) throw new UnavailableError('upstream sent an invalid referrers index')
+      const content = Buffer.from(JSON.stringify(body))
+      this.#o.index.putReferrers(route.repository, digest, key, content)
+      const filtered = key !== '' && (header(res.headers, 'oci-filters-applied') ?? '').includes('artifactType')
+      return { content, outcome: 'miss', filtered }
+    } catch (err) {
+      if (cached === undefined || err instanceof ManifestUnknownError || !(err instanceof RegistryError)) throw err
+      return { content: cached.content, outcome: 'stale', filtered: key !== '' }
+    }
+  }
+
+  catalog (page: Page): { repositories: string[], next: string | undefined } {
+    const { items, next } = paginate(this.#o.index.repositories(), page)
+    return { repositories: items, next }
+  }
+}
+
+async function readJson (body: AsyncIterable<unknown>): Promise<unknown> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of body) {
+    const buf = chunk as Buffer
+    size += buf.length
+    if (size > MAX_LISTING_BYTES) throw new UnavailableError('upstream listing is too large')
+    chunks.push(buf)
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  } catch {
+    throw new UnavailableError('upstream sent invalid JSON')
+  }
+}
+
+function isRecord (v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+/** The `last` parameter of an RFC 5988 `rel="next"` link. */
+function nextLast (link: string): string | undefined {
+  const m = /<([^>]*)>\s*;\s*rel="?next"?/.exec(link)
+  if (m === null) return undefined
+  try {
+    return new URL(m[1] ?? '', 'http://x').searchParams.get('last') ?? undefined
+  } catch {
+    return undefined
+  }
+}

@@ -1,0 +1,252 @@
+// Manifests. By digest: local first, upstream once, verified, then never again.
+// By tag: the cached answer while younger than tagTtl; after that a HEAD
+// upstream (free under Docker Hub's pull limit) confirms or replaces it; when
+// upstream can't answer, the cached answer is served stale. Bytes are stored
+// and served exactly as upstream sent them.
+
+import { createHash } from 'node:crypto'
+import type { LRUCache } from 'lru-cache'
+import type { Logger } from 'pino'
+import type { AccessRecorder } from '../cache/access-recorder.js'
+import { Inflight } from '../cache/inflight.js'
+import type { CacheIndex } from '../db/cache-index.js'
+import { ManifestInvalidError, ManifestUnknownError, RegistryError, SizeInvalidError, UnavailableError } from '../errors.js'
+import { accepts, MANIFEST_ACCEPT, MediaTypes, parseDigest, type ManifestReference } from '../reference.js'
+import { header, passedThroughHeaders, type UpstreamClient } from '../upstream/client.js'
+import type { Route } from '../upstream/routing.js'
+import type { CacheOutcome } from './outcome.js'
+
+export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+export interface Manifest { readonly digest: string, readonly mediaType: string, readonly content: Buffer }
+
+export interface ManifestAnswer extends Manifest {
+  readonly outcome: CacheOutcome
+  readonly headers: Readonly<Record<string, string>>
+}
+
+export type HotEntry =
+  | { readonly kind: 'manifest', readonly manifest: Manifest }
+  | { readonly kind: 'tag', readonly digest: string, readonly confirmedAt: number }
+
+export interface ManifestServiceOptions {
+  readonly index: CacheIndex
+  readonly upstream: (name: string) => UpstreamClient
+  readonly access: AccessRecorder
+  readonly hot: LRUCache<string, HotEntry>
+  readonly tagTtl: number
+  readonly log: Logger
+  readonly now?: () => number
+}
+
+type Fetched = { manifest: Manifest, headers: Record<string, string>, outcome: CacheOutcome }
+
+export class ManifestService {
+  readonly #o: ManifestServiceOptions
+  readonly #now: () => number
+  readonly #flights = new Inflight<Fetched>()
+
+  constructor (options: ManifestServiceOptions) {
+    this.#o = options
+    this.#now = options.now ?? Date.now
+  }
+
+  async get (route: Route, reference: ManifestReference, accept: string | undefined): Promise<ManifestAnswer> {
+    const answer = reference.kind === 'digest'
+      ? await this.#byDigest(route, reference.digest, accept)
+      : await this.#byTag(route, reference.tag, accept)
+    this.#o.access.manifest(answer.digest, route.repository)
+    return answer
+  }
+
+  /** A manifest the cache holds, from memory or the index. */
+  local (digest: string): Manifest | undefined {
+    const hot = this.#o.hot.get(`m:${digest}`)
+    if (hot?.kind === 'manifest') return hot.manifest
+    const row = this.#o.index.getManifest(digest)
+    if (row === undefined) return undefined
+    const manifest: Manifest = { digest: row.digest, mediaType: row.mediaType, content: row.content }
+    this.#o.hot.set(`m:${digest}`, { kind: 'manifest', manifest })
+    return manifest
+  }
+
+  async #byDigest (route: Route, digest: string, accept: string | undefined): Promise<ManifestAnswer> {
+    const local = this.local(digest)
+    if (local !== undefined) return { ...local, outcome: 'hit', headers: {} }
+    const { promise, joined } = this.#flights.run(`d:${route.upstream}:${digest}`, async () => {
+      const fetched = await this.#fetch(route, digest, mergeAccept(accept))
+      this.#store(route, fetched.manifest)
+      return { ...fetched, outcome: 'miss' }
+    })
+    const fetched = await promise
+    return { ...fetched.manifest, outcome: joined ? 'joined' : fetched.outcome, headers: fetched.headers }
+  }
+
+  async #byTag (route: Route, tag: string, accept: string | undefined): Promise<ManifestAnswer> {
+    const known = this.#tag(route.repository, tag)
+    const cached = known === undefined ? undefined : this.local(known.digest)
+    let result: Fetched
+    let joined = false
+    if (known !== undefined && cached !== undefined && this.#now() - known.confirmedAt < this.#o.tagTtl) {
+      result = { manifest: cached, headers: {}, outcome: 'hit' }
+    } else {
+      const flight = this.#flights.run(`t:${route.repository}:${tag}`, async () => await (cached === undefined
+        ? this.#resolveTag(route, tag)
+        : this.#revalidateTag(route, tag, cached)))
+      joined = flight.joined
+      result = await flight.promise
+    }
+    if (!accepts(accept, result.manifest.mediaType)) {
+      // The client can't take what the tag points at (say, an index): ask upstream with the client's
+      // own Accept, and keep that answer by digest only; the tag keeps its full answer.
+      const narrow = await this.#fetch(route, tag, accept ?? MANIFEST_ACCEPT)
+      this.#store(route, narrow.manifest)
+      return { ...narrow.manifest, outcome: 'miss', headers: narrow.headers }
+    }
+    return { ...result.manifest, outcome: joined ? 'joined' : result.outcome, headers: result.headers }
+  }
+
+  #tag (repository: string, tag: string): { digest: string, confirmedAt: number } | undefined {
+    const hot = this.#o.hot.get(`t:${repository}:${tag}`)
+    if (hot?.kind === 'tag') return hot
+    const row = this.#o.index.getTag(repository, tag)
+    if (row === undefined) return undefined
+    this.#o.hot.set(`t:${repository}:${tag}`, { kind: 'tag', digest: row.digest, confirmedAt: row.confirmedAt })
+    return row
+  }
+
+  async #resolveTag (route: Route, tag: string): Promise<Fetched> {
+    const fetched = await this.#fetch(route, tag, MANIFEST_ACCEPT)
+    this.#store(route, fetched.manifest, tag)
+    return { ...fetched, outcome: 'miss' }
+  }
+
+  async #revalidateTag (route: Route, tag: string, cached: Manifest): Promise<Fetched> {
+    const client = this.#o.upstream(route.upstream)
+    let res
+    try {
+      res = await client.send('HEAD', `/v2/${route.name}/manifests/${tag}`, { repository: route.name, headers: { accept: MANIFEST_ACCEPT }, kind: 'manifest' })
+      await res.body.dump()
+    } catch (err) {
+      this.#logStale(route, tag, err)
+      return { manifest: cached, headers: err instanceof RegistryError ? pickRateLimit(err.headers) : {}, outcome: 'stale' }
+    }
+    const headers = passedThroughHeaders(res.headers)
+    if (res.status === 404) {
+      // Upstream says the tag is gone: so is ours.
+      this.#o.index.deleteTag(route.repository, tag)
+      this.#o.hot.delete(`t:${route.repository}:${tag}`)
+      throw new ManifestUnknownError('manifest unknown to upstream', { tag })
+    }
+    if (res.status !== 200) {
+      this.#logStale(route, tag, new UnavailableError(`HTTP ${res.status}`))
+      return { manifest: cached, headers, outcome: 'stale' }
+    }
+    const digest = header(res.headers, 'docker-content-digest')
+    if (digest === cached.digest) {
+      const now = this.#now()
+      this.#o.index.confirmTag(route.repository, tag, now)
+      this.#o.hot.set(`t:${route.repository}:${tag}`, { kind: 'tag', digest, confirmedAt: now })
+      return { manifest: cached, headers, outcome: 'revalidated' }
+    }
+    // The tag moved (or upstream did not say where): fetch it; if that fails, the old answer still stands.
+    const known = digest === undefined ? undefined : this.local(digest)
+    if (known !== undefined) {
+      this.#store(route, known, tag)
+      return { manifest: known, headers, outcome: 'revalidated' }
+    }
+    try {
+      return await this.#resolveTag(route, tag)
+    } catch (err) {
+      if (err instanceof ManifestUnknownError) throw err
+      this.#logStale(route, tag, err)
+      return { manifest: cached, headers, outcome: 'stale' }
+    }
+  }
+
+  #logStale (route: Route, tag: string, err: unknown): void {
+    this.#o.log.warn({ upstream: route.upstream, repository: route.name, tag, err: err instanceof Error ? err.message : String(err) },
+      'upstream could not revalidate tag; serving the cached manifest')
+  }
+
+  /** GETs a manifest from upstream and checks it: size, digest when asked by digest, JSON. */
+  async #fetch (route: Route, reference: string, accept: string): Promise<{ manifest: Manifest, headers: Record<string, string> }> {
+    const client = this.#o.upstream(route.upstream)
+    const res = await client.send('GET', `/v2/${route.name}/manifests/${reference}`, { repository: route.name, headers: { accept }, kind: 'manifest' })
+    const headers = passedThroughHeaders(res.headers)
+    if (res.status === 404) {
+      await res.body.dump()
+      throw new ManifestUnknownError('manifest unknown to upstream', { reference })
+    }
+    if (res.status !== 200) {
+      await res.body.dump()
+      throw new UnavailableError(`upstream ${route.upstream} answered HTTP ${res.status} for a manifest`, { reference })
+    }
+    const length = Number(header(res.headers, 'content-length') ?? '0')
+    if (length > MAX_MANIFEST_BYTES) {
+      res.body.destroy()
+      throw new SizeInvalidError(`manifest is larger than ${MAX_MANIFEST_BYTES} bytes`, { reference, size: length })
+    }
+    const chunks: Buffer[] = []
+    let size = 0
+    for await (const chunk of res.body) {
+      const buf = chunk as Buffer
+      size += buf.length
+      if (size > MAX_MANIFEST_BYTES) {
+        res.body.destroy()
+        throw new SizeInvalidError(`manifest is larger than ${MAX_MANIFEST_BYTES} bytes`, { reference })
+      }
+      chunks.push(buf)
+    }
+    const content = Buffer.concat(chunks)
+    const mediaType = mediaTypeOf(header(res.headers, 'content-type'), content)
+    const algorithm = reference.includes(':') ? parseDigest(reference).algorithm : 'sha256'
+    const digest = `${algorithm}:${createHash(algorithm).update(content).digest('hex')}`
+    if (reference.includes(':') && digest !== reference) {
+      this.#o.log.error({ upstream: route.upstream, repository: route.name, expected: reference, actual: digest }, 'manifest from upstream does not match its digest; not cached')
+      throw new ManifestInvalidError('manifest from upstream does not match the requested digest', { expected: reference })
+    }
+    const announced = header(res.headers, 'docker-content-digest')
+    if (announced !== undefined && announced.startsWith(`${algorithm}:`) && announced !== digest && !mediaType.startsWith(MediaTypes.dockerSchema1)) {
+      this.#o.log.error({ upstream: route.upstream, repository: route.name, announced, actual: digest }, 'manifest bytes do not match the digest upstream announced; not cached')
+      throw new UnavailableError('upstream sent a manifest that does not match its announced digest', { reference })
+    }
+    return { manifest: { digest, mediaType, content }, headers }
+  }
+
+  #store (route: Route, manifest: Manifest, tag?: string): void {
+    this.#o.index.putManifest(route.repository, manifest, tag)
+    this.#o.hot.set(`m:${manifest.digest}`, { kind: 'manifest', manifest })
+    if (tag !== undefined) {
+      this.#o.hot.set(`t:${route.repository}:${tag}`, { kind: 'tag', digest: manifest.digest, confirmedAt: this.#now() })
+    }
+  }
+}
+
+/** The media type upstream named, or the one the manifest names itself, or Docker schema 2 as registries assume. */
+function mediaTypeOf (contentType: string | undefined, content: Buffer): string {
+  const named = contentType?.split(';')[0]?.trim()
+  if (named !== undefined && named !== '' && named !== 'application/json' && named !== 'text/plain' && named !== 'application/octet-stream') return named
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(content.toString('utf8'))
+  } catch {
+    throw new ManifestInvalidError('upstream sent a manifest that is not JSON')
+  }
+  if (typeof parsed === 'object' && parsed !== null && 'mediaType' in parsed && typeof parsed.mediaType === 'string') return parsed.mediaType
+  if (typeof parsed === 'object' && parsed !== null && 'manifests' in parsed) return MediaTypes.ociIndex
+  return named === undefined || named === '' ? MediaTypes.ociManifest : named
+}
+
+/** The client's Accept plus every type the mirror can cache, so a by-digest fetch is never refused for its type. */
+function mergeAccept (accept: string | undefined): string {
+  if (accept === undefined || accept.trim() === '') return MANIFEST_ACCEPT
+  return `${accept}, ${MANIFEST_ACCEPT}`
+}
+
+function pickRateLimit (headers: Readonly<Record<string, string>>): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const [k, v] of Object.entries(headers)) if (k.startsWith('ratelimit-') || k === 'docker-ratelimit-source') out[k] = v
+  return out
+}
+

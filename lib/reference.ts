@@ -1,0 +1,94 @@
+// Validation of the pieces of a distribution URL: repository names, tags and
+// digests, by the grammar of the OCI distribution spec. Everything here is
+// checked before anything touches the cache or an upstream.
+
+import { DigestInvalidError, ManifestInvalidError, NameInvalidError } from './errors.js'
+
+const NAME_COMPONENT = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/
+const TAG = /^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$/
+const DIGEST = /^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$/
+const MAX_NAME_LENGTH = 255
+
+/** Digest algorithms the mirror can verify, with the length of their hex encoding. */
+export const DIGEST_ALGORITHMS: ReadonlyMap<string, number> = new Map([['sha256', 64], ['sha512', 128]])
+
+export function isValidName (name: string): boolean {
+  if (name.length === 0 || name.length > MAX_NAME_LENGTH) return false
+  return name.split('/').every(c => NAME_COMPONENT.test(c))
+}
+
+export function assertName (name: string): string {
+  if (!isValidName(name)) {
+    throw new NameInvalidError('invalid repository name', { name })
+  }
+  return name
+}
+
+export function isTag (reference: string): boolean {
+  return TAG.test(reference)
+}
+
+export interface ParsedDigest { readonly algorithm: string, readonly hex: string, readonly digest: string }
+
+export function parseDigest (digest: string): ParsedDigest {
+  const m = DIGEST.exec(digest)
+  if (m === null) throw new DigestInvalidError('invalid digest', { digest })
+  const [, algorithm = '', hex = ''] = m
+  const length = DIGEST_ALGORITHMS.get(algorithm)
+  if (length === undefined) {
+    throw new DigestInvalidError(`unsupported digest algorithm "${algorithm}"`, { digest, supported: [...DIGEST_ALGORITHMS.keys()] })
+  }
+  if (hex.length !== length || !/^[a-f0-9]+$/.test(hex)) {
+    throw new DigestInvalidError(`invalid ${algorithm} digest`, { digest })
+  }
+  return { algorithm, hex, digest }
+}
+
+export function isDigest (s: string): boolean {
+  try {
+    parseDigest(s)
+    return true
+  } catch {
+    return false
+  }
+}
+
+export type ManifestReference =
+  | { readonly kind: 'tag', readonly tag: string }
+  | { readonly kind: 'digest', readonly digest: string }
+
+/** A manifest reference is a digest when it has an algorithm prefix, else it must be a tag. */
+export function parseManifestReference (reference: string): ManifestReference {
+  if (reference.includes(':')) return { kind: 'digest', digest: parseDigest(reference).digest }
+  if (!isTag(reference)) throw new ManifestInvalidError('invalid tag', { tag: reference })
+  return { kind: 'tag', tag: reference }
+}
+
+export const MediaTypes = {
+  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
+  ociIndex: 'application/vnd.oci.image.index.v1+json',
+  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
+  dockerList: 'application/vnd.docker.distribution.manifest.list.v2+json',
+  dockerSchema1: 'application/vnd.docker.distribution.manifest.v1+json',
+  dockerSchema1Signed: 'application/vnd.docker.distribution.manifest.v1+prettyjws'
+} as const
+
+/** What the mirror asks upstream for when it resolves a tag for its cache: every current type. */
+export const MANIFEST_ACCEPT = [
+  MediaTypes.ociIndex,
+  MediaTypes.ociManifest,
+  MediaTypes.dockerList,
+  MediaTypes.dockerManifest
+].join(', ')
+
+/** Whether a client's Accept header admits a manifest media type. No header admits anything. */
+export function accepts (acceptHeader: string | undefined, mediaType: string): boolean {
+  if (acceptHeader === undefined || acceptHeader.trim() === '') return true
+  for (const part of acceptHeader.split(',')) {
+    const [range = '', ...params] = part.split(';').map(s => s.trim().toLowerCase())
+    if (params.some(p => /^q=0(?:\.0*)?$/.test(p))) continue
+    if (range === '*/*' || range === mediaType) return true
+    if (range.endsWith('/*') && mediaType.startsWith(range.slice(0, -1))) return true
+  }
+  return false
+}

@@ -1,0 +1,243 @@
+// The HTTP client for one upstream registry: Docker's bearer-token flow,
+// redirects (blobs go to a CDN; credentials never follow to another host),
+// timeouts, and the translation of upstream failures into OCI errors.
+
+import { Agent, request, type Dispatcher } from 'undici'
+import type { Logger } from 'pino'
+import type { UpstreamConfig } from '../config/types.js'
+import { DeniedError, RegistryError, TooManyRequestsError, UnavailableError } from '../errors.js'
+import { parseChallenges, type Challenge } from './challenge.js'
+import { DEFAULT_TOKEN_LIFETIME_S, TokenCache } from './token-cache.js'
+
+const MAX_REDIRECTS = 5
+const PASSED_THROUGH = ['ratelimit-limit', 'ratelimit-remaining', 'docker-ratelimit-source']
+
+type Headers = Record<string, string | string[] | undefined>
+
+export interface UpstreamResponse {
+  readonly status: number
+  readonly headers: Headers
+  readonly body: Dispatcher.ResponseData['body']
+}
+
+/** Headers of an upstream answer that the mirror hands on to its client (rate limits). */
+export function passedThroughHeaders (headers: Headers): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const name of PASSED_THROUGH) {
+    const v = header(headers, name)
+    if (v !== undefined) out[name] = v
+  }
+  return out
+}
+
+export function header (headers: Headers, name: string): string | undefined {
+  const v = headers[name]
+  return Array.isArray(v) ? v[0] : v
+}
+
+export interface UpstreamEvents {
+  /** Every request that got an answer from upstream (including token fetches). */
+  onResponse?: (info: { upstream: string, kind: string, method: string, status: number }) => void
+  onTokenFetch?: (upstream: string) => void
+  onRetry?: (upstream: string) => void
+}
+
+export interface UpstreamClientOptions {
+  readonly config: UpstreamConfig
+  readonly log: Logger
+  readonly events?: UpstreamEvents | undefined
+  readonly now?: () => number
+}
+
+export class UpstreamClient {
+  readonly name: string
+  readonly #config: UpstreamConfig
+  readonly #agent: Agent
+  readonly #log: Logger
+  readonly #tokens: TokenCache
+  readonly #tokenFetches = new Map<string, Promise<string>>()
+  readonly #events: UpstreamEvents
+
+  constructor (options: UpstreamClientOptions) {
+    this.#config = options.config
+    this.name = options.config.name
+    this.#log = options.log.child({ upstream: this.name })
+    this.#tokens = new TokenCache(options.now)
+    this.#events = options.events ?? {}
+    this.#agent = new Agent({
+      connect: { timeout: options.config.connectTimeout },
+      headersTimeout: options.config.headersTimeout,
+      bodyTimeout: options.config.bodyTimeout,
+      keepAliveTimeout: 30_000,
+      connections: 32
+    })
+  }
+
+  /**
+   * Sends a GET or HEAD for a /v2/ path of this upstream and returns the final
+   * answer after authentication and redirects, whatever its status. Network
+   * failures become UnavailableError; a 429 becomes TooManyRequestsError.
+   */
+  async send (method: 'GET' | 'HEAD', path: string, options: { repository?: string, headers?: Record<string, string>, kind: string }): Promise<UpstreamResponse> {
+    const scopeKey = options.repository !== undefined ? `repository:${options.repository}:pull` : ''
+    let url = new URL(this.#config.url + path)
+    const baseHeaders: Record<string, string> = { 'user-agent': 'registry-mirror', ...options.headers }
+    let authorization = this.#cachedAuthorization(scopeKey)
+    let authTried = false
+    let retried = false
+    for (let hop = 0; ; hop++) {
+      const headers = { ...baseHeaders }
+      const sameOrigin = url.origin === new URL(this.#config.url).origin
+      if (authorization !== undefined && sameOrigin) headers.authorization = authorization
+      let res: Dispatcher.ResponseData
+      try {
+        res = await request(url, { method, headers, dispatcher: this.#agent })
+      } catch (err) {
+        if (!retried && isRetryable(err)) {
+          retried = true
+          this.#events.onRetry?.(this.name)
+          hop--
+          continue
+        }
+        throw this.#unavailable(err, url)
+      }
+      this.#events.onResponse?.({ upstream: this.name, kind: options.kind, method, status: res.statusCode })
+      const status = res.statusCode
+      if (status === 401 && sameOrigin && !authTried) {
+        authTried = true
+        const challenge = header(res.headers, 'www-authenticate')
+        await res.body.dump()
+        authorization = await this.#authorize(challenge, scopeKey)
+        hop--
+        continue
+      }
+      if (status >= 300 && status < 400 && status !== 304) {
+        const location = header(res.headers, 'location')
+        await res.body.dump()
+        if (location === undefined || hop >= MAX_REDIRECTS) {
+          throw new UnavailableError(`upstream ${this.name} sent a redirect the mirror cannot follow`, { status })
+        }
+        url = new URL(location, url)
+        if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+          throw new UnavailableError(`upstream ${this.name} redirected to an unsupported URL`, { status })
+        }
+        continue
+      }
+      if (status === 429) {
+        const retryAfter = header(res.headers, 'retry-after') ?? '60'
+        await res.body.dump()
+        throw new TooManyRequestsError(`upstream ${this.name} is rate limiting this mirror`, { upstream: this.name },
+          { 'retry-after': retryAfter, ...passedThroughHeaders(res.headers) })
+      }
+      if (status === 401 || status === 403) {
+        await res.body.dump()
+        if (status === 401 && scopeKey !== '') this.#tokens.delete(scopeKey)
+        throw new DeniedError(`upstream ${this.name} denied access${options.repository !== undefined ? ` to ${options.repository}` : ''}: the repository may not exist or may need credentials`, { upstream: this.name, status })
+      }
+      if (status >= 500) {
+        await res.body.dump()
+        throw new UnavailableError(`upstream ${this.name} failed (HTTP ${status})`, { upstream: this.name, status })
+      }
+      return { status, headers: res.headers, body: res.body }
+    }
+  }
+
+  /** The body of a successful GET as a stream, with its announced length. */
+  async openBlob (repository: string, digest: string): Promise<{ status: number, body: UpstreamResponse['body'], size: number | undefined, headers: Headers }> {
+    const res = await this.send('GET', `/v2/${repository}/blobs/${digest}`, { repository, kind: 'blob' })
+    const length = header(res.headers, 'content-length')
+    const size = length !== undefined && /^\d+$/.test(length) ? Number(length) : undefined
+    return { status: res.status, body: res.body, size, headers: res.headers }
+  }
+
+  #cachedAuthorization (scopeKey: string): string | undefined {
+    const token = this.#tokens.get(scopeKey)
+    if (token !== undefined) return `Bearer ${token}`
+    return undefined
+  }
+
+  async #authorize (challengeHeader: string | undefined, scopeKey: string): Promise<string> {
+    const challenges = challengeHeader === undefined ? [] : parseChallenges(challengeHeader)
+    const bearer = challenges.find(c => c.scheme === 'bearer')
+    if (bearer !== undefined) {
+      const key = scopeKey
+      let pending = this.#tokenFetches.get(key)
+      if (pending === undefined) {
+        pending = this.#fetchToken(bearer, key).finally(() => this.#tokenFetches.delete(key))
+        this.#tokenFetches.set(key, pending)
+      }
+      return `Bearer ${await pending}`
+    }
+    if (challenges.some(c => c.scheme === 'basic') && this.#config.username !== undefined) {
+      return basicAuthorization(this.#config.username, this.#config.password ?? '')
+    }
+    throw new DeniedError(`upstream ${this.name} requires authentication the mirror cannot provide`, { upstream: this.name })
+  }
+
+  async #fetchToken (challenge: Challenge, key: string): Promise<string> {
+    const realm = challenge.params.realm
+    if (realm === undefined) throw new UnavailableError(`upstream ${this.name} sent a bearer challenge without a realm`)
+    let url: URL
+    try {
+      url = new URL(realm)
+    } catch {
+      throw new UnavailableError(`upstream ${this.name} sent an invalid token realm`)
+    }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new UnavailableError(`upstream ${this.name} sent an invalid token realm`)
+    if (challenge.params.service !== undefined) url.searchParams.set('service', challenge.params.service)
+    const scope = challenge.params.scope ?? (key === '' ? undefined : key)
+    if (scope !== undefined) for (const s of scope.split(' ')) url.searchParams.append('scope', s)
+    const headers: Record<string, string> = { 'user-agent': 'registry-mirror', accept: 'application/json' }
+    if (this.#config.username !== undefined) headers.authorization = basicAuthorization(this.#config.username, this.#config.password ?? '')
+    this.#events.onTokenFetch?.(this.name)
+    let res: Dispatcher.ResponseData
+    try {
+      res = await request(url, { method: 'GET', headers, dispatcher: this.#agent })
+    } catch (err) {
+      throw this.#unavailable(err, url)
+    }
+    this.#events.onResponse?.({ upstream: this.name, kind: 'token', method: 'GET', status: res.statusCode })
+    if (res.statusCode === 401 || res.statusCode === 403) {
+      await res.body.dump()
+      throw new DeniedError(`upstream ${this.name} refused the mirror's credentials`, { upstream: this.name, status: res.statusCode })
+    }
+    if (res.statusCode !== 200) {
+      await res.body.dump()
+      throw new UnavailableError(`upstream ${this.name} token service failed (HTTP ${res.statusCode})`, { upstream: this.name })
+    }
+    const body: unknown = await res.body.json().catch(() => undefined)
+    const token = tokenFrom(body)
+    if (token === undefined) throw new UnavailableError(`upstream ${this.name} token service sent no token`)
+    this.#tokens.set(key, token.token, token.expiresIn)
+    this.#log.debug({ scope: key, expiresIn: token.expiresIn }, 'fetched upstream token')
+    return token.token
+  }
+
+  #unavailable (err: unknown, url: URL): RegistryError {
+    const code = typeof err === 'object' && err !== null && 'code' in err ? String(err.code) : 'UNKNOWN'
+    this.#log.warn({ code, host: url.host, err: err instanceof Error ? err.message : String(err) }, 'upstream unreachable')
+    return new UnavailableError(`upstream ${this.name} is unreachable`, { upstream: this.name, reason: code })
+  }
+
+  async close (): Promise<void> {
+    await this.#agent.close()
+  }
+}
+
+function basicAuthorization (username: string, password: string): string {
+  return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`
+}
+
+function tokenFrom (body: unknown): { token: string, expiresIn: number } | undefined {
+  if (typeof body !== 'object' || body === null) return undefined
+  const record = body as Record<string, unknown>
+  const token = typeof record.token === 'string' && record.token !== '' ? record.token : record.access_token
+  if (typeof token !== 'string' || token === '') return undefined
+  const expiresIn = typeof record.expires_in === 'number' && record.expires_in > 0 ? record.expires_in : DEFAULT_TOKEN_LIFETIME_S
+  return { token, expiresIn }
+}
+
+function isRetryable (err: unknown): boolean {
+  if (typeof err !== 'object' || err === null || !('code' in err)) return false
+  return err.code === 'ECONNRESET' || err.code === 'UND_ERR_SOCKET' || err.code === 'EPIPE'
+}
