@@ -84,9 +84,10 @@ export class BlobDownload {
       await this.#options.commit(this.#temp.path, this.#written)
       this.#state = 'done'
     } catch (err) {
+      // The temp file goes before any reader learns of the failure.
+      await this.#options.discard(this.#temp.path).catch(() => {})
       this.#state = 'failed'
       this.#error = err instanceof Error ? err : new Error(String(err))
-      await this.#options.discard(this.#temp.path).catch(() => {})
       throw this.#error
     } finally {
       this.#notify()

@@ -1,0 +1,332 @@
+// Reads mirror.config.yml once at start-up and turns it into the frozen
+// MirrorConfig the rest of the mirror trusts. Every problem in the file, the
+// environment and the flags is collected and thrown as one ConfigError, each
+// line prefixed with the YAML path it concerns:
+//
+//   mirror.config.yml: upstreams.ghcr.io.url: expected an http(s) URL, got "ghcr.io"
+//
+// Precedence, highest first: overrides (CLI flags), environment
+// (MIRROR_LISTEN, MIRROR_STORAGE_PATH, MIRROR_LOG_LEVEL), the file, defaults.
+// The file is validated in full even where a flag or variable overrides it, so
+// a mistake in it cannot hide until the day the override is removed.
+
+import { readFile } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
+import { parseDocument, type YAMLError } from 'yaml'
+import { ConfigError } from '../errors.js'
+import { parseEnvName, parseListen, parseRegistryHost, parseUpstreamUrl, type ListenAddress } from './addresses.js'
+import {
+  Problems, describe, duration, entriesOf, flag, integer, isMapping, join, keyName, nonEmptyString, oneOf, parsed,
+  required, secret, section, withDefault, type Field
+} from './fields.js'
+import { deepFreeze } from './freeze.js'
+import type { MirrorConfig, UpstreamConfig } from './types.js'
+
+export type LogLevel = MirrorConfig['log']['level']
+export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
+
+/** Values from the command line; undefined means the flag was not given. */
+export interface ConfigOverrides {
+  readonly listen?: string | undefined
+  readonly storagePath?: string | undefined
+  /** Accepted for the CLI's sake; MirrorConfig has no offline mode yet, so it is ignored. */
+  readonly offline?: boolean | undefined
+}
+
+export interface LoadConfigOptions {
+  readonly file: string
+  /** Defaults to process.env. */
+  readonly env?: NodeJS.ProcessEnv | undefined
+  readonly overrides?: ConfigOverrides | undefined
+}
+
+const SECOND = 1000
+const MINUTE = 60 * SECOND
+
+export const DEFAULTS = Object.freeze({
+  listen: Object.freeze({ host: '0.0.0.0', port: 5000 }),
+  /** Relative to the config file's directory. */
+  storagePath: './data',
+  tagTtl: 5 * MINUTE,
+  hotEntries: 10_000,
+  connectTimeout: 10 * SECOND,
+  headersTimeout: 30 * SECOND,
+  bodyTimeout: 60 * SECOND,
+  logLevel: 'info' as LogLevel
+})
+
+// ---- schema -------------------------------------------------------------
+// One line per key. Adding one, e.g. storage.maxSize: declare it in types.ts
+// and in FileConfig, read it here with `maxSize: size({ min: 1 })` (size() and
+// friends are in fields.ts), and copy it into the result in parseConfig. An
+// override such as --offline is one more layered() call there.
+
+interface UpstreamEntry {
+  url: string
+  default: boolean | undefined
+  username: string | undefined
+  password: string | undefined
+  passwordEnv: string | undefined
+  timeouts: { connect: number, headers: number, body: number }
+}
+
+const upstreamEntry = section<UpstreamEntry>({
+  url: required(parsed(parseUpstreamUrl, 'an http(s) URL'), '', 'the registry\'s base URL, e.g. "https://ghcr.io"'),
+  default: flag(),
+  username: nonEmptyString(),
+  password: secret(),
+  passwordEnv: parsed(parseEnvName, 'an environment variable name like "HUB_TOKEN"'),
+  timeouts: section({
+    connect: withDefault(duration({ min: 1 }), DEFAULTS.connectTimeout),
+    headers: withDefault(duration({ min: 1 }), DEFAULTS.headersTimeout),
+    body: withDefault(duration({ min: 1 }), DEFAULTS.bodyTimeout)
+  })
+})
+
+interface FileConfig {
+  listen: ListenAddress
+  storage: { path: string }
+  upstreams: Map<string, UpstreamConfig>
+  cache: { tagTtl: number, hotEntries: number }
+  log: { level: LogLevel }
+}
+
+function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
+  return section<FileConfig>({
+    listen: withDefault(parsed(parseListen, '"host:port", "[ipv6]:port" or ":port" (quote IPv6 addresses)'), DEFAULTS.listen),
+    storage: section({
+      path: withDefault(nonEmptyString(), DEFAULTS.storagePath)
+    }),
+    upstreams: upstreams(env),
+    cache: section({
+      tagTtl: withDefault(duration(), DEFAULTS.tagTtl),
+      hotEntries: withDefault(integer({ min: 1 }), DEFAULTS.hotEntries)
+    }),
+    log: section({
+      level: withDefault(oneOf(LOG_LEVELS), DEFAULTS.logLevel)
+    })
+  })
+}
+
+/**
+ * The `upstreams` mapping, keyed by registry host, in file order. Which one
+ * is the default (for requests that name no registry):
+ * 1. the one with `default: true` (more than one is a problem);
+ * 2. else `docker.io`, if configured, since dockerd's registry-mirrors only mirror Docker Hub;
+ * 3. else the only upstream, if there is just one;
+ * 4. else none, and such requests are refused at request time.
+ * An upstream with an explicit `default: false` is never picked by 2 or 3.
+ */
+function upstreams (env: NodeJS.ProcessEnv): Field<Map<string, UpstreamConfig>> {
+  return (value, path, problems) => {
+    const result = new Map<string, UpstreamConfig>()
+    const needOne = 'at least one upstream is required, e.g. docker.io with url https://registry-1.docker.io'
+    if (value === undefined || value === null) {
+      problems.add(path, needOne)
+      return result
+    }
+    if (!isMapping(value)) {
+      problems.add(path, `expected a mapping of registry hosts to upstreams, got ${describe(value)}`)
+      return result
+    }
+    const entries = entriesOf(value)
+    if (entries.length === 0) problems.add(path, needOne)
+
+    const drafts: Array<{ name: string, entry: UpstreamEntry, credentials: Credentials }> = []
+    for (const [key, raw] of entries) {
+      const name = keyName(key)
+      const entryPath = join(path, name)
+      if (typeof key !== 'string') {
+        problems.add(entryPath, `expected a registry host like "docker.io" or "localhost:5001", got ${describe(key)}`)
+      } else {
+        try {
+          parseRegistryHost(key)
+        } catch (err) {
+          problems.add(entryPath, messageOf(err))
+        }
+      }
+      const entry = upstreamEntry(raw, entryPath, problems)
+      const written = new Set(isMapping(raw) ? entriesOf(raw).map(([field]) => field) : [])
+      drafts.push({ name, entry, credentials: credentials(entry, written, entryPath, env, problems) })
+    }
+
+    const explicit = drafts.filter(draft => draft.entry.default === true).map(draft => draft.name)
+    if (explicit.length > 1) {
+      problems.add(path, `at most one upstream may set default: true, got ${explicit.join(', ')}`)
+    }
+    const eligible = drafts.filter(draft => draft.entry.default !== false).map(draft => draft.name)
+    let defaultName: string | undefined
+    if (explicit.length > 0) defaultName = explicit[0]
+    else if (eligible.includes('docker.io')) defaultName = 'docker.io'
+    else if (drafts.length === 1) defaultName = eligible[0]
+
+    for (const { name, entry, credentials } of drafts) {
+      result.set(name, {
+        name,
+        url: entry.url,
+        default: name === defaultName,
+        username: credentials.username,
+        password: credentials.password,
+        connectTimeout: entry.timeouts.connect,
+        headersTimeout: entry.timeouts.headers,
+        bodyTimeout: entry.timeouts.body
+      })
+    }
+    return result
+  }
+}
+
+interface Credentials { username: string | undefined, password: string | undefined }
+
+/**
+ * Pairs username with password or passwordEnv. `written` holds the keys
+ * present in the file, valid or not, so that a bad password is reported once
+ * and not again as a missing one. Messages name variables, never a password.
+ */
+function credentials (entry: UpstreamEntry, written: ReadonlySet<unknown>, path: string, env: NodeJS.ProcessEnv, problems: Problems): Credentials {
+  const { username, password, passwordEnv } = entry
+  if (written.has('password') && written.has('passwordEnv')) {
+    problems.add(join(path, 'passwordEnv'), 'give either password or passwordEnv, not both')
+  }
+  let secretValue = password
+  if (passwordEnv !== undefined) {
+    const fromEnv = env[passwordEnv]
+    if (fromEnv === undefined || fromEnv === '') {
+      problems.add(join(path, 'passwordEnv'), `environment variable ${passwordEnv} is ${fromEnv === undefined ? 'not set' : 'empty'}`)
+    } else {
+      secretValue ??= fromEnv
+    }
+  }
+  const hasUser = written.has('username')
+  const hasSecret = written.has('password') || written.has('passwordEnv')
+  if (hasUser && !hasSecret) {
+    problems.add(join(path, 'username'), 'needs password or passwordEnv as well')
+  } else if (!hasUser && hasSecret) {
+    problems.add(join(path, written.has('password') ? 'password' : 'passwordEnv'), 'needs username as well')
+  }
+  return { username, password: secretValue }
+}
+
+// ---- entry points -------------------------------------------------------
+
+/**
+ * Reads and validates the config file. A missing or unreadable file, like
+ * every other problem, is a ConfigError naming the file.
+ */
+export async function loadConfig (options: LoadConfigOptions): Promise<MirrorConfig> {
+  let text: string
+  try {
+    text = await readFile(options.file, 'utf8')
+  } catch (err) {
+    throw new ConfigError(options.file, [`cannot read the config file: ${messageOf(err)}`])
+  }
+  return parseConfig(text, options.file, options.env, options.overrides)
+}
+
+/**
+ * Validates config text. `source` names the file in messages and anchors
+ * relative paths in it (storage.path resolves against its directory);
+ * relative paths from the environment or flags resolve against the working
+ * directory, as paths typed in a shell do. An empty environment variable
+ * counts as unset.
+ *
+ * The result is deep-frozen; `upstreams` is a ReadOnlyMap (a Map whose
+ * set/delete/clear throw) of frozen UpstreamConfigs.
+ */
+export function parseConfig (
+  text: string,
+  source: string,
+  env: NodeJS.ProcessEnv = process.env,
+  overrides: ConfigOverrides = {}
+): MirrorConfig {
+  const document = readYaml(text, source)
+  const problems = new Problems()
+  const file = fileSchema(env)(document, '', problems)
+
+  const listen = layered(problems, parseListen, [
+    ['listen (from --listen)', overrides.listen],
+    ['listen (from MIRROR_LISTEN)', fromEnv(env, 'MIRROR_LISTEN')]
+  ]) ?? file.listen
+
+  const storagePathOverride = layered(problems, nonEmptyPath, [
+    ['storage.path (from --storage-path)', overrides.storagePath],
+    ['storage.path (from MIRROR_STORAGE_PATH)', fromEnv(env, 'MIRROR_STORAGE_PATH')]
+  ])
+  const storagePath = storagePathOverride !== undefined
+    ? resolve(storagePathOverride)
+    : resolve(dirname(resolve(source)), file.storage.path)
+
+  const level = layered(problems, logLevel, [
+    ['log.level (from MIRROR_LOG_LEVEL)', fromEnv(env, 'MIRROR_LOG_LEVEL')]
+  ]) ?? file.log.level
+
+  if (problems.list.length > 0) throw new ConfigError(source, problems.list)
+
+  const config: MirrorConfig = {
+    source,
+    listen: { host: listen.host, port: listen.port },
+    storage: { path: storagePath },
+    upstreams: file.upstreams,
+    cache: { tagTtl: file.cache.tagTtl, hotEntries: file.cache.hotEntries },
+    log: { level }
+  }
+  return deepFreeze(config)
+}
+
+// ---- helpers ------------------------------------------------------------
+
+function readYaml (text: string, source: string): unknown {
+  const document = parseDocument(text, { prettyErrors: true, uniqueKeys: true })
+  const problems = [...document.errors, ...document.warnings].map(formatYamlError)
+  if (problems.length > 0) throw new ConfigError(source, problems)
+  if (document.contents === null) {
+    throw new ConfigError(source, ['the file is empty; it needs at least an "upstreams" mapping (see mirror.config.yml)'])
+  }
+  try {
+    return document.toJS({ mapAsMap: true })
+  } catch (err) {
+    // e.g. an alias bomb exceeding maxAliasCount
+    throw new ConfigError(source, [messageOf(err)])
+  }
+}
+
+/** `line 3, column 5: Map keys must be unique` — the first line of yaml's message, without its snippet. */
+function formatYamlError (error: YAMLError): string {
+  const first = (error.message.split('\n')[0] ?? '').replace(/ at line \d+, column \d+:?$/, '')
+  const position = error.linePos?.[0]
+  return position === undefined ? first : `line ${position.line}, column ${position.col}: ${first}`
+}
+
+/** The first layer that is present wins; a present but invalid layer is a problem, not a fall-through. */
+function layered<T> (problems: Problems, parse: (text: string) => T, layers: Array<[label: string, value: string | undefined]>): T | undefined {
+  for (const [label, value] of layers) {
+    if (value === undefined) continue
+    try {
+      return parse(value)
+    } catch (err) {
+      problems.add(label, messageOf(err))
+      return undefined
+    }
+  }
+  return undefined
+}
+
+function fromEnv (env: NodeJS.ProcessEnv, key: string): string | undefined {
+  const value = env[key]
+  return value === undefined || value === '' ? undefined : value
+}
+
+function nonEmptyPath (value: string): string {
+  if (value.trim() === '') throw new Error('expected a directory path, got ""')
+  return value
+}
+
+function logLevel (value: string): LogLevel {
+  const level = LOG_LEVELS.find(candidate => candidate === value)
+  if (level === undefined) throw new Error(`expected one of ${LOG_LEVELS.join(', ')}; got ${JSON.stringify(value)}`)
+  return level
+}
+
+function messageOf (err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}
