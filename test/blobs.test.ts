@@ -2,19 +2,18 @@ import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import { request } from 'undici'
 import { startFakeRegistry, type FakeRegistry } from './helpers/fake-registry.js'
-import { readBody, startMirror } from './helpers/mirror.js'
+import { readBody, startMirror, type Teardown } from './helpers/mirror.js'
 import { existsSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 
-async function setup (t: Tap.Test, options: { redirectBlobs?: boolean } = {}): Promise<{ fake: FakeRegistry, url: string, storage: string, mirror: Awaited<ReturnType<typeof startMirror>> }> {
+
+async function setup (t: Teardown, options: { redirectBlobs?: boolean } = {}): Promise<{ fake: FakeRegistry, url: string, storage: string, mirror: Awaited<ReturnType<typeof startMirror>> }> {
   const fake = await startFakeRegistry(options)
   t.teardown(async () => await fake.close())
   const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url } })
   return { fake, url: mirror.url, storage: mirror.storage, mirror }
 }
 
-type Tap = typeof t
-declare namespace Tap { type Test = Parameters<Parameters<Tap['test']>[1]>[0] }
 
 const blobPath = (digest: string): string => `/v2/library/app/blobs/${digest}`
 

@@ -101,6 +101,9 @@ export class ManifestService {
       // own Accept, and keep that answer by digest only; the tag keeps its full answer.
       const narrow = await this.#fetch(route, tag, accept ?? MANIFEST_ACCEPT)
       this.#store(route, narrow.manifest)
+      if (!accepts(accept, narrow.manifest.mediaType)) {
+        throw new ManifestUnknownError('manifest not available in a media type the client accepts', { tag, mediaType: narrow.manifest.mediaType })
+      }
       return { ...narrow.manifest, outcome: 'miss', headers: narrow.headers }
     }
     return { ...result.manifest, outcome: joined ? 'joined' : result.outcome, headers: result.headers }

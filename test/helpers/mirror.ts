@@ -25,7 +25,7 @@ export interface TestMirror extends Mirror {
   readonly logText: () => string
 }
 
-interface Teardown { teardown: (fn: () => unknown) => void }
+export interface Teardown { teardown: (fn: () => unknown) => void }
 
 export async function startMirror (t: Teardown, options: TestMirrorOptions): Promise<TestMirror> {
   const storage = options.storage ?? await mkdtemp(join(tmpdir(), 'mirror-test-'))
