@@ -219,8 +219,15 @@ export class UpstreamClient {
     return new UnavailableError(`upstream ${this.name} is unreachable`, { upstream: this.name, reason: code })
   }
 
-  async close (): Promise<void> {
-    await this.#agent.close()
+  /** Lets requests under way finish for up to `graceMs`, then cuts them. */
+  async close (graceMs = 5_000): Promise<void> {
+    let timer: NodeJS.Timeout | undefined
+    const cut = new Promise<void>(resolve => {
+      timer = setTimeout(() => { this.#agent.destroy().then(resolve, resolve) }, graceMs)
+      timer.unref()
+    })
+    await Promise.race([this.#agent.close(), cut])
+    clearTimeout(timer)
   }
 }
 
