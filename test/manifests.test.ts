@@ -110,6 +110,7 @@ t.test('when upstream is down or failing, a stale tag is served from the cache',
   const down = await get('/v2/library/app/manifests/v1')
   t.equal(down.status, 200)
   t.ok(down.body.equals(image.manifest))
+  t.equal(down.headers['x-mirror-cache'], 'stale', 'and says so in a header')
   t.equal((await get(`/v2/library/app/manifests/${image.manifestDigest}`)).status, 200, 'and by digest')
   t.ok(mirror.logs.filter(l => l.msg === 'request').some(l => l.cache === 'stale'))
 })

@@ -45,6 +45,8 @@ export interface AppOptions {
 type Ctx = Context & { state: AppState }
 
 const API_VERSION = 'registry/2.0'
+/** Tells clients and operators how the cache answered: hit, miss, joined, stale, revalidated. */
+export const CACHE_HEADER = 'X-Mirror-Cache'
 const PATH = /^\/v2\/(.+)\/(manifests|blobs|tags|referrers)\/([^/]+)$/
 
 export function createApp (options: AppOptions): Koa<AppState> {
@@ -153,6 +155,7 @@ async function manifest (ctx: Ctx, options: AppOptions, r: Route, ref: string): 
   const reference = parseManifestReference(ref)
   const answer = await options.manifests.get(r, reference, ctx.get('accept') || undefined)
   ctx.state.cache = answer.outcome
+  ctx.set(CACHE_HEADER, answer.outcome)
   for (const [k, v] of Object.entries(answer.headers)) ctx.set(k, v)
   ctx.body = answer.content
   ctx.type = answer.mediaType
@@ -167,6 +170,7 @@ async function blob (ctx: Ctx, options: AppOptions, r: Route, ref: string): Prom
   const method = ctx.method === 'HEAD' ? 'HEAD' : 'GET'
   const answer = await options.blobs.get(r, digest, { method, range: ctx.get('range') || undefined })
   ctx.state.cache = answer.outcome
+  ctx.set(CACHE_HEADER, answer.outcome)
   for (const [k, v] of Object.entries(answer.headers)) ctx.set(k, v)
   if (answer.body !== undefined) {
     // A client that goes away stops reading; the download it may have started goes on.
@@ -190,6 +194,7 @@ async function tags (ctx: Ctx, options: AppOptions, r: Route, rawName: string): 
   const page = parsePage(single(ctx.query.n), single(ctx.query.last))
   const list = await options.listings.tags(r, page)
   ctx.state.cache = list.outcome
+  ctx.set(CACHE_HEADER, list.outcome)
   for (const [k, v] of Object.entries(list.headers)) ctx.set(k, v)
   if (list.next !== undefined) {
     const q = new URLSearchParams()
@@ -208,6 +213,7 @@ async function referrers (ctx: Ctx, options: AppOptions, r: Route, ref: string):
   const artifactType = single(ctx.query.artifactType)
   const answer = await options.listings.referrers(r, digest, artifactType)
   ctx.state.cache = answer.outcome
+  ctx.set(CACHE_HEADER, answer.outcome)
   ctx.body = answer.content
   ctx.type = MediaTypes.ociIndex
   if (answer.filtered) ctx.set('OCI-Filters-Applied', 'artifactType')
