@@ -9,6 +9,8 @@ import { join } from 'node:path'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
 import { AccessRecorder } from './cache/access-recorder.js'
+import { checkConsistency } from './cache/consistency.js'
+import { Evictor, type EvictorOptions } from './cache/eviction.js'
 import type { MirrorConfig } from './config/types.js'
 import { CacheIndex } from './db/cache-index.js'
 import { createApp, type RequestRecord } from './http/app.js'
@@ -23,6 +25,7 @@ export interface MirrorHooks {
   readonly upstream?: UpstreamEvents
   readonly blobs?: BlobEvents
   readonly onRequest?: (record: RequestRecord) => void
+  readonly onEvicted?: EvictorOptions['onRemoved']
   /** The clock, for tests of time-based behaviour. */
   readonly now?: () => number
 }
@@ -33,6 +36,9 @@ export interface Mirror {
   readonly url: string
   readonly index: CacheIndex
   readonly store: BlobStore
+  readonly evictor: Evictor
+  /** Applies batched last-access times and counters now (tests, eviction). */
+  flushAccess (): void
   close (): Promise<void>
 }
 
@@ -45,6 +51,11 @@ export async function createMirror (config: MirrorConfig, log: Logger, hooks: Mi
   const store = new BlobStore(config.storage.path)
   await store.init()
   const index = new CacheIndex({ path: join(config.storage.path, 'index.db'), now })
+  // Whatever a crash left behind is settled before the first request.
+  const report = await checkConsistency({ index, store, log, now })
+  if (report.tempFilesRemoved + report.rowsDropped + report.filesIndexed + report.filesRemoved > 0) {
+    log.warn(report, 'cache was inconsistent at start (interrupted downloads or a crash); repaired')
+  }
   const access = new AccessRecorder({ sink: index, now, onError: err => log.error({ err }, 'could not record last access') })
   const upstreams = new Map<string, UpstreamClient>()
   for (const u of config.upstreams.values()) {
@@ -60,12 +71,45 @@ export async function createMirror (config: MirrorConfig, log: Logger, hooks: Mi
     maxSize: HOT_CACHE_BYTES,
     sizeCalculation: e => e.kind === 'manifest' ? e.manifest.content.length + 200 : 200
   })
-  const blobs = new BlobService({ index, store, upstream, access, log, events: hooks.blobs })
+  const evictor = new Evictor({
+    index,
+    store,
+    log,
+    now,
+    policy: config.storage,
+    flushAccess: () => access.flush(),
+    onRemoved: item => {
+      if (item.kind === 'manifest') hot.delete(`m:${item.digest}`)
+      for (const { repository, tag } of item.tags) hot.delete(`t:${repository}:${tag}`)
+      hooks.onEvicted?.(item)
+    }
+  })
+  let usedBytes = (() => { const t = index.totals(); return t.blobBytes + t.manifestBytes })()
+  const evict = (needBytes?: number): Promise<void> => evictor.run(needBytes === undefined ? {} : { needBytes })
+    .then(r => { usedBytes = r.usedBytes }, (err: unknown) => { log.error({ err }, 'eviction failed') })
+  const evictionTimer = setInterval(() => { void evict() }, config.storage.evictionInterval)
+  evictionTimer.unref()
+  const blobEvents: BlobEvents = {
+    ...hooks.blobs,
+    onDownloadEnd: (digest, result, bytes) => {
+      hooks.blobs?.onDownloadEnd?.(digest, result, bytes)
+      if (result !== 'ok') return
+      usedBytes += bytes
+      if (evictor.overHighWatermark(usedBytes)) void evict()
+    }
+  }
+  const blobs = new BlobService({ index, store, upstream, access, log, events: blobEvents })
   const manifests = new ManifestService({ index, upstream, access, hot, tagTtl: config.cache.tagTtl, log, now })
   const listings = new ListingService({ index, upstream, referrersTtl: config.cache.tagTtl, now })
   const defaultUpstream = [...config.upstreams.values()].find(u => u.default)?.name
   const routing: RoutingTable = { upstreams: new Set(config.upstreams.keys()), defaultUpstream }
-  const app = createApp({ blobs, manifests, listings, routing, log, onRequest: hooks.onRequest })
+  const onRequest = (record: RequestRecord): void => {
+    if ((record.kind === 'blob' || record.kind === 'manifest') && record.outcome !== undefined) {
+      access.count(`${record.kind}.${record.outcome}`)
+    }
+    hooks.onRequest?.(record)
+  }
+  const app = createApp({ blobs, manifests, listings, routing, log, onRequest })
 
   const server = createServer(app.callback())
   server.keepAliveTimeout = 65_000
@@ -74,6 +118,8 @@ export async function createMirror (config: MirrorConfig, log: Logger, hooks: Mi
   try {
     await once(server, 'listening')
   } catch (err) {
+    clearInterval(evictionTimer)
+    access.close()
     index.close()
     throw err
   }
@@ -89,11 +135,13 @@ export async function createMirror (config: MirrorConfig, log: Logger, hooks: Mi
       const forced = setTimeout(() => server.closeAllConnections(), 5_000)
       await once(server, 'close').catch(() => {})
       clearTimeout(forced)
+      clearInterval(evictionTimer)
       await Promise.all([...upstreams.values()].map(async u => await u.close()))
+      await evictor.idle() // a pass under way finishes before the index closes
       access.close()
       index.close()
     })()
     await closing
   }
-  return { server, url, index, store, close }
+  return { server, url, index, store, evictor, flushAccess: () => access.flush(), close }
 }

@@ -8,6 +8,8 @@ export interface AccessBatch {
   /** [digest, repository] pairs seen, so the index knows every repository that uses a blob or manifest */
   readonly blobRepositories: ReadonlyArray<readonly [string, string]>
   readonly manifestRepositories: ReadonlyArray<readonly [string, string]>
+  /** Counters to add to the persistent ones (hits, misses), for `registry-mirror stats`. */
+  readonly counters: ReadonlyMap<string, number>
 }
 
 export interface AccessSink {
@@ -19,6 +21,7 @@ export class AccessRecorder {
   #manifests = new Map<string, number>()
   #blobRepositories = new Map<string, readonly [string, string]>()
   #manifestRepositories = new Map<string, readonly [string, string]>()
+  #counters = new Map<string, number>()
   readonly #sink: AccessSink
   readonly #now: () => number
   readonly #timer: NodeJS.Timeout
@@ -42,14 +45,20 @@ export class AccessRecorder {
     this.#manifestRepositories.set(`${digest} ${repository}`, [digest, repository])
   }
 
+  count (name: string, by = 1): void {
+    this.#counters.set(name, (this.#counters.get(name) ?? 0) + by)
+  }
+
   flush (): void {
-    if (this.#blobs.size === 0 && this.#manifests.size === 0) return
+    if (this.#blobs.size === 0 && this.#manifests.size === 0 && this.#counters.size === 0) return
     const batch: AccessBatch = {
       blobs: this.#blobs,
       manifests: this.#manifests,
       blobRepositories: [...this.#blobRepositories.values()],
-      manifestRepositories: [...this.#manifestRepositories.values()]
+      manifestRepositories: [...this.#manifestRepositories.values()],
+      counters: this.#counters
     }
+    this.#counters = new Map()
     this.#blobs = new Map()
     this.#manifests = new Map()
     this.#blobRepositories = new Map()

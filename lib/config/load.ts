@@ -16,7 +16,7 @@ import { parseDocument, type YAMLError } from 'yaml'
 import { ConfigError } from '../errors.js'
 import { parseEnvName, parseListen, parseRegistryHost, parseUpstreamUrl, type ListenAddress } from './addresses.js'
 import {
-  Problems, describe, duration, entriesOf, flag, integer, isMapping, join, keyName, nonEmptyString, oneOf, parsed,
+  Problems, describe, duration, entriesOf, flag, integer, isMapping, join, keyName, nonEmptyString, oneOf, parsed, size,
   required, secret, section, withDefault, type Field
 } from './fields.js'
 import { deepFreeze } from './freeze.js'
@@ -52,7 +52,10 @@ export const DEFAULTS = Object.freeze({
   connectTimeout: 10 * SECOND,
   headersTimeout: 30 * SECOND,
   bodyTimeout: 60 * SECOND,
-  logLevel: 'info' as LogLevel
+  logLevel: 'info' as LogLevel,
+  highWatermark: 0.9,
+  lowWatermark: 0.8,
+  evictionInterval: 10 * MINUTE
 })
 
 // ---- schema -------------------------------------------------------------
@@ -85,7 +88,7 @@ const upstreamEntry = section<UpstreamEntry>({
 
 interface FileConfig {
   listen: ListenAddress
-  storage: { path: string }
+  storage: { path: string, maxSize: number | undefined, maxAge: number | undefined, highWatermark: number, lowWatermark: number, evictionInterval: number }
   upstreams: Map<string, UpstreamConfig>
   cache: { tagTtl: number, hotEntries: number }
   log: { level: LogLevel }
@@ -95,7 +98,12 @@ function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
   return section<FileConfig>({
     listen: withDefault(parsed(parseListen, '"host:port", "[ipv6]:port" or ":port" (quote IPv6 addresses)'), DEFAULTS.listen),
     storage: section({
-      path: withDefault(nonEmptyString(), DEFAULTS.storagePath)
+      path: withDefault(nonEmptyString(), DEFAULTS.storagePath),
+      maxSize: size({ min: 1 }),
+      maxAge: duration({ min: 1 }),
+      highWatermark: withDefault(parsed(parseFraction, 'a fraction of maxSize like 0.9 or "90%"'), DEFAULTS.highWatermark),
+      lowWatermark: withDefault(parsed(parseFraction, 'a fraction of maxSize like 0.8 or "80%"'), DEFAULTS.lowWatermark),
+      evictionInterval: withDefault(duration({ min: 1000 }), DEFAULTS.evictionInterval)
     }),
     upstreams: upstreams(env),
     cache: section({
@@ -260,12 +268,23 @@ export function parseConfig (
     ['log.level (from MIRROR_LOG_LEVEL)', fromEnv(env, 'MIRROR_LOG_LEVEL')]
   ]) ?? file.log.level
 
+  if (file.storage.lowWatermark >= file.storage.highWatermark) {
+    problems.add('storage.lowWatermark', `must be below storage.highWatermark (${file.storage.highWatermark}), got ${file.storage.lowWatermark}`)
+  }
+
   if (problems.list.length > 0) throw new ConfigError(source, problems.list)
 
   const config: MirrorConfig = {
     source,
     listen: { host: listen.host, port: listen.port },
-    storage: { path: storagePath },
+    storage: {
+      path: storagePath,
+      maxSize: file.storage.maxSize,
+      maxAge: file.storage.maxAge,
+      highWatermark: file.storage.highWatermark,
+      lowWatermark: file.storage.lowWatermark,
+      evictionInterval: file.storage.evictionInterval
+    },
     upstreams: file.upstreams,
     cache: { tagTtl: file.cache.tagTtl, hotEntries: file.cache.hotEntries },
     log: { level }
@@ -274,6 +293,15 @@ export function parseConfig (
 }
 
 // ---- helpers ------------------------------------------------------------
+
+/** 0.9 or "90%": a fraction in (0, 1]. */
+function parseFraction (text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$/.exec(text)
+  if (m === null) throw new Error(`expected a fraction like 0.9 or "90%", got "${text}"`)
+  const value = Number(m[1]) / (m[2] === '%' ? 100 : 1)
+  if (!(value > 0 && value <= 1)) throw new Error(`expected a fraction above 0 and at most 1 (or 100%), got "${text}"`)
+  return value
+}
 
 function readYaml (text: string, source: string): unknown {
   const document = parseDocument(text, { prettyErrors: true, uniqueKeys: true })

@@ -21,7 +21,18 @@ export interface MirrorConfig {
   /** Where the config was read from, for messages; undefined when built in code. */
   readonly source?: string | undefined
   readonly listen: { readonly host: string, readonly port: number }
-  readonly storage: { readonly path: string }
+  readonly storage: {
+    readonly path: string
+    /** Bytes; undefined = unbounded. */
+    readonly maxSize: number | undefined
+    /** Milliseconds since last access; undefined = kept whatever its age. */
+    readonly maxAge: number | undefined
+    /** Fractions of maxSize: eviction starts above high and stops at low. */
+    readonly highWatermark: number
+    readonly lowWatermark: number
+    /** Milliseconds between scheduled eviction passes. */
+    readonly evictionInterval: number
+  }
   /** Keyed by registry host; insertion order is the config file's order. */
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>
   readonly cache: {

@@ -56,8 +56,35 @@ const MIGRATIONS: readonly string[] = [
     fetched_at INTEGER NOT NULL,
     PRIMARY KEY (repository, subject, artifact_type)
   ) WITHOUT ROWID;
+  `,
+  `
+  CREATE TABLE pins (
+    repository TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (repository, reference)
+  ) WITHOUT ROWID;
+  CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX tags_digest ON tags (digest);
   `
 ]
+
+export interface CacheTotals {
+  blobBytes: number
+  blobs: number
+  manifestBytes: number
+  manifests: number
+  tags: number
+  repositories: number
+  oldestAccess: number | null
+  newestAccess: number | null
+}
+
+export interface EvictionCandidate { kind: 'blob' | 'manifest', digest: string, size: number, accessedAt: number }
+export interface Pin { repository: string, reference: string, createdAt: number }
 
 export interface CacheIndexOptions { readonly path: string, readonly now?: () => number }
 
@@ -83,6 +110,17 @@ export class CacheIndex {
     repositories: Statement<[], { repository: string }>
     getReferrers: Statement<[string, string, string], { content: Buffer, fetched_at: number }>
     putReferrers: Statement<[string, string, string, Buffer, number]>
+    candidates: Statement<[number, number], { kind: 'blob' | 'manifest', digest: string, size: number, accessed_at: number }>
+    tagsOf: Statement<[string], { repository: string, tag: string }>
+    deleteTagsOf: Statement<[string]>
+    deleteManifest: Statement<[string]>
+    deleteManifestRepos: Statement<[string]>
+    allBlobs: Statement<[], { digest: string, size: number }>
+    addPin: Statement<[string, string, number]>
+    deletePin: Statement<[string, string]>
+    pins: Statement<[], { repository: string, reference: string, created_at: number }>
+    addCounter: Statement<[string, number]>
+    counters: Statement<[], { name: string, value: number }>
   }
 
   constructor (options: CacheIndexOptions) {
@@ -117,7 +155,22 @@ export class CacheIndex {
         UNION SELECT repository FROM blob_repositories ORDER BY repository`),
       getReferrers: db.prepare('SELECT content, fetched_at FROM referrers WHERE repository = ? AND subject = ? AND artifact_type = ?'),
       putReferrers: db.prepare(`INSERT INTO referrers (repository, subject, artifact_type, content, fetched_at) VALUES (?, ?, ?, ?, ?)
-        ON CONFLICT (repository, subject, artifact_type) DO UPDATE SET content = excluded.content, fetched_at = excluded.fetched_at`)
+        ON CONFLICT (repository, subject, artifact_type) DO UPDATE SET content = excluded.content, fetched_at = excluded.fetched_at`),
+      candidates: db.prepare(`SELECT kind, digest, size, accessed_at FROM (
+          SELECT 'blob' AS kind, digest, size, accessed_at FROM blobs WHERE accessed_at < ?1
+          UNION ALL SELECT 'manifest' AS kind, digest, size, accessed_at FROM manifests WHERE accessed_at < ?1)
+        ORDER BY accessed_at, digest LIMIT ?2`),
+      tagsOf: db.prepare('SELECT repository, tag FROM tags WHERE digest = ?'),
+      deleteTagsOf: db.prepare('DELETE FROM tags WHERE digest = ?'),
+      deleteManifest: db.prepare('DELETE FROM manifests WHERE digest = ?'),
+      deleteManifestRepos: db.prepare('DELETE FROM manifest_repositories WHERE digest = ?'),
+      allBlobs: db.prepare('SELECT digest, size FROM blobs'),
+      addPin: db.prepare('INSERT OR IGNORE INTO pins (repository, reference, created_at) VALUES (?, ?, ?)'),
+      deletePin: db.prepare('DELETE FROM pins WHERE repository = ? AND reference = ?'),
+      pins: db.prepare('SELECT repository, reference, created_at FROM pins ORDER BY repository, reference'),
+      addCounter: db.prepare(`INSERT INTO counters (name, value) VALUES (?, ?)
+        ON CONFLICT (name) DO UPDATE SET value = value + excluded.value`),
+      counters: db.prepare('SELECT name, value FROM counters')
     }
   }
 
@@ -147,6 +200,12 @@ export class CacheIndex {
       this.#s.putBlob.run(digest, size, mediaType, now, now)
       this.#s.addBlobRepo.run(digest, repository)
     })()
+  }
+
+  /** A blob row with no repository known (a file found on disk by gc). */
+  putBlobRow (digest: string, size: number): void {
+    const now = this.#now()
+    this.#s.putBlob.run(digest, size, null, now, now)
   }
 
   addBlobRepository (digest: string, repository: string): void {
@@ -219,7 +278,72 @@ export class CacheIndex {
       for (const [digest, repository] of batch.manifestRepositories) {
         if (this.#s.getManifest.get(digest) !== undefined) this.#s.addManifestRepo.run(digest, repository)
       }
+      for (const [name, value] of batch.counters) this.#s.addCounter.run(name, value)
     })()
+  }
+
+  totals (): CacheTotals {
+    const b = this.#db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes, min(accessed_at) AS oldest, max(accessed_at) AS newest FROM blobs')
+      .get() as { n: number, bytes: number, oldest: number | null, newest: number | null }
+    const m = this.#db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes, min(accessed_at) AS oldest, max(accessed_at) AS newest FROM manifests')
+      .get() as { n: number, bytes: number, oldest: number | null, newest: number | null }
+    const tags = (this.#db.prepare('SELECT count(*) AS n FROM tags').get() as { n: number }).n
+    const oldest = [b.oldest, m.oldest].filter((v): v is number => v !== null)
+    const newest = [b.newest, m.newest].filter((v): v is number => v !== null)
+    return {
+      blobBytes: b.bytes,
+      blobs: b.n,
+      manifestBytes: m.bytes,
+      manifests: m.n,
+      tags,
+      repositories: this.repositories().length,
+      oldestAccess: oldest.length > 0 ? Math.min(...oldest) : null,
+      newestAccess: newest.length > 0 ? Math.max(...newest) : null
+    }
+  }
+
+  /** Blobs and manifests last accessed before `before`, least recently used first. */
+  evictionCandidates (before: number, limit: number): EvictionCandidate[] {
+    return this.#s.candidates.all(before, limit).map(r => ({ kind: r.kind, digest: r.digest, size: r.size, accessedAt: r.accessed_at }))
+  }
+
+  /** Removes a manifest and every tag that points at it, in one transaction; returns those tags. */
+  deleteManifest (digest: string): Array<{ repository: string, tag: string }> {
+    return this.#db.transaction(() => {
+      const tags = this.#s.tagsOf.all(digest)
+      this.#s.deleteTagsOf.run(digest)
+      this.#s.deleteManifestRepos.run(digest)
+      this.#s.deleteManifest.run(digest)
+      return tags
+    })()
+  }
+
+  allBlobs (): Array<{ digest: string, size: number }> {
+    return this.#s.allBlobs.all()
+  }
+
+  addPin (repository: string, reference: string): void {
+    this.#s.addPin.run(repository, reference, this.#now())
+  }
+
+  /** True when there was such a pin. */
+  deletePin (repository: string, reference: string): boolean {
+    return this.#s.deletePin.run(repository, reference).changes > 0
+  }
+
+  pins (): Pin[] {
+    return this.#s.pins.all().map(r => ({ repository: r.repository, reference: r.reference, createdAt: r.created_at }))
+  }
+
+  addCounters (values: ReadonlyMap<string, number>): void {
+    if (values.size === 0) return
+    this.#db.transaction(() => {
+      for (const [name, value] of values) this.#s.addCounter.run(name, value)
+    })()
+  }
+
+  counters (): Map<string, number> {
+    return new Map(this.#s.counters.all().map(r => [r.name, r.value]))
   }
 
   close (): void {

@@ -15,6 +15,8 @@ export interface TestMirrorOptions {
   readonly tagTtl?: number
   readonly storage?: string
   readonly hooks?: MirrorHooks
+  /** Eviction bounds; unbounded when not given. */
+  readonly eviction?: Partial<Omit<MirrorConfig['storage'], 'path'>>
 }
 
 export interface TestMirror extends Mirror {
@@ -45,7 +47,15 @@ export async function startMirror (t: Teardown, options: TestMirrorOptions): Pro
   }
   const config: MirrorConfig = {
     listen: { host: '127.0.0.1', port: 0 },
-    storage: { path: storage },
+    storage: {
+      path: storage,
+      maxSize: undefined,
+      maxAge: undefined,
+      highWatermark: 0.9,
+      lowWatermark: 0.8,
+      evictionInterval: 3_600_000,
+      ...options.eviction
+    },
     upstreams,
     cache: { tagTtl: options.tagTtl ?? 300_000, hotEntries: 1000 },
     log: { level: 'debug' }

@@ -1,0 +1,177 @@
+// Keeps the cache within its bounds: anything not accessed within maxAge goes,
+// and past the high watermark of maxSize the least recently used blobs and
+// manifests go until the low watermark is reached. Pinned images never go.
+// A blob's row is deleted before its file, so a request after that is a miss
+// (and fetches again); readers with the file already open keep reading it.
+
+import type { Logger } from 'pino'
+import type { CacheIndex } from '../db/cache-index.js'
+import type { BlobStore } from '../store/blob-store.js'
+import { pinnedContent } from './pins.js'
+
+export type EvictionReason = 'age' | 'size' | 'space'
+
+export interface EvictionPolicy {
+  /** Bytes; undefined = no size bound. */
+  readonly maxSize: number | undefined
+  /** Milliseconds since last access; undefined = no age bound. */
+  readonly maxAge: number | undefined
+  /** Fractions of maxSize: start evicting above high, stop at low. */
+  readonly highWatermark: number
+  readonly lowWatermark: number
+}
+
+export interface EvictionResult {
+  readonly removed: number
+  readonly bytes: number
+  readonly byReason: Readonly<Record<EvictionReason, { count: number, bytes: number }>>
+  /** Bytes cached after the run. */
+  readonly usedBytes: number
+  readonly pinnedBytes: number
+}
+
+export interface EvictorOptions {
+  readonly index: CacheIndex
+  readonly store: BlobStore
+  readonly policy: EvictionPolicy
+  readonly log: Logger
+  readonly now?: () => number
+  /** Called before a run, so batched last-access times are in the index. */
+  readonly flushAccess?: () => void
+  /** Called for each removal (metrics, hot-cache invalidation). */
+  readonly onRemoved?: (item: { kind: 'blob' | 'manifest', digest: string, size: number, reason: EvictionReason, tags: Array<{ repository: string, tag: string }> }) => void
+}
+
+const BATCH = 500
+
+export class Evictor {
+  readonly #o: EvictorOptions
+  readonly #now: () => number
+  #running: Promise<EvictionResult> | undefined
+  #again = false
+
+  constructor (options: EvictorOptions) {
+    this.#o = options
+    this.#now = options.now ?? Date.now
+  }
+
+  get policy (): EvictionPolicy { return this.#o.policy }
+
+  /** Resolves when no pass is under way. */
+  async idle (): Promise<void> {
+    while (this.#running !== undefined) await this.#running.catch(() => {})
+  }
+
+  /** True when the cache holds more than the high watermark. */
+  overHighWatermark (usedBytes: number): boolean {
+    const { maxSize, highWatermark } = this.#o.policy
+    return maxSize !== undefined && usedBytes > maxSize * highWatermark
+  }
+
+  /**
+   * Runs one eviction pass; concurrent calls share the pass under way (and ask
+   * for one more after it). `needBytes` frees at least that much on top of the
+   * policy, for a write that found the disk full.
+   */
+  async run (options: { needBytes?: number, dryRun?: boolean } = {}): Promise<EvictionResult> {
+    if (this.#running !== undefined) {
+      this.#again = true
+      return await this.#running
+    }
+    this.#running = this.#pass(options).finally(() => { this.#running = undefined })
+    const result = await this.#running
+    if (this.#again) {
+      this.#again = false
+      return await this.run()
+    }
+    return result
+  }
+
+  async #pass (options: { needBytes?: number, dryRun?: boolean }): Promise<EvictionResult> {
+    const { index, policy, log } = this.#o
+    this.#o.flushAccess?.()
+    const pinned = pinnedContent(index)
+    const totals = index.totals()
+    let used = totals.blobBytes + totals.manifestBytes
+    const byReason: Record<EvictionReason, { count: number, bytes: number }> = {
+      age: { count: 0, bytes: 0 }, size: { count: 0, bytes: 0 }, space: { count: 0, bytes: 0 }
+    }
+    let pinnedBytes = 0
+    for (const digest of pinned.digests) {
+      pinnedBytes += index.getBlob(digest)?.size ?? index.getManifest(digest)?.size ?? 0
+    }
+    const remove = async (c: { kind: 'blob' | 'manifest', digest: string, size: number }, reason: EvictionReason): Promise<void> => {
+      let tags: Array<{ repository: string, tag: string }> = []
+      if (options.dryRun !== true) {
+        if (c.kind === 'blob') {
+          index.deleteBlob(c.digest)
+          await this.#o.store.delete(c.digest)
+        } else {
+          tags = index.deleteManifest(c.digest)
+        }
+      }
+      used -= c.size
+      log.debug({ kind: c.kind, digest: c.digest, size: c.size, reason, dryRun: options.dryRun === true }, 'evicting')
+      byReason[reason].count++
+      byReason[reason].bytes += c.size
+      this.#o.onRemoved?.({ ...c, reason, tags })
+    }
+
+    // 1. Age: everything not accessed within maxAge.
+    if (policy.maxAge !== undefined) {
+      const cutoff = this.#now() - policy.maxAge
+      const skipped = new Set<string>()
+      for (;;) {
+        const batch = index.evictionCandidates(cutoff, BATCH + skipped.size).filter(c => !skipped.has(c.digest))
+        if (batch.length === 0) break
+        for (const c of batch) {
+          if (pinned.digests.has(c.digest) || options.dryRun === true) skipped.add(c.digest)
+          if (!pinned.digests.has(c.digest)) await remove(c, 'age')
+        }
+        await yieldToRequests()
+      }
+    }
+
+    // 2. Size: past the high watermark (or asked for room), least recently used first, down to the low one.
+    const need = options.needBytes ?? 0
+    const overSize = policy.maxSize !== undefined && used > policy.maxSize * policy.highWatermark
+    if (overSize || need > 0) {
+      const target = Math.max(0, Math.min(
+        policy.maxSize !== undefined && overSize ? policy.maxSize * policy.lowWatermark : Infinity,
+        need > 0 ? used - need : Infinity))
+      const reason: EvictionReason = need > 0 && !overSize ? 'space' : 'size'
+      const skipped = new Set<string>()
+      let exhausted = false
+      while (used > target && !exhausted) {
+        const batch = index.evictionCandidates(Number.MAX_SAFE_INTEGER, BATCH + skipped.size)
+          .filter(c => !skipped.has(c.digest))
+        exhausted = true
+        for (const c of batch) {
+          if (used <= target) break
+          if (pinned.digests.has(c.digest)) {
+            skipped.add(c.digest)
+            continue
+          }
+          exhausted = false
+          if (options.dryRun === true) skipped.add(c.digest)
+          await remove(c, reason)
+        }
+        await yieldToRequests()
+      }
+      if (policy.maxSize !== undefined && used > policy.maxSize && pinnedBytes > 0) {
+        log.warn({ usedBytes: used, maxSize: policy.maxSize, pinnedBytes }, 'pinned images alone keep the cache above storage.maxSize; they are not evicted')
+      }
+    }
+
+    const removed = byReason.age.count + byReason.size.count + byReason.space.count
+    const bytes = byReason.age.bytes + byReason.size.bytes + byReason.space.bytes
+    if (removed > 0) {
+      log.info({ removed, bytes, byReason, usedBytes: used, dryRun: options.dryRun === true }, 'evicted cache entries')
+    }
+    return { removed, bytes, byReason, usedBytes: used, pinnedBytes }
+  }
+}
+
+async function yieldToRequests (): Promise<void> {
+  await new Promise(resolve => setImmediate(resolve))
+}
