@@ -26,6 +26,8 @@ export interface MirrorHooks {
   readonly blobs?: BlobEvents
   readonly onRequest?: (record: RequestRecord) => void
   readonly onEvicted?: EvictorOptions['onRemoved']
+  /** Free bytes on the cache volume, for tests of a full disk. */
+  readonly freeBytes?: (path: string) => Promise<number>
   /** The clock, for tests of time-based behaviour. */
   readonly now?: () => number
 }
@@ -98,7 +100,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, hooks: Mi
       if (evictor.overHighWatermark(usedBytes)) void evict()
     }
   }
-  const blobs = new BlobService({ index, store, upstream, access, log, events: blobEvents })
+  const blobs = new BlobService({ index, store, upstream, access, log, events: blobEvents, makeRoom: evict, freeBytes: hooks.freeBytes })
   const manifests = new ManifestService({ index, upstream, access, hot, tagTtl: config.cache.tagTtl, log, now })
   const listings = new ListingService({ index, upstream, referrersTtl: config.cache.tagTtl, now })
   const defaultUpstream = [...config.upstreams.values()].find(u => u.default)?.name

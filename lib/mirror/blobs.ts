@@ -3,12 +3,15 @@
 // streams from that one download.
 
 import type { Readable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
 import type { AccessRecorder } from '../cache/access-recorder.js'
 import { BlobDownload } from '../cache/blob-download.js'
 import type { CacheIndex } from '../db/cache-index.js'
 import { BlobUnknownError, UnavailableError } from '../errors.js'
 import { isNotFound, type BlobStore } from '../store/blob-store.js'
+import { freeBytes, isDiskFull } from '../store/disk-space.js'
+import { VerifyingStream } from '../store/verifying-stream.js'
 import { header, passedThroughHeaders, type UpstreamClient } from '../upstream/client.js'
 import type { Route } from '../upstream/routing.js'
 import type { CacheOutcome } from './outcome.js'
@@ -28,8 +31,17 @@ export interface BlobAnswer {
 
 export interface BlobEvents {
   onDownloadStart?: (digest: string) => void
-  onDownloadEnd?: (digest: string, result: 'ok' | 'mismatch' | 'error', bytes: number) => void
+  onDownloadEnd?: (digest: string, result: 'ok' | 'mismatch' | 'error' | 'disk-full', bytes: number) => void
+  /** A blob served straight from upstream because the disk has no room for it. */
+  onUncached?: (digest: string, reason: string) => void
 }
+
+/** Room kept free on the volume beyond the blob being written. */
+const SPACE_MARGIN = 4 * 1024 * 1024
+
+type Started =
+  | { readonly kind: 'download', readonly download: BlobDownload }
+  | { readonly kind: 'bypass', readonly digest: string, readonly body: Readable, readonly size: number | undefined, claimed: boolean }
 
 export interface BlobServiceOptions {
   readonly index: CacheIndex
@@ -38,12 +50,18 @@ export interface BlobServiceOptions {
   readonly access: AccessRecorder
   readonly log: Logger
   readonly events?: BlobEvents | undefined
+  /** Evicts until at least this many bytes are free on the volume (best effort). */
+  readonly makeRoom?: ((bytes: number) => Promise<void>) | undefined
+  /** Free bytes on the cache's volume; statfs unless a test says otherwise. */
+  readonly freeBytes?: ((path: string) => Promise<number>) | undefined
 }
 
 export class BlobService {
   readonly #o: BlobServiceOptions
   /** Downloads under way, by digest: present from the first request until the file is committed or given up. */
-  readonly #downloads = new Map<string, Promise<BlobDownload>>()
+  readonly #downloads = new Map<string, Promise<Started>>()
+  /** Downloads writing to disk now, for the free-space check. */
+  readonly #active = new Set<BlobDownload>()
 
   constructor (options: BlobServiceOptions) {
     this.#o = options
@@ -53,7 +71,7 @@ export class BlobService {
 
   async get (route: Route, digest: string, request: { method: 'GET' | 'HEAD', range: string | undefined }): Promise<BlobAnswer> {
     const inflight = this.#downloads.get(digest)
-    if (inflight !== undefined) return await this.#fromDownload(await inflight, 'joined', request)
+    if (inflight !== undefined) return await this.#fromStarted(route, await inflight, 'joined', request)
 
     const cached = await this.#fromCache(route, digest, request)
     if (cached !== undefined) return cached
@@ -62,13 +80,22 @@ export class BlobService {
 
     // Checked again: another request may have started the download while this one looked at the disk.
     const started = this.#downloads.get(digest)
-    if (started !== undefined) return await this.#fromDownload(await started, 'joined', request)
+    if (started !== undefined) return await this.#fromStarted(route, await started, 'joined', request)
     if (this.#o.index.getBlob(digest) !== undefined) {
       const nowCached = await this.#fromCache(route, digest, request)
       if (nowCached !== undefined) return nowCached
     }
-    const download = this.#startDownload(route, digest)
-    return await this.#fromDownload(await download, 'miss', request)
+    return await this.#fromStarted(route, await this.#start(route, digest), 'miss', request)
+  }
+
+  async #fromStarted (route: Route, started: Started, outcome: CacheOutcome, request: { method: 'GET' | 'HEAD', range: string | undefined }): Promise<BlobAnswer> {
+    if (started.kind === 'download') return await this.#fromDownload(started.download, outcome, request)
+    if (!started.claimed && request.range === undefined && request.method === 'GET') {
+      started.claimed = true
+      return this.#bypassAnswer(started.body, started.size, started.digest, outcome)
+    }
+    // The uncached body went to another client: this one gets its own.
+    return await this.#passThrough(route, started.digest, request)
   }
 
   async #fromCache (route: Route, digest: string, request: { method: 'GET' | 'HEAD', range: string | undefined }): Promise<BlobAnswer | undefined> {
@@ -115,9 +142,9 @@ export class BlobService {
     })
   }
 
-  #startDownload (route: Route, digest: string): Promise<BlobDownload> {
+  #start (route: Route, digest: string): Promise<Started> {
     const { store, index, log } = this.#o
-    const starting = (async () => {
+    const starting = (async (): Promise<Started> => {
       const client = this.#o.upstream(route.upstream)
       const res = await client.openBlob(route.name, digest)
       if (res.status === 404) {
@@ -128,10 +155,17 @@ export class BlobService {
         await res.body.dump()
         throw new UnavailableError(`upstream ${route.upstream} answered HTTP ${res.status} for a blob`, { digest })
       }
+      const bypass = (reason: string): Started => {
+        log.warn({ digest, upstream: route.upstream, repository: route.name, size: res.size ?? null, reason }, 'no room in the cache: serving the blob from upstream without caching it')
+        this.#o.events?.onUncached?.(digest, reason)
+        return { kind: 'bypass', digest, body: res.body, size: res.size, claimed: false }
+      }
+      if (!await this.#hasRoom(res.size)) return bypass('disk full')
       let temp
       try {
         temp = await store.createTemp()
       } catch (err) {
+        if (isDiskFull(err)) return bypass('disk full')
         res.body.destroy()
         throw err
       }
@@ -146,24 +180,70 @@ export class BlobService {
         discard: async (tempPath) => await store.discard(tempPath)
       })
       this.#o.events?.onDownloadStart?.(digest)
-      const started = Date.now()
+      this.#active.add(download)
+      const startedAt = Date.now()
       download.run(res.body).then(() => {
-        log.info({ digest, upstream: route.upstream, repository: route.name, bytes: download.written, ms: Date.now() - started }, 'blob cached')
+        log.info({ digest, upstream: route.upstream, repository: route.name, bytes: download.written, ms: Date.now() - startedAt }, 'blob cached')
         this.#o.events?.onDownloadEnd?.(digest, 'ok', download.written)
       }, (err: unknown) => {
         const mismatch = typeof err === 'object' && err !== null && 'code' in err && err.code === 'DIGEST_MISMATCH'
+        const full = isDiskFull(err)
         log.error({ digest, upstream: route.upstream, repository: route.name, bytes: download.written, err: errorMessage(err) },
-          mismatch ? 'blob from upstream failed verification; nothing cached' : 'blob download failed; nothing cached')
-        this.#o.events?.onDownloadEnd?.(digest, mismatch ? 'mismatch' : 'error', download.written)
+          mismatch
+            ? 'blob from upstream failed verification; nothing cached'
+            : full ? 'disk full while caching a blob; nothing cached' : 'blob download failed; nothing cached')
+        this.#o.events?.onDownloadEnd?.(digest, mismatch ? 'mismatch' : full ? 'disk-full' : 'error', download.written)
+        if (full) void this.#o.makeRoom?.((download.size ?? download.written) + SPACE_MARGIN)
       }).finally(() => {
+        this.#active.delete(download)
         this.#downloads.delete(digest)
       })
-      return download
+      return { kind: 'download', download }
     })()
     this.#downloads.set(digest, starting)
-    // A download that never got going is forgotten at once, so the next request may try again.
-    starting.catch(() => { this.#downloads.delete(digest) })
+    starting.then(started => {
+      // An uncached answer is nothing later requests can join.
+      if (started.kind === 'bypass') this.#downloads.delete(digest)
+    }, () => {
+      // A download that never got going is forgotten at once, so the next request may try again.
+      this.#downloads.delete(digest)
+    })
     return starting
+  }
+
+  /** Whether a blob of this size fits on the volume, evicting to make room if it does not. */
+  async #hasRoom (size: number | undefined): Promise<boolean> {
+    const free = this.#o.freeBytes ?? freeBytes
+    let reserved = SPACE_MARGIN + (size ?? 0)
+    for (const download of this.#active) {
+      // Space the downloads under way will still take, at their announced sizes.
+      reserved += Math.max(0, (download.size ?? 0) - download.written)
+    }
+    const available = await free(this.#o.store.root).catch(() => Infinity)
+    if (available >= reserved) return true
+    await this.#o.makeRoom?.(reserved - available)
+    return await free(this.#o.store.root).catch(() => Infinity) >= reserved
+  }
+
+  /** A fresh upstream GET served to one client, verified, not cached. */
+  async #passThrough (route: Route, digest: string, request: { method: 'GET' | 'HEAD', range: string | undefined }): Promise<BlobAnswer> {
+    if (request.method === 'HEAD') return await this.#headUpstream(route, digest)
+    const res = await this.#o.upstream(route.upstream).openBlob(route.name, digest)
+    if (res.status !== 200) {
+      await res.body.dump()
+      throw res.status === 404
+        ? new BlobUnknownError('blob unknown to upstream', { digest })
+        : new UnavailableError(`upstream ${route.upstream} answered HTTP ${res.status} for a blob`, { digest })
+    }
+    this.#o.events?.onUncached?.(digest, 'disk full')
+    return this.#bypassAnswer(res.body, res.size, digest, 'miss')
+  }
+
+  #bypassAnswer (body: Readable, size: number | undefined, digest: string, outcome: CacheOutcome): BlobAnswer {
+    const verified = new VerifyingStream(digest, size)
+    // The client's side of the pipe ends (or is cut) through Koa's own pipeline; this one only feeds it.
+    pipeline(body, verified).catch(() => {})
+    return { outcome, digest, size, range: undefined, body: verified, headers: {} }
   }
 
   async #headUpstream (route: Route, digest: string): Promise<BlobAnswer> {

@@ -1,0 +1,13 @@
+// Free space on the volume that holds the cache.
+
+import { statfs } from 'node:fs/promises'
+
+/** Bytes available to this (unprivileged) process on the filesystem of `path`. */
+export async function freeBytes (path: string): Promise<number> {
+  const s = await statfs(path)
+  return s.bavail * s.bsize
+}
+
+export function isDiskFull (err: unknown): boolean {
+  return typeof err === 'object' && err !== null && 'code' in err && (err.code === 'ENOSPC' || err.code === 'EDQUOT')
+}
