@@ -110,7 +110,7 @@ export class CacheIndex {
     repositories: Statement<[], { repository: string }>
     getReferrers: Statement<[string, string, string], { content: Buffer, fetched_at: number }>
     putReferrers: Statement<[string, string, string, Buffer, number]>
-    candidates: Statement<[number, number], { kind: 'blob' | 'manifest', digest: string, size: number, accessed_at: number }>
+    candidates: Statement<[{ before: number, limit: number }], { kind: 'blob' | 'manifest', digest: string, size: number, accessed_at: number }>
     tagsOf: Statement<[string], { repository: string, tag: string }>
     deleteTagsOf: Statement<[string]>
     deleteManifest: Statement<[string]>
@@ -157,9 +157,9 @@ export class CacheIndex {
       putReferrers: db.prepare(`INSERT INTO referrers (repository, subject, artifact_type, content, fetched_at) VALUES (?, ?, ?, ?, ?)
         ON CONFLICT (repository, subject, artifact_type) DO UPDATE SET content = excluded.content, fetched_at = excluded.fetched_at`),
       candidates: db.prepare(`SELECT kind, digest, size, accessed_at FROM (
-          SELECT 'blob' AS kind, digest, size, accessed_at FROM blobs WHERE accessed_at < ?1
-          UNION ALL SELECT 'manifest' AS kind, digest, size, accessed_at FROM manifests WHERE accessed_at < ?1)
-        ORDER BY accessed_at, digest LIMIT ?2`),
+          SELECT 'blob' AS kind, digest, size, accessed_at FROM blobs WHERE accessed_at < @before
+          UNION ALL SELECT 'manifest' AS kind, digest, size, accessed_at FROM manifests WHERE accessed_at < @before)
+        ORDER BY accessed_at, digest LIMIT @limit`),
       tagsOf: db.prepare('SELECT repository, tag FROM tags WHERE digest = ?'),
       deleteTagsOf: db.prepare('DELETE FROM tags WHERE digest = ?'),
       deleteManifest: db.prepare('DELETE FROM manifests WHERE digest = ?'),
@@ -304,7 +304,7 @@ export class CacheIndex {
 
   /** Blobs and manifests last accessed before `before`, least recently used first. */
   evictionCandidates (before: number, limit: number): EvictionCandidate[] {
-    return this.#s.candidates.all(before, limit).map(r => ({ kind: r.kind, digest: r.digest, size: r.size, accessedAt: r.accessed_at }))
+    return this.#s.candidates.all({ before, limit }).map(r => ({ kind: r.kind, digest: r.digest, size: r.size, accessedAt: r.accessed_at }))
   }
 
   /** Removes a manifest and every tag that points at it, in one transaction; returns those tags. */
