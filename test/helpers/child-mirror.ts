@@ -1,0 +1,85 @@
+// The mirror as users run it: `registry-mirror` in a child process (the
+// compiled CLI; `npm test` builds it first), for tests that kill it.
+
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const CLI = fileURLToPath(new URL('../../dist/bin/registry-mirror.js', import.meta.url))
+
+export interface ConfigSpec {
+  readonly storage: string
+  readonly upstreams: Record<string, string>
+  readonly extraStorage?: Record<string, string | number>
+  readonly logLevel?: string
+}
+
+export async function writeConfig (dir: string, spec: ConfigSpec): Promise<string> {
+  const lines = [
+    'listen: 127.0.0.1:0',
+    'storage:',
+    `  path: ${spec.storage}`,
+    ...Object.entries(spec.extraStorage ?? {}).map(([k, v]) => `  ${k}: ${v}`),
+    'upstreams:',
+    ...Object.entries(spec.upstreams).flatMap(([name, url]) => [`  ${name}:`, `    url: ${url}`]),
+    'log:',
+    `  level: ${spec.logLevel ?? 'info'}`
+  ]
+  const file = join(dir, 'mirror.config.yml')
+  await writeFile(file, lines.join('\n') + '\n')
+  return file
+}
+
+export interface ChildMirror {
+  readonly url: string
+  readonly process: ChildProcess
+  /** Everything it logged so far. */
+  output (): string
+  kill (signal: NodeJS.Signals): Promise<void>
+}
+
+export async function startChildMirror (configFile: string): Promise<ChildMirror> {
+  const child = spawn(process.execPath, [CLI, 'serve', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  child.stdout.on('data', (d: Buffer) => { output += d.toString() })
+  child.stderr.on('data', (d: Buffer) => { output += d.toString() })
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`mirror did not start:\n${output}`)), 20_000)
+    const check = (): void => {
+      const m = /"url":"(http:\/\/[^"]+)"[^\n]*"msg":"listening"/.exec(output)
+      if (m?.[1] !== undefined) {
+        clearTimeout(timer)
+        resolve(m[1])
+      }
+    }
+    child.stdout.on('data', check)
+    child.once('exit', code => {
+      clearTimeout(timer)
+      reject(new Error(`mirror exited with ${code}:\n${output}`))
+    })
+  })
+  return {
+    url,
+    process: child,
+    output: () => output,
+    kill: async signal => {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      const exited = once(child, 'exit')
+      child.kill(signal)
+      await exited
+    }
+  }
+}
+
+/** Runs the CLI to completion. */
+export async function runCli (args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (d: Buffer) => { stdout += d.toString() })
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+  const [code] = await once(child, 'exit') as [number | null]
+  return { code, stdout, stderr }
+}
