@@ -1,0 +1,219 @@
+import t from 'tap'
+import { AccessRecorder, type AccessBatch } from '../lib/cache/access-recorder.js'
+import { Inflight } from '../lib/cache/inflight.js'
+import { PaginationNumberInvalidError } from '../lib/errors.js'
+import { paginate, parsePage } from '../lib/mirror/listings.js'
+
+/** A promise with its resolve and reject, for holding a run open. */
+function deferred<T> (): { promise: Promise<T>, resolve: (v: T) => void, reject: (e: Error) => void } {
+  let resolve: (v: T) => void = () => {}
+  let reject: (e: Error) => void = () => {}
+  const promise = new Promise<T>((res, rej) => { resolve = res; reject = rej })
+  return { promise, resolve, reject }
+}
+
+// ---------------------------------------------------------------- Inflight
+
+t.test('concurrent callers of one key share one run and learn that they joined', async t => {
+  const inflight = new Inflight<string>()
+  const held = deferred<string>()
+  let calls = 0
+  const fn = async (): Promise<string> => { calls++; return await held.promise }
+  const first = inflight.run('k', fn)
+  const second = inflight.run('k', fn)
+  const third = inflight.run('k', fn)
+  t.equal(calls, 1, 'fn ran once')
+  t.equal(first.joined, false)
+  t.equal(second.joined, true)
+  t.equal(third.joined, true)
+  t.equal(second.promise, first.promise, 'the same promise')
+  t.equal(inflight.size, 1)
+  t.equal(inflight.get('k'), first.promise)
+  held.resolve('value')
+  t.same(await Promise.all([first.promise, second.promise, third.promise]), ['value', 'value', 'value'])
+})
+
+t.test('different keys run independently', async t => {
+  const inflight = new Inflight<string>()
+  let calls = 0
+  const a = inflight.run('a', async () => { calls++; return 'A' })
+  const b = inflight.run('b', async () => { calls++; return 'B' })
+  t.equal(calls, 2)
+  t.equal(b.joined, false)
+  t.same(await Promise.all([a.promise, b.promise]), ['A', 'B'])
+})
+
+t.test('a finished run is forgotten: the next caller starts a new one', async t => {
+  const inflight = new Inflight<number>()
+  let calls = 0
+  const first = inflight.run('k', async () => ++calls)
+  t.equal(await first.promise, 1)
+  t.equal(inflight.size, 0)
+  t.equal(inflight.get('k'), undefined)
+  const second = inflight.run('k', async () => ++calls)
+  t.equal(second.joined, false)
+  t.equal(await second.promise, 2)
+})
+
+t.test('a failed run is forgotten, every joiner gets its error, and the next caller tries again', async t => {
+  const inflight = new Inflight<string>()
+  const held = deferred<string>()
+  const first = inflight.run('k', async () => await held.promise)
+  const joiner = inflight.run('k', async () => 'never')
+  held.reject(new Error('upstream down'))
+  await t.rejects(first.promise, /upstream down/)
+  await t.rejects(joiner.promise, /upstream down/)
+  t.equal(inflight.size, 0, 'the failure is not remembered')
+  const retry = inflight.run('k', async () => 'ok')
+  t.equal(retry.joined, false)
+  t.equal(await retry.promise, 'ok')
+})
+
+// ---------------------------------------------------------------- AccessRecorder
+
+function recorder (options: { intervalMs?: number, now?: () => number, fail?: boolean } = {}) {
+  const batches: AccessBatch[] = []
+  const errors: unknown[] = []
+  const r = new AccessRecorder({
+    sink: {
+      recordAccess (batch) {
+        batches.push(batch)
+        if (options.fail === true) throw new Error('database is locked')
+      }
+    },
+    intervalMs: options.intervalMs ?? 60_000,
+    now: options.now,
+    onError: err => errors.push(err)
+  })
+  return { r, batches, errors }
+}
+
+t.test('many notes reach the sink in one call, with the latest time per digest and each repository once', async t => {
+  let clock = 1000
+  const { r, batches } = recorder({ now: () => clock })
+  t.teardown(() => r.close())
+  for (let i = 0; i < 100; i++) {
+    clock++
+    r.blob('sha256:b1', 'docker.io/library/app')
+    r.blob('sha256:b2', i % 2 === 0 ? 'docker.io/library/app' : 'ghcr.io/org/app')
+    r.manifest('sha256:m1', 'docker.io/library/app')
+  }
+  t.equal(batches.length, 0, 'nothing is written while notes are taken')
+  r.flush()
+  t.equal(batches.length, 1, 'one sink call')
+  const batch = batches[0]
+  if (batch === undefined) return
+  t.same([...batch.blobs], [['sha256:b1', 1100], ['sha256:b2', 1100]])
+  t.same([...batch.manifests], [['sha256:m1', 1100]])
+  t.same(batch.blobRepositories, [['sha256:b1', 'docker.io/library/app'], ['sha256:b2', 'docker.io/library/app'], ['sha256:b2', 'ghcr.io/org/app']])
+  t.same(batch.manifestRepositories, [['sha256:m1', 'docker.io/library/app']])
+})
+
+t.test('a flush with nothing noted does not call the sink, and notes are written once only', async t => {
+  const { r, batches } = recorder()
+  t.teardown(() => r.close())
+  r.flush()
+  t.equal(batches.length, 0)
+  r.manifest('sha256:m', 'docker.io/library/app')
+  r.flush()
+  r.flush()
+  t.equal(batches.length, 1)
+  r.blob('sha256:b', 'docker.io/library/app')
+  r.flush()
+  t.equal(batches.length, 2)
+  t.same([...(batches[1]?.blobs.keys() ?? [])], ['sha256:b'], 'the second batch holds only what came after the first')
+  t.same([...(batches[1]?.manifests.keys() ?? [])], [])
+})
+
+t.test('close writes what is still noted', async t => {
+  const { r, batches } = recorder()
+  r.blob('sha256:b', 'docker.io/library/app')
+  r.manifest('sha256:m', 'docker.io/library/app')
+  r.close()
+  t.equal(batches.length, 1)
+  t.same([...(batches[0]?.blobs.keys() ?? [])], ['sha256:b'])
+  t.same([...(batches[0]?.manifests.keys() ?? [])], ['sha256:m'])
+})
+
+t.test('the timer writes the notes of each interval in one batch', async t => {
+  const { r, batches } = recorder({ intervalMs: 10 })
+  t.teardown(() => r.close())
+  r.blob('sha256:a', 'docker.io/library/app')
+  r.blob('sha256:b', 'docker.io/library/app')
+  const deadline = Date.now() + 2000
+  while (batches.length === 0 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
+  t.equal(batches.length, 1)
+  t.same([...(batches[0]?.blobs.keys() ?? [])], ['sha256:a', 'sha256:b'])
+})
+
+t.test('a sink that throws is reported to onError and the recorder keeps working', async t => {
+  const { r, batches, errors } = recorder({ fail: true })
+  t.teardown(() => r.close())
+  r.blob('sha256:a', 'docker.io/library/app')
+  t.doesNotThrow(() => r.flush())
+  t.equal(errors.length, 1)
+  t.match(errors[0], { message: 'database is locked' })
+  r.blob('sha256:b', 'docker.io/library/app')
+  r.flush()
+  t.equal(batches.length, 2)
+  t.equal(errors.length, 2)
+})
+
+// ---------------------------------------------------------------- paginate / parsePage
+
+t.test('parsePage takes n as a non-negative integer and an empty last as none', async t => {
+  t.same(parsePage(undefined, undefined), { n: undefined, last: undefined })
+  t.same(parsePage('2', 'b'), { n: 2, last: 'b' })
+  t.same(parsePage('0', ''), { n: 0, last: undefined })
+  t.same(parsePage('007', undefined), { n: 7, last: undefined })
+})
+
+t.test('parsePage refuses an n that is not a non-negative integer with PAGINATION_NUMBER_INVALID', async t => {
+  for (const n of ['-1', 'abc', '1.5', '', ' 2', '2 ', '1e3', '0x10']) {
+    try {
+      parsePage(n, undefined)
+      t.fail(`n=${JSON.stringify(n)} accepted`)
+    } catch (err) {
+      t.ok(err instanceof PaginationNumberInvalidError, `n=${JSON.stringify(n)}`)
+      if (err instanceof PaginationNumberInvalidError) {
+        t.equal(err.code, 'PAGINATION_NUMBER_INVALID')
+        t.equal(err.status, 400)
+      }
+    }
+  }
+})
+
+const items = ['a', 'b', 'c', 'd', 'e']
+
+t.test('paginate without n or last gives everything and no next page', async t => {
+  t.same(paginate(items, { n: undefined, last: undefined }), { items, next: undefined })
+})
+
+t.test('paginate gives n items and names the last of them as the next page start', async t => {
+  t.same(paginate(items, { n: 2, last: undefined }), { items: ['a', 'b'], next: 'b' })
+  t.same(paginate(items, { n: 2, last: 'b' }), { items: ['c', 'd'], next: 'd' })
+  t.same(paginate(items, { n: 2, last: 'd' }), { items: ['e'], next: undefined }, 'the last page has no next')
+})
+
+t.test('paginate gives no next page when exactly n items remain', async t => {
+  t.same(paginate(items, { n: 5, last: undefined }), { items, next: undefined })
+  t.same(paginate(items, { n: 3, last: 'b' }), { items: ['c', 'd', 'e'], next: undefined })
+})
+
+t.test('paginate starts after last even when last is not one of the items', async t => {
+  t.same(paginate(items, { n: undefined, last: 'bb' }), { items: ['c', 'd', 'e'], next: undefined })
+  t.same(paginate(items, { n: 10, last: 'e' }), { items: [], next: undefined })
+  t.same(paginate(items, { n: 10, last: 'z' }), { items: [], next: undefined })
+  t.same(paginate(items, { n: undefined, last: '0' }), { items, next: undefined })
+})
+
+t.test('paginate with n=0 gives an empty page', async t => {
+  t.same(paginate(items, { n: 0, last: undefined }).items, [])
+})
+
+t.test('paginate never hands back the array it was given', async t => {
+  const source = ['a', 'b']
+  const page = paginate(source, { n: undefined, last: undefined })
+  page.items.push('c')
+  t.same(source, ['a', 'b'])
+})
