@@ -81,14 +81,26 @@ export const MANIFEST_ACCEPT = [
   MediaTypes.dockerManifest
 ].join(', ')
 
-/** Whether a client's Accept header admits a manifest media type. No header admits anything. */
+/**
+ * Whether a client's Accept header admits a manifest media type. No header
+ * admits anything. As RFC 9110 says, the most specific matching range
+ * decides, so `type;q=0, *\/*` refuses `type`.
+ */
 export function accepts (acceptHeader: string | undefined, mediaType: string): boolean {
   if (acceptHeader === undefined || acceptHeader.trim() === '') return true
+  const type = mediaType.toLowerCase()
+  let best: { specificity: number, refused: boolean } | undefined
   for (const part of acceptHeader.split(',')) {
     const [range = '', ...params] = part.split(';').map(s => s.trim().toLowerCase())
-    if (params.some(p => /^q=0(?:\.0*)?$/.test(p))) continue
-    if (range === '*/*' || range === mediaType) return true
-    if (range.endsWith('/*') && mediaType.startsWith(range.slice(0, -1))) return true
+    let specificity = -1
+    if (range === type) specificity = 2
+    else if (range.endsWith('/*') && range !== '*/*' && type.startsWith(range.slice(0, -1))) specificity = 1
+    else if (range === '*/*') specificity = 0
+    if (specificity < 0) continue
+    const refused = params.some(p => /^q\s*=\s*0(?:\.0*)?$/.test(p))
+    if (best === undefined || specificity > best.specificity || (specificity === best.specificity && refused)) {
+      best = { specificity, refused }
+    }
   }
-  return false
+  return best !== undefined && !best.refused
 }

@@ -99,11 +99,23 @@ function requestLog (options: AppOptions) {
     const started = process.hrtime.bigint()
     const socket = ctx.req.socket
     const bytesBefore = socket.bytesWritten
+    // A client may close the connection the moment it has every byte, before the response
+    // counts as finished; so body bytes are counted as they are handed to the socket.
+    let bodyBytes = 0
+    const res = ctx.res
+    const write = res.write
+    res.write = function (this: typeof res, chunk: unknown, ...rest: unknown[]): boolean {
+      if (typeof chunk === 'string') bodyBytes += Buffer.byteLength(chunk)
+      else if (chunk instanceof Uint8Array) bodyBytes += chunk.byteLength
+      return (write as (...args: unknown[]) => boolean).call(this, chunk, ...rest)
+    } as typeof res.write
     ctx.res.once('close', () => {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9
       const bytes = socket.bytesWritten - bytesBefore
-      const status = ctx.res.writableFinished ? ctx.status : 499
-      const outcome = status >= 400 || !ctx.res.writableFinished ? 'error' : ctx.state.cache
+      const length = ctx.response.length
+      const delivered = ctx.res.writableFinished || (typeof length === 'number' && bodyBytes >= length)
+      const status = delivered ? ctx.status : 499
+      const outcome = status >= 400 || !delivered ? 'error' : ctx.state.cache
       options.log.info({
         method: ctx.method,
         path: ctx.url,
@@ -127,11 +139,11 @@ function distribution (options: AppOptions) {
       throw new NameInvalidError('invalid repository name', { path })
     }
     if (ctx.method !== 'GET' && ctx.method !== 'HEAD') {
-      throw new UnsupportedError('this registry is a read-only mirror', { method: ctx.method })
+      throw new UnsupportedError('this registry is a read-only mirror', { method: ctx.method }, { allow: 'GET, HEAD' })
     }
     const m = PATH.exec(path)
     if (m === null) {
-      if (/\/blobs\/uploads\/?/.test(path)) throw new UnsupportedError('this registry is a read-only mirror')
+      if (/\/blobs\/uploads\/?/.test(path)) throw new UnsupportedError('this registry is a read-only mirror', { method: ctx.method }, { allow: 'GET, HEAD' })
       throw new NotFoundError('not found', { path })
     }
     const [, rawName = '', what = '', ref = ''] = m

@@ -103,10 +103,14 @@ export class ListingService {
       }
       const body = await readJson(res.body)
       if (!isRecord(body) || !Array.isArray(body.manifests)) throw new UnavailableError('upstream sent an invalid referrers index')
+      // Upstream may ignore artifactType (the spec allows it); the mirror filters itself, so the
+      // answer, fresh or cached, is always filtered when a filter was asked for.
+      if (artifactType !== undefined) {
+        body.manifests = body.manifests.filter(m => isRecord(m) && m.artifactType === artifactType)
+      }
       const content = Buffer.from(JSON.stringify(body))
       this.#o.index.putReferrers(route.repository, digest, key, content)
-      const filtered = key !== '' && (header(res.headers, 'oci-filters-applied') ?? '').includes('artifactType')
-      return { content, outcome: 'miss', filtered }
+      return { content, outcome: 'miss', filtered: key !== '' }
     } catch (err) {
       if (cached === undefined || err instanceof ManifestUnknownError || !(err instanceof RegistryError)) throw err
       return { content: cached.content, outcome: 'stale', filtered: key !== '' }

@@ -57,6 +57,7 @@ export class UpstreamClient {
   readonly #tokens: TokenCache
   readonly #tokenFetches = new Map<string, Promise<string>>()
   readonly #events: UpstreamEvents
+  #basic: string | undefined
 
   constructor (options: UpstreamClientOptions) {
     this.#config = options.config
@@ -153,7 +154,7 @@ export class UpstreamClient {
   #cachedAuthorization (scopeKey: string): string | undefined {
     const token = this.#tokens.get(scopeKey)
     if (token !== undefined) return `Bearer ${token}`
-    return undefined
+    return this.#basic
   }
 
   async #authorize (challengeHeader: string | undefined, scopeKey: string): Promise<string> {
@@ -169,7 +170,9 @@ export class UpstreamClient {
       return `Bearer ${await pending}`
     }
     if (challenges.some(c => c.scheme === 'basic') && this.#config.username !== undefined) {
-      return basicAuthorization(this.#config.username, this.#config.password ?? '')
+      // A Basic upstream wants the same credentials every time: send them up front from now on.
+      this.#basic = basicAuthorization(this.#config.username, this.#config.password ?? '')
+      return this.#basic
     }
     throw new DeniedError(`upstream ${this.name} requires authentication the mirror cannot provide`, { upstream: this.name })
   }

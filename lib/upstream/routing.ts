@@ -31,14 +31,17 @@ export function route (table: RoutingTable, rawName: string, ns: string | undefi
   let name = rawName
   const slash = rawName.indexOf('/')
   const first = slash === -1 ? rawName : rawName.slice(0, slash)
-  if (slash !== -1 && (table.upstreams.has(first) || looksLikeHost(first))) {
+  // With ?ns= the registry is named already: a dotted first component is then a namespace
+  // (GitLab groups, Harbor projects) unless it names a configured upstream itself.
+  const hasNs = ns !== undefined && ns !== ''
+  if (slash !== -1 && (table.upstreams.has(first) || (!hasNs && looksLikeHost(first)))) {
     if (!table.upstreams.has(first)) {
       throw new RegistryUnknownError(`registry ${first} is not an upstream of this mirror`, { registry: first })
     }
     upstream = first
     name = rawName.slice(slash + 1)
   }
-  if (upstream === undefined && ns !== undefined && ns !== '') {
+  if (upstream === undefined && hasNs) {
     if (!table.upstreams.has(ns)) {
       throw new RegistryUnknownError(`registry ${ns} is not an upstream of this mirror`, { registry: ns })
     }
