@@ -1,0 +1,137 @@
+// A private dockerd (own data-root, exec-root, pidfile, socket, and its own
+// containerd) configured like a user's machine with `registry-mirrors`, and
+// the docker CLI as its client. vfs storage and no networking: it only has to
+// pull, which needs neither overlayfs nor iptables.
+
+import { mkdir, writeFile, access } from 'node:fs/promises'
+import { join } from 'node:path'
+import { Daemon, run, type CommandResult } from './process.js'
+import { Containerd } from './containerd.js'
+import { makeTempDir, removeTempDir } from './temp.js'
+import { digestsFor, parseRepoDigests } from './references.js'
+import { waitFor, WaitAborted } from './wait.js'
+
+export interface DockerdOptions {
+  /** registry-mirrors: http://127.0.0.1:PORT; used for docker.io images only. */
+  readonly mirrors?: readonly string[]
+  /** host:port pairs dockerd may talk plain HTTP to. */
+  readonly insecureRegistries?: readonly string[]
+}
+
+export class Dockerd {
+  readonly dir: string
+  readonly containerd: Containerd
+  #daemon: Daemon | undefined
+
+  private constructor (dir: string, containerd: Containerd) {
+    this.dir = dir
+    this.containerd = containerd
+  }
+
+  static async start (options: DockerdOptions = {}): Promise<Dockerd> {
+    const dir = await makeTempDir('dockerd')
+    let containerd: Containerd
+    try {
+      containerd = await Containerd.start()
+    } catch (err) {
+      await removeTempDir(dir)
+      throw err
+    }
+    const dockerd = new Dockerd(dir, containerd)
+    try {
+      await dockerd.#start(options)
+    } catch (err) {
+      await dockerd.close()
+      throw err
+    }
+    return dockerd
+  }
+
+  get socket (): string { return join(this.dir, 'docker.sock') }
+
+  async #start (options: DockerdOptions): Promise<void> {
+    await mkdir(join(this.dir, 'cli'))
+    const config = join(this.dir, 'daemon.json')
+    await writeFile(config, JSON.stringify({
+      'registry-mirrors': options.mirrors ?? [],
+      'insecure-registries': options.insecureRegistries ?? [],
+      'storage-driver': 'vfs',
+      iptables: false,
+      ip6tables: false,
+      'ip-forward': false,
+      'ip-masq': false,
+      bridge: 'none',
+      'userland-proxy': false,
+      'data-root': join(this.dir, 'root'),
+      'exec-root': join(this.dir, 'exec'),
+      pidfile: join(this.dir, 'docker.pid'),
+      hosts: [`unix://${this.socket}`],
+      containerd: this.containerd.socket,
+      'containerd-namespace': 'e2e-moby',
+      'containerd-plugins-namespace': 'e2e-moby-plugins',
+      'log-level': 'info',
+      features: { buildkit: false }
+    }, null, 2))
+    const daemon = new Daemon('dockerd', 'dockerd', ['--config-file', config], { logPath: join(this.dir, 'dockerd.log') })
+    this.#daemon = daemon
+    await waitFor('dockerd to answer on its socket', async () => {
+      if (!daemon.running) throw new WaitAborted('dockerd exited')
+      await access(this.socket)
+      await this.docker(['version'], 10_000)
+      return true
+    }, { timeoutMs: 60_000, intervalMs: 250, describe: () => daemon.tail() })
+  }
+
+  async close (): Promise<void> {
+    await this.#daemon?.stop(20_000)
+    await this.containerd.close()
+    await removeTempDir(this.dir)
+  }
+
+  tail (): string {
+    return this.#daemon?.tail() ?? '(never started)'
+  }
+
+  async docker (args: readonly string[], timeoutMs = 600_000): Promise<CommandResult> {
+    return await run('docker', ['--host', `unix://${this.socket}`, ...args], {
+      env: { ...process.env, DOCKER_CONFIG: join(this.dir, 'cli') },
+      timeoutMs
+    })
+  }
+
+  /** docker pull; the error carries dockerd's log, which says why a mirror was skipped. */
+  async pull (reference: string): Promise<void> {
+    try {
+      await this.docker(['pull', '--quiet', reference])
+    } catch (err) {
+      if (err instanceof Error) err.message += '\n' + this.tail()
+      throw err
+    }
+  }
+
+  async remove (reference: string): Promise<void> {
+    await this.docker(['image', 'rm', reference])
+  }
+
+  /**
+   * The manifest digests recorded for what was pulled as reference (RepoDigests
+   * of its repository).
+   */
+  async digestsOf (reference: string): Promise<string[]> {
+    const { stdout } = await this.docker(['image', 'inspect', '--format', '{{json .RepoDigests}}', reference])
+    return digestsFor(parseRepoDigests(stdout), reference)
+  }
+
+  /** Removes every image (all their tags and digests) and their layers. */
+  async removeAll (): Promise<void> {
+    const ids = [...new Set(await this.imageIds())]
+    if (ids.length > 0) await this.docker(['image', 'rm', '--force', ...ids])
+    const left = await this.imageIds()
+    if (left.length > 0) throw new Error(`dockerd kept images after removing them all: ${left.join(' ')}`)
+  }
+
+  async imageIds (): Promise<string[]> {
+    const { stdout } = await this.docker(['image', 'ls', '--all', '--quiet', '--no-trunc'])
+    return stdout.split('\n').filter(line => line !== '')
+  }
+}

@@ -1,0 +1,160 @@
+// registry-mirror as a child process, started the way users start it:
+// `node dist/bin/registry-mirror.js serve --config FILE`. It is ready once it
+// logs a pino line with "msg":"listening" and the "url" it listens on.
+
+import { writeFile, mkdir, access } from 'node:fs/promises'
+import { existsSync, createWriteStream } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { Transform, type TransformCallback } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import { Daemon, tailOf } from './process.js'
+import { makeTempDir, removeTempDir } from './temp.js'
+import type { Mirror, UpstreamEntry } from './mirror.js'
+
+function repoRoot (): string {
+  let dir = dirname(fileURLToPath(import.meta.url))
+  while (!existsSync(join(dir, 'package.json'))) {
+    const parent = dirname(dir)
+    if (parent === dir) throw new Error('no package.json above ' + fileURLToPath(import.meta.url))
+    dir = parent
+  }
+  return dir
+}
+
+/** Calls onLine for every complete line going through, passing the bytes on unchanged. */
+class LineWatcher extends Transform {
+  #partial = ''
+  readonly #onLine: (line: string) => void
+
+  constructor (onLine: (line: string) => void) {
+    super()
+    this.#onLine = onLine
+  }
+
+  override _transform (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    const lines = (this.#partial + chunk.toString('utf8')).split('\n')
+    this.#partial = lines.pop() ?? ''
+    for (const line of lines) this.#onLine(line)
+    callback(null, chunk)
+  }
+
+  override _flush (callback: TransformCallback): void {
+    if (this.#partial !== '') this.#onLine(this.#partial)
+    callback()
+  }
+}
+
+export interface MirrorProcessOptions {
+  readonly upstreams: readonly UpstreamEntry[]
+  readonly tagTtl?: string
+  readonly startTimeoutMs?: number
+}
+
+/** `node dist/bin/registry-mirror.js serve --config FILE`, ready once it logs "listening". */
+export class MirrorProcess implements Mirror {
+  readonly dir: string
+  readonly registries: readonly string[]
+  #daemon: Daemon | undefined
+  #url = ''
+
+  private constructor (dir: string, registries: readonly string[]) {
+    this.dir = dir
+    this.registries = registries
+  }
+
+  static get entryPoint (): string {
+    return join(repoRoot(), 'dist', 'bin', 'registry-mirror.js')
+  }
+
+  static async start (options: MirrorProcessOptions): Promise<MirrorProcess> {
+    const entry = MirrorProcess.entryPoint
+    try {
+      await access(entry)
+    } catch {
+      throw new Error(`${entry} does not exist: build the mirror first (npm run build)`)
+    }
+    const mirror = new MirrorProcess(await makeTempDir('mirror'), options.upstreams.map(upstream => upstream.name))
+    try {
+      await mirror.#start(entry, options)
+    } catch (err) {
+      await mirror.close()
+      throw err
+    }
+    return mirror
+  }
+
+  get url (): string { return this.#url }
+  get host (): string { return this.#url.replace(/^http:\/\//, '') }
+  get configPath (): string { return join(this.dir, 'mirror.config.yml') }
+  get logPath (): string { return join(this.dir, 'mirror.log') }
+  get stderrPath (): string { return join(this.dir, 'mirror.stderr.log') }
+
+  locationFor (registry: string): string {
+    return `${this.host}/${registry}`
+  }
+
+  async #start (entry: string, options: MirrorProcessOptions): Promise<void> {
+    await mkdir(join(this.dir, 'data'))
+    const lines = ['listen: 127.0.0.1:0', 'storage:', `  path: ${join(this.dir, 'data')}`, 'upstreams:']
+    for (const upstream of options.upstreams) {
+      lines.push(`  ${upstream.name}:`, `    url: ${upstream.url}`)
+      if (upstream.default === true) lines.push('    default: true')
+    }
+    lines.push('cache:', `  tagTtl: ${options.tagTtl ?? '5m'}`)
+    await writeFile(this.configPath, lines.join('\n') + '\n')
+
+    const daemon = new Daemon('registry-mirror', process.execPath, [entry, 'serve', '--config', this.configPath], {
+      cwd: this.dir,
+      logPath: this.logPath,
+      stderrPath: this.stderrPath,
+      pipeStdout: true
+    })
+    this.#daemon = daemon
+    const stdout = daemon.child.stdout
+    if (stdout === null) throw new Error('no stdout pipe to the mirror')
+
+    const listening = new Promise<string>((resolve, reject) => {
+      const timeoutMs = options.startTimeoutMs ?? 30_000
+      const timer = setTimeout(() => reject(new Error(`the mirror did not log "listening" within ${timeoutMs} ms\n${this.tail()}`)), timeoutMs)
+      const watcher = new LineWatcher(line => {
+        const url = listeningUrl(line)
+        if (url === undefined) return
+        clearTimeout(timer)
+        resolve(url)
+      })
+      pipeline(stdout, watcher, createWriteStream(this.logPath)).catch(() => {})
+      void daemon.exited.then(code => {
+        clearTimeout(timer)
+        reject(new Error(`the mirror exited with ${String(code)} before listening\n${this.tail()}`))
+      })
+    })
+    this.#url = await listening
+  }
+
+  async close (): Promise<void> {
+    await this.#daemon?.stop()
+    await removeTempDir(this.dir)
+  }
+
+  tail (lines = 60): string {
+    return [
+      `--- mirror stdout: ${this.logPath}\n${tailOf(this.logPath, lines)}`,
+      `--- mirror stderr: ${this.stderrPath}\n${tailOf(this.stderrPath, lines)}`
+    ].join('\n')
+  }
+}
+
+/** The "listening" line's url field, from a pino JSON line. */
+function listeningUrl (line: string): string | undefined {
+  if (!line.startsWith('{')) return undefined
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(line)
+  } catch {
+    return undefined
+  }
+  if (typeof parsed !== 'object' || parsed === null) return undefined
+  const record = parsed as Record<string, unknown>
+  return record.msg === 'listening' && typeof record.url === 'string' ? record.url.replace(/\/$/, '') : undefined
+}

@@ -1,0 +1,121 @@
+// The mirror under test. By default registry-mirror itself, built to dist/;
+// E2E_MIRROR=reference runs the same tests against distribution's registry in
+// proxy mode (one upstream, docker.io only), the anchor we measure against.
+
+import { ReferenceRegistry } from './reference-registry.js'
+import { MirrorProcess } from './mirror-process.js'
+import { TrafficRecorder, type SeenRequest } from './traffic-recorder.js'
+
+/** Short, so tests can let tags go stale and see the mirror revalidate or serve them stale. */
+export const E2E_TAG_TTL = '1s'
+
+export interface UpstreamEntry {
+  /** The registry host clients name: docker.io, ghcr.io. */
+  readonly name: string
+  readonly url: string
+  readonly default?: boolean
+}
+
+export interface Mirror {
+  /** http://127.0.0.1:PORT */
+  readonly url: string
+  /** 127.0.0.1:PORT */
+  readonly host: string
+  /** The registries it can serve. */
+  readonly registries: readonly string[]
+  /** host[/prefix] under which a registry's repositories are found (podman, skopeo). */
+  locationFor: (registry: string) => string
+  close: () => Promise<void>
+  tail: () => string
+}
+
+export type MirrorKind = 'registry-mirror' | 'reference'
+
+export function mirrorKind (): MirrorKind {
+  return process.env.E2E_MIRROR === 'reference' ? 'reference' : 'registry-mirror'
+}
+
+/** A mirror whose clients' requests are on record. */
+export interface ObservedMirror extends Mirror {
+  /** Every request line clients sent, oldest first. */
+  requests: () => SeenRequest[]
+}
+
+export async function startMirror (upstreams: readonly UpstreamEntry[]): Promise<ObservedMirror> {
+  const mirror = mirrorKind() === 'reference'
+    ? await ReferenceProxy.start(upstreams)
+    : await MirrorProcess.start({ upstreams, tagTtl: E2E_TAG_TTL })
+  try {
+    return new RecordedMirror(mirror, await TrafficRecorder.start(mirror.host))
+  } catch (err) {
+    await mirror.close()
+    throw err
+  }
+}
+
+/** The mirror as clients see it: through a TrafficRecorder. */
+class RecordedMirror implements ObservedMirror {
+  readonly #mirror: Mirror
+  readonly #recorder: TrafficRecorder
+
+  constructor (mirror: Mirror, recorder: TrafficRecorder) {
+    this.#mirror = mirror
+    this.#recorder = recorder
+  }
+
+  get url (): string { return `http://${this.host}` }
+  get host (): string { return this.#recorder.host }
+  get registries (): readonly string[] { return this.#mirror.registries }
+
+  locationFor (registry: string): string {
+    const location = this.#mirror.locationFor(registry)
+    return this.host + location.slice(this.#mirror.host.length)
+  }
+
+  requests (): SeenRequest[] {
+    return this.#recorder.requests()
+  }
+
+  async close (): Promise<void> {
+    await this.#recorder.close()
+    await this.#mirror.close()
+  }
+
+  tail (): string {
+    return this.#mirror.tail()
+  }
+}
+
+/** distribution's registry as a pull-through cache of the default upstream. */
+class ReferenceProxy implements Mirror {
+  readonly registries: readonly string[]
+  readonly #registry: ReferenceRegistry
+
+  private constructor (registry: ReferenceRegistry, registries: readonly string[]) {
+    this.#registry = registry
+    this.registries = registries
+  }
+
+  static async start (upstreams: readonly UpstreamEntry[]): Promise<ReferenceProxy> {
+    const upstream = upstreams.find(entry => entry.default === true) ?? upstreams[0]
+    if (upstream === undefined) throw new Error('the reference proxy needs an upstream')
+    const registry = await ReferenceRegistry.start({ label: 'proxy', proxyRemoteUrl: upstream.url })
+    return new ReferenceProxy(registry, [upstream.name])
+  }
+
+  get url (): string { return this.#registry.url }
+  get host (): string { return this.#registry.host }
+
+  locationFor (registry: string): string {
+    if (!this.registries.includes(registry)) throw new Error(`the reference proxy does not serve ${registry}`)
+    return this.host
+  }
+
+  async close (): Promise<void> {
+    await this.#registry.close()
+  }
+
+  tail (): string {
+    return this.#registry.tail()
+  }
+}

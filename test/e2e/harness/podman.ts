@@ -1,0 +1,119 @@
+// podman with private storage and configs: registries.conf maps a registry
+// to a mirror location that carries a path prefix (127.0.0.1:PORT/ghcr.io),
+// which is how podman and CRI-O users point at a multi-registry mirror.
+
+import { mkdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { run, type CommandResult } from './process.js'
+import { makeTempDir, removeTempDir } from './temp.js'
+import { digestsFor, parseRepoDigests } from './references.js'
+
+export interface PodmanMirror {
+  /** The registry images are named by, e.g. ghcr.io. */
+  readonly registry: string
+  /** host:port[/path] podman should ask instead (plain HTTP). */
+  readonly location: string
+}
+
+export class Podman {
+  readonly dir: string
+
+  private constructor (dir: string) {
+    this.dir = dir
+  }
+
+  static async create (mirrors: readonly PodmanMirror[]): Promise<Podman> {
+    const podman = new Podman(await makeTempDir('podman'))
+    try {
+      await podman.#writeConfigs(mirrors)
+    } catch (err) {
+      await podman.close()
+      throw err
+    }
+    return podman
+  }
+
+  async #writeConfigs (mirrors: readonly PodmanMirror[]): Promise<void> {
+    await mkdir(join(this.dir, 'tmp'))
+    const registries = ['unqualified-search-registries = ["docker.io"]', 'short-name-mode = "permissive"', '']
+    for (const mirror of mirrors) {
+      registries.push(
+        '[[registry]]',
+        `prefix = "${mirror.registry}"`,
+        `location = "${mirror.registry}"`,
+        '[[registry.mirror]]',
+        `location = "${mirror.location}"`,
+        'insecure = true',
+        ''
+      )
+    }
+    await writeFile(join(this.dir, 'registries.conf'), registries.join('\n'))
+    await writeFile(join(this.dir, 'storage.conf'), [
+      '[storage]',
+      'driver = "vfs"',
+      `graphroot = "${join(this.dir, 'root')}"`,
+      `runroot = "${join(this.dir, 'run')}"`,
+      ''
+    ].join('\n'))
+    await writeFile(join(this.dir, 'containers.conf'), [
+      '[engine]',
+      'cgroup_manager = "cgroupfs"',
+      'events_logger = "none"',
+      `tmp_dir = "${join(this.dir, 'libpod-tmp')}"`,
+      ''
+    ].join('\n'))
+    await writeFile(join(this.dir, 'policy.json'), JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }))
+  }
+
+  async close (): Promise<void> {
+    await removeTempDir(this.dir)
+  }
+
+  async podman (args: readonly string[], timeoutMs = 600_000): Promise<CommandResult> {
+    return await run('podman', [
+      '--root', join(this.dir, 'root'),
+      '--runroot', join(this.dir, 'run'),
+      '--storage-driver', 'vfs',
+      '--tmpdir', join(this.dir, 'libpod-tmp'),
+      ...args
+    ], {
+      env: {
+        ...process.env,
+        CONTAINERS_REGISTRIES_CONF: join(this.dir, 'registries.conf'),
+        CONTAINERS_STORAGE_CONF: join(this.dir, 'storage.conf'),
+        CONTAINERS_CONF: join(this.dir, 'containers.conf'),
+        TMPDIR: join(this.dir, 'tmp')
+      },
+      timeoutMs
+    })
+  }
+
+  /** Pulls a fully qualified reference (ghcr.io/org/app:v1) for the machine's platform. */
+  async pull (reference: string): Promise<void> {
+    await this.podman(['pull', '--quiet', '--signature-policy', join(this.dir, 'policy.json'), reference])
+  }
+
+  async remove (reference: string): Promise<void> {
+    await this.podman(['image', 'rm', reference])
+  }
+
+  /**
+   * The manifest digests recorded for what was pulled as reference (RepoDigests
+   * of its repository; podman records both an index and its platform manifest).
+   */
+  async digestsOf (reference: string): Promise<string[]> {
+    const { stdout } = await this.podman(['image', 'inspect', '--format', '{{json .RepoDigests}}', reference])
+    return digestsFor(parseRepoDigests(stdout), reference)
+  }
+
+  async removeAll (): Promise<void> {
+    await this.podman(['image', 'rm', '--all', '--force'])
+    const left = await this.imageIds()
+    if (left.length > 0) throw new Error(`podman kept images after removing them all: ${left.join(' ')}`)
+  }
+
+  async imageIds (): Promise<string[]> {
+    const { stdout } = await this.podman(['images', '--all', '--quiet', '--no-trunc'])
+    return stdout.split('\n').filter(line => line !== '')
+  }
+}

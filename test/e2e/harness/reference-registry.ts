@@ -1,0 +1,149 @@
+// distribution's reference registry (Debian's docker-registry, 2.8) on
+// 127.0.0.1: a hosted upstream the tests push images to and count requests
+// on, or, with proxyRemoteUrl, a pull-through cache to compare against.
+
+import { writeFile, readFile, mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { Daemon } from './process.js'
+import { freePort } from './ports.js'
+import { makeTempDir, removeTempDir } from './temp.js'
+import { waitFor, WaitAborted } from './wait.js'
+import { parseAccessLog, isBlobGet, isManifestRequest, type RegistryRequest } from './access-log.js'
+
+export interface ReferenceRegistryOptions {
+  /** Names the temp dir and log messages, e.g. "docker.io". */
+  readonly label: string
+  /** Run as a pull-through cache of this registry instead of a hosted one. */
+  readonly proxyRemoteUrl?: string
+}
+
+const flushMarker = 'e2e-flush'
+
+export class ReferenceRegistry {
+  readonly label: string
+  readonly dir: string
+  readonly port: number
+  #daemon: Daemon | undefined
+  #flushes = 0
+
+  private constructor (label: string, dir: string, port: number) {
+    this.label = label
+    this.dir = dir
+    this.port = port
+  }
+
+  static async start (options: ReferenceRegistryOptions): Promise<ReferenceRegistry> {
+    const dir = await makeTempDir(`registry-${options.label}`)
+    await mkdir(join(dir, 'data'))
+    // A port free a moment ago can be taken by the time the registry binds it.
+    for (let attempt = 1; ; attempt++) {
+      const registry = new ReferenceRegistry(options.label, dir, await freePort())
+      await writeFile(registry.configPath, configYaml(dir, registry.port, options.proxyRemoteUrl))
+      try {
+        await registry.start()
+        return registry
+      } catch (err) {
+        await registry.stop()
+        const portTaken = /address already in use/.test(await readFile(registry.logPath, 'utf8').catch(() => ''))
+        if (!portTaken || attempt === 3) {
+          await removeTempDir(dir)
+          throw err
+        }
+        await writeFile(registry.logPath, '')
+      }
+    }
+  }
+
+  get host (): string { return `127.0.0.1:${this.port}` }
+  get url (): string { return `http://${this.host}` }
+  get configPath (): string { return join(this.dir, 'config.yml') }
+  get accessLogPath (): string { return join(this.dir, 'access.log') }
+  get logPath (): string { return join(this.dir, 'registry.log') }
+  get running (): boolean { return this.#daemon?.running === true }
+
+  /** Starts (again) on the same port and the same data. */
+  async start (): Promise<void> {
+    if (this.running) return
+    const daemon = new Daemon(`docker-registry ${this.label}`, 'docker-registry', ['serve', this.configPath], {
+      logPath: this.accessLogPath,
+      stderrPath: this.logPath
+    })
+    this.#daemon = daemon
+    await waitFor(`the ${this.label} registry to answer on ${this.url}/v2/`, async () => {
+      if (!daemon.running) throw new WaitAborted('docker-registry exited')
+      const response = await fetch(`${this.url}/v2/?${flushMarker}=start`)
+      await response.arrayBuffer()
+      return response.status === 200
+    }, { timeoutMs: 15_000, describe: () => daemon.tail() })
+  }
+
+  async stop (): Promise<void> {
+    await this.#daemon?.stop()
+  }
+
+  async close (): Promise<void> {
+    await this.stop()
+    await removeTempDir(this.dir)
+  }
+
+  /**
+   * Waits until every request answered so far is in the access log: the log
+   * line is written after the response, so a client can finish before it is.
+   */
+  async flushLog (): Promise<void> {
+    if (!this.running) return
+    const marker = `${flushMarker}=${++this.#flushes}`
+    const response = await fetch(`${this.url}/v2/?${marker}`)
+    await response.arrayBuffer()
+    await waitFor(`the ${this.label} access log`, async () => (await readFile(this.accessLogPath, 'utf8')).includes(marker), { timeoutMs: 5000, intervalMs: 20 })
+  }
+
+  /** Every request that reached this registry, oldest first (the harness's own probes left out). */
+  async requests (): Promise<RegistryRequest[]> {
+    await this.flushLog()
+    const text = await readFile(this.accessLogPath, 'utf8').catch(() => '')
+    return parseAccessLog(text).filter(request => !request.uri.includes(flushMarker))
+  }
+
+  /** A position in the request log, for requestsSince(). */
+  async mark (): Promise<number> {
+    return (await this.requests()).length
+  }
+
+  async requestsSince (mark: number): Promise<RegistryRequest[]> {
+    return (await this.requests()).slice(mark)
+  }
+
+  async blobGets (since = 0): Promise<RegistryRequest[]> {
+    return (await this.requestsSince(since)).filter(isBlobGet)
+  }
+
+  async manifestRequests (since = 0): Promise<RegistryRequest[]> {
+    return (await this.requestsSince(since)).filter(isManifestRequest)
+  }
+
+  tail (): string {
+    return this.#daemon?.tail() ?? '(never started)'
+  }
+}
+
+function configYaml (dir: string, port: number, proxyRemoteUrl: string | undefined): string {
+  const lines = [
+    'version: 0.1',
+    'log:',
+    '  level: warn',
+    '  formatter: json',
+    '  accesslog:',
+    '    disabled: false',
+    'storage:',
+    '  filesystem:',
+    `    rootdirectory: ${join(dir, 'data')}`,
+    '  delete:',
+    '    enabled: true',
+    'http:',
+    `  addr: 127.0.0.1:${port}`,
+    '  secret: e2e-not-a-secret'
+  ]
+  if (proxyRemoteUrl !== undefined) lines.push('proxy:', `  remoteurl: ${proxyRemoteUrl}`)
+  return lines.join('\n') + '\n'
+}

@@ -1,0 +1,43 @@
+// skopeo as an uploader (OCI layout -> upstream registry) and as a client of
+// the mirror. Always plain HTTP on 127.0.0.1, never a signature policy.
+
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { run, type CommandResult } from './process.js'
+import { sha256 } from './digest.js'
+
+export class Skopeo {
+  readonly #env: NodeJS.ProcessEnv
+
+  /** tmpDir takes the big temporary files skopeo would put in /var/tmp. */
+  constructor (tmpDir: string) {
+    this.#env = { ...process.env, TMPDIR: tmpDir }
+  }
+
+  async run (args: readonly string[], timeoutMs = 300_000): Promise<CommandResult> {
+    return await run('skopeo', ['--insecure-policy', ...args], { env: this.#env, timeoutMs })
+  }
+
+  /** Pushes every image of an OCI layout; format v2s2 converts it to a Docker schema2 image. */
+  async push (layoutDir: string, tag: string, destination: string, options: { format?: 'v2s2' | 'oci' } = {}): Promise<void> {
+    const format = options.format === undefined ? [] : ['--format', options.format]
+    await this.run(['copy', '--all', ...format, '--dest-tls-verify=false', `oci:${layoutDir}:${tag}`, `docker://${destination}`])
+  }
+
+  /** The manifest (or index) the reference resolves to, and its digest. */
+  async inspectRaw (reference: string): Promise<{ digest: string, body: Buffer }> {
+    const { stdout } = await this.run(['inspect', '--raw', '--tls-verify=false', `docker://${reference}`])
+    // --raw prints the manifest bytes exactly; stdout decoding keeps them for JSON manifests.
+    const body = Buffer.from(stdout, 'utf8')
+    return { digest: sha256(body), body }
+  }
+
+  /**
+   * Copies every platform into a dir: layout without conversion, so the
+   * digest of dir/manifest.json is the digest the registry served.
+   */
+  async pullToDir (reference: string, dir: string): Promise<{ digest: string }> {
+    await this.run(['copy', '--all', '--src-tls-verify=false', `docker://${reference}`, `dir:${dir}`])
+    return { digest: sha256(await readFile(join(dir, 'manifest.json'))) }
+  }
+}
