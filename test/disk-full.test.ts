@@ -1,0 +1,112 @@
+// A small filesystem (tmpfs with a size limit; loop devices are not needed)
+// that fills up during pulls: the mirror evicts what it can, and when that is
+// not enough it serves blobs straight from upstream, verified, uncached.
+
+import t from 'tap'
+import { execFileSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { startFakeRegistry } from './helpers/fake-registry.js'
+import { readBody, startMirror } from './helpers/mirror.js'
+import { freeBytes } from '../lib/store/disk-space.js'
+
+const MiB = 1024 * 1024
+
+function mountSmallFilesystem (sizeMiB: number): { path: string, unmount: () => void } | string {
+  const path = mkdtempSync(join(tmpdir(), 'mirror-full-'))
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${sizeMiB}m`, 'tmpfs', path], { stdio: 'pipe' })
+  } catch (err) {
+    rmSync(path, { recursive: true, force: true })
+    return `cannot mount a tmpfs here (${err instanceof Error ? err.message.split('\n')[0] ?? '' : String(err)}); run as root`
+  }
+  return {
+    path,
+    unmount: () => {
+      execFileSync('umount', [path])
+      rmSync(path, { recursive: true, force: true })
+    }
+  }
+}
+
+const probe = mountSmallFilesystem(1)
+let skip: string | false = false
+if (typeof probe === 'string') {
+  if (process.env.CI !== undefined) throw new Error(`disk-full tests must run in CI: ${probe}`)
+  skip = `SKIPPED LOUDLY: ${probe}`
+  console.error(skip)
+} else {
+  probe.unmount()
+}
+
+/** Fills the volume until `leave` bytes are free. */
+function fillUntil (dir: string, leave: number, name = 'filler'): string {
+  const path = join(dir, name)
+  const free = Number(execFileSync('df', ['--output=avail', '-B1', dir]).toString().split('\n')[1])
+  writeFileSync(path, Buffer.alloc(Math.max(0, free - leave)))
+  return path
+}
+
+t.test('a blob larger than the free space is served from upstream uncached, verified, and the mirror stays up', { skip }, async t => {
+  const fs = mountSmallFilesystem(16) as { path: string, unmount: () => void }
+  t.teardown(fs.unmount)
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, storage: join(fs.path, 'data') })
+  fillUntil(fs.path, 6 * MiB)
+  const bytes = randomBytes(8 * MiB)
+  const digest = fake.addBlob('library/app', bytes)
+  const res = await fetch(`${mirror.url}/v2/library/app/blobs/${digest}`)
+  t.equal(res.status, 200)
+  const body = await readBody(res)
+  t.ok('bytes' in body && body.bytes.equals(bytes), 'the pull succeeds with the right bytes')
+  t.equal(mirror.index.getBlob(digest), undefined, 'not cached')
+  t.ok(mirror.logs.some(l => l.msg === 'no room in the cache: serving the blob from upstream without caching it'), 'logged')
+  t.equal((await fetch(`${mirror.url}/v2/`)).status, 200, 'still up')
+  t.same(readdirSync(join(fs.path, 'data', 'tmp')), [], 'no temp file left')
+})
+
+t.test('when the disk is short of room, least recently used blobs are evicted to make it, then the new one is cached', { skip }, async t => {
+  const fs = mountSmallFilesystem(24) as { path: string, unmount: () => void }
+  t.teardown(fs.unmount)
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, storage: join(fs.path, 'data') })
+  const old = fake.addBlob('library/app', randomBytes(6 * MiB))
+  await (await fetch(`${mirror.url}/v2/library/app/blobs/${old}`)).arrayBuffer()
+  fillUntil(fs.path, 5 * MiB)
+  const bytes = randomBytes(6 * MiB)
+  const digest = fake.addBlob('library/app', bytes)
+  const body = await readBody(await fetch(`${mirror.url}/v2/library/app/blobs/${digest}`))
+  t.ok('bytes' in body && body.bytes.equals(bytes))
+  t.equal(mirror.index.getBlob(old), undefined, 'the old blob was evicted to make room')
+  t.ok(mirror.index.getBlob(digest), 'the new one is cached')
+})
+
+t.test('the disk filling up in the middle of a download: that download is cut, nothing half-written stays, the retry succeeds', { skip }, async t => {
+  const fs = mountSmallFilesystem(24) as { path: string, unmount: () => void }
+  t.teardown(fs.unmount)
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, storage: join(fs.path, 'data') })
+  const bytes = randomBytes(10 * MiB)
+  const digest = fake.addBlob('library/app', bytes)
+  const gate = fake.gateBlob(digest, 1 * MiB)
+  const first = fetch(`${mirror.url}/v2/library/app/blobs/${digest}`)
+  await gate.reached
+  await new Promise(resolve => setTimeout(resolve, 100))
+  // Something else takes the room the download counted on.
+  const filler = fillUntil(fs.path, 512 * 1024)
+  gate.release()
+  const cut = await readBody(await first)
+  t.ok('error' in cut, 'the client of the failed download is cut off, never handed a short blob as complete')
+  for (let i = 0; i < 50 && readdirSync(join(fs.path, 'data', 'tmp')).length > 0; i++) await new Promise(resolve => setTimeout(resolve, 20))
+  t.same(readdirSync(join(fs.path, 'data', 'tmp')), [], 'the partial file is gone')
+  t.ok(mirror.logs.some(l => l.msg === 'disk full while caching a blob; nothing cached'), 'logged')
+  t.ok(await freeBytes(fs.path) < 10 * MiB)
+  const retry = await readBody(await fetch(`${mirror.url}/v2/library/app/blobs/${digest}`))
+  t.ok('bytes' in retry && retry.bytes.equals(bytes), 'the retry (as clients do) succeeds, served uncached')
+  rmSync(filler)
+})
