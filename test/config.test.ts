@@ -53,7 +53,7 @@ t.test('a minimal file gets every default', async t => {
   t.same(config, {
     source: SOURCE,
     listen: { host: '0.0.0.0', port: 5000 },
-    storage: { path: '/srv/mirror/data' },
+    storage: { path: '/srv/mirror/data', maxSize: undefined, maxAge: undefined, highWatermark: 0.9, lowWatermark: 0.8, evictionInterval: 600_000 },
     upstreams: new Map([['docker.io', {
       name: 'docker.io',
       url: 'https://registry-1.docker.io',
@@ -67,6 +67,31 @@ t.test('a minimal file gets every default', async t => {
     cache: { tagTtl: 300_000, hotEntries: 10_000 },
     log: { level: 'info' }
   })
+})
+
+t.test('eviction bounds take human units and watermarks as fractions or percentages', async t => {
+  const config = parse(`${HUB}storage:
+  path: ./data
+  maxSize: 50GiB
+  maxAge: 30d
+  highWatermark: 95%
+  lowWatermark: 0.75
+  evictionInterval: 5m
+`)
+  t.equal(config.storage.maxSize, 50 * 1024 ** 3)
+  t.equal(config.storage.maxAge, 30 * 24 * 3600 * 1000)
+  t.equal(config.storage.highWatermark, 0.95)
+  t.equal(config.storage.lowWatermark, 0.75)
+  t.equal(config.storage.evictionInterval, 300_000)
+  t.same(problemsOf(`${HUB}storage: { maxSize: lots, maxAge: 30, highWatermark: 150%, lowWatermark: 0 }`), [
+    'storage.maxSize: expected a size like "50GiB" or "500MB", got "lots"',
+    'storage.maxAge: expected a duration like "5m" or "1h30m", got "30" (a bare number is ambiguous; add a unit, e.g. "30s")',
+    'storage.highWatermark: expected a fraction above 0 and at most 1 (or 100%), got "150%"',
+    'storage.lowWatermark: expected a fraction above 0 and at most 1 (or 100%), got "0"'
+  ])
+  t.same(problemsOf(`${HUB}storage: { highWatermark: 0.5, lowWatermark: 0.6 }`), [
+    'storage.lowWatermark: must be below storage.highWatermark (0.5), got 0.6'
+  ])
 })
 
 t.test('a full file maps onto MirrorConfig', async t => {
@@ -414,7 +439,7 @@ t.test('log.level', async t => {
 t.test('unknown keys are problems at every level, with a suggestion when one is close', async t => {
   t.same(problemsOf(`
 lisen: 0.0.0.0:5000
-storage: { path: ./data, maxSize: 10GiB }
+storage: { path: ./data, maxSise: 10GiB }
 upstreams:
   docker.io:
     url: https://registry-1.docker.io
@@ -426,7 +451,7 @@ offline: true
 1: one
 ~: nothing
 `), [
-    'storage.maxSize: unknown key (expected path)',
+    'storage.maxSise: unknown key, did you mean "maxSize"?',
     'upstreams.docker.io.timeouts.conect: unknown key, did you mean "connect"?',
     'upstreams.docker.io.timeouts.total: unknown key (expected one of connect, headers, body)',
     'upstreams.docker.io.usrname: unknown key, did you mean "username"?',

@@ -111,7 +111,7 @@ export class Evictor {
         }
       }
       used -= c.size
-      log.debug({ kind: c.kind, digest: c.digest, size: c.size, reason, dryRun: options.dryRun === true }, 'evicting')
+      log.info({ kind: c.kind, digest: c.digest, size: c.size, reason, dryRun: options.dryRun === true }, 'evicting')
       byReason[reason].count++
       byReason[reason].bytes += c.size
       this.#o.onRemoved?.({ ...c, reason, tags })
