@@ -46,14 +46,27 @@ export interface Mirror {
 
 const HOT_CACHE_BYTES = 256 * 1024 * 1024
 
-/** Opens the cache and starts serving on the configured address. */
-export async function createMirror (config: MirrorConfig, log: Logger, hooks: MirrorHooks = {}): Promise<Mirror> {
+/** The cache and its pull-through services, without an HTTP server: what `serve` and `warm` share. */
+export interface MirrorCore {
+  readonly config: MirrorConfig
+  readonly index: CacheIndex
+  readonly store: BlobStore
+  readonly evictor: Evictor
+  readonly access: AccessRecorder
+  readonly blobs: BlobService
+  readonly manifests: ManifestService
+  readonly listings: ListingService
+  readonly routing: RoutingTable
+  close (): Promise<void>
+}
+
+/** Opens the cache (settling whatever a crash left first) and builds the services on it. */
+export async function openMirrorCore (config: MirrorConfig, log: Logger, hooks: MirrorHooks = {}): Promise<MirrorCore> {
   const now = hooks.now ?? Date.now
   await mkdir(config.storage.path, { recursive: true })
   const store = new BlobStore(config.storage.path)
   await store.init()
   const index = new CacheIndex({ path: join(config.storage.path, 'index.db'), now })
-  // Whatever a crash left behind is settled before the first request.
   const report = await checkConsistency({ index, store, log, now })
   if (report.tempFilesRemoved + report.rowsDropped + report.filesIndexed + report.filesRemoved > 0) {
     log.warn(report, 'cache was inconsistent at start (interrupted downloads or a crash); repaired')
@@ -87,7 +100,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, hooks: Mi
     }
   })
   let usedBytes = (() => { const t = index.totals(); return t.blobBytes + t.manifestBytes })()
-  const evict = (needBytes?: number): Promise<void> => evictor.run(needBytes === undefined ? {} : { needBytes })
+  const evict = async (needBytes?: number): Promise<void> => await evictor.run(needBytes === undefined ? {} : { needBytes })
     .then(r => { usedBytes = r.usedBytes }, (err: unknown) => { log.error({ err }, 'eviction failed') })
   const evictionTimer = setInterval(() => { void evict() }, config.storage.evictionInterval)
   evictionTimer.unref()
@@ -105,6 +118,26 @@ export async function createMirror (config: MirrorConfig, log: Logger, hooks: Mi
   const listings = new ListingService({ index, upstream, referrersTtl: config.cache.tagTtl, now })
   const defaultUpstream = [...config.upstreams.values()].find(u => u.default)?.name
   const routing: RoutingTable = { upstreams: new Set(config.upstreams.keys()), defaultUpstream }
+
+  let closing: Promise<void> | undefined
+  const close = async (): Promise<void> => {
+    closing ??= (async () => {
+      clearInterval(evictionTimer)
+      await Promise.all([...upstreams.values()].map(async u => await u.close()))
+      await blobs.idle() // downloads end (committed or discarded) before the index closes
+      await evictor.idle()
+      access.close()
+      index.close()
+    })()
+    await closing
+  }
+  return { config, index, store, evictor, access, blobs, manifests, listings, routing, close }
+}
+
+/** Opens the cache and starts serving on the configured address. */
+export async function createMirror (config: MirrorConfig, log: Logger, hooks: MirrorHooks = {}): Promise<Mirror> {
+  const core = await openMirrorCore(config, log, hooks)
+  const { blobs, manifests, listings, routing, access } = core
   const onRequest = (record: RequestRecord): void => {
     if ((record.kind === 'blob' || record.kind === 'manifest') && record.outcome !== undefined) {
       access.count(`${record.kind}.${record.outcome}`)
@@ -120,9 +153,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, hooks: Mi
   try {
     await once(server, 'listening')
   } catch (err) {
-    clearInterval(evictionTimer)
-    access.close()
-    index.close()
+    await core.close()
     throw err
   }
   const address = server.address() as AddressInfo
@@ -137,13 +168,9 @@ export async function createMirror (config: MirrorConfig, log: Logger, hooks: Mi
       const forced = setTimeout(() => server.closeAllConnections(), 5_000)
       await once(server, 'close').catch(() => {})
       clearTimeout(forced)
-      clearInterval(evictionTimer)
-      await Promise.all([...upstreams.values()].map(async u => await u.close()))
-      await evictor.idle() // a pass under way finishes before the index closes
-      access.close()
-      index.close()
+      await core.close()
     })()
     await closing
   }
-  return { server, url, index, store, evictor, flushAccess: () => access.flush(), close }
+  return { server, url, index: core.index, store: core.store, evictor: core.evictor, flushAccess: () => access.flush(), close }
 }

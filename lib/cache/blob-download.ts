@@ -43,6 +43,7 @@ export class BlobDownload {
   #error: Error | undefined
   #waiters: Array<() => void> = []
   #users = 1 // the download itself holds the file open until it ends
+  #settled: Promise<void> = Promise.resolve()
 
   constructor (options: BlobDownloadOptions) {
     this.digest = options.digest
@@ -53,11 +54,19 @@ export class BlobDownload {
   }
 
   get written (): number { return this.#written }
+  /** Resolves when the download has ended, committed or not. */
+  get settled (): Promise<void> { return this.#settled }
   get state (): DownloadState { return this.#state }
   get error (): Error | undefined { return this.#error }
 
   /** Consumes the upstream body to the end; resolves when the blob is committed, rejects on any failure. */
   async run (body: Readable): Promise<void> {
+    const running = this.#run(body)
+    this.#settled = running.catch(() => {})
+    await running
+  }
+
+  async #run (body: Readable): Promise<void> {
     const sink = new Writable({
       highWaterMark: READ_CHUNK,
       write: (chunk: Buffer, _enc, cb) => {

@@ -69,6 +69,16 @@ export class BlobService {
 
   get downloadsInFlight (): number { return this.#downloads.size }
 
+  /** Resolves once no download is under way. */
+  async idle (): Promise<void> {
+    while (this.#downloads.size > 0) {
+      await Promise.allSettled([...this.#downloads.values()].map(async p => {
+        const started = await p
+        if (started.kind === 'download') await started.download.settled
+      }))
+    }
+  }
+
   async get (route: Route, digest: string, request: { method: 'GET' | 'HEAD', range: string | undefined }): Promise<BlobAnswer> {
     const inflight = this.#downloads.get(digest)
     if (inflight !== undefined) return await this.#fromStarted(route, await inflight, 'joined', request)
