@@ -65,8 +65,19 @@ t.test('a minimal file gets every default', async t => {
       bodyTimeout: 60_000
     }]]),
     cache: { tagTtl: 300_000, hotEntries: 10_000 },
-    log: { level: 'info' }
+    log: { level: 'info' },
+    metrics: { enabled: true, listen: undefined, token: undefined }
   })
+})
+
+t.test('metrics: a separate listener and a bearer token, from the file or the environment', async t => {
+  const config = parse(`${HUB}metrics:
+  listen: 127.0.0.1:9090
+  tokenEnv: METRICS_TOKEN
+`, { METRICS_TOKEN: 's3cret' })
+  t.same(config.metrics, { enabled: true, listen: { host: '127.0.0.1', port: 9090 }, token: 's3cret' })
+  t.same(problemsOf(`${HUB}metrics: { tokenEnv: METRICS_TOKEN }`), ['metrics.tokenEnv: environment variable METRICS_TOKEN is not set or empty'])
+  t.same(problemsOf(`${HUB}metrics: { listen: nowhere }`).length, 1)
 })
 
 t.test('eviction bounds take human units and watermarks as fractions or percentages', async t => {
@@ -458,9 +469,9 @@ offline: true
     'cache.tagTTL: unknown key, did you mean "tagTtl"?',
     'log.format: unknown key (expected level)',
     'lisen: unknown key, did you mean "listen"?',
-    'offline: unknown key (expected one of listen, storage, upstreams, cache, log)',
-    '1: unknown key (expected one of listen, storage, upstreams, cache, log)',
-    '~: unknown key (expected one of listen, storage, upstreams, cache, log)'
+    'offline: unknown key (expected one of listen, storage, upstreams, cache, log, metrics)',
+    '1: unknown key (expected one of listen, storage, upstreams, cache, log, metrics)',
+    '~: unknown key (expected one of listen, storage, upstreams, cache, log, metrics)'
   ])
 })
 

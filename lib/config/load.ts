@@ -92,6 +92,7 @@ interface FileConfig {
   upstreams: Map<string, UpstreamConfig>
   cache: { tagTtl: number, hotEntries: number }
   log: { level: LogLevel }
+  metrics: { enabled: boolean, listen: ListenAddress | undefined, token: string | undefined, tokenEnv: string | undefined }
 }
 
 function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
@@ -112,6 +113,12 @@ function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
     }),
     log: section({
       level: withDefault(oneOf(LOG_LEVELS), DEFAULTS.logLevel)
+    }),
+    metrics: section({
+      enabled: withDefault(flag(), true),
+      listen: parsed(parseListen, '"host:port", "[ipv6]:port" or ":port"'),
+      token: secret(),
+      tokenEnv: parsed(parseEnvName, 'an environment variable name like "METRICS_TOKEN"')
     })
   })
 }
@@ -272,6 +279,14 @@ export function parseConfig (
     problems.add('storage.lowWatermark', `must be below storage.highWatermark (${file.storage.highWatermark}), got ${file.storage.lowWatermark}`)
   }
 
+  let metricsToken = file.metrics.token
+  if (file.metrics.tokenEnv !== undefined) {
+    if (metricsToken !== undefined) problems.add('metrics.tokenEnv', 'give either token or tokenEnv, not both')
+    const fromVariable = fromEnv(env, file.metrics.tokenEnv)
+    if (fromVariable === undefined) problems.add('metrics.tokenEnv', `environment variable ${file.metrics.tokenEnv} is not set or empty`)
+    metricsToken ??= fromVariable
+  }
+
   if (problems.list.length > 0) throw new ConfigError(source, problems.list)
 
   const config: MirrorConfig = {
@@ -287,7 +302,12 @@ export function parseConfig (
     },
     upstreams: file.upstreams,
     cache: { tagTtl: file.cache.tagTtl, hotEntries: file.cache.hotEntries },
-    log: { level }
+    log: { level },
+    metrics: {
+      enabled: file.metrics.enabled,
+      listen: file.metrics.listen === undefined ? undefined : { host: file.metrics.listen.host, port: file.metrics.listen.port },
+      token: metricsToken
+    }
   }
   return deepFreeze(config)
 }

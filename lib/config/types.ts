@@ -42,4 +42,12 @@ export interface MirrorConfig {
     readonly hotEntries: number
   }
   readonly log: { readonly level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' }
+  readonly metrics: {
+    /** Serve /metrics on the main listener. */
+    readonly enabled: boolean
+    /** A separate address for /metrics, /healthz and /readyz; undefined = the main listener. */
+    readonly listen: { readonly host: string, readonly port: number } | undefined
+    /** When set, /metrics requires `Authorization: Bearer <token>`. */
+    readonly token: string | undefined
+  }
 }

@@ -15,6 +15,7 @@ export interface TestMirrorOptions {
   readonly tagTtl?: number
   readonly storage?: string
   readonly hooks?: MirrorHooks
+  readonly metrics?: Partial<MirrorConfig['metrics']>
   /** Eviction bounds; unbounded when not given. */
   readonly eviction?: Partial<Omit<MirrorConfig['storage'], 'path'>>
 }
@@ -58,7 +59,8 @@ export async function startMirror (t: Teardown, options: TestMirrorOptions): Pro
     },
     upstreams,
     cache: { tagTtl: options.tagTtl ?? 300_000, hotEntries: 1000 },
-    log: { level: 'debug' }
+    log: { level: 'debug' },
+    metrics: { enabled: true, listen: undefined, token: undefined, ...options.metrics }
   }
   const logs: Array<Record<string, unknown>> = []
   let text = ''
