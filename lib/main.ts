@@ -106,8 +106,8 @@ export async function openMirrorCore (config: MirrorConfig, log: Logger, hooks: 
   evictionTimer.unref()
   const blobEvents: BlobEvents = {
     ...hooks.blobs,
-    onDownloadEnd: (digest, result, bytes) => {
-      hooks.blobs?.onDownloadEnd?.(digest, result, bytes)
+    onDownloadEnd: (digest, result, bytes, upstreamName) => {
+      hooks.blobs?.onDownloadEnd?.(digest, result, bytes, upstreamName)
       if (result !== 'ok') return
       usedBytes += bytes
       if (evictor.overHighWatermark(usedBytes)) void evict()

@@ -54,6 +54,8 @@ export class BlobDownload {
   }
 
   get written (): number { return this.#written }
+  /** Readers still attached. */
+  get readers (): number { return this.#users - (this.#state === 'running' ? 1 : 0) }
   /** Resolves when the download has ended, committed or not. */
   get settled (): Promise<void> { return this.#settled }
   get state (): DownloadState { return this.#state }

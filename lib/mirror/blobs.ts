@@ -31,7 +31,7 @@ export interface BlobAnswer {
 
 export interface BlobEvents {
   onDownloadStart?: (digest: string) => void
-  onDownloadEnd?: (digest: string, result: 'ok' | 'mismatch' | 'error' | 'disk-full', bytes: number) => void
+  onDownloadEnd?: (digest: string, result: 'ok' | 'mismatch' | 'error' | 'disk-full', bytes: number, upstream: string) => void
   /** A blob served straight from upstream because the disk has no room for it. */
   onUncached?: (digest: string, reason: string) => void
 }
@@ -68,6 +68,13 @@ export class BlobService {
   }
 
   get downloadsInFlight (): number { return this.#downloads.size }
+
+  /** Client responses streaming from downloads under way. */
+  get downloadClients (): number {
+    let n = 0
+    for (const d of this.#active) n += d.readers
+    return n
+  }
 
   /** Resolves once no download is under way. */
   async idle (): Promise<void> {
@@ -194,7 +201,7 @@ export class BlobService {
       const startedAt = Date.now()
       download.run(res.body).then(() => {
         log.info({ digest, upstream: route.upstream, repository: route.name, bytes: download.written, ms: Date.now() - startedAt }, 'blob cached')
-        this.#o.events?.onDownloadEnd?.(digest, 'ok', download.written)
+        this.#o.events?.onDownloadEnd?.(digest, 'ok', download.written, route.upstream)
       }, (err: unknown) => {
         const mismatch = typeof err === 'object' && err !== null && 'code' in err && err.code === 'DIGEST_MISMATCH'
         const full = isDiskFull(err)
@@ -202,7 +209,7 @@ export class BlobService {
           mismatch
             ? 'blob from upstream failed verification; nothing cached'
             : full ? 'disk full while caching a blob; nothing cached' : 'blob download failed; nothing cached')
-        this.#o.events?.onDownloadEnd?.(digest, mismatch ? 'mismatch' : full ? 'disk-full' : 'error', download.written)
+        this.#o.events?.onDownloadEnd?.(digest, mismatch ? 'mismatch' : full ? 'disk-full' : 'error', download.written, route.upstream)
         if (full) void this.#o.makeRoom?.((download.size ?? download.written) + SPACE_MARGIN)
       }).finally(() => {
         this.#active.delete(download)
