@@ -2,7 +2,8 @@
 // that knows them all. Closing closes them in reverse order.
 
 import { once } from 'node:events'
-import { mkdir } from 'node:fs/promises'
+import { constants } from 'node:fs'
+import { access as fsAccess, mkdir } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
@@ -14,6 +15,9 @@ import { Evictor, type EvictorOptions } from './cache/eviction.js'
 import type { MirrorConfig } from './config/types.js'
 import { CacheIndex } from './db/cache-index.js'
 import { createApp, type RequestRecord } from './http/app.js'
+import { createOpsApp, type OpsOptions } from './http/ops.js'
+import { Metrics } from './metrics.js'
+import { pinnedContent } from './cache/pins.js'
 import { BlobService, type BlobEvents } from './mirror/blobs.js'
 import { ListingService } from './mirror/listings.js'
 import { ManifestService, type HotEntry } from './mirror/manifests.js'
@@ -36,6 +40,8 @@ export interface Mirror {
   readonly server: Server
   /** `http://host:port` once listening. */
   readonly url: string
+  /** The separate metrics listener, when metrics.listen is set. */
+  readonly opsUrl: string | undefined
   readonly index: CacheIndex
   readonly store: BlobStore
   readonly evictor: Evictor
@@ -57,6 +63,8 @@ export interface MirrorCore {
   readonly manifests: ManifestService
   readonly listings: ListingService
   readonly routing: RoutingTable
+  /** Bytes cached, kept current by downloads and eviction. */
+  usedBytes (): number
   close (): Promise<void>
 }
 
@@ -113,9 +121,9 @@ export async function openMirrorCore (config: MirrorConfig, log: Logger, hooks: 
       if (evictor.overHighWatermark(usedBytes)) void evict()
     }
   }
-  const blobs = new BlobService({ index, store, upstream, access, log, events: blobEvents, makeRoom: evict, freeBytes: hooks.freeBytes })
-  const manifests = new ManifestService({ index, upstream, access, hot, tagTtl: config.cache.tagTtl, log, now })
-  const listings = new ListingService({ index, upstream, referrersTtl: config.cache.tagTtl, now })
+  const blobs = new BlobService({ index, store, upstream, access, log, events: blobEvents, makeRoom: evict, freeBytes: hooks.freeBytes, offline: config.offline })
+  const manifests = new ManifestService({ index, upstream, access, hot, tagTtl: config.cache.tagTtl, log, now, offline: config.offline })
+  const listings = new ListingService({ index, upstream, referrersTtl: config.cache.tagTtl, now, offline: config.offline })
   const defaultUpstream = [...config.upstreams.values()].find(u => u.default)?.name
   const routing: RoutingTable = { upstreams: new Set(config.upstreams.keys()), defaultUpstream }
 
@@ -131,20 +139,60 @@ export async function openMirrorCore (config: MirrorConfig, log: Logger, hooks: 
     })()
     await closing
   }
-  return { config, index, store, evictor, access, blobs, manifests, listings, routing, close }
+  return { config, index, store, evictor, access, blobs, manifests, listings, routing, usedBytes: () => usedBytes, close }
 }
 
 /** Opens the cache and starts serving on the configured address. */
 export async function createMirror (config: MirrorConfig, log: Logger, hooks: MirrorHooks = {}): Promise<Mirror> {
-  const core = await openMirrorCore(config, log, hooks)
+  let opened: MirrorCore | undefined
+  const counts = memo(1000, () => {
+    const t = opened?.index.totals()
+    const pinned = opened === undefined ? undefined : pinnedContent(opened.index)
+    let pinnedBytes = 0
+    for (const digest of pinned?.digests ?? []) pinnedBytes += opened?.index.getBlob(digest)?.size ?? opened?.index.getManifest(digest)?.size ?? 0
+    return { blobs: t?.blobs ?? 0, manifests: t?.manifests ?? 0, tags: t?.tags ?? 0, pinnedBytes }
+  })
+  const metrics = config.metrics.enabled
+    ? new Metrics({
+      usedBytes: () => opened?.usedBytes() ?? 0,
+      blobs: () => counts().blobs,
+      manifests: () => counts().manifests,
+      tags: () => counts().tags,
+      pinnedBytes: () => counts().pinnedBytes,
+      downloadsInFlight: () => opened?.blobs.downloadsInFlight ?? 0,
+      downloadClients: () => opened?.blobs.downloadClients ?? 0
+    })
+    : undefined
+  const core = await openMirrorCore(config, log, metrics === undefined ? hooks : withMetrics(hooks, metrics))
+  opened = core
   const { blobs, manifests, listings, routing, access } = core
   const onRequest = (record: RequestRecord): void => {
     if ((record.kind === 'blob' || record.kind === 'manifest') && record.outcome !== undefined) {
       access.count(`${record.kind}.${record.outcome}`)
     }
+    metrics?.request(record)
     hooks.onRequest?.(record)
   }
-  const app = createApp({ blobs, manifests, listings, routing, log, onRequest })
+  const ops: OpsOptions = {
+    metrics,
+    token: config.metrics.token,
+    ready: async () => {
+      const problems: string[] = []
+      try {
+        core.index.ping()
+      } catch (err) {
+        problems.push(`index: ${err instanceof Error ? err.message : String(err)}`)
+      }
+      try {
+        await fsAccess(core.store.tmpDir, constants.W_OK)
+      } catch (err) {
+        problems.push(`storage: ${err instanceof Error ? err.message : String(err)}`)
+      }
+      return problems
+    }
+  }
+  const separateOps = config.metrics.listen !== undefined
+  const app = createApp({ blobs, manifests, listings, routing, log, onRequest, ops: separateOps ? undefined : ops })
 
   const server = createServer(app.callback())
   server.keepAliveTimeout = 65_000
@@ -156,21 +204,102 @@ export async function createMirror (config: MirrorConfig, log: Logger, hooks: Mi
     await core.close()
     throw err
   }
-  const address = server.address() as AddressInfo
-  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
-  const url = `http://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${address.port}`
+  const url = urlOf(server)
+  let opsServer: Server | undefined
+  if (config.metrics.listen !== undefined) {
+    opsServer = createServer(createOpsApp(ops).callback())
+    opsServer.listen(config.metrics.listen.port, config.metrics.listen.host)
+    try {
+      await once(opsServer, 'listening')
+    } catch (err) {
+      await stopServer(server)
+      await core.close()
+      throw err
+    }
+  }
 
   let closing: Promise<void> | undefined
   const close = async (): Promise<void> => {
     closing ??= (async () => {
-      server.close()
-      server.closeIdleConnections()
-      const forced = setTimeout(() => server.closeAllConnections(), 5_000)
-      await once(server, 'close').catch(() => {})
-      clearTimeout(forced)
+      await Promise.all([stopServer(server), opsServer === undefined ? undefined : stopServer(opsServer)])
       await core.close()
     })()
     await closing
   }
-  return { server, url, index: core.index, store: core.store, evictor: core.evictor, flushAccess: () => access.flush(), close }
+  return {
+    server,
+    url,
+    opsUrl: opsServer === undefined ? undefined : urlOf(opsServer),
+    index: core.index,
+    store: core.store,
+    evictor: core.evictor,
+    flushAccess: () => access.flush(),
+    close
+  }
+}
+
+function urlOf (server: Server): string {
+  const address = server.address() as AddressInfo
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
+  return `http://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${address.port}`
+}
+
+/** Stops accepting, lets answers under way finish for up to 5 s, then cuts them. */
+async function stopServer (server: Server): Promise<void> {
+  if (!server.listening) return
+  server.close()
+  server.closeIdleConnections()
+  const forced = setTimeout(() => server.closeAllConnections(), 5_000)
+  await once(server, 'close').catch(() => {})
+  clearTimeout(forced)
+}
+
+function withMetrics (hooks: MirrorHooks, metrics: Metrics): MirrorHooks {
+  return {
+    ...hooks,
+    upstream: {
+      onResponse: info => {
+        metrics.upstreamResponse(info.upstream, info.kind, info.status)
+        hooks.upstream?.onResponse?.(info)
+      },
+      onTokenFetch: upstream => {
+        metrics.tokenFetch(upstream)
+        hooks.upstream?.onTokenFetch?.(upstream)
+      },
+      onRetry: upstream => {
+        metrics.retry(upstream)
+        hooks.upstream?.onRetry?.(upstream)
+      }
+    },
+    blobs: {
+      ...hooks.blobs,
+      onDownloadEnd: (digest, result, bytes, upstream) => {
+        metrics.upstreamBytes(upstream, bytes)
+        if (result === 'mismatch') metrics.digestMismatch(upstream)
+        hooks.blobs?.onDownloadEnd?.(digest, result, bytes, upstream)
+      },
+      onUncached: (digest, reason) => {
+        metrics.uncached(reason)
+        hooks.blobs?.onUncached?.(digest, reason)
+      }
+    },
+    onEvicted: item => {
+      metrics.evicted(item.reason, item.size)
+      hooks.onEvicted?.(item)
+    }
+  }
+}
+
+/** The last value of `fn`, recomputed at most every `ms`. */
+function memo<T> (ms: number, fn: () => T): () => T {
+  let at = -Infinity
+  let value: T | undefined
+  return () => {
+    const now = Date.now()
+    if (value === undefined || now - at >= ms) {
+      value = fn()
+      at = now
+    }
+    return value
+  }
 }

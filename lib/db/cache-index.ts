@@ -346,6 +346,11 @@ export class CacheIndex {
     return new Map(this.#s.counters.all().map(r => [r.name, r.value]))
   }
 
+  /** Throws when the index cannot answer. */
+  ping (): void {
+    this.#db.prepare('SELECT 1').get()
+  }
+
   close (): void {
     if (this.#db.open) this.#db.close()
   }

@@ -14,6 +14,7 @@ import type { CacheOutcome } from '../mirror/outcome.js'
 import { MediaTypes, parseDigest, parseManifestReference } from '../reference.js'
 import { route, type Route, type RoutingTable } from '../upstream/routing.js'
 import { sendError } from './envelope.js'
+import { opsRouter, type OpsOptions } from './ops.js'
 
 export interface AppState {
   cache?: CacheOutcome
@@ -40,6 +41,8 @@ export interface AppOptions {
   readonly log: Logger
   /** Called once per finished request (metrics). */
   readonly onRequest?: ((record: RequestRecord) => void) | undefined
+  /** /metrics, /healthz, /readyz on this listener; undefined when they have their own. */
+  readonly ops?: OpsOptions | undefined
 }
 
 type Ctx = Context & { state: AppState }
@@ -77,6 +80,7 @@ export function createApp (options: AppOptions): Koa<AppState> {
     ctx.body = { repositories }
   })
   app.use(router.routes())
+  if (options.ops !== undefined) app.use(opsRouter<AppState>(options.ops).routes())
   app.use(distribution(options))
   return app
 }
@@ -97,35 +101,41 @@ function errors (log: Logger) {
 function requestLog (options: AppOptions) {
   return async (ctx: Ctx, next: Next): Promise<void> => {
     const started = process.hrtime.bigint()
-    const socket = ctx.req.socket
-    const bytesBefore = socket.bytesWritten
     // A client may close the connection the moment it has every byte, before the response
     // counts as finished; so body bytes are counted as they are handed to the socket.
     let bodyBytes = 0
-    const res = ctx.res
-    const write = res.write
-    res.write = function (this: typeof res, chunk: unknown, ...rest: unknown[]): boolean {
+    const count = (chunk: unknown): void => {
+      if (ctx.method === 'HEAD') return
       if (typeof chunk === 'string') bodyBytes += Buffer.byteLength(chunk)
       else if (chunk instanceof Uint8Array) bodyBytes += chunk.byteLength
+    }
+    const res = ctx.res
+    const write = res.write
+    const end = res.end
+    res.write = function (this: typeof res, chunk: unknown, ...rest: unknown[]): boolean {
+      count(chunk)
       return (write as (...args: unknown[]) => boolean).call(this, chunk, ...rest)
     } as typeof res.write
+    res.end = function (this: typeof res, chunk?: unknown, ...rest: unknown[]): typeof res {
+      if (typeof chunk !== 'function') count(chunk)
+      return (end as (...args: unknown[]) => typeof res).call(this, chunk, ...rest)
+    } as typeof res.end
     ctx.res.once('close', () => {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9
-      const bytes = socket.bytesWritten - bytesBefore
       const length = ctx.response.length
-      const delivered = ctx.res.writableFinished || (typeof length === 'number' && bodyBytes >= length)
+      const delivered = ctx.res.writableFinished || (typeof length === 'number' && (ctx.method === 'HEAD' || bodyBytes >= length))
       const status = delivered ? ctx.status : 499
       const outcome = status >= 400 || !delivered ? 'error' : ctx.state.cache
       options.log.info({
         method: ctx.method,
         path: ctx.url,
         status,
-        bytes,
+        bytes: bodyBytes,
         ms: Math.round(seconds * 1000),
         cache: ctx.state.cache,
         upstream: ctx.state.upstream
       }, 'request')
-      options.onRequest?.({ method: ctx.method, kind: ctx.state.kind ?? 'other', status, outcome, seconds, bytes })
+      options.onRequest?.({ method: ctx.method, kind: ctx.state.kind ?? 'other', status, outcome, seconds, bytes: bodyBytes })
     })
     await next()
   }

@@ -1,0 +1,58 @@
+// Operational endpoints: /metrics (Prometheus), /healthz (the process is up),
+// /readyz (the index answers and storage is writable). Mounted on the main
+// listener, or on their own when metrics.listen is set.
+
+import { timingSafeEqual } from 'node:crypto'
+import Koa from 'koa'
+import Router from '@koa/router'
+
+export interface OpsOptions {
+  readonly metrics: { text: () => Promise<string>, contentType: string } | undefined
+  /** Bearer token /metrics requires, if any. */
+  readonly token: string | undefined
+  /** Problems that make the mirror unready; empty when ready. */
+  readonly ready: () => Promise<string[]>
+}
+
+export function opsRouter<S> (options: OpsOptions): Router<S> {
+  const router = new Router<S>()
+  router.get('/healthz', ctx => {
+    ctx.body = { status: 'ok' }
+  })
+  router.get('/readyz', async ctx => {
+    const problems = await options.ready()
+    ctx.status = problems.length === 0 ? 200 : 503
+    ctx.body = problems.length === 0 ? { status: 'ready' } : { status: 'unready', problems }
+  })
+  const metrics = options.metrics
+  if (metrics !== undefined) {
+    router.get('/metrics', async ctx => {
+      if (options.token !== undefined && !bearerMatches(ctx.get('authorization'), options.token)) {
+        ctx.status = 401
+        ctx.set('WWW-Authenticate', 'Bearer realm="registry-mirror metrics"')
+        ctx.body = { errors: [{ code: 'UNAUTHORIZED', message: 'metrics need a bearer token', detail: null }] }
+        return
+      }
+      ctx.type = metrics.contentType
+      ctx.body = await metrics.text()
+    })
+  }
+  return router
+}
+
+/** A Koa app with only the operational endpoints, for a separate metrics listener. */
+export function createOpsApp (options: OpsOptions): Koa {
+  const app = new Koa()
+  const router = opsRouter(options)
+  app.use(router.routes())
+  app.use(router.allowedMethods())
+  return app
+}
+
+function bearerMatches (header: string, token: string): boolean {
+  const m = /^Bearer\s+(.+)$/i.exec(header)
+  if (m === null) return false
+  const given = Buffer.from(m[1] ?? '')
+  const wanted = Buffer.from(token)
+  return given.length === wanted.length && timingSafeEqual(given, wanted)
+}

@@ -1,0 +1,89 @@
+// Prometheus metrics (prom-client), one registry per mirror: what was asked,
+// how the cache answered, what it cost upstream, and what the cache holds.
+
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import type { RequestRecord } from './http/app.js'
+
+export interface CacheState {
+  usedBytes (): number
+  blobs (): number
+  manifests (): number
+  tags (): number
+  pinnedBytes (): number
+  downloadsInFlight (): number
+  downloadClients (): number
+}
+
+const FROM_CACHE = new Set(['hit', 'stale', 'revalidated'])
+
+export class Metrics {
+  readonly registry = new Registry()
+  readonly #requests: Counter<'kind' | 'method' | 'outcome'>
+  readonly #latency: Histogram<'kind' | 'outcome'>
+  readonly #served: Counter<'source'>
+  readonly #upstreamBytes: Counter<'upstream'>
+  readonly #upstreamRequests: Counter<'upstream' | 'kind' | 'status'>
+  readonly #tokens: Counter<'upstream'>
+  readonly #retries: Counter<'upstream'>
+  readonly #mismatches: Counter<'upstream'>
+  readonly #evictions: Counter<'reason'>
+  readonly #evictedBytes: Counter<'reason'>
+  readonly #uncached: Counter<'reason'>
+
+  constructor (state: CacheState) {
+    const registers = [this.registry]
+    this.#requests = new Counter({ name: 'registry_mirror_requests_total', help: 'Client requests by kind, method and cache outcome', labelNames: ['kind', 'method', 'outcome'], registers })
+    this.#latency = new Histogram({
+      name: 'registry_mirror_request_duration_seconds',
+      help: 'Time to answer a client request in full, by kind and cache outcome',
+      labelNames: ['kind', 'outcome'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+      registers
+    })
+    this.#served = new Counter({ name: 'registry_mirror_served_bytes_total', help: 'Body bytes sent to clients, by where they came from (cache or upstream)', labelNames: ['source'], registers })
+    this.#upstreamBytes = new Counter({ name: 'registry_mirror_upstream_fetched_bytes_total', help: 'Blob bytes fetched from each upstream', labelNames: ['upstream'], registers })
+    this.#upstreamRequests = new Counter({ name: 'registry_mirror_upstream_requests_total', help: 'Requests answered by upstreams, by upstream, kind and HTTP status', labelNames: ['upstream', 'kind', 'status'], registers })
+    this.#tokens = new Counter({ name: 'registry_mirror_upstream_token_fetches_total', help: 'Bearer tokens fetched from upstream token services', labelNames: ['upstream'], registers })
+    this.#retries = new Counter({ name: 'registry_mirror_upstream_retries_total', help: 'Upstream requests retried after a dropped connection', labelNames: ['upstream'], registers })
+    this.#mismatches = new Counter({ name: 'registry_mirror_digest_mismatches_total', help: 'Blobs from upstream whose bytes did not match their digest (never cached)', labelNames: ['upstream'], registers })
+    this.#evictions = new Counter({ name: 'registry_mirror_evictions_total', help: 'Blobs and manifests evicted, by reason', labelNames: ['reason'], registers })
+    this.#evictedBytes = new Counter({ name: 'registry_mirror_evicted_bytes_total', help: 'Bytes evicted, by reason', labelNames: ['reason'], registers })
+    this.#uncached = new Counter({ name: 'registry_mirror_uncached_blobs_total', help: 'Blobs served from upstream without caching them (disk full)', labelNames: ['reason'], registers })
+    const gauge = (name: string, help: string, read: () => number): void => {
+      // eslint-disable-next-line no-new -- registered by construction
+      new Gauge({ name, help, registers, collect () { this.set(read()) } })
+    }
+    gauge('registry_mirror_cache_bytes', 'Bytes of blobs and manifests in the cache', () => state.usedBytes())
+    gauge('registry_mirror_cache_blobs', 'Blobs in the cache', () => state.blobs())
+    gauge('registry_mirror_cache_manifests', 'Manifests in the cache', () => state.manifests())
+    gauge('registry_mirror_cache_tags', 'Tags in the cache', () => state.tags())
+    gauge('registry_mirror_cache_pinned_bytes', 'Bytes of pinned images', () => state.pinnedBytes())
+    gauge('registry_mirror_downloads_in_flight', 'Upstream blob downloads under way', () => state.downloadsInFlight())
+    gauge('registry_mirror_download_clients', 'Client responses streaming from downloads under way', () => state.downloadClients())
+    collectDefaultMetrics({ register: this.registry })
+  }
+
+  request (r: RequestRecord): void {
+    const outcome = r.outcome ?? (r.status >= 400 ? 'error' : 'none')
+    this.#requests.inc({ kind: r.kind, method: r.method, outcome })
+    this.#latency.observe({ kind: r.kind, outcome }, r.seconds)
+    if (r.bytes > 0 && (r.kind === 'blob' || r.kind === 'manifest') && outcome !== 'error') {
+      this.#served.inc({ source: FROM_CACHE.has(outcome) ? 'cache' : 'upstream' }, r.bytes)
+    }
+  }
+
+  upstreamResponse (upstream: string, kind: string, status: number): void { this.#upstreamRequests.inc({ upstream, kind, status: String(status) }) }
+  upstreamBytes (upstream: string, bytes: number): void { this.#upstreamBytes.inc({ upstream }, bytes) }
+  tokenFetch (upstream: string): void { this.#tokens.inc({ upstream }) }
+  retry (upstream: string): void { this.#retries.inc({ upstream }) }
+  digestMismatch (upstream: string): void { this.#mismatches.inc({ upstream }) }
+  evicted (reason: string, bytes: number): void {
+    this.#evictions.inc({ reason })
+    this.#evictedBytes.inc({ reason }, bytes)
+  }
+
+  uncached (reason: string): void { this.#uncached.inc({ reason }) }
+
+  async text (): Promise<string> { return await this.registry.metrics() }
+  get contentType (): string { return this.registry.contentType }
+}
