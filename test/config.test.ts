@@ -66,7 +66,8 @@ t.test('a minimal file gets every default', async t => {
     }]]),
     cache: { tagTtl: 300_000, hotEntries: 10_000 },
     log: { level: 'info' },
-    metrics: { enabled: true, listen: undefined, token: undefined }
+    metrics: { enabled: true, listen: undefined, token: undefined },
+    offline: false
   })
 })
 
@@ -258,8 +259,12 @@ t.test('precedence: flags > environment > file > defaults', async t => {
       'listen: expected "host:port", "[ipv6]:port" or ":port", got "nowhere"'
     ])
   })
-  t.test('offline is accepted and, for now, changes nothing', async t => {
-    t.same(parse(HUB, {}, { offline: true }), parse(HUB))
+  t.test('offline: true in the file or --offline turns offline mode on; --offline cannot turn it off', async t => {
+    t.equal(parse(HUB).offline, false)
+    t.equal(parse(`${HUB}offline: true\n`).offline, true)
+    t.equal(parse(HUB, {}, { offline: true }).offline, true)
+    t.equal(parse(`${HUB}offline: true\n`, {}, { offline: false }).offline, true)
+    t.same(problemsOf(`${HUB}offline: yes please\n`), ['offline: expected true or false, got "yes please"'])
   })
 })
 
@@ -458,7 +463,7 @@ upstreams:
     timeouts: { conect: 1s, total: 5m }
 cache: { tagTTL: 5m }
 log: { level: info, format: json }
-offline: true
+ofline: true
 1: one
 ~: nothing
 `), [
@@ -469,9 +474,9 @@ offline: true
     'cache.tagTTL: unknown key, did you mean "tagTtl"?',
     'log.format: unknown key (expected level)',
     'lisen: unknown key, did you mean "listen"?',
-    'offline: unknown key (expected one of listen, storage, upstreams, cache, log, metrics)',
-    '1: unknown key (expected one of listen, storage, upstreams, cache, log, metrics)',
-    '~: unknown key (expected one of listen, storage, upstreams, cache, log, metrics)'
+    'ofline: unknown key, did you mean "offline"?',
+    '1: unknown key (expected one of listen, storage, upstreams, cache, log, metrics, offline)',
+    '~: unknown key (expected one of listen, storage, upstreams, cache, log, metrics, offline)'
   ])
 })
 

@@ -29,7 +29,7 @@ export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info'
 export interface ConfigOverrides {
   readonly listen?: string | undefined
   readonly storagePath?: string | undefined
-  /** Accepted for the CLI's sake; MirrorConfig has no offline mode yet, so it is ignored. */
+  /** `--offline`: true turns offline mode on whatever the file says; false or undefined leaves the file's choice. */
   readonly offline?: boolean | undefined
 }
 
@@ -93,6 +93,7 @@ interface FileConfig {
   cache: { tagTtl: number, hotEntries: number }
   log: { level: LogLevel }
   metrics: { enabled: boolean, listen: ListenAddress | undefined, token: string | undefined, tokenEnv: string | undefined }
+  offline: boolean
 }
 
 function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
@@ -119,7 +120,8 @@ function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
       listen: parsed(parseListen, '"host:port", "[ipv6]:port" or ":port"'),
       token: secret(),
       tokenEnv: parsed(parseEnvName, 'an environment variable name like "METRICS_TOKEN"')
-    })
+    }),
+    offline: withDefault(flag(), false)
   })
 }
 
@@ -307,7 +309,8 @@ export function parseConfig (
       enabled: file.metrics.enabled,
       listen: file.metrics.listen === undefined ? undefined : { host: file.metrics.listen.host, port: file.metrics.listen.port },
       token: metricsToken
-    }
+    },
+    offline: overrides.offline === true || file.offline
   }
   return deepFreeze(config)
 }

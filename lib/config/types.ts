@@ -50,4 +50,10 @@ export interface MirrorConfig {
     /** When set, /metrics requires `Authorization: Bearer <token>`. */
     readonly token: string | undefined
   }
+  /**
+   * Never contact an upstream: serve what the cache holds (tags whatever their
+   * age) and answer the OCI 404 for the rest. loadConfig always sets it;
+   * undefined (a config built in code) means online.
+   */
+  readonly offline?: boolean | undefined
 }

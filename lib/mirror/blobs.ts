@@ -54,6 +54,8 @@ export interface BlobServiceOptions {
   readonly makeRoom?: ((bytes: number) => Promise<void>) | undefined
   /** Free bytes on the cache's volume; statfs unless a test says otherwise. */
   readonly freeBytes?: ((path: string) => Promise<number>) | undefined
+  /** Never ask upstream: what the cache lacks is BLOB_UNKNOWN. */
+  readonly offline?: boolean | undefined
 }
 
 export class BlobService {
@@ -92,6 +94,7 @@ export class BlobService {
 
     const cached = await this.#fromCache(route, digest, request)
     if (cached !== undefined) return cached
+    if (this.#o.offline === true) throw new BlobUnknownError('blob not in the cache, and this mirror is offline', { digest })
 
     if (request.method === 'HEAD') return await this.#headUpstream(route, digest)
 

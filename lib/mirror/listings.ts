@@ -26,6 +26,8 @@ export interface ListingServiceOptions {
   readonly upstream: (name: string) => UpstreamClient
   readonly referrersTtl: number
   readonly now?: () => number
+  /** Never ask upstream: tag lists and referrers come from the cache, whatever their age. */
+  readonly offline?: boolean | undefined
 }
 
 export function parsePage (n: string | undefined, last: string | undefined): Page {
@@ -59,6 +61,12 @@ export class ListingService {
     if (page.n !== undefined) query.set('n', String(page.n))
     if (page.last !== undefined) query.set('last', page.last)
     const qs = query.size > 0 ? `?${query.toString()}` : ''
+    if (this.#o.offline === true) {
+      const known = this.#o.index.listTags(route.repository)
+      if (known.length === 0) throw new NameUnknownError('repository not in the cache, and this mirror is offline', { name: route.name })
+      const { items, next } = paginate(known, page)
+      return { tags: items, next, outcome: 'hit', headers: {} }
+    }
     try {
       const res = await this.#o.upstream(route.upstream).send('GET', `/v2/${route.name}/tags/list${qs}`, { repository: route.name, kind: 'tags' })
       if (res.status === 404) {
@@ -86,9 +94,10 @@ export class ListingService {
   async referrers (route: Route, digest: string, artifactType: string | undefined): Promise<{ content: Buffer, outcome: CacheOutcome, filtered: boolean }> {
     const key = artifactType ?? ''
     const cached = this.#o.index.getReferrers(route.repository, digest, key)
-    if (cached !== undefined && this.#now() - cached.fetchedAt < this.#o.referrersTtl) {
+    if (cached !== undefined && (this.#o.offline === true || this.#now() - cached.fetchedAt < this.#o.referrersTtl)) {
       return { content: cached.content, outcome: 'hit', filtered: key !== '' }
     }
+    if (this.#o.offline === true) throw new ManifestUnknownError('no referrers in the cache for this digest, and this mirror is offline', { digest })
     const qs = artifactType === undefined ? '' : `?artifactType=${encodeURIComponent(artifactType)}`
     try {
       const res = await this.#o.upstream(route.upstream).send('GET', `/v2/${route.name}/referrers/${digest}${qs}`,

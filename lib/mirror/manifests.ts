@@ -37,6 +37,8 @@ export interface ManifestServiceOptions {
   readonly tagTtl: number
   readonly log: Logger
   readonly now?: () => number
+  /** Never ask upstream: tags are answered from the cache whatever their age, the rest is MANIFEST_UNKNOWN. */
+  readonly offline?: boolean | undefined
 }
 
 type Fetched = { manifest: Manifest, headers: Record<string, string>, outcome: CacheOutcome }
@@ -73,6 +75,7 @@ export class ManifestService {
   async #byDigest (route: Route, digest: string, accept: string | undefined): Promise<ManifestAnswer> {
     const local = this.local(digest)
     if (local !== undefined) return { ...local, outcome: 'hit', headers: {} }
+    if (this.#o.offline === true) throw new ManifestUnknownError('manifest not in the cache, and this mirror is offline', { digest })
     const { promise, joined } = this.#flights.run(`d:${route.upstream}:${digest}`, async () => {
       const fetched = await this.#fetch(route, digest, mergeAccept(accept))
       this.#store(route, fetched.manifest)
@@ -85,6 +88,7 @@ export class ManifestService {
   async #byTag (route: Route, tag: string, accept: string | undefined): Promise<ManifestAnswer> {
     const known = this.#tag(route.repository, tag)
     const cached = known === undefined ? undefined : this.local(known.digest)
+    if (this.#o.offline === true) return this.#offlineTag(tag, cached, accept)
     let result: Fetched
     let joined = false
     if (known !== undefined && cached !== undefined && this.#now() - known.confirmedAt < this.#o.tagTtl) {
@@ -107,6 +111,15 @@ export class ManifestService {
       return { ...narrow.manifest, outcome: 'miss', headers: narrow.headers }
     }
     return { ...result.manifest, outcome: joined ? 'joined' : result.outcome, headers: result.headers }
+  }
+
+  /** Offline, a tag is what the cache says, however old; the client must accept what it points at. */
+  #offlineTag (tag: string, cached: Manifest | undefined, accept: string | undefined): ManifestAnswer {
+    if (cached === undefined) throw new ManifestUnknownError('tag not in the cache, and this mirror is offline', { tag })
+    if (!accepts(accept, cached.mediaType)) {
+      throw new ManifestUnknownError('manifest not available in a media type the client accepts, and this mirror is offline', { tag, mediaType: cached.mediaType })
+    }
+    return { ...cached, outcome: 'hit', headers: {} }
   }
 
   #tag (repository: string, tag: string): { digest: string, confirmedAt: number } | undefined {
