@@ -105,3 +105,16 @@ t.test('/healthz says the process is up; /readyz checks the index and that stora
   t.equal(body.status, 'unready')
   t.match(body.problems[0], /^storage: /)
 })
+
+t.test('every metric the Grafana dashboard queries exists', async t => {
+  const { readFile } = await import('node:fs/promises')
+  const dashboard = await readFile(new URL('../docs/grafana-dashboard.json', import.meta.url), 'utf8')
+  const used = new Set([...dashboard.matchAll(/registry_mirror_[a-z_]+/g)].map(m => m[0].replace(/_(bucket|count|sum)$/, '')))
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url } })
+  const text = await (await fetch(`${mirror.url}/metrics`)).text()
+  const exposed = new Set([...text.matchAll(/^# TYPE (\S+)/gm)].map(m => m[1]))
+  t.ok(used.size >= 10)
+  for (const name of used) t.ok(exposed.has(name), `${name} is exposed`)
+})
