@@ -1,0 +1,477 @@
+// npm run bench: registry-mirror against distribution's registry in proxy
+// mode, on one machine, in one run, from one upstream (a hosted distribution
+// registry holding freshly generated images), with the same clients. Prints
+// one table and writes it to bench/RESULTS.md. See bench/README.md.
+
+import { access, mkdir, writeFile, readdir } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { mediaTypes } from '../test/e2e/harness/oci-layout.js'
+import { MirrorProcess } from '../test/e2e/harness/mirror-process.js'
+import { freshSeed } from '../test/e2e/harness/random.js'
+import { ReferenceRegistry } from '../test/e2e/harness/reference-registry.js'
+import { Skopeo } from '../test/e2e/harness/skopeo.js'
+import { makeTempDir, removeTempDir } from '../test/e2e/harness/temp.js'
+import { pullBlob, timedSkopeoPull } from './clients.js'
+import { pushImages, layoutBlobDir, TAG, type BenchImage, type ImagePlan } from './images.js'
+import { describeEnvironment, missingTools } from './machine.js'
+import { peakRss } from './proc.js'
+import { gigabytesPerSecond, MB, megabytes, milliseconds, perSecond, ratio, renderEnvironment, renderTable, seconds, type Row } from './report.js'
+import { findProcess, NginxServer, RegistryMirrorServer } from './servers.js'
+import { blobGetsOf, UpstreamMeter, type UpstreamTraffic } from './upstream-meter.js'
+import { wrk, WRK_THREADS, type WrkResult } from './wrk.js'
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
+
+/** The workloads of issue 5, with the sizes and durations it names. */
+const COLD_BLOB = 200 * MB
+const CONCURRENT_CLIENTS = 8
+const WARM_BLOB = 30 * MB
+const WARM_CONNECTIONS = 8
+const WARM_SECONDS = 10
+const MANIFEST_CONNECTIONS = 16
+const MANIFEST_SECONDS = 10
+const APP_LAYERS = [40 * MB, 20 * MB, 8 * MB, 2 * MB, 500 * 1000]
+/** Long enough that every tag request of the run is answered from the cache, as the issue intends. */
+const TAG_TTL = '1h'
+const RSS_LIMIT = 150 * MB
+/** "Not growing with blob size": a 200 MB cold pull may raise the peak by at most this over a 30 MB one. */
+const RSS_GROWTH_LIMIT = 10 * MB
+
+const ACCEPT = [mediaTypes.ociManifest, mediaTypes.ociIndex, mediaTypes.dockerManifest, mediaTypes.dockerList].join(', ')
+
+type Key = 'rm' | 'ref'
+const KEYS: readonly Key[] = ['rm', 'ref']
+
+interface MirrorUnderTest {
+  readonly key: Key
+  readonly label: string
+  readonly url: string
+  readonly host: string
+  readonly pid: number
+}
+
+type PerMirror<T> = Record<Key, T>
+
+interface Bench {
+  readonly work: string
+  readonly mirrors: PerMirror<MirrorUnderTest>
+  readonly meter: UpstreamMeter
+  readonly skopeo: Skopeo
+  readonly images: ReadonlyMap<string, BenchImage>
+  readonly rows: Row[]
+  readonly details: string[]
+  /** VmHWM of each server after each stage. */
+  readonly rss: Array<{ stage: string, bytes: PerMirror<number> }>
+}
+
+function image (bench: Bench, repository: string): BenchImage {
+  const found = bench.images.get(repository)
+  if (found === undefined) throw new Error(`no image ${repository}`)
+  return found
+}
+
+function onlyLayer (img: BenchImage): { digest: string, size: number } {
+  const layer = img.layers[0]
+  if (layer === undefined || img.layers.length !== 1) throw new Error(`${img.repository} should have exactly one layer`)
+  return layer
+}
+
+function blobUrl (mirror: MirrorUnderTest, repository: string, digest: string): string {
+  return `${mirror.url}/v2/${repository}/blobs/${digest}`
+}
+
+function log (line: string): void {
+  process.stderr.write(`# ${line}\n`)
+}
+
+async function recordRss (bench: Bench, stage: string): Promise<void> {
+  const bytes = { rm: await peakRss(bench.mirrors.rm.pid), ref: await peakRss(bench.mirrors.ref.pid) }
+  bench.rss.push({ stage, bytes })
+  log(`peak RSS ${stage}: registry-mirror ${megabytes(bytes.rm)}, reference ${megabytes(bytes.ref)}`)
+}
+
+function describeTraffic (t: UpstreamTraffic): string {
+  return `${t.requests.length} (${t.blobGets} blob GET, ${t.blobHeads} blob HEAD, ${t.manifestRequests} manifest, ${t.pings} /v2/)`
+}
+
+/** A cold pull of the warm blob: primes both caches, and is the 30 MB point of the RSS growth check. */
+async function primeWarmBlob (bench: Bench): Promise<void> {
+  const blob = onlyLayer(image(bench, 'bench/warm'))
+  for (const key of KEYS) {
+    const mirror = bench.mirrors[key]
+    const mark = await bench.meter.mark()
+    await pullBlob(blobUrl(mirror, 'bench/warm', blob.digest), blob.size)
+    await bench.meter.settle()
+    const traffic = await bench.meter.since(mark)
+    bench.details.push(`cold ${megabytes(blob.size)} blob (priming workload 3), ${mirror.label}: upstream requests ${describeTraffic(traffic)}`)
+  }
+  await recordRss(bench, `after a cold ${megabytes(blob.size)} blob`)
+}
+
+/** 1. One client, one cold 200 MB blob: time, and what it cost the upstream. */
+async function coldSingle (bench: Bench): Promise<void> {
+  const seconds_: Partial<PerMirror<number>> = {}
+  const traffic: Partial<PerMirror<UpstreamTraffic>> = {}
+  const gets: Partial<PerMirror<number>> = {}
+  let size = 0
+  for (const key of KEYS) {
+    const mirror = bench.mirrors[key]
+    const repository = `bench/cold-one-${key}`
+    const blob = onlyLayer(image(bench, repository))
+    size = blob.size
+    log(`1. cold ${megabytes(blob.size)} blob, one client: ${mirror.label}`)
+    const mark = await bench.meter.mark()
+    const pull = await pullBlob(blobUrl(mirror, repository, blob.digest), blob.size)
+    await bench.meter.settle()
+    seconds_[key] = pull.seconds
+    traffic[key] = await bench.meter.since(mark)
+    gets[key] = blobGetsOf(traffic[key], blob.digest)
+  }
+  const s = required(seconds_)
+  const t = required(traffic)
+  const g = required(gets)
+  const name = `1. cold ${megabytes(size)} blob, 1 client`
+  bench.rows.push(
+    { workload: `${name}: time`, mirror: seconds(s.rm), reference: seconds(s.ref), ratio: ratio(s.rm, s.ref), target: '≤ 1.0×', met: s.rm / s.ref <= 1.0 },
+    { workload: `${name}: upstream GETs of the blob`, mirror: String(g.rm), reference: String(g.ref), ratio: '—', target: 'exactly 1', met: g.rm === 1 },
+    { workload: `${name}: upstream requests, all`, mirror: String(t.rm.requests.length), reference: String(t.ref.requests.length), ratio: ratio(t.rm.requests.length, t.ref.requests.length), target: '', met: undefined },
+    { workload: `${name}: upstream bytes`, mirror: megabytes(t.rm.bytes), reference: megabytes(t.ref.bytes), ratio: ratio(t.rm.bytes, t.ref.bytes), target: '', met: undefined }
+  )
+  for (const key of KEYS) bench.details.push(`workload 1, ${bench.mirrors[key].label}: upstream requests ${describeTraffic(t[key])}, ${megabytes(t[key].bytes)}`)
+  await recordRss(bench, `after a cold ${megabytes(size)} blob`)
+}
+
+/** 2. Eight clients pulling the same uncached 200 MB blob at once. */
+async function coldConcurrent (bench: Bench): Promise<void> {
+  const wall: Partial<PerMirror<number>> = {}
+  const traffic: Partial<PerMirror<UpstreamTraffic>> = {}
+  const gets: Partial<PerMirror<number>> = {}
+  let size = 0
+  for (const key of KEYS) {
+    const mirror = bench.mirrors[key]
+    const repository = `bench/cold-eight-${key}`
+    const blob = onlyLayer(image(bench, repository))
+    size = blob.size
+    log(`2. cold ${megabytes(blob.size)} blob, ${CONCURRENT_CLIENTS} clients at once: ${mirror.label}`)
+    const mark = await bench.meter.mark()
+    const started = process.hrtime.bigint()
+    await Promise.all(Array.from({ length: CONCURRENT_CLIENTS }, async () => await pullBlob(blobUrl(mirror, repository, blob.digest), blob.size)))
+    wall[key] = Number(process.hrtime.bigint() - started) / 1e9
+    await bench.meter.settle()
+    traffic[key] = await bench.meter.since(mark)
+    gets[key] = blobGetsOf(traffic[key], blob.digest)
+  }
+  const w = required(wall)
+  const t = required(traffic)
+  const g = required(gets)
+  const name = `2. same cold ${megabytes(size)} blob, ${CONCURRENT_CLIENTS} clients at once`
+  bench.rows.push(
+    { workload: `${name}: wall time`, mirror: seconds(w.rm), reference: seconds(w.ref), ratio: ratio(w.rm, w.ref), target: '', met: undefined },
+    { workload: `${name}: upstream GETs of the blob`, mirror: String(g.rm), reference: String(g.ref), ratio: '—', target: 'exactly 1', met: g.rm === 1 },
+    { workload: `${name}: upstream bytes`, mirror: megabytes(t.rm.bytes), reference: megabytes(t.ref.bytes), ratio: ratio(t.rm.bytes, t.ref.bytes), target: '', met: undefined }
+  )
+  for (const key of KEYS) bench.details.push(`workload 2, ${bench.mirrors[key].label}: upstream requests ${describeTraffic(t[key])}, ${megabytes(t[key].bytes)}`)
+  await recordRss(bench, `after ${CONCURRENT_CLIENTS} clients on a cold ${megabytes(size)} blob`)
+}
+
+function checkWrk (what: string, result: WrkResult): WrkResult {
+  if (result.errors > 0) throw new Error(`${what}: wrk saw ${result.errors} errors or non-2xx answers in ${result.requests} requests`)
+  if (result.requests === 0) throw new Error(`${what}: wrk completed no request`)
+  return result
+}
+
+/** 3. Eight connections fetching the cached 30 MB blob for 10 s; nginx with sendfile as the ceiling. */
+async function warmThroughput (bench: Bench): Promise<void> {
+  const img = image(bench, 'bench/warm')
+  const blob = onlyLayer(img)
+  const results: Partial<PerMirror<WrkResult>> = {}
+  for (const key of KEYS) {
+    const mirror = bench.mirrors[key]
+    log(`3. warm ${megabytes(blob.size)} blob, ${WARM_CONNECTIONS} connections, ${WARM_SECONDS} s: ${mirror.label}`)
+    const mark = await bench.meter.mark()
+    results[key] = checkWrk(`warm blob from ${mirror.label}`, await wrk({ url: blobUrl(mirror, img.repository, blob.digest), connections: WARM_CONNECTIONS, seconds: WARM_SECONDS, workDir: bench.work }))
+    const traffic = await bench.meter.since(mark)
+    if (traffic.blobGets > 0) throw new Error(`the warm blob workload caused ${traffic.blobGets} upstream blob GETs at ${mirror.label}: it was not cached`)
+  }
+  log(`3. warm ${megabytes(blob.size)} blob: nginx with sendfile`)
+  const nginxDir = join(bench.work, 'nginx')
+  const nginx = await NginxServer.start(nginxDir, layoutBlobDir(img))
+  let ceiling: WrkResult
+  try {
+    ceiling = checkWrk('warm blob from nginx', await wrk({ url: `${nginx.url}/${blob.digest.slice('sha256:'.length)}`, connections: WARM_CONNECTIONS, seconds: WARM_SECONDS, workDir: bench.work }))
+  } finally {
+    await nginx.stop()
+  }
+  const r = required(results)
+  const name = `3. warm ${megabytes(blob.size)} blob, ${WARM_CONNECTIONS} connections, ${WARM_SECONDS} s`
+  const share = (x: WrkResult): string => `${Math.round(100 * x.bytesPerSecond / ceiling.bytesPerSecond)}%`
+  bench.rows.push(
+    { workload: `${name}: throughput`, mirror: gigabytesPerSecond(r.rm.bytesPerSecond), reference: gigabytesPerSecond(r.ref.bytesPerSecond), ratio: ratio(r.rm.bytesPerSecond, r.ref.bytesPerSecond), target: '≥ 1.0×', met: r.rm.bytesPerSecond >= r.ref.bytesPerSecond },
+    { workload: `${name}: share of the ceiling (nginx sendfile, ${gigabytesPerSecond(ceiling.bytesPerSecond)})`, mirror: share(r.rm), reference: share(r.ref), ratio: '', target: '', met: undefined }
+  )
+  for (const key of KEYS) bench.details.push(`workload 3, ${bench.mirrors[key].label}: ${r[key].requests} responses, p50 ${milliseconds(r[key].p50Ms)}, p99 ${milliseconds(r[key].p99Ms)}`)
+  bench.details.push(`workload 3, nginx: ${ceiling.requests} responses, p50 ${milliseconds(ceiling.p50Ms)}, p99 ${milliseconds(ceiling.p99Ms)}`)
+  await recordRss(bench, 'after the warm blob workload')
+}
+
+/** 4. Manifest by tag and by digest, 16 connections. */
+async function manifests (bench: Bench): Promise<void> {
+  const img = image(bench, 'bench/warm')
+  for (const by of ['tag', 'digest'] as const) {
+    const reference = by === 'tag' ? img.tag : img.manifestDigest
+    const results: Partial<PerMirror<WrkResult>> = {}
+    const traffic: Partial<PerMirror<UpstreamTraffic>> = {}
+    for (const key of KEYS) {
+      const mirror = bench.mirrors[key]
+      const url = `${mirror.url}/v2/${img.repository}/manifests/${reference}`
+      // The first request fills the cache; the measured ones are answered from it.
+      const response = await fetch(url, { headers: { accept: ACCEPT } })
+      await response.arrayBuffer()
+      if (response.status !== 200 || response.headers.get('docker-content-digest') !== img.manifestDigest) {
+        throw new Error(`GET ${url}: HTTP ${response.status}, digest ${String(response.headers.get('docker-content-digest'))}, expected ${img.manifestDigest}`)
+      }
+      log(`4. manifest by ${by}, ${MANIFEST_CONNECTIONS} connections, ${MANIFEST_SECONDS} s: ${mirror.label}`)
+      const mark = await bench.meter.mark()
+      results[key] = checkWrk(`manifest by ${by} from ${mirror.label}`, await wrk({ url, connections: MANIFEST_CONNECTIONS, seconds: MANIFEST_SECONDS, headers: { Accept: ACCEPT }, workDir: bench.work }))
+      await bench.meter.settle()
+      traffic[key] = await bench.meter.since(mark)
+    }
+    const r = required(results)
+    const t = required(traffic)
+    const name = `4. manifest by ${by}, ${MANIFEST_CONNECTIONS} connections`
+    const latency = (x: WrkResult): string => `${milliseconds(x.p50Ms)} / ${milliseconds(x.p99Ms)}`
+    bench.rows.push(
+      {
+        workload: `${name}: requests/s`,
+        mirror: perSecond(r.rm.requestsPerSecond),
+        reference: perSecond(r.ref.requestsPerSecond),
+        ratio: ratio(r.rm.requestsPerSecond, r.ref.requestsPerSecond),
+        target: by === 'tag' ? '≥ 10×' : '',
+        met: by === 'tag' ? r.rm.requestsPerSecond >= 10 * r.ref.requestsPerSecond : undefined
+      },
+      {
+        workload: `${name}: latency p50 / p99`,
+        mirror: latency(r.rm),
+        reference: latency(r.ref),
+        ratio: '',
+        target: by === 'tag' ? 'p99 ≤ 20 ms' : '',
+        met: by === 'tag' ? r.rm.p99Ms <= 20 : undefined
+      }
+    )
+    for (const key of KEYS) {
+      bench.details.push(`workload 4 by ${by}, ${bench.mirrors[key].label}: ${r[key].requests} responses in ${seconds(r[key].seconds)}; upstream requests during it: ${describeTraffic(t[key])}`)
+    }
+  }
+  await recordRss(bench, 'after the manifest workload')
+}
+
+/** 5. A whole image pulled by skopeo, cold then warm. */
+async function skopeoPulls (bench: Bench): Promise<void> {
+  const cold: Partial<PerMirror<number>> = {}
+  const warm: Partial<PerMirror<number>> = {}
+  let sample: BenchImage | undefined
+  for (const key of KEYS) {
+    const mirror = bench.mirrors[key]
+    const img = image(bench, `bench/app-${key}`)
+    sample = img
+    const reference = `${mirror.host}/${img.repository}:${img.tag}`
+    for (const state of ['cold', 'warm'] as const) {
+      log(`5. skopeo copy, ${state}: ${mirror.label}`)
+      const dir = join(bench.work, `skopeo-${key}-${state}`)
+      const mark = await bench.meter.mark()
+      const elapsed = await timedSkopeoPull(bench.skopeo, reference, dir, img.manifestDigest)
+      await removeTempDir(dir)
+      await bench.meter.settle()
+      const traffic = await bench.meter.since(mark)
+      if (state === 'cold') cold[key] = elapsed
+      else warm[key] = elapsed
+      bench.details.push(`workload 5 ${state}, ${mirror.label}: upstream requests ${describeTraffic(traffic)}, ${megabytes(traffic.bytes)}`)
+    }
+  }
+  if (sample === undefined) return
+  const c = required(cold)
+  const w = required(warm)
+  const name = `5. skopeo copy, ${sample.layers.length}-layer ${megabytes(sample.totalBytes)} image`
+  bench.rows.push(
+    { workload: `${name}, cold`, mirror: seconds(c.rm), reference: seconds(c.ref), ratio: ratio(c.rm, c.ref), target: '', met: undefined },
+    { workload: `${name}, warm`, mirror: seconds(w.rm), reference: seconds(w.ref), ratio: ratio(w.rm, w.ref), target: '', met: undefined }
+  )
+  await recordRss(bench, 'after the skopeo workload')
+}
+
+/** 6. Peak RSS of each server over the run, and whether a bigger blob raised it. */
+function rssRows (bench: Bench): void {
+  const last = bench.rss[bench.rss.length - 1]
+  if (last === undefined) return
+  bench.rows.push({
+    workload: '6. peak RSS over the run (VmHWM)',
+    mirror: megabytes(last.bytes.rm),
+    reference: megabytes(last.bytes.ref),
+    ratio: ratio(last.bytes.rm, last.bytes.ref),
+    target: `≤ ${megabytes(RSS_LIMIT)}`,
+    met: last.bytes.rm <= RSS_LIMIT
+  })
+  const small = bench.rss.find(s => s.stage === `after a cold ${megabytes(WARM_BLOB)} blob`)
+  const big = bench.rss.find(s => s.stage === `after a cold ${megabytes(COLD_BLOB)} blob`)
+  if (small !== undefined && big !== undefined) {
+    const growth = (key: Key): number => big.bytes[key] - small.bytes[key]
+    bench.rows.push({
+      workload: `6. peak RSS growth, cold ${megabytes(WARM_BLOB)} → cold ${megabytes(COLD_BLOB)} blob`,
+      mirror: `+${megabytes(growth('rm'))}`,
+      reference: `+${megabytes(growth('ref'))}`,
+      ratio: '',
+      target: `≤ +${megabytes(RSS_GROWTH_LIMIT)}`,
+      met: growth('rm') <= RSS_GROWTH_LIMIT
+    })
+  }
+}
+
+function required<T> (partial: Partial<PerMirror<T>>): PerMirror<T> {
+  const { rm, ref } = partial
+  if (rm === undefined || ref === undefined) throw new Error('a workload did not measure both mirrors')
+  return { rm, ref }
+}
+
+const WORKLOADS = ['1', '2', '3', '4', '5'] as const
+type Workload = typeof WORKLOADS[number]
+
+function imagePlans (selected: ReadonlySet<Workload>): ImagePlan[] {
+  const plans: ImagePlan[] = [{ repository: 'bench/warm', layerSizes: [WARM_BLOB], keepLayout: true }]
+  for (const key of KEYS) {
+    if (selected.has('1')) plans.push({ repository: `bench/cold-one-${key}`, layerSizes: [COLD_BLOB] })
+    if (selected.has('2')) plans.push({ repository: `bench/cold-eight-${key}`, layerSizes: [COLD_BLOB] })
+    if (selected.has('5')) plans.push({ repository: `bench/app-${key}`, layerSizes: APP_LAYERS })
+  }
+  return plans
+}
+
+async function main (): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      only: { type: 'string' },
+      'cpu-prof': { type: 'boolean' },
+      'no-write': { type: 'boolean' }
+    }
+  })
+  const selected = new Set<Workload>(WORKLOADS)
+  if (values.only !== undefined) {
+    selected.clear()
+    for (const item of values.only.split(',')) {
+      const w = WORKLOADS.find(x => x === item.trim())
+      if (w === undefined) throw new Error(`--only takes workload numbers 1-5 separated by commas, got "${values.only}"`)
+      selected.add(w)
+    }
+  }
+  const profiling = values['cpu-prof'] === true
+  const complete = selected.size === WORKLOADS.length && !profiling
+  const write = complete && values['no-write'] !== true
+
+  const missing = missingTools()
+  if (missing.length > 0) {
+    process.stderr.write(`npm run bench needs these programs, which are not on the PATH:\n${missing.join('\n')}\n`)
+    return 1
+  }
+  try {
+    await access(MirrorProcess.entryPoint)
+  } catch {
+    process.stderr.write(`${MirrorProcess.entryPoint} does not exist: build first (npm run build; npm run bench does both)\n`)
+    return 1
+  }
+
+  const env = describeEnvironment(ROOT)
+  const work = await makeTempDir('bench')
+  const profileDir = join(ROOT, 'bench', 'tmp', `profile-${Date.now()}`)
+  const closers: Array<() => Promise<void>> = [async () => await removeTempDir(work)]
+  const closeAll = async (): Promise<void> => {
+    for (const close of closers.splice(0).reverse()) await close().catch((err: unknown) => log(`cleanup: ${String(err)}`))
+  }
+  try {
+    const started = Date.now()
+    const upstream = await ReferenceRegistry.start({ label: 'upstream' })
+    closers.push(async () => await upstream.close())
+    const meter = new UpstreamMeter(upstream, await findProcess(['docker-registry', 'serve', upstream.configPath]))
+    const skopeo = new Skopeo(work)
+    const plans = imagePlans(selected)
+    const totalBytes = plans.reduce((sum, p) => sum + p.layerSizes.reduce((a, b) => a + b, 0), 0)
+    log(`generating and pushing ${plans.length} images (${megabytes(totalBytes)}) to the upstream at ${upstream.url}`)
+    const images = await pushImages(plans, { upstream, skopeo, workDir: work, seed: freshSeed() })
+    log(`images ready after ${seconds((Date.now() - started) / 1000)}`)
+
+    if (profiling) await mkdir(profileDir, { recursive: true })
+    const rmServer = await RegistryMirrorServer.start({ dir: join(work, 'registry-mirror'), upstreamUrl: upstream.url, tagTtl: TAG_TTL, cpuProfDir: profiling ? profileDir : undefined })
+    closers.push(async () => await rmServer.stop())
+    const proxy = await ReferenceRegistry.start({ label: 'proxy', proxyRemoteUrl: upstream.url })
+    closers.push(async () => await proxy.close())
+    const mirrors: PerMirror<MirrorUnderTest> = {
+      rm: { key: 'rm', label: 'registry-mirror', url: rmServer.url, host: rmServer.host, pid: rmServer.pid },
+      ref: { key: 'ref', label: 'reference', url: proxy.url, host: proxy.host, pid: await findProcess(['docker-registry', 'serve', proxy.configPath]) }
+    }
+    log(`registry-mirror at ${mirrors.rm.url} (pid ${mirrors.rm.pid}), reference proxy at ${mirrors.ref.url} (pid ${mirrors.ref.pid})`)
+    const bench: Bench = { work, mirrors, meter, skopeo, images, rows: [], details: [], rss: [] }
+    await recordRss(bench, 'after start')
+
+    try {
+      await primeWarmBlob(bench)
+      if (selected.has('1')) await coldSingle(bench)
+      if (selected.has('2')) await coldConcurrent(bench)
+      if (selected.has('3')) await warmThroughput(bench)
+      if (selected.has('4')) await manifests(bench)
+      if (selected.has('5')) await skopeoPulls(bench)
+      await recordRss(bench, 'at the end')
+      rssRows(bench)
+    } catch (err) {
+      if (err instanceof Error) err.message += `\n${rmServer.tail()}\n${proxy.tail()}`
+      throw err
+    }
+
+    const table = renderTable(bench.rows)
+    const rss = bench.rss.map(s => `${s.stage}: registry-mirror ${megabytes(s.bytes.rm)}, reference ${megabytes(s.bytes.ref)}`)
+    process.stdout.write(`\n${table}\n\n${renderEnvironment(env)}\n`)
+    log(`finished in ${seconds((Date.now() - started) / 1000)}`)
+    if (write) {
+      await writeFile(join(ROOT, 'bench', 'RESULTS.md'), resultsMarkdown(table, env, bench.details, rss))
+      log('wrote bench/RESULTS.md')
+    } else {
+      log('bench/RESULTS.md left as it was (only a complete run without --cpu-prof or --no-write writes it)')
+    }
+    if (profiling) {
+      await rmServer.stop() // the profile is written as the process exits
+      const profiles = (await readdir(profileDir)).filter(f => f.endsWith('.cpuprofile'))
+      for (const file of profiles) log(`cpu profile: ${join(profileDir, file)} (summary: node dist/bench/profile-top.js FILE)`)
+    }
+    return 0
+  } finally {
+    await closeAll()
+  }
+}
+
+function resultsMarkdown (table: string, env: ReturnType<typeof describeEnvironment>, details: readonly string[], rss: readonly string[]): string {
+  return [
+    '# Benchmark results',
+    '',
+    'Written by `npm run bench` (bench/run.ts; what each workload does: bench/README.md).',
+    'registry-mirror and distribution\'s registry in proxy mode ("reference") in front of the same upstream',
+    '(a hosted distribution registry), on loopback, in one run, with the same clients. Ratio = registry-mirror ÷ reference.',
+    `Load generator: wrk, ${WRK_THREADS} threads. Cold pulls: curl. Upstream requests and bytes are counted in the upstream's access log.`,
+    '',
+    table,
+    '',
+    renderEnvironment(env),
+    '',
+    '## Details',
+    '',
+    ...details.map(line => `- ${line}`),
+    '',
+    '### Peak RSS (VmHWM) after each stage',
+    '',
+    ...rss.map(line => `- ${line}`),
+    ''
+  ].join('\n')
+}
+
+main().then(code => { process.exitCode = code }, (err: unknown) => {
+  process.stderr.write(`npm run bench failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
+  process.exitCode = 1
+})

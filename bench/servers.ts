@@ -1,0 +1,179 @@
+// The servers the benchmark starts besides the reference registries of the
+// e2e harness: registry-mirror itself, and nginx serving a file with sendfile
+// (the machine's ceiling for warm blobs). registry-mirror's stdout goes
+// straight to a file rather than through this process, so the bench, which
+// shares two cores with the servers, never handles their log lines.
+
+import { readFile, readdir, writeFile, mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { Daemon } from '../test/e2e/harness/process.js'
+import { MirrorProcess } from '../test/e2e/harness/mirror-process.js'
+import { freePort } from '../test/e2e/harness/ports.js'
+import { waitFor, WaitAborted } from '../test/e2e/harness/wait.js'
+
+export interface RegistryMirrorOptions {
+  /** An empty directory of its own: config, logs, data. */
+  readonly dir: string
+  /** The default upstream (named docker.io, so requests naming no registry go there). */
+  readonly upstreamUrl: string
+  readonly tagTtl: string
+  /** Runs node with --cpu-prof, writing the profile here on exit. */
+  readonly cpuProfDir?: string | undefined
+}
+
+/** `node dist/bin/registry-mirror.js serve --config FILE`, ready once it logs "listening". */
+export class RegistryMirrorServer {
+  readonly dir: string
+  readonly #daemon: Daemon
+  #url = ''
+
+  private constructor (dir: string, daemon: Daemon) {
+    this.dir = dir
+    this.#daemon = daemon
+  }
+
+  static async start (options: RegistryMirrorOptions): Promise<RegistryMirrorServer> {
+    const { dir } = options
+    await mkdir(join(dir, 'data'), { recursive: true })
+    const configPath = join(dir, 'mirror.config.yml')
+    await writeFile(configPath, [
+      'listen: 127.0.0.1:0',
+      'storage:',
+      `  path: ${join(dir, 'data')}`,
+      'upstreams:',
+      '  docker.io:',
+      `    url: ${options.upstreamUrl}`,
+      '    default: true',
+      'cache:',
+      `  tagTtl: ${options.tagTtl}`,
+      'log:',
+      '  level: info',
+      ''
+    ].join('\n'))
+    const env = { ...process.env }
+    // The file says everything; overrides from the caller's shell would change what is measured.
+    for (const key of ['MIRROR_LISTEN', 'MIRROR_STORAGE_PATH', 'MIRROR_LOG_LEVEL']) delete env[key]
+    const profile = options.cpuProfDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', options.cpuProfDir]
+    const daemon = new Daemon('registry-mirror', process.execPath, [...profile, MirrorProcess.entryPoint, 'serve', '--config', configPath], {
+      cwd: dir,
+      env,
+      logPath: join(dir, 'mirror.log'),
+      stderrPath: join(dir, 'mirror.stderr.log')
+    })
+    const server = new RegistryMirrorServer(dir, daemon)
+    try {
+      await waitFor('registry-mirror to log "listening"', async () => {
+        if (!daemon.running) throw new WaitAborted('registry-mirror exited')
+        const url = listeningUrl(await readFile(daemon.logPath, 'utf8').catch(() => ''))
+        if (url === undefined) return false
+        server.#url = url
+        return true
+      }, { timeoutMs: 30_000, intervalMs: 50, describe: () => daemon.tail() })
+    } catch (err) {
+      await daemon.stop()
+      throw err
+    }
+    return server
+  }
+
+  get url (): string { return this.#url }
+  get host (): string { return this.#url.replace(/^http:\/\//, '') }
+  get pid (): number { return pidOf(this.#daemon) }
+
+  /** SIGTERM, so that the mirror closes cleanly (and --cpu-prof writes its profile). */
+  async stop (): Promise<void> {
+    await this.#daemon.stop(30_000)
+  }
+
+  tail (): string {
+    return this.#daemon.tail()
+  }
+}
+
+function listeningUrl (log: string): string | undefined {
+  for (const line of log.split('\n')) {
+    if (!line.startsWith('{')) continue
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(line)
+    } catch {
+      continue
+    }
+    if (typeof parsed !== 'object' || parsed === null) continue
+    const record = parsed as Record<string, unknown>
+    if (record.msg === 'listening' && typeof record.url === 'string') return record.url.replace(/\/$/, '')
+  }
+  return undefined
+}
+
+/** nginx serving one directory, sendfile on, no access log: what this machine can push to a client. */
+export class NginxServer {
+  readonly url: string
+  readonly #daemon: Daemon
+
+  private constructor (url: string, daemon: Daemon) {
+    this.url = url
+    this.#daemon = daemon
+  }
+
+  static async start (dir: string, root: string): Promise<NginxServer> {
+    await mkdir(join(dir, 'tmp'), { recursive: true })
+    const port = await freePort()
+    const temp = join(dir, 'tmp')
+    const conf = join(dir, 'nginx.conf')
+    // As root, the workers would switch to nobody and could not read a file in a 0700 temp dir.
+    const user = process.getuid?.() === 0 ? ['user root;'] : []
+    await writeFile(conf, [
+      ...user,
+      'worker_processes auto;',
+      'daemon off;',
+      `pid ${join(dir, 'nginx.pid')};`,
+      `error_log ${join(dir, 'error.log')} warn;`,
+      'events { worker_connections 1024; }',
+      'http {',
+      '  access_log off;',
+      '  sendfile on;',
+      '  tcp_nopush on;',
+      '  keepalive_requests 100000;',
+      ...['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map(kind => `  ${kind}_temp_path ${temp};`),
+      `  server { listen 127.0.0.1:${port}; root ${root}; }`,
+      '}',
+      ''
+    ].join('\n'))
+    const daemon = new Daemon('nginx', 'nginx', ['-p', dir, '-c', conf, '-e', join(dir, 'error.log')], { logPath: join(dir, 'nginx.log') })
+    const url = `http://127.0.0.1:${port}`
+    try {
+      await waitFor(`nginx to answer on ${url}`, async () => {
+        if (!daemon.running) throw new WaitAborted('nginx exited')
+        const response = await fetch(`${url}/`)
+        await response.arrayBuffer()
+        return true
+      }, { timeoutMs: 15_000, intervalMs: 50, describe: () => daemon.tail() })
+    } catch (err) {
+      await daemon.stop()
+      throw err
+    }
+    return new NginxServer(url, daemon)
+  }
+
+  async stop (): Promise<void> {
+    await this.#daemon.stop()
+  }
+}
+
+function pidOf (daemon: Daemon): number {
+  const pid = daemon.child.pid
+  if (pid === undefined) throw new Error(`${daemon.name} has no pid`)
+  return pid
+}
+
+/** The pid of the process whose command line is exactly args (the harness keeps its daemons private). */
+export async function findProcess (args: readonly string[]): Promise<number> {
+  const wanted = args.join('\0')
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')
+    if (cmdline.replace(/\0$/, '') === wanted) return Number(entry)
+  }
+  throw new Error(`no process runs ${args.join(' ')}`)
+}
