@@ -8,6 +8,10 @@ import type { MirrorConfig } from '../lib/config/types.js'
 import { ConfigError, RegistryError } from '../lib/errors.js'
 import { createLogger } from '../lib/log.js'
 import { createMirror } from '../lib/main.js'
+import { ImageListError, resolveImages, routingFor } from '../lib/warm/image-list.js'
+import { parsePlatform, type PlatformSpec } from '../lib/warm/platform.js'
+import { createProgress } from '../lib/warm/progress.js'
+import { DEFAULT_CONCURRENCY, summarize, warm } from '../lib/warm/warm-command.js'
 
 const USAGE = `usage: registry-mirror <command> [options]
 
@@ -18,15 +22,26 @@ commands:
   pin IMAGE...          never evict these images (nginx:1.27, ghcr.io/org/app@sha256:...)
   unpin IMAGE...        evict them again like anything else
   stats [--json]        what the cache holds and how well it serves
+  warm IMAGE...         fetch images (manifests and every blob, verified) into the cache, as a
+                        pull through the mirror would; what is cached already is skipped
+       [--file LIST] [--platform OS/ARCH[/VARIANT]]... [--concurrency N] [--pin] [--server URL]
 
 options:
   -c, --config FILE       configuration file (default: ./mirror.config.yml)
       --listen ADDR       listen address, host:port (serve; overrides MIRROR_LISTEN and the file)
       --storage-path DIR  data directory (overrides MIRROR_STORAGE_PATH and storage.path)
+      --offline           never contact an upstream (serve, warm): as offline: true in the config
+  -f, --file LIST         images, one reference per line, # comments (warm; may be repeated)
+      --platform P        only these platforms of a multi-platform image (warm; may be repeated)
+      --concurrency N     blob downloads at once (warm; default ${DEFAULT_CONCURRENCY})
+      --pin               pin each image warmed, so eviction never removes it (warm)
+      --server URL        warm through a running mirror at URL instead of the data directory
   -h, --help              show this help
 
 Every command works on the data directory of the config, whether or not a
-mirror is serving it.
+mirror is serving it. Images may be written nginx, nginx:1.27,
+library/nginx@sha256:..., ghcr.io/org/app:v1; their registry must be one of
+the configured upstreams.
 `
 
 class UsageError extends Error {}
@@ -43,6 +58,12 @@ async function main (argv: string[]): Promise<number> {
         'storage-path': { type: 'string' },
         'dry-run': { type: 'boolean' },
         json: { type: 'boolean' },
+        offline: { type: 'boolean' },
+        file: { type: 'string', short: 'f', multiple: true },
+        platform: { type: 'string', multiple: true },
+        concurrency: { type: 'string' },
+        pin: { type: 'boolean' },
+        server: { type: 'string' },
         help: { type: 'boolean', short: 'h' }
       }
     })
@@ -56,8 +77,17 @@ async function main (argv: string[]): Promise<number> {
     return 0
   }
   if (command === undefined) throw new UsageError('no command given')
-  const commands = ['serve', 'gc', 'pin', 'unpin', 'stats']
+  const commands = ['serve', 'gc', 'pin', 'unpin', 'stats', 'warm']
   if (!commands.includes(command)) throw new UsageError(`unknown command "${command}"`)
+  const onlyFor = (flag: string, given: boolean, allowed: readonly string[]): void => {
+    if (given && !allowed.includes(command)) throw new UsageError(`${flag} is for ${allowed.join(', ')} only`)
+  }
+  onlyFor('--offline', values.offline === true, ['serve', 'warm'])
+  onlyFor('--file', values.file !== undefined, ['warm'])
+  onlyFor('--platform', values.platform !== undefined, ['warm'])
+  onlyFor('--concurrency', values.concurrency !== undefined, ['warm'])
+  onlyFor('--pin', values.pin === true, ['warm'])
+  onlyFor('--server', values.server !== undefined, ['warm'])
   if (values.listen !== undefined && command !== 'serve') throw new UsageError('--listen is for serve only')
   if (values['dry-run'] === true && command !== 'gc') throw new UsageError('--dry-run is for gc only')
   if (values.json === true && command !== 'stats') throw new UsageError('--json is for stats only')
@@ -66,12 +96,33 @@ async function main (argv: string[]): Promise<number> {
     throw new UsageError(`${command} takes no arguments, got "${args.join(' ')}"`)
   }
 
+  if (command === 'warm') {
+    if (args.length === 0 && values.file === undefined) throw new UsageError('warm needs at least one image or --file, e.g. warm nginx:1.27')
+    if (values.server !== undefined && values.pin === true) throw new UsageError('--pin works on the data directory; run registry-mirror pin on the mirror\'s host')
+    if (values.server !== undefined && values.offline === true) throw new UsageError('--offline and --server: the running mirror decides whether it is offline')
+    if (values.server !== undefined && !/^https?:\/\/[^/]+\/?$/.test(values.server)) throw new UsageError(`--server: expected the mirror's base URL like http://mirror.example:5000, got "${values.server}"`)
+  }
+  const platforms = (values.platform ?? []).map(text => {
+    try {
+      return parsePlatform(text)
+    } catch (err) {
+      throw new UsageError(err instanceof Error ? err.message : String(err))
+    }
+  })
+  const concurrency = values.concurrency === undefined ? DEFAULT_CONCURRENCY : Number(values.concurrency)
+  if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > 64) {
+    throw new UsageError(`--concurrency: expected a whole number from 1 to 64, got "${values.concurrency ?? ''}"`)
+  }
+
   const config = await loadConfig({
     file: values.config ?? 'mirror.config.yml',
     env: process.env,
-    overrides: { listen: values.listen, storagePath: values['storage-path'] }
+    overrides: { listen: values.listen, storagePath: values['storage-path'], offline: values.offline }
   })
   if (command === 'serve') return await serve(config)
+  if (command === 'warm') {
+    return await warmCommand(config, args, values.file ?? [], platforms, concurrency, values.pin === true, values.server)
+  }
 
   const log = createLogger(command === 'gc' ? config.log.level : 'warn', process.stderr)
   const cache = await openCache(config)
@@ -85,7 +136,7 @@ async function main (argv: string[]): Promise<number> {
 async function serve (config: MirrorConfig): Promise<number> {
   const log = createLogger(config.log.level)
   const mirror = await createMirror(config, log)
-  log.info({ url: mirror.url, listen: `${config.listen.host}:${config.listen.port}`, storage: config.storage.path, upstreams: [...config.upstreams.keys()] }, 'listening')
+  log.info({ url: mirror.url, listen: `${config.listen.host}:${config.listen.port}`, storage: config.storage.path, upstreams: [...config.upstreams.keys()], offline: config.offline === true }, 'listening')
   await new Promise<void>(resolve => {
     const stop = (signal: string): void => {
       log.info({ signal }, 'shutting down')
@@ -96,6 +147,16 @@ async function serve (config: MirrorConfig): Promise<number> {
   })
   await mirror.close()
   return 0
+}
+
+async function warmCommand (config: MirrorConfig, args: string[], files: string[], platforms: PlatformSpec[], concurrency: number, pinImages: boolean, server: string | undefined): Promise<number> {
+  const images = await resolveImages(args, files, routingFor(config))
+  const log = createLogger('warn', process.stderr)
+  const progress = createProgress(process.stderr, server === undefined ? 'warming' : `warming through ${server}:`)
+  const report = await warm({ config, log, images, platforms, concurrency, pin: pinImages, server, progress })
+  for (const line of summarize('warmed', report.results)) process.stdout.write(`${line}\n`)
+  for (const name of report.pinned) process.stdout.write(`pinned ${name}\n`)
+  return report.results.every(r => r.ok) ? 0 : 1
 }
 
 async function maintenance (command: string, cache: CacheHandle, config: MirrorConfig, log: ReturnType<typeof createLogger>, args: string[], dryRun: boolean, json: boolean): Promise<number> {
@@ -151,6 +212,9 @@ async function maintenance (command: string, cache: CacheHandle, config: MirrorC
 main(process.argv.slice(2)).then(code => { process.exitCode = code }, (err: unknown) => {
   if (err instanceof UsageError) {
     process.stderr.write(`registry-mirror: ${err.message}\n\n${USAGE}`)
+    process.exitCode = 2
+  } else if (err instanceof ImageListError) {
+    process.stderr.write(`registry-mirror: nothing was fetched; fix these first:\n${err.problems.map(p => `  ${p}`).join('\n')}\n`)
     process.exitCode = 2
   } else if (err instanceof ConfigError) {
     process.stderr.write(`registry-mirror: invalid configuration\n${err.message}\n`)

@@ -1,0 +1,127 @@
+// Where warm gets content from: the cache's own pull-through services on the
+// data directory, or a running mirror over HTTP (`--server`). Both answer
+// exactly as a pull through the mirror would: a manifest by tag or digest,
+// and a blob as a stream that must be consumed or destroyed.
+
+import { createHash } from 'node:crypto'
+import type { Readable } from 'node:stream'
+import { Agent, request } from 'undici'
+import type { BlobService } from '../mirror/blobs.js'
+import type { ManifestService } from '../mirror/manifests.js'
+import { MANIFEST_ACCEPT, parseDigest, parseManifestReference } from '../reference.js'
+import type { Route } from '../upstream/routing.js'
+
+export interface SourceManifest {
+  readonly digest: string
+  readonly mediaType: string
+  readonly content: Buffer
+}
+
+export interface SourceBlob {
+  /** Served from what the mirror had: no upstream was asked. */
+  readonly cached: boolean
+  readonly size: number | undefined
+  readonly body: Readable
+}
+
+export interface ContentSource {
+  manifest: (route: Route, reference: string) => Promise<SourceManifest>
+  blob: (route: Route, digest: string) => Promise<SourceBlob>
+  close: () => Promise<void>
+}
+
+/** The data directory's own services: `core.manifests` and `core.blobs`. */
+export function coreSource (core: { readonly manifests: ManifestService, readonly blobs: BlobService }): ContentSource {
+  return {
+    manifest: async (route, reference) => {
+      const answer = await core.manifests.get(route, parseManifestReference(reference), MANIFEST_ACCEPT)
+      return { digest: answer.digest, mediaType: answer.mediaType, content: answer.content }
+    },
+    blob: async (route, digest) => {
+      const answer = await core.blobs.get(route, digest, { method: 'GET', range: undefined })
+      if (answer.body === undefined) throw new Error(`no body for blob ${digest}`)
+      return { cached: answer.outcome === 'hit', size: answer.size, body: answer.body }
+    },
+    close: async () => {}
+  }
+}
+
+/** An answer of the mirror that is not the content asked for, with the OCI code it gave. */
+export class MirrorAnswerError extends Error {
+  readonly code: string
+  readonly status: number
+
+  constructor (status: number, code: string, message: string) {
+    super(message)
+    this.name = 'MirrorAnswerError'
+    this.status = status
+    this.code = code
+  }
+}
+
+const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+/** A running mirror at `base` (http://host:port), by the path-prefix form `/v2/<registry>/<name>/...`. */
+export function serverSource (base: string): ContentSource {
+  const root = base.replace(/\/+$/, '')
+  const agent = new Agent({ connections: 32, headersTimeout: 300_000, bodyTimeout: 300_000 })
+  const url = (route: Route, what: 'manifests' | 'blobs', reference: string): string =>
+    `${root}/v2/${route.upstream}/${route.name}/${what}/${reference}`
+
+  const fail = async (res: Awaited<ReturnType<typeof request>>, what: string): Promise<never> => {
+    const text = await res.body.text().catch(() => '')
+    let code = 'UNKNOWN'
+    let message = `the mirror answered HTTP ${res.statusCode} for ${what}`
+    try {
+      const first: unknown = (JSON.parse(text) as { errors?: unknown[] }).errors?.[0]
+      if (typeof first === 'object' && first !== null && 'code' in first && typeof first.code === 'string') {
+        code = first.code
+        if ('message' in first && typeof first.message === 'string') message = `${first.message} (the mirror answered HTTP ${res.statusCode} ${code})`
+      }
+    } catch {}
+    throw new MirrorAnswerError(res.statusCode, code, message)
+  }
+
+  return {
+    manifest: async (route, reference) => {
+      const res = await request(url(route, 'manifests', reference), { headers: { accept: MANIFEST_ACCEPT }, dispatcher: agent })
+      if (res.statusCode !== 200) return await fail(res, `manifest ${reference}`)
+      const chunks: Buffer[] = []
+      let size = 0
+      for await (const chunk of res.body) {
+        const buf = chunk as Buffer
+        size += buf.length
+        if (size > MAX_MANIFEST_BYTES) {
+          res.body.destroy()
+          throw new Error(`manifest ${reference} is larger than ${MAX_MANIFEST_BYTES} bytes`)
+        }
+        chunks.push(buf)
+      }
+      const content = Buffer.concat(chunks)
+      const expected = reference.includes(':') ? reference : headerOf(res.headers, 'docker-content-digest')
+      const algorithm = expected === undefined ? 'sha256' : parseDigest(expected).algorithm
+      const digest = `${algorithm}:${createHash(algorithm).update(content).digest('hex')}`
+      if (expected !== undefined && digest !== expected) {
+        throw new Error(`manifest ${reference} from the mirror does not match its digest ${expected}: got ${digest}`)
+      }
+      const mediaType = (headerOf(res.headers, 'content-type') ?? '').split(';')[0]?.trim() ?? ''
+      return { digest, mediaType, content }
+    },
+    blob: async (route, digest) => {
+      const res = await request(url(route, 'blobs', digest), { dispatcher: agent })
+      if (res.statusCode !== 200) return await fail(res, `blob ${digest}`)
+      const length = headerOf(res.headers, 'content-length')
+      return {
+        cached: headerOf(res.headers, 'x-mirror-cache') === 'hit',
+        size: length !== undefined && /^\d+$/.test(length) ? Number(length) : undefined,
+        body: res.body
+      }
+    },
+    close: async () => { await agent.close() }
+  }
+}
+
+function headerOf (headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
+  const v = headers[name]
+  return Array.isArray(v) ? v[0] : v
+}
