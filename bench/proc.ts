@@ -46,3 +46,41 @@ export async function ioBytes (pid: number): Promise<number> {
   }
   return total
 }
+
+/** CPU ticks (USER_HZ) spent by the whole machine, and by this process and everything it started. */
+export interface CpuSample {
+  readonly machineTotal: number
+  readonly machineBusy: number
+  readonly ours: number
+}
+
+async function ticksOf (pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
+  // After "(comm) ": state is field 3, so utime, stime, cutime, cstime (fields 14-17) are at 11-14.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return [11, 12, 13, 14].reduce((sum, i) => sum + (Number(fields[i]) || 0), 0)
+}
+
+/**
+ * A live child's time is its own; a child that exited and was reaped is in
+ * its parent's cutime/cstime, so adding both over the tree counts each once.
+ */
+export async function cpuSample (): Promise<CpuSample> {
+  const line = (await readFile('/proc/stat', 'utf8')).split('\n')[0] ?? ''
+  const [, user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = line.trim().split(/\s+/).map(Number)
+  let ours = 0
+  for (const pid of await processTree(process.pid)) ours += await ticksOf(pid)
+  return {
+    machineTotal: user + nice + system + idle + iowait + irq + softirq + steal,
+    machineBusy: user + nice + system + irq + softirq + steal,
+    ours
+  }
+}
+
+/** The share of the machine's CPU (0-1) that went to other processes between two samples. */
+export function foreignShare (before: CpuSample, after: CpuSample): number {
+  const total = after.machineTotal - before.machineTotal
+  if (total <= 0) return 0
+  const foreign = (after.machineBusy - before.machineBusy) - (after.ours - before.ours)
+  return Math.max(0, foreign / total)
+}

@@ -4,7 +4,7 @@
 // one table and writes it to bench/RESULTS.md. See bench/README.md.
 
 import { access, mkdir, writeFile, readdir } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { mediaTypes } from '../test/e2e/harness/oci-layout.js'
@@ -16,7 +16,7 @@ import { makeTempDir, removeTempDir } from '../test/e2e/harness/temp.js'
 import { pullBlob, timedSkopeoPull } from './clients.js'
 import { pushImages, layoutBlobDir, TAG, type BenchImage, type ImagePlan } from './images.js'
 import { describeEnvironment, missingTools } from './machine.js'
-import { peakRss } from './proc.js'
+import { cpuSample, foreignShare, peakRss } from './proc.js'
 import { gigabytesPerSecond, MB, megabytes, milliseconds, perSecond, ratio, renderEnvironment, renderTable, seconds, type Row } from './report.js'
 import { findProcess, NginxServer, RegistryMirrorServer } from './servers.js'
 import { blobGetsOf, UpstreamMeter, type UpstreamTraffic } from './upstream-meter.js'
@@ -32,6 +32,12 @@ const WARM_CONNECTIONS = 8
 const WARM_SECONDS = 10
 const MANIFEST_CONNECTIONS = 16
 const MANIFEST_SECONDS = 10
+/** Unmeasured load before each measured wrk run, so that no server is measured while its JIT and heap warm up. */
+const WARMUP_SECONDS = 2
+/** The warm blob is measured this many times per server, interleaved; the best run counts (see README). */
+const WARM_ROUNDS = 2
+/** Above this share of the CPU going to other processes, a workload's numbers are flagged as disturbed. */
+const FOREIGN_CPU_LIMIT = 0.1
 const APP_LAYERS = [40 * MB, 20 * MB, 8 * MB, 2 * MB, 500 * 1000]
 /** Long enough that every tag request of the run is answered from the cache, as the issue intends. */
 const TAG_TTL = '1h'
@@ -64,6 +70,8 @@ interface Bench {
   readonly details: string[]
   /** VmHWM of each server after each stage. */
   readonly rss: Array<{ stage: string, bytes: PerMirror<number> }>
+  /** Share of the machine's CPU that other processes took during each workload. */
+  readonly foreign: Array<{ workload: string, share: number }>
 }
 
 function image (bench: Bench, repository: string): BenchImage {
@@ -186,33 +194,43 @@ function checkWrk (what: string, result: WrkResult): WrkResult {
 async function warmThroughput (bench: Bench): Promise<void> {
   const img = image(bench, 'bench/warm')
   const blob = onlyLayer(img)
-  const results: Partial<PerMirror<WrkResult>> = {}
-  for (const key of KEYS) {
-    const mirror = bench.mirrors[key]
-    log(`3. warm ${megabytes(blob.size)} blob, ${WARM_CONNECTIONS} connections, ${WARM_SECONDS} s: ${mirror.label}`)
-    const mark = await bench.meter.mark()
-    results[key] = checkWrk(`warm blob from ${mirror.label}`, await wrk({ url: blobUrl(mirror, img.repository, blob.digest), connections: WARM_CONNECTIONS, seconds: WARM_SECONDS, workDir: bench.work }))
-    const traffic = await bench.meter.since(mark)
-    if (traffic.blobGets > 0) throw new Error(`the warm blob workload caused ${traffic.blobGets} upstream blob GETs at ${mirror.label}: it was not cached`)
-  }
-  log(`3. warm ${megabytes(blob.size)} blob: nginx with sendfile`)
-  const nginxDir = join(bench.work, 'nginx')
-  const nginx = await NginxServer.start(nginxDir, layoutBlobDir(img))
-  let ceiling: WrkResult
+  const nginx = await NginxServer.start(join(bench.work, 'nginx'), layoutBlobDir(img))
   try {
-    ceiling = checkWrk('warm blob from nginx', await wrk({ url: `${nginx.url}/${blob.digest.slice('sha256:'.length)}`, connections: WARM_CONNECTIONS, seconds: WARM_SECONDS, workDir: bench.work }))
+    const targets: Array<{ name: string, url: string, key: Key | undefined }> = [
+      ...KEYS.map(key => ({ name: bench.mirrors[key].label, url: blobUrl(bench.mirrors[key], img.repository, blob.digest), key })),
+      { name: 'nginx', url: `${nginx.url}/${blob.digest.slice('sha256:'.length)}`, key: undefined }
+    ]
+    const runs = new Map<string, WrkResult[]>(targets.map(t => [t.name, []]))
+    const mark = await bench.meter.mark()
+    for (const target of targets) {
+      checkWrk(`warm-up on ${target.name}`, await wrk({ url: target.url, connections: WARM_CONNECTIONS, seconds: WARMUP_SECONDS, workDir: bench.work }))
+    }
+    for (let round = 1; round <= WARM_ROUNDS; round++) {
+      for (const target of targets) {
+        log(`3. warm ${megabytes(blob.size)} blob, ${WARM_CONNECTIONS} connections, ${WARM_SECONDS} s, round ${round}: ${target.name}`)
+        runs.get(target.name)?.push(checkWrk(`warm blob from ${target.name}`, await wrk({ url: target.url, connections: WARM_CONNECTIONS, seconds: WARM_SECONDS, workDir: bench.work })))
+      }
+    }
+    const traffic = await bench.meter.since(mark)
+    if (traffic.blobGets > 0) throw new Error(`the warm blob workload caused ${traffic.blobGets} upstream blob GETs: a mirror had not cached it`)
+    const best = (name: string): WrkResult => {
+      const list = runs.get(name) ?? []
+      const top = [...list].sort((a, b) => b.bytesPerSecond - a.bytesPerSecond)[0]
+      if (top === undefined) throw new Error(`no warm blob run for ${name}`)
+      bench.details.push(`workload 3, ${name}: ${list.map(r => gigabytesPerSecond(r.bytesPerSecond)).join(', ')} (best counts); best run: ${top.requests} responses, p50 ${milliseconds(top.p50Ms)}, p99 ${milliseconds(top.p99Ms)}`)
+      return top
+    }
+    const r: PerMirror<WrkResult> = { rm: best(bench.mirrors.rm.label), ref: best(bench.mirrors.ref.label) }
+    const ceiling = best('nginx')
+    const name = `3. warm ${megabytes(blob.size)} blob, ${WARM_CONNECTIONS} connections, ${WARM_SECONDS} s`
+    const share = (x: WrkResult): string => `${Math.round(100 * x.bytesPerSecond / ceiling.bytesPerSecond)}%`
+    bench.rows.push(
+      { workload: `${name}: throughput`, mirror: gigabytesPerSecond(r.rm.bytesPerSecond), reference: gigabytesPerSecond(r.ref.bytesPerSecond), ratio: ratio(r.rm.bytesPerSecond, r.ref.bytesPerSecond), target: '≥ 1.0×', met: r.rm.bytesPerSecond >= r.ref.bytesPerSecond },
+      { workload: `${name}: share of the ceiling (nginx sendfile, ${gigabytesPerSecond(ceiling.bytesPerSecond)})`, mirror: share(r.rm), reference: share(r.ref), ratio: '', target: '', met: undefined }
+    )
   } finally {
     await nginx.stop()
   }
-  const r = required(results)
-  const name = `3. warm ${megabytes(blob.size)} blob, ${WARM_CONNECTIONS} connections, ${WARM_SECONDS} s`
-  const share = (x: WrkResult): string => `${Math.round(100 * x.bytesPerSecond / ceiling.bytesPerSecond)}%`
-  bench.rows.push(
-    { workload: `${name}: throughput`, mirror: gigabytesPerSecond(r.rm.bytesPerSecond), reference: gigabytesPerSecond(r.ref.bytesPerSecond), ratio: ratio(r.rm.bytesPerSecond, r.ref.bytesPerSecond), target: '≥ 1.0×', met: r.rm.bytesPerSecond >= r.ref.bytesPerSecond },
-    { workload: `${name}: share of the ceiling (nginx sendfile, ${gigabytesPerSecond(ceiling.bytesPerSecond)})`, mirror: share(r.rm), reference: share(r.ref), ratio: '', target: '', met: undefined }
-  )
-  for (const key of KEYS) bench.details.push(`workload 3, ${bench.mirrors[key].label}: ${r[key].requests} responses, p50 ${milliseconds(r[key].p50Ms)}, p99 ${milliseconds(r[key].p99Ms)}`)
-  bench.details.push(`workload 3, nginx: ${ceiling.requests} responses, p50 ${milliseconds(ceiling.p50Ms)}, p99 ${milliseconds(ceiling.p99Ms)}`)
   await recordRss(bench, 'after the warm blob workload')
 }
 
@@ -234,6 +252,7 @@ async function manifests (bench: Bench): Promise<void> {
       }
       log(`4. manifest by ${by}, ${MANIFEST_CONNECTIONS} connections, ${MANIFEST_SECONDS} s: ${mirror.label}`)
       const mark = await bench.meter.mark()
+      checkWrk(`warm-up on ${mirror.label}`, await wrk({ url, connections: MANIFEST_CONNECTIONS, seconds: WARMUP_SECONDS, headers: { Accept: ACCEPT }, workDir: bench.work }))
       results[key] = checkWrk(`manifest by ${by} from ${mirror.label}`, await wrk({ url, connections: MANIFEST_CONNECTIONS, seconds: MANIFEST_SECONDS, headers: { Accept: ACCEPT }, workDir: bench.work }))
       await bench.meter.settle()
       traffic[key] = await bench.meter.since(mark)
@@ -352,7 +371,8 @@ async function main (): Promise<number> {
     options: {
       only: { type: 'string' },
       'cpu-prof': { type: 'boolean' },
-      'no-write': { type: 'boolean' }
+      'no-write': { type: 'boolean' },
+      mirror: { type: 'string' }
     }
   })
   const selected = new Set<Workload>(WORKLOADS)
@@ -365,7 +385,8 @@ async function main (): Promise<number> {
     }
   }
   const profiling = values['cpu-prof'] === true
-  const complete = selected.size === WORKLOADS.length && !profiling
+  const entryPoint = values.mirror === undefined ? undefined : resolve(values.mirror)
+  const complete = selected.size === WORKLOADS.length && !profiling && entryPoint === undefined
   const write = complete && values['no-write'] !== true
 
   const missing = missingTools()
@@ -374,13 +395,19 @@ async function main (): Promise<number> {
     return 1
   }
   try {
-    await access(MirrorProcess.entryPoint)
+    await access(entryPoint ?? MirrorProcess.entryPoint)
   } catch {
-    process.stderr.write(`${MirrorProcess.entryPoint} does not exist: build first (npm run build; npm run bench does both)\n`)
+    process.stderr.write(`${entryPoint ?? MirrorProcess.entryPoint} does not exist: build first (npm run build; npm run bench does both)\n`)
     return 1
   }
 
   const env = describeEnvironment(ROOT)
+  const idleBefore = await cpuSample()
+  await new Promise(resolve => setTimeout(resolve, 2000))
+  const busyAtStart = foreignShare(idleBefore, await cpuSample())
+  if (busyAtStart > FOREIGN_CPU_LIMIT) {
+    log(`WARNING: before starting, other processes were using ${Math.round(100 * busyAtStart)}% of this machine's CPU; the results will be noisy (see the per-workload figures at the end)`)
+  }
   const work = await makeTempDir('bench')
   const profileDir = join(ROOT, 'bench', 'tmp', `profile-${Date.now()}`)
   const closers: Array<() => Promise<void>> = [async () => await removeTempDir(work)]
@@ -400,7 +427,7 @@ async function main (): Promise<number> {
     log(`images ready after ${seconds((Date.now() - started) / 1000)}`)
 
     if (profiling) await mkdir(profileDir, { recursive: true })
-    const rmServer = await RegistryMirrorServer.start({ dir: join(work, 'registry-mirror'), upstreamUrl: upstream.url, tagTtl: TAG_TTL, cpuProfDir: profiling ? profileDir : undefined })
+    const rmServer = await RegistryMirrorServer.start({ dir: join(work, 'registry-mirror'), upstreamUrl: upstream.url, tagTtl: TAG_TTL, cpuProfDir: profiling ? profileDir : undefined, entryPoint })
     closers.push(async () => await rmServer.stop())
     const proxy = await ReferenceRegistry.start({ label: 'proxy', proxyRemoteUrl: upstream.url })
     closers.push(async () => await proxy.close())
@@ -409,16 +436,23 @@ async function main (): Promise<number> {
       ref: { key: 'ref', label: 'reference', url: proxy.url, host: proxy.host, pid: await findProcess(['docker-registry', 'serve', proxy.configPath]) }
     }
     log(`registry-mirror at ${mirrors.rm.url} (pid ${mirrors.rm.pid}), reference proxy at ${mirrors.ref.url} (pid ${mirrors.ref.pid})`)
-    const bench: Bench = { work, mirrors, meter, skopeo, images, rows: [], details: [], rss: [] }
+    const bench: Bench = { work, mirrors, meter, skopeo, images, rows: [], details: [], rss: [], foreign: [] }
     await recordRss(bench, 'after start')
 
+    const measured = async (workload: string, fn: (bench: Bench) => Promise<void>): Promise<void> => {
+      const before = await cpuSample()
+      await fn(bench)
+      const share = foreignShare(before, await cpuSample())
+      bench.foreign.push({ workload, share })
+      if (share > FOREIGN_CPU_LIMIT) log(`WARNING: other processes took ${Math.round(100 * share)}% of the machine's CPU during workload ${workload}: its numbers are disturbed`)
+    }
     try {
       await primeWarmBlob(bench)
-      if (selected.has('1')) await coldSingle(bench)
-      if (selected.has('2')) await coldConcurrent(bench)
-      if (selected.has('3')) await warmThroughput(bench)
-      if (selected.has('4')) await manifests(bench)
-      if (selected.has('5')) await skopeoPulls(bench)
+      if (selected.has('1')) await measured('1', coldSingle)
+      if (selected.has('2')) await measured('2', coldConcurrent)
+      if (selected.has('3')) await measured('3', warmThroughput)
+      if (selected.has('4')) await measured('4', manifests)
+      if (selected.has('5')) await measured('5', skopeoPulls)
       await recordRss(bench, 'at the end')
       rssRows(bench)
     } catch (err) {
@@ -427,14 +461,16 @@ async function main (): Promise<number> {
     }
 
     const table = renderTable(bench.rows)
+    const quiet = `CPU taken by other processes: ${Math.round(100 * busyAtStart)}% before the start; ${bench.foreign.map(f => `workload ${f.workload}: ${Math.round(100 * f.share)}%`).join(', ')}` +
+      (bench.foreign.some(f => f.share > FOREIGN_CPU_LIMIT) ? ` (above ${Math.round(100 * FOREIGN_CPU_LIMIT)}%: those numbers are disturbed)` : ' (a quiet machine)')
     const rss = bench.rss.map(s => `${s.stage}: registry-mirror ${megabytes(s.bytes.rm)}, reference ${megabytes(s.bytes.ref)}`)
-    process.stdout.write(`\n${table}\n\n${renderEnvironment(env)}\n`)
+    process.stdout.write(`\n${table}\n\n${renderEnvironment(env)}\n- ${quiet}\n`)
     log(`finished in ${seconds((Date.now() - started) / 1000)}`)
     if (write) {
-      await writeFile(join(ROOT, 'bench', 'RESULTS.md'), resultsMarkdown(table, env, bench.details, rss))
+      await writeFile(join(ROOT, 'bench', 'RESULTS.md'), resultsMarkdown(table, env, quiet, bench.details, rss))
       log('wrote bench/RESULTS.md')
     } else {
-      log('bench/RESULTS.md left as it was (only a complete run without --cpu-prof or --no-write writes it)')
+      log('bench/RESULTS.md left as it was (only a complete run of this build, without --cpu-prof or --no-write, writes it)')
     }
     if (profiling) {
       await rmServer.stop() // the profile is written as the process exits
@@ -447,18 +483,20 @@ async function main (): Promise<number> {
   }
 }
 
-function resultsMarkdown (table: string, env: ReturnType<typeof describeEnvironment>, details: readonly string[], rss: readonly string[]): string {
+function resultsMarkdown (table: string, env: ReturnType<typeof describeEnvironment>, quiet: string, details: readonly string[], rss: readonly string[]): string {
   return [
     '# Benchmark results',
     '',
     'Written by `npm run bench` (bench/run.ts; what each workload does: bench/README.md).',
     'registry-mirror and distribution\'s registry in proxy mode ("reference") in front of the same upstream',
     '(a hosted distribution registry), on loopback, in one run, with the same clients. Ratio = registry-mirror ÷ reference.',
-    `Load generator: wrk, ${WRK_THREADS} threads. Cold pulls: curl. Upstream requests and bytes are counted in the upstream's access log.`,
+    `Load generator: wrk, ${WRK_THREADS} threads, after a ${WARMUP_SECONDS} s unmeasured warm-up; the warm blob is measured ${WARM_ROUNDS} times per server, interleaved, best run counted.`,
+    'Cold pulls: curl. Upstream requests and bytes are counted in the upstream\'s access log.',
     '',
     table,
     '',
     renderEnvironment(env),
+    `- ${quiet}`,
     '',
     '## Details',
     '',

@@ -19,6 +19,8 @@ export interface RegistryMirrorOptions {
   readonly tagTtl: string
   /** Runs node with --cpu-prof, writing the profile here on exit. */
   readonly cpuProfDir?: string | undefined
+  /** Another build's bin/registry-mirror.js (a patched copy, to try a fix); default: this repository's dist/. */
+  readonly entryPoint?: string | undefined
 }
 
 /** `node dist/bin/registry-mirror.js serve --config FILE`, ready once it logs "listening". */
@@ -54,7 +56,7 @@ export class RegistryMirrorServer {
     // The file says everything; overrides from the caller's shell would change what is measured.
     for (const key of ['MIRROR_LISTEN', 'MIRROR_STORAGE_PATH', 'MIRROR_LOG_LEVEL']) delete env[key]
     const profile = options.cpuProfDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', options.cpuProfDir]
-    const daemon = new Daemon('registry-mirror', process.execPath, [...profile, MirrorProcess.entryPoint, 'serve', '--config', configPath], {
+    const daemon = new Daemon('registry-mirror', process.execPath, [...profile, options.entryPoint ?? MirrorProcess.entryPoint, 'serve', '--config', configPath], {
       cwd: dir,
       env,
       logPath: join(dir, 'mirror.log'),
