@@ -12,6 +12,8 @@ import { ImageListError, resolveImages, routingFor } from '../lib/warm/image-lis
 import { parsePlatform, type PlatformSpec } from '../lib/warm/platform.js'
 import { createProgress } from '../lib/warm/progress.js'
 import { DEFAULT_CONCURRENCY, summarize, warm } from '../lib/warm/warm-command.js'
+import { ExportFailedError, exportBundle } from '../lib/warm/export.js'
+import { BundleInvalidError, importBundle } from '../lib/warm/import.js'
 
 const USAGE = `usage: registry-mirror <command> [options]
 
@@ -25,17 +27,22 @@ commands:
   warm IMAGE...         fetch images (manifests and every blob, verified) into the cache, as a
                         pull through the mirror would; what is cached already is skipped
        [--file LIST] [--platform OS/ARCH[/VARIANT]]... [--concurrency N] [--pin] [--server URL]
+  export IMAGE... -o BUNDLE.tar [--file LIST] [--offline]
+                        write images from the cache as an OCI image layout tar (fetching
+                        what is missing first, or with --offline reporting it)
+  import BUNDLE.tar     add a bundle's images to the cache, every blob verified, all or nothing
 
 options:
   -c, --config FILE       configuration file (default: ./mirror.config.yml)
       --listen ADDR       listen address, host:port (serve; overrides MIRROR_LISTEN and the file)
       --storage-path DIR  data directory (overrides MIRROR_STORAGE_PATH and storage.path)
-      --offline           never contact an upstream (serve, warm): as offline: true in the config
-  -f, --file LIST         images, one reference per line, # comments (warm; may be repeated)
+      --offline           never contact an upstream (serve, warm, export): as offline: true in the config
+  -f, --file LIST         images, one reference per line, # comments (warm, export; may be repeated)
       --platform P        only these platforms of a multi-platform image (warm; may be repeated)
-      --concurrency N     blob downloads at once (warm; default ${DEFAULT_CONCURRENCY})
+      --concurrency N     blob downloads at once (warm, export; default ${DEFAULT_CONCURRENCY})
       --pin               pin each image warmed, so eviction never removes it (warm)
       --server URL        warm through a running mirror at URL instead of the data directory
+  -o, --output FILE       the bundle to write (export)
   -h, --help              show this help
 
 Every command works on the data directory of the config, whether or not a
@@ -64,6 +71,7 @@ async function main (argv: string[]): Promise<number> {
         concurrency: { type: 'string' },
         pin: { type: 'boolean' },
         server: { type: 'string' },
+        output: { type: 'string', short: 'o' },
         help: { type: 'boolean', short: 'h' }
       }
     })
@@ -77,15 +85,16 @@ async function main (argv: string[]): Promise<number> {
     return 0
   }
   if (command === undefined) throw new UsageError('no command given')
-  const commands = ['serve', 'gc', 'pin', 'unpin', 'stats', 'warm']
+  const commands = ['serve', 'gc', 'pin', 'unpin', 'stats', 'warm', 'export', 'import']
   if (!commands.includes(command)) throw new UsageError(`unknown command "${command}"`)
   const onlyFor = (flag: string, given: boolean, allowed: readonly string[]): void => {
     if (given && !allowed.includes(command)) throw new UsageError(`${flag} is for ${allowed.join(', ')} only`)
   }
-  onlyFor('--offline', values.offline === true, ['serve', 'warm'])
-  onlyFor('--file', values.file !== undefined, ['warm'])
+  onlyFor('--offline', values.offline === true, ['serve', 'warm', 'export'])
+  onlyFor('--file', values.file !== undefined, ['warm', 'export'])
   onlyFor('--platform', values.platform !== undefined, ['warm'])
-  onlyFor('--concurrency', values.concurrency !== undefined, ['warm'])
+  onlyFor('--concurrency', values.concurrency !== undefined, ['warm', 'export'])
+  onlyFor('--output', values.output !== undefined, ['export'])
   onlyFor('--pin', values.pin === true, ['warm'])
   onlyFor('--server', values.server !== undefined, ['warm'])
   if (values.listen !== undefined && command !== 'serve') throw new UsageError('--listen is for serve only')
@@ -102,6 +111,11 @@ async function main (argv: string[]): Promise<number> {
     if (values.server !== undefined && values.offline === true) throw new UsageError('--offline and --server: the running mirror decides whether it is offline')
     if (values.server !== undefined && !/^https?:\/\/[^/]+\/?$/.test(values.server)) throw new UsageError(`--server: expected the mirror's base URL like http://mirror.example:5000, got "${values.server}"`)
   }
+  if (command === 'export') {
+    if (args.length === 0 && values.file === undefined) throw new UsageError('export needs at least one image or --file, e.g. export nginx:1.27 -o bundle.tar')
+    if (values.output === undefined || values.output === '') throw new UsageError('export needs -o BUNDLE.tar')
+  }
+  if (command === 'import' && args.length !== 1) throw new UsageError(`import takes one bundle, e.g. import bundle.tar${args.length > 1 ? `; got ${args.length}` : ''}`)
   const platforms = (values.platform ?? []).map(text => {
     try {
       return parsePlatform(text)
@@ -120,6 +134,8 @@ async function main (argv: string[]): Promise<number> {
     overrides: { listen: values.listen, storagePath: values['storage-path'], offline: values.offline }
   })
   if (command === 'serve') return await serve(config)
+  if (command === 'export') return await exportCommand(config, args, values.file ?? [], values.output ?? '', concurrency)
+  if (command === 'import') return await importCommand(config, args[0] ?? '')
   if (command === 'warm') {
     return await warmCommand(config, args, values.file ?? [], platforms, concurrency, values.pin === true, values.server)
   }
@@ -157,6 +173,59 @@ async function warmCommand (config: MirrorConfig, args: string[], files: string[
   for (const line of summarize('warmed', report.results)) process.stdout.write(`${line}\n`)
   for (const name of report.pinned) process.stdout.write(`pinned ${name}\n`)
   return report.results.every(r => r.ok) ? 0 : 1
+}
+
+async function exportCommand (config: MirrorConfig, args: string[], files: string[], output: string, concurrency: number): Promise<number> {
+  const images = await resolveImages(args, files, routingFor(config))
+  const log = createLogger('warn', process.stderr)
+  let report
+  try {
+    report = await exportBundle({
+      config,
+      log,
+      images,
+      output,
+      concurrency,
+      progress: phase => createProgress(process.stderr, phase === 'fetching' ? (config.offline === true ? 'looking up' : 'fetching') : 'writing')
+    })
+  } catch (err) {
+    if (!(err instanceof ExportFailedError)) throw err
+    process.stderr.write(`registry-mirror: export failed, no bundle written: ${err.message}\n`)
+    return 1
+  }
+  if (!report.written) {
+    for (const line of summarize('found', report.results)) process.stdout.write(`${line}\n`)
+    process.stdout.write(`no bundle written: ${config.offline === true ? 'images missing from the cache (offline, so nothing was fetched)' : 'some images could not be fetched'}\n`)
+    return 1
+  }
+  process.stdout.write(`exported ${report.results.length} images to ${output}: ${report.blobs} blobs, ${formatBytes(report.bytes)}\n`)
+  for (const r of report.results) if (r.ok) process.stdout.write(`  ${r.image.name}  ${r.warmed.top.digest}\n`)
+  return 0
+}
+
+async function importCommand (config: MirrorConfig, bundle: string): Promise<number> {
+  const log = createLogger('warn', process.stderr)
+  const cache = await openCache(config)
+  const progress = createProgress(process.stderr, 'importing')
+  const row = progress.row(bundle)
+  try {
+    const report = await importBundle({ index: cache.index, store: cache.store, routing: cache.routing, log, bundle, progress: row })
+    row.done(`${report.images.length} images`)
+    progress.close()
+    process.stdout.write(`imported ${report.images.length} images from ${bundle}: ${report.blobsAdded} blobs added, ${report.blobsPresent} already cached, ${report.manifests} manifests\n`)
+    for (const image of report.images) process.stdout.write(`  ${image.name}  ${image.digest}\n`)
+    return 0
+  } catch (err) {
+    row.failed(err instanceof Error ? err.message : String(err))
+    progress.close()
+    if (err instanceof BundleInvalidError) {
+      process.stderr.write(`registry-mirror: ${bundle} refused, nothing imported: ${err.message}\n`)
+      return 1
+    }
+    throw err
+  } finally {
+    cache.close()
+  }
 }
 
 async function maintenance (command: string, cache: CacheHandle, config: MirrorConfig, log: ReturnType<typeof createLogger>, args: string[], dryRun: boolean, json: boolean): Promise<number> {

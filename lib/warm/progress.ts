@@ -9,8 +9,8 @@ export type BlobOutcome = 'fetched' | 'cached'
 
 /** One image (or bundle) being worked on. */
 export interface ProgressRow {
-  /** What it will take, once known: blobs and their bytes. */
-  plan: (blobs: number, bytes: number) => void
+  /** What it will take, once known: blobs (undefined: not known yet) and their bytes. */
+  plan: (blobs: number | undefined, bytes: number) => void
   /** Bytes arrived (or written) for a blob under way. */
   advance: (bytes: number) => void
   /** A blob finished; `bytes` is its size, of which `advance` may already have reported some. */
@@ -133,7 +133,7 @@ class LineProgress extends ProgressBase {
   }
 
   protected planned (state: RowState): void {
-    this.#line(`${state.name}: ${state.blobs ?? 0} blobs, ${formatBytes(state.bytes ?? 0)}`)
+    this.#line(`${state.name}: ${state.blobs ?? '?'} blobs, ${formatBytes(state.bytes ?? 0)}`)
   }
 
   protected changed (): void {}
