@@ -30,7 +30,8 @@ commands:
   export IMAGE... -o BUNDLE.tar [--file LIST] [--offline]
                         write images from the cache as an OCI image layout tar (fetching
                         what is missing first, or with --offline reporting it)
-  import BUNDLE.tar     add a bundle's images to the cache, every blob verified, all or nothing
+  import BUNDLE.tar     add a bundle's images to the cache; every blob is verified first, and
+                        a corrupt or truncated bundle changes nothing
 
 options:
   -c, --config FILE       configuration file (default: ./mirror.config.yml)

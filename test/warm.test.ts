@@ -176,7 +176,7 @@ t.test('failures are summed up at the end, each image named with the reason, and
   t.match(r.stdout, /docker\.io\/library\/nope:1: manifest unknown to upstream \(MANIFEST_UNKNOWN\)/)
   t.match(r.stdout, new RegExp(`docker\\.io/library/corrupt:v1: blob ${layer}: .*does not match`))
   t.match(r.stdout, /docker\.io\/library\/gone:v1: .*\(UNAVAILABLE\)/)
-  t.match(r.stderr, /good:v1: sha256:[a-f0-9]{64}: 2 blobs/, 'progress lines (not a TTY) on stderr')
+  t.match(r.stderr, /good:v1: 2 blobs, .* \(2 fetched, 0 cached\) in [\d.]+s: sha256:[a-f0-9]{64}/, 'progress lines (not a TTY) on stderr')
   withIndex(storage, index => {
     t.ok(index.getBlob(good.layerDigests[0] ?? ''), 'the good image is cached')
     t.notOk(index.getBlob(layer), 'the corrupt layer is not')

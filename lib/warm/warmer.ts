@@ -77,8 +77,8 @@ export class Warmer {
     try {
       const warmed = await this.#resolveAndFetch(image, row)
       const seconds = ((Date.now() - started) / 1000).toFixed(1)
-      row.done(`${warmed.top.digest}: ${warmed.blobs.length} blobs, ${formatBytes(warmed.fetched.bytes + warmed.cached.bytes)} ` +
-        `(${warmed.fetched.blobs} fetched, ${warmed.cached.blobs} cached) in ${seconds}s`)
+      row.done(`${warmed.blobs.length} blobs, ${formatBytes(warmed.fetched.bytes + warmed.cached.bytes)} ` +
+        `(${warmed.fetched.blobs} fetched, ${warmed.cached.blobs} cached) in ${seconds}s: ${warmed.top.digest}`)
       return { ok: true, image, warmed }
     } catch (err) {
       const reason = describeError(err)
