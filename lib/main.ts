@@ -34,6 +34,11 @@ export interface MirrorHooks {
   readonly freeBytes?: (path: string) => Promise<number>
   /** The clock, for tests of time-based behaviour. */
   readonly now?: () => number
+  /**
+   * Temp files younger than this survive the start-up check. 0 for `serve`, which owns the data
+   * directory; commands that may run beside a serving mirror must not delete its downloads.
+   */
+  readonly tempMinAgeMs?: number
 }
 
 export interface Mirror {
@@ -75,7 +80,7 @@ export async function openMirrorCore (config: MirrorConfig, log: Logger, hooks: 
   const store = new BlobStore(config.storage.path)
   await store.init()
   const index = new CacheIndex({ path: join(config.storage.path, 'index.db'), now })
-  const report = await checkConsistency({ index, store, log, now })
+  const report = await checkConsistency({ index, store, log, now, tempMinAgeMs: hooks.tempMinAgeMs ?? 0 })
   if (report.tempFilesRemoved + report.rowsDropped + report.filesIndexed + report.filesRemoved > 0) {
     log.warn(report, 'cache was inconsistent at start (interrupted downloads or a crash); repaired')
   }

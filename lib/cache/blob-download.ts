@@ -41,7 +41,7 @@ export class BlobDownload {
   #written = 0
   #state: DownloadState = 'running'
   #error: Error | undefined
-  #waiters: Array<() => void> = []
+  #waiters: Array<(chunks: readonly Buffer[] | undefined, start: number) => void> = []
   #users = 1 // the download itself holds the file open until it ends
   #settled: Promise<void> = Promise.resolve()
 
@@ -69,20 +69,25 @@ export class BlobDownload {
   }
 
   async #run (body: Readable): Promise<void> {
+    // Chunks that queue up while a write is under way go to disk in one writev.
+    const writeAll = (chunks: Buffer[], cb: (err?: Error | null) => void): void => {
+      const length = chunks.reduce((n, c) => n + c.length, 0)
+      if (this.size !== undefined && this.#written + length > this.size) {
+        cb(new DigestMismatchError(this.digest, 'unknown', `upstream sent more than the announced ${this.size} bytes for ${this.digest}`))
+        return
+      }
+      const start = this.#written
+      this.#temp.handle.writev(chunks, start).then(() => {
+        for (const c of chunks) this.#hash.update(c)
+        this.#written += length
+        this.#notify(chunks, start)
+        cb()
+      }, cb)
+    }
     const sink = new Writable({
       highWaterMark: READ_CHUNK,
-      write: (chunk: Buffer, _enc, cb) => {
-        if (this.size !== undefined && this.#written + chunk.length > this.size) {
-          cb(new DigestMismatchError(this.digest, 'unknown', `upstream sent more than the announced ${this.size} bytes for ${this.digest}`))
-          return
-        }
-        this.#temp.handle.write(chunk, 0, chunk.length, this.#written).then(() => {
-          this.#hash.update(chunk)
-          this.#written += chunk.length
-          this.#notify()
-          cb()
-        }, cb)
-      }
+      write: (chunk: Buffer, _enc, cb) => writeAll([chunk], cb),
+      writev: (entries, cb) => writeAll(entries.map(e => e.chunk as Buffer), cb)
     })
     try {
       await pipeline(body, sink)
@@ -93,6 +98,8 @@ export class BlobDownload {
       if (actual !== this.digest) throw new DigestMismatchError(this.digest, actual)
       await this.#temp.handle.datasync()
       await this.#options.commit(this.#temp.path, this.#written)
+      // A response completes only once its blob is in the cache: a client that saw its pull
+      // finish finds the blob there (and can count on `registry-mirror stats` saying so).
       this.#state = 'done'
     } catch (err) {
       // The temp file goes before any reader learns of the failure.
@@ -136,7 +143,7 @@ export class BlobDownload {
           const end = done ? Math.min(this.#written, limit()) : Math.min(this.#written, limit() - 1)
           const available = end - position
           if (available <= 0) {
-            this.#waiters.push(pump)
+            this.#waiters.push(arrived)
             return
           }
           const length = Math.min(available, READ_CHUNK)
@@ -151,6 +158,32 @@ export class BlobDownload {
             reader.push(bytesRead === length ? buffer : buffer.subarray(0, bytesRead))
           }, (err: Error) => reader.destroy(err))
         }
+        // A reader that has caught up takes new bytes straight from memory as they are
+        // written, rather than reading them back from the file.
+        const arrived = (chunks: readonly Buffer[] | undefined, chunksStart: number): void => {
+          if (reader.destroyed) return
+          if (chunks === undefined || this.#state !== 'running') {
+            pump()
+            return
+          }
+          const stop = limit() - 1 // the last byte waits for verification
+          const parts: Buffer[] = []
+          let offset = chunksStart
+          for (const chunk of chunks) {
+            const from = Math.max(position, offset)
+            const to = Math.min(offset + chunk.length, stop)
+            if (to > from) parts.push(chunk.subarray(from - offset, to - offset))
+            offset += chunk.length
+          }
+          if (parts.length === 0 || chunksStart > position) {
+            pump()
+            return
+          }
+          for (const part of parts) {
+            position += part.length
+            reader.push(part)
+          }
+        }
         pump()
       },
       destroy: (err, cb) => {
@@ -162,10 +195,11 @@ export class BlobDownload {
     return reader
   }
 
-  #notify (): void {
+  /** Wakes waiting readers, handing them the bytes just written (from `start`) when there are some. */
+  #notify (chunks?: readonly Buffer[], start = 0): void {
     const waiters = this.#waiters
     this.#waiters = []
-    for (const w of waiters) w()
+    for (const w of waiters) w(chunks, start)
   }
 
   #release (): void {

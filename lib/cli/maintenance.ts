@@ -14,7 +14,7 @@ import { BlobStore } from '../store/blob-store.js'
 import type { RoutingTable } from '../upstream/routing.js'
 
 /** Temp files younger than this may belong to a download a running mirror is doing. */
-const LIVE_TEMP_AGE_MS = 60 * 60 * 1000
+export const LIVE_TEMP_AGE_MS = 60 * 60 * 1000
 
 export interface CacheHandle {
   readonly index: CacheIndex

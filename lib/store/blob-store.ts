@@ -65,7 +65,7 @@ export class BlobStore {
   /** Opens the blob for reading; rejects with ENOENT when the file is gone. */
   async openRead (digest: string, range?: { start: number, end: number }): Promise<ReadStream> {
     const handle = await open(this.pathOf(digest), 'r')
-    return createReadStream('', { fd: handle, autoClose: true, highWaterMark: 256 * 1024, ...range })
+    return createReadStream('', { fd: handle, autoClose: true, highWaterMark: 1024 * 1024, ...range })
   }
 
   async delete (digest: string): Promise<void> {

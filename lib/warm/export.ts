@@ -15,6 +15,7 @@ import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
 import type { MirrorConfig } from '../config/types.js'
+import { LIVE_TEMP_AGE_MS } from '../cli/maintenance.js'
 import { openMirrorCore, type MirrorCore } from '../main.js'
 import { MediaTypes, parseDigest } from '../reference.js'
 import type { Route } from '../upstream/routing.js'
@@ -64,7 +65,7 @@ export interface ExportReport {
 }
 
 export async function exportBundle (options: ExportOptions): Promise<ExportReport> {
-  const core = await openMirrorCore(options.config, options.log)
+  const core = await openMirrorCore(options.config, options.log, { tempMinAgeMs: LIVE_TEMP_AGE_MS })
   try {
     const fetching = options.progress('fetching')
     let results: WarmResult[]

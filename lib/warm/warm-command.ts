@@ -4,6 +4,7 @@
 import type { Logger } from 'pino'
 import type { MirrorConfig } from '../config/types.js'
 import { formatBytes } from '../cli/maintenance.js'
+import { LIVE_TEMP_AGE_MS } from '../cli/maintenance.js'
 import { openMirrorCore } from '../main.js'
 import type { RequestedImage } from './image-list.js'
 import type { PlatformSpec } from './platform.js'
@@ -45,7 +46,7 @@ export async function warm (options: WarmOptions): Promise<WarmReport> {
       await source.close()
     }
   }
-  const core = await openMirrorCore(options.config, options.log)
+  const core = await openMirrorCore(options.config, options.log, { tempMinAgeMs: LIVE_TEMP_AGE_MS })
   try {
     const warmer = new Warmer({ source: coreSource(core), platforms: options.platforms, concurrency, verifyCached: true, progress: options.progress })
     const results = await warmer.run(options.images)
