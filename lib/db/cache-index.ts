@@ -346,6 +346,11 @@ export class CacheIndex {
     return new Map(this.#s.counters.all().map(r => [r.name, r.value]))
   }
 
+  /** Runs `fn` as one transaction: every write in it lands, or none does. */
+  transaction<T> (fn: () => T): T {
+    return this.#db.transaction(fn)()
+  }
+
   /** Throws when the index cannot answer. */
   ping (): void {
     this.#db.prepare('SELECT 1').get()

@@ -257,18 +257,22 @@ async function commit (options: ImportOptions, plan: Plan): Promise<Omit<ImportR
     await store.commit(blob.path, blob.digest)
     blobsAdded++
   }
-  for (const blob of plan.blobs.values()) {
-    const [first, ...others] = [...blob.repositories]
-    index.putBlob(blob.digest, blob.size, first ?? '', blob.mediaType)
-    for (const repository of others) index.addBlobRepository(blob.digest, repository)
-  }
-  for (const m of plan.manifests.values()) {
-    for (const repository of m.repositories) index.putManifest(repository, { digest: m.digest, mediaType: m.mediaType, content: m.content })
-  }
-  for (const { repository, tag, digest } of plan.tags) {
-    const m = plan.manifests.get(digest)
-    if (m !== undefined) index.putManifest(repository, { digest, mediaType: m.mediaType, content: m.content }, tag)
-  }
+  // Every row in one transaction: a crash here leaves the bundle's rows all in or all out
+  // (files already moved without rows are re-hashed and indexed by the next start).
+  index.transaction(() => {
+    for (const blob of plan.blobs.values()) {
+      const [first, ...others] = [...blob.repositories]
+      index.putBlob(blob.digest, blob.size, first ?? '', blob.mediaType)
+      for (const repository of others) index.addBlobRepository(blob.digest, repository)
+    }
+    for (const m of plan.manifests.values()) {
+      for (const repository of m.repositories) index.putManifest(repository, { digest: m.digest, mediaType: m.mediaType, content: m.content })
+    }
+    for (const { repository, tag, digest } of plan.tags) {
+      const m = plan.manifests.get(digest)
+      if (m !== undefined) index.putManifest(repository, { digest, mediaType: m.mediaType, content: m.content }, tag)
+    }
+  })
   options.log.info({ bundle: options.bundle, images: plan.images.length, blobsAdded, blobsPresent, manifests: plan.manifests.size }, 'bundle imported')
   return { images: plan.images, blobsAdded, blobsPresent, manifests: plan.manifests.size }
 }
