@@ -7,6 +7,7 @@ import { ManifestUnknownError, NameUnknownError, PaginationNumberInvalidError, R
 import { MediaTypes } from '../reference.js'
 import { header, passedThroughHeaders, type UpstreamClient } from '../upstream/client.js'
 import type { Route } from '../upstream/routing.js'
+import { readLimited, type StoppableBody } from '../read-limited.js'
 import type { CacheOutcome } from './outcome.js'
 
 const MAX_LISTING_BYTES = 16 * 1024 * 1024
@@ -132,17 +133,11 @@ export class ListingService {
   }
 }
 
-async function readJson (body: AsyncIterable<unknown>): Promise<unknown> {
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const chunk of body) {
-    const buf = chunk as Buffer
-    size += buf.length
-    if (size > MAX_LISTING_BYTES) throw new UnavailableError('upstream listing is too large')
-    chunks.push(buf)
-  }
+async function readJson (body: StoppableBody): Promise<unknown> {
+  const bytes = await readLimited(body, MAX_LISTING_BYTES)
+  if (bytes === undefined) throw new UnavailableError('upstream listing is too large')
   try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+    return JSON.parse(bytes.toString('utf8'))
   } catch {
     throw new UnavailableError('upstream sent invalid JSON')
   }

@@ -14,6 +14,7 @@ import { ManifestInvalidError, ManifestUnknownError, RegistryError, SizeInvalidE
 import { accepts, MANIFEST_ACCEPT, MediaTypes, parseDigest, type ManifestReference } from '../reference.js'
 import { header, passedThroughHeaders, type UpstreamClient } from '../upstream/client.js'
 import type { Route } from '../upstream/routing.js'
+import { readLimited } from '../read-limited.js'
 import type { CacheOutcome } from './outcome.js'
 
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -203,18 +204,8 @@ export class ManifestService {
       res.body.destroy()
       throw new SizeInvalidError(`manifest is larger than ${MAX_MANIFEST_BYTES} bytes`, { reference, size: length })
     }
-    const chunks: Buffer[] = []
-    let size = 0
-    for await (const chunk of res.body) {
-      const buf = chunk as Buffer
-      size += buf.length
-      if (size > MAX_MANIFEST_BYTES) {
-        res.body.destroy()
-        throw new SizeInvalidError(`manifest is larger than ${MAX_MANIFEST_BYTES} bytes`, { reference })
-      }
-      chunks.push(buf)
-    }
-    const content = Buffer.concat(chunks)
+    const content = await readLimited(res.body, MAX_MANIFEST_BYTES)
+    if (content === undefined) throw new SizeInvalidError(`manifest is larger than ${MAX_MANIFEST_BYTES} bytes`, { reference })
     const mediaType = mediaTypeOf(header(res.headers, 'content-type'), content)
     const algorithm = reference.includes(':') ? parseDigest(reference).algorithm : 'sha256'
     const digest = `${algorithm}:${createHash(algorithm).update(content).digest('hex')}`

@@ -16,6 +16,7 @@ import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
 import type { MirrorConfig } from '../config/types.js'
 import { LIVE_TEMP_AGE_MS } from '../cli/maintenance.js'
+import { readLimited } from '../read-limited.js'
 import { openMirrorCore, type MirrorCore } from '../main.js'
 import { MediaTypes, parseDigest } from '../reference.js'
 import type { Route } from '../upstream/routing.js'
@@ -200,19 +201,10 @@ const MAX_CONFIG_BYTES = 4 * 1024 * 1024
 async function platformOfConfig (core: MirrorCore, image: WarmedImage, digest: string): Promise<Record<string, string> | undefined> {
   const answer = await core.blobs.get(image.image.ref, digest, { method: 'GET', range: undefined })
   if (answer.body === undefined) return undefined
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const chunk of answer.body) {
-    const buf = chunk as Buffer
-    size += buf.length
-    if (size > MAX_CONFIG_BYTES) {
-      answer.body.destroy()
-      return undefined
-    }
-    chunks.push(buf)
-  }
+  const bytes = await readLimited(answer.body, MAX_CONFIG_BYTES)
+  if (bytes === undefined) return undefined
   try {
-    const config = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>
+    const config = JSON.parse(bytes.toString('utf8')) as Record<string, unknown>
     if (typeof config.os !== 'string' || typeof config.architecture !== 'string') return undefined
     return { architecture: config.architecture, os: config.os, ...(typeof config.variant === 'string' ? { variant: config.variant } : {}) }
   } catch {

@@ -4,6 +4,7 @@
 // and a blob as a stream that must be consumed or destroyed.
 
 import { createHash } from 'node:crypto'
+import { readLimited } from '../read-limited.js'
 import type { Readable } from 'node:stream'
 import { Agent, request } from 'undici'
 import type { BlobService } from '../mirror/blobs.js'
@@ -86,18 +87,8 @@ export function serverSource (base: string): ContentSource {
     manifest: async (route, reference) => {
       const res = await request(url(route, 'manifests', reference), { headers: { accept: MANIFEST_ACCEPT }, dispatcher: agent })
       if (res.statusCode !== 200) return await fail(res, `manifest ${reference}`)
-      const chunks: Buffer[] = []
-      let size = 0
-      for await (const chunk of res.body) {
-        const buf = chunk as Buffer
-        size += buf.length
-        if (size > MAX_MANIFEST_BYTES) {
-          res.body.destroy()
-          throw new Error(`manifest ${reference} is larger than ${MAX_MANIFEST_BYTES} bytes`)
-        }
-        chunks.push(buf)
-      }
-      const content = Buffer.concat(chunks)
+      const content = await readLimited(res.body, MAX_MANIFEST_BYTES)
+      if (content === undefined) throw new Error(`manifest ${reference} is larger than ${MAX_MANIFEST_BYTES} bytes`)
       const expected = reference.includes(':') ? reference : headerOf(res.headers, 'docker-content-digest')
       const algorithm = expected === undefined ? 'sha256' : parseDigest(expected).algorithm
       const digest = `${algorithm}:${createHash(algorithm).update(content).digest('hex')}`
