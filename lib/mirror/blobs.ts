@@ -11,7 +11,7 @@ import type { CacheIndex } from '../db/cache-index.js'
 import { BlobUnknownError, UnavailableError } from '../errors.js'
 import { isNotFound, type BlobStore } from '../store/blob-store.js'
 import { freeBytes, isDiskFull } from '../store/disk-space.js'
-import { VerifyingStream } from '../store/verifying-stream.js'
+import { DigestCheck } from '../store/digest-check.js'
 import { header, passedThroughHeaders, type UpstreamClient } from '../upstream/client.js'
 import type { Route } from '../upstream/routing.js'
 import type { CacheOutcome } from './outcome.js'
@@ -123,14 +123,15 @@ export class BlobService {
     if (row === undefined) return undefined
     const range = parseRange(request.range, row.size)
     let body: Readable | undefined
+    let present = true
     try {
-      if (request.method === 'GET') {
-        body = await this.#o.store.openRead(digest, range)
-      } else if (await this.#o.store.size(digest) === undefined) {
-        throw Object.assign(new Error('blob file missing'), { code: 'ENOENT' })
-      }
+      if (request.method === 'GET') body = await this.#o.store.openRead(digest, range)
+      else present = await this.#o.store.size(digest) !== undefined
     } catch (err) {
       if (!isNotFound(err)) throw err
+      present = false
+    }
+    if (!present) {
       // The index outlived the file (deleted by hand, lost in a crash): a miss, never a 500.
       this.#o.log.warn({ digest }, 'indexed blob has no file; dropping the row')
       this.#o.index.deleteBlob(digest)
@@ -145,21 +146,12 @@ export class BlobService {
     if (request.range !== undefined) {
       if (download.size === undefined) {
         // Without a length the range cannot be checked until the blob is complete.
-        await this.#settled(download)
+        await download.settled
       }
       range = parseRange(request.range, download.size ?? download.written)
     }
     const body = request.method === 'GET' ? download.createReader(range?.start, range?.end) : undefined
     return { outcome, digest: download.digest, size: download.size, range, body, headers: {} }
-  }
-
-  async #settled (download: BlobDownload): Promise<void> {
-    await new Promise<void>((resolve, reject) => {
-      const reader = download.createReader()
-      reader.on('error', reject)
-      reader.on('end', resolve)
-      reader.resume()
-    })
   }
 
   #start (route: Route, digest: string): Promise<Started> {
@@ -260,7 +252,8 @@ export class BlobService {
   }
 
   #bypassAnswer (body: Readable, size: number | undefined, digest: string, outcome: CacheOutcome): BlobAnswer {
-    const verified = new VerifyingStream(digest, size)
+    // Uncached, still verified: the last chunk waits for the digest to check out.
+    const verified = new DigestCheck(digest, size, { what: `blob ${digest} from upstream`, holdLast: true })
     // The client's side of the pipe ends (or is cut) through Koa's own pipeline; this one only feeds it.
     pipeline(body, verified).catch(() => {})
     return { outcome, digest, size, range: undefined, body: verified, headers: {} }

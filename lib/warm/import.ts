@@ -18,7 +18,7 @@ import { formatImageReference, parseImageReference } from '../image-ref.js'
 import { MediaTypes, parseDigest } from '../reference.js'
 import type { BlobStore } from '../store/blob-store.js'
 import type { Route, RoutingTable } from '../upstream/routing.js'
-import { DigestCheck } from './digest-sink.js'
+import { DigestCheck } from '../store/digest-check.js'
 import { parseManifest } from './descriptors.js'
 import { REF_NAME, WRAPPER_FOR } from './export.js'
 import type { ProgressRow } from './progress.js'
@@ -117,7 +117,7 @@ async function readBundle (bundle: string, staging: string, progress: ProgressRo
       continue
     }
     const path = join(staging, `${m[1] ?? ''}-${m[2] ?? ''}`)
-    const check = new DigestCheck(digest, entry.size, `entry ${name}`, n => progress.advance(n))
+    const check = new DigestCheck(digest, entry.size, { what: `entry ${name}`, onBytes: n => progress.advance(n) })
     try {
       await pipeline(entry.body, check, createWriteStream(path, { flags: 'wx' }))
     } catch (err) {

@@ -9,7 +9,7 @@ import { pipeline } from 'node:stream/promises'
 import { RegistryError } from '../errors.js'
 import type { Route } from '../upstream/routing.js'
 import { formatBytes } from '../cli/maintenance.js'
-import { DigestSink } from './digest-sink.js'
+import { DigestCheck } from '../store/digest-check.js'
 import { parseManifest, type ChildDescriptor } from './descriptors.js'
 import type { RequestedImage } from './image-list.js'
 import { Limiter } from './limiter.js'
@@ -172,9 +172,13 @@ export class Warmer {
         answer.body.destroy()
         return { cached: true, size: expected ?? 0 }
       }
-      const sink = new DigestSink(blob.digest, expected, `blob ${blob.digest}`, n => {
-        advanced += n
-        row.advance(n)
+      const sink = new DigestCheck(blob.digest, expected, {
+        what: `blob ${blob.digest}`,
+        discard: true,
+        onBytes: n => {
+          advanced += n
+          row.advance(n)
+        }
       })
       await pipeline(answer.body, sink)
       return { cached: answer.cached, size: sink.bytes }
