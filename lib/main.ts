@@ -197,7 +197,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, hooks: Mi
     }
   }
   const separateOps = config.metrics.listen !== undefined
-  const app = createApp({ blobs, manifests, listings, routing, log, onRequest, ops: separateOps ? undefined : ops })
+  const app = createApp({ blobs, manifests, listings, routing, log, onRequest, ops: separateOps ? undefined : ops, sent: chunk => core.store.readBuffers.give(chunk) })
 
   const server = createServer(app.callback())
   server.keepAliveTimeout = 65_000

@@ -4,6 +4,7 @@ import { request } from 'undici'
 import { startFakeRegistry, type FakeRegistry } from './helpers/fake-registry.js'
 import { readBody, startMirror, type Teardown } from './helpers/mirror.js'
 import { existsSync, readdirSync } from 'node:fs'
+import { truncate } from 'node:fs/promises'
 import { join } from 'node:path'
 
 
@@ -67,6 +68,58 @@ t.test('a cached blob is served from disk without asking upstream, even when ups
   t.ok(Buffer.from(await second.arrayBuffer()).equals(bytes))
   await fake.start()
   t.equal(fake.count('GET', `/blobs/${digest}`), 1, 'only the first request reached upstream')
+})
+
+t.test('a cached blob is read into reused buffers: the next response allocates none', async t => {
+  const { fake, url, mirror } = await setup(t)
+  const bytes = randomBytes(3 * 1024 * 1024 + 12_345) // several read chunks and a short last one
+  const digest = fake.addBlob('library/app', bytes)
+  await (await fetch(url + blobPath(digest))).arrayBuffer() // cached now
+  const pool = mirror.store.readBuffers
+  const first = await fetch(url + blobPath(digest))
+  t.equal(first.headers.get('x-mirror-cache'), 'hit')
+  t.ok(Buffer.from(await first.arrayBuffer()).equals(bytes), 'first hit intact')
+  const allocated = pool.allocated
+  t.ok(pool.free > 0, 'buffers came back once sent')
+  for (let i = 0; i < 3; i++) {
+    const again = await fetch(url + blobPath(digest))
+    t.ok(Buffer.from(await again.arrayBuffer()).equals(bytes), `hit ${i + 2} intact`)
+  }
+  t.equal(pool.allocated, allocated, 'later hits reused the buffers')
+  const ranged = await fetch(url + blobPath(digest), { headers: { Range: 'bytes=1048570-2097160' } })
+  t.equal(ranged.status, 206)
+  t.ok(Buffer.from(await ranged.arrayBuffer()).equals(bytes.subarray(1048570, 2097161)), 'a range across a chunk edge is intact')
+})
+
+t.test('a cached blob whose file is shorter than indexed cuts the connection, never a short 200 body that looks whole', async t => {
+  const { fake, url, storage } = await setup(t)
+  const bytes = randomBytes(2 * 1024 * 1024)
+  const digest = fake.addBlob('library/app', bytes)
+  await (await fetch(url + blobPath(digest))).arrayBuffer()
+  const file = join(storage, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7))
+  await truncate(file, 1024 * 1024 + 10)
+  const res = await fetch(url + blobPath(digest))
+  t.equal(res.headers.get('content-length'), String(bytes.length), 'the indexed length was announced')
+  const body = await readBody(res)
+  t.ok('error' in body, 'the client sees the body cut')
+  const later = await fetch(url + '/v2/')
+  t.equal(later.status, 200, 'the mirror goes on serving')
+})
+
+t.test('clients leaving a cached blob mid-body leave the mirror serving it whole to the next', async t => {
+  const { fake, url, mirror } = await setup(t)
+  const bytes = randomBytes(8 * 1024 * 1024)
+  const digest = fake.addBlob('library/app', bytes)
+  await (await fetch(url + blobPath(digest))).arrayBuffer()
+  for (let i = 0; i < 5; i++) {
+    const controller = new AbortController()
+    const res = await fetch(url + blobPath(digest), { signal: controller.signal })
+    await res.body?.getReader().read()
+    controller.abort()
+  }
+  const whole = await fetch(url + blobPath(digest))
+  t.ok(Buffer.from(await whole.arrayBuffer()).equals(bytes))
+  t.ok(mirror.store.readBuffers.allocated <= 16, `read buffers stay few (${mirror.store.readBuffers.allocated})`)
 })
 
 t.test('the same blob under another repository of the same upstream is a hit', async t => {

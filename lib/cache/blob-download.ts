@@ -12,8 +12,10 @@ import { pipeline } from 'node:stream/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { DigestMismatchError } from '../errors.js'
 import { parseDigest } from '../reference.js'
+import type { BufferPool } from '../store/buffer-pool.js'
 
-const READ_CHUNK = 256 * 1024
+/** What the download buffers before pausing upstream while the disk catches up. */
+const WRITE_BUFFER = 256 * 1024
 
 export type DownloadState = 'running' | 'done' | 'failed'
 
@@ -30,6 +32,8 @@ export interface BlobDownloadOptions {
   /** Runs after the bytes were verified: moves the file into place and indexes it. */
   readonly commit: (tempPath: string, size: number) => Promise<void>
   readonly discard: (tempPath: string) => Promise<void>
+  /** Buffers readers read the temp file into; the HTTP layer gives them back once sent. */
+  readonly buffers: BufferPool
 }
 
 export class BlobDownload {
@@ -85,7 +89,7 @@ export class BlobDownload {
       }, cb)
     }
     const sink = new Writable({
-      highWaterMark: READ_CHUNK,
+      highWaterMark: WRITE_BUFFER,
       write: (chunk: Buffer, _enc, cb) => writeAll([chunk], cb),
       writev: (entries, cb) => writeAll(entries.map(e => e.chunk as Buffer), cb)
     })
@@ -125,8 +129,10 @@ export class BlobDownload {
       }
     }
     const limit = (): number => end !== undefined ? end + 1 : (this.size ?? Infinity)
+    const buffers = this.#options.buffers
     const reader = new Readable({
-      highWaterMark: READ_CHUNK,
+      // One chunk ahead of the client: readers that fall behind read the file, not memory.
+      highWaterMark: 1,
       read: () => {
         const pump = (): void => {
           if (this.#state === 'failed') {
@@ -146,17 +152,21 @@ export class BlobDownload {
             this.#waiters.push(arrived)
             return
           }
-          const length = Math.min(available, READ_CHUNK)
-          const buffer = Buffer.allocUnsafe(length)
+          const buffer = buffers.take()
+          const length = Math.min(available, buffer.length)
           this.#temp.handle.read(buffer, 0, length, position).then(({ bytesRead }) => {
             if (reader.destroyed) return
             if (bytesRead === 0) {
+              buffers.give(buffer)
               reader.destroy(new Error(`short read from the download of ${this.digest}`))
               return
             }
             position += bytesRead
-            reader.push(bytesRead === length ? buffer : buffer.subarray(0, bytesRead))
-          }, (err: Error) => reader.destroy(err))
+            reader.push(bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead))
+          }, (err: Error) => {
+            buffers.give(buffer)
+            reader.destroy(err)
+          })
         }
         // A reader that has caught up takes new bytes straight from memory as they are
         // written, rather than reading them back from the file.

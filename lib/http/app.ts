@@ -2,6 +2,7 @@
 // mirror's services. It parses and validates, picks the upstream, and turns
 // answers and errors into HTTP; the caching policy lives in lib/mirror/.
 
+import { pipeline } from 'node:stream/promises'
 import Koa, { type Context, type Next } from 'koa'
 import Router from '@koa/router'
 import type { Logger } from 'pino'
@@ -14,6 +15,7 @@ import type { CacheOutcome } from '../mirror/outcome.js'
 import { MediaTypes, parseDigest, parseManifestReference } from '../reference.js'
 import { route, type Route, type RoutingTable } from '../upstream/routing.js'
 import { sendError } from './envelope.js'
+import { ResponseSink } from './response-sink.js'
 import { opsRouter, type OpsOptions } from './ops.js'
 
 export interface AppState {
@@ -43,6 +45,8 @@ export interface AppOptions {
   readonly onRequest?: ((record: RequestRecord) => void) | undefined
   /** /metrics, /healthz, /readyz on this listener; undefined when they have their own. */
   readonly ops?: OpsOptions | undefined
+  /** Takes each blob body chunk once the socket has it (read buffers go back to their pool). */
+  readonly sent?: ((chunk: Uint8Array) => void) | undefined
 }
 
 type Ctx = Context & { state: AppState }
@@ -194,10 +198,6 @@ async function blob (ctx: Ctx, options: AppOptions, r: Route, ref: string): Prom
   ctx.state.cache = answer.outcome
   ctx.set(CACHE_HEADER, answer.outcome)
   for (const [k, v] of Object.entries(answer.headers)) ctx.set(k, v)
-  if (answer.body !== undefined) {
-    // A client that goes away stops reading; the download it may have started goes on.
-    ctx.body = answer.body
-  }
   ctx.status = answer.range !== undefined ? 206 : 200
   ctx.type = 'application/octet-stream'
   ctx.set('Docker-Content-Digest', digest)
@@ -209,7 +209,20 @@ async function blob (ctx: Ctx, options: AppOptions, r: Route, ref: string): Prom
   } else if (answer.size !== undefined) {
     ctx.length = answer.size
   }
+  if (answer.body === undefined) return
+  // The body goes out through our own sink rather than Koa's pipeline, so that read buffers
+  // return to their pool once the socket has taken them. A client that goes away stops
+  // reading; the download it may have started goes on. A body that fails part way cuts
+  // the connection, so the client never takes it for complete.
+  ctx.respond = false
+  try {
+    await pipeline(answer.body, new ResponseSink(ctx.res, options.sent ?? noop))
+  } catch (err) {
+    options.log.debug({ err: err instanceof Error ? err.message : String(err), digest }, 'blob response ended early')
+  }
 }
+
+function noop (): void {}
 
 async function tags (ctx: Ctx, options: AppOptions, r: Route, rawName: string): Promise<void> {
   ctx.state.kind = 'tags'

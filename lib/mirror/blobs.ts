@@ -125,7 +125,7 @@ export class BlobService {
     let body: Readable | undefined
     let present = true
     try {
-      if (request.method === 'GET') body = await this.#o.store.openRead(digest, range)
+      if (request.method === 'GET') body = await this.#o.store.openRead(digest, range ?? { start: 0, end: row.size - 1 })
       else present = await this.#o.store.size(digest) !== undefined
     } catch (err) {
       if (!isNotFound(err)) throw err
@@ -189,7 +189,8 @@ export class BlobService {
           await store.commit(tempPath, digest)
           index.putBlob(digest, size, route.repository, header(res.headers, 'content-type') ?? null)
         },
-        discard: async (tempPath) => await store.discard(tempPath)
+        discard: async (tempPath) => await store.discard(tempPath),
+        buffers: store.readBuffers
       })
       this.#o.events?.onDownloadStart?.(digest)
       this.#active.add(download)

@@ -3,20 +3,29 @@
 // verified, so a file in blobs/ is complete and correct or absent.
 
 import { randomBytes } from 'node:crypto'
-import { createReadStream, type ReadStream } from 'node:fs'
 import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { parseDigest } from '../reference.js'
+import { BufferPool } from './buffer-pool.js'
+import { FileReader } from './file-reader.js'
+
+/** Bytes per read when serving a blob. */
+export const READ_CHUNK = 1024 * 1024
+/** Read buffers kept for reuse: two per response in flight covers 8 busy clients. */
+const FREE_READ_BUFFERS = 16
 
 export interface TempFile { readonly path: string, readonly handle: FileHandle }
 
 export class BlobStore {
   readonly root: string
+  /** Buffers blob reads go into; the HTTP layer gives them back once sent. */
+  readonly readBuffers: BufferPool
   readonly #blobs: string
   readonly #tmp: string
 
-  constructor (root: string) {
+  constructor (root: string, readBuffers = new BufferPool(READ_CHUNK, FREE_READ_BUFFERS)) {
     this.root = root
+    this.readBuffers = readBuffers
     this.#blobs = join(root, 'blobs')
     this.#tmp = join(root, 'tmp')
   }
@@ -62,10 +71,13 @@ export class BlobStore {
     }
   }
 
-  /** Opens the blob for reading; rejects with ENOENT when the file is gone. */
-  async openRead (digest: string, range?: { start: number, end: number }): Promise<ReadStream> {
+  /**
+   * Opens the blob for reading bytes [start, end] (inclusive; the index knows the size, so
+   * no stat); rejects with ENOENT when the file is gone. A file shorter than that errors the stream.
+   */
+  async openRead (digest: string, range: { start: number, end: number }): Promise<FileReader> {
     const handle = await open(this.pathOf(digest), 'r')
-    return createReadStream('', { fd: handle, autoClose: true, highWaterMark: 1024 * 1024, ...range })
+    return new FileReader(handle, { start: range.start, end: range.end + 1, buffers: this.readBuffers, what: `blob file ${digest}` })
   }
 
   async delete (digest: string): Promise<void> {

@@ -1,0 +1,65 @@
+// The end of a blob body's pipeline: writes each chunk to the HTTP response
+// and, once the socket has taken it, hands the chunk to `written` so its
+// buffer can be read into again (see store/buffer-pool.ts). Koa's own
+// pipeline to the response cannot tell when a chunk has been sent.
+
+import type { ServerResponse } from 'node:http'
+import { Writable } from 'node:stream'
+
+/** Bytes the sink queues behind the write under way before its source has to wait. */
+const QUEUED_BYTES = 1024 * 1024
+
+export class ResponseGoneError extends Error {
+  constructor () {
+    super('the client closed the connection before the body was sent')
+    this.name = 'ResponseGoneError'
+  }
+}
+
+export class ResponseSink extends Writable {
+  readonly #res: ServerResponse
+  readonly #written: (chunk: Uint8Array) => void
+
+  constructor (res: ServerResponse, written: (chunk: Uint8Array) => void) {
+    // Chunks arriving while a write is under way queue up to this much, then go out in one writev.
+    super({ highWaterMark: QUEUED_BYTES })
+    this.#res = res
+    this.#written = written
+    res.once('close', () => {
+      if (!res.writableFinished) this.destroy(new ResponseGoneError())
+    })
+  }
+
+  override _write (chunk: Uint8Array, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.#res.write(chunk, err => {
+      this.#written(chunk)
+      callback(err)
+    })
+  }
+
+  override _writev (entries: Array<{ chunk: Uint8Array }>, callback: (error?: Error | null) => void): void {
+    // Chunks that queued up while the socket was busy go out in one writev.
+    const res = this.#res
+    res.cork()
+    let left = entries.length
+    let failure: Error | null | undefined
+    for (const { chunk } of entries) {
+      res.write(chunk, err => {
+        this.#written(chunk)
+        failure ??= err
+        if (--left === 0) callback(failure)
+      })
+    }
+    res.uncork()
+  }
+
+  override _final (callback: (error?: Error | null) => void): void {
+    this.#res.end(() => callback())
+  }
+
+  override _destroy (err: Error | null, callback: (error?: Error | null) => void): void {
+    // A body that failed part way must not look complete to the client: cut the connection.
+    if (err !== null && !this.#res.writableFinished) this.#res.destroy()
+    callback(err)
+  }
+}
