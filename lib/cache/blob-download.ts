@@ -14,8 +14,13 @@ import { DigestMismatchError } from '../errors.js'
 import { parseDigest } from '../reference.js'
 import type { BufferPool } from '../store/buffer-pool.js'
 
-/** What the download buffers before pausing upstream while the disk catches up. */
-const WRITE_BUFFER = 256 * 1024
+/**
+ * What the download queues for the disk before pausing upstream. With 256 KiB, upstream's
+ * socket was paused and resumed hundreds of times per 200 MB and each write was a small
+ * thread-pool round trip: a cold 200 MB pull took ~0.95 s here, with 4 MiB ~0.6 s (larger
+ * bought nothing more). Queued chunks are upstream's own, so this bounds memory per download.
+ */
+const WRITE_BUFFER = 4 * 1024 * 1024
 
 export type DownloadState = 'running' | 'done' | 'failed'
 
