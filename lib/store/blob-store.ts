@@ -11,8 +11,8 @@ import { FileReader } from './file-reader.js'
 
 /** Bytes per read when serving a blob. */
 export const READ_CHUNK = 1024 * 1024
-/** Read buffers kept for reuse: two per response in flight covers 8 busy clients. */
-const FREE_READ_BUFFERS = 16
+/** Read buffers kept for reuse between responses (each response has up to three in use). */
+const FREE_READ_BUFFERS = 8
 
 export interface TempFile { readonly path: string, readonly handle: FileHandle }
 
