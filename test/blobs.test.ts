@@ -4,7 +4,7 @@ import { request } from 'undici'
 import { startFakeRegistry, type FakeRegistry } from './helpers/fake-registry.js'
 import { readBody, startMirror, type Teardown } from './helpers/mirror.js'
 import { existsSync, readdirSync } from 'node:fs'
-import { truncate } from 'node:fs/promises'
+import { rm, truncate } from 'node:fs/promises'
 import { join } from 'node:path'
 
 
@@ -120,6 +120,26 @@ t.test('clients leaving a cached blob mid-body leave the mirror serving it whole
   const whole = await fetch(url + blobPath(digest))
   t.ok(Buffer.from(await whole.arrayBuffer()).equals(bytes))
   t.ok(mirror.store.readBuffers.allocated <= 16, `read buffers stay few (${mirror.store.readBuffers.allocated})`)
+})
+
+t.test('a storage directory emptied under a running mirror: the next blob is fetched and cached again, not a 500', async t => {
+  const { fake, url, storage } = await setup(t)
+  const first = randomBytes(50_000)
+  const firstDigest = fake.addBlob('library/app', first)
+  await (await fetch(url + blobPath(firstDigest))).arrayBuffer()
+  await rm(join(storage, 'tmp'), { recursive: true })
+  await rm(join(storage, 'blobs'), { recursive: true })
+  const second = randomBytes(60_000)
+  const secondDigest = fake.addBlob('library/app', second)
+  const res = await fetch(url + blobPath(secondDigest))
+  t.equal(res.status, 200)
+  t.ok(Buffer.from(await res.arrayBuffer()).equals(second))
+  const again = await fetch(url + blobPath(secondDigest))
+  t.equal(again.headers.get('x-mirror-cache'), 'hit', 'cached again')
+  const lost = await fetch(url + blobPath(firstDigest))
+  t.equal(lost.status, 200, 'a blob whose file went with the directory is fetched again')
+  t.ok(Buffer.from(await lost.arrayBuffer()).equals(first))
+  t.equal(fake.count('GET', `/blobs/${firstDigest}`), 2)
 })
 
 t.test('the same blob under another repository of the same upstream is a hit', async t => {

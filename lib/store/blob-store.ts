@@ -45,8 +45,14 @@ export class BlobStore {
   /** A new, exclusively created temp file open for reading and writing. */
   async createTemp (): Promise<TempFile> {
     const path = join(this.#tmp, `${Date.now().toString(36)}-${randomBytes(6).toString('hex')}.part`)
-    const handle = await open(path, 'wx+')
-    return { path, handle }
+    try {
+      return { path, handle: await open(path, 'wx+') }
+    } catch (err) {
+      // tmp/ removed under a running mirror (by hand, by a tmp cleaner): make it again.
+      if (!isNotFound(err)) throw err
+      await mkdir(this.#tmp, { recursive: true })
+      return { path, handle: await open(path, 'wx+') }
+    }
   }
 
   /** Moves a verified temp file into place under its digest. */
