@@ -18,6 +18,7 @@ import { createApp, type RequestRecord } from './http/app.js'
 import { createOpsApp, type OpsOptions } from './http/ops.js'
 import { Metrics } from './metrics.js'
 import { pinnedContent } from './cache/pins.js'
+import { FileHasher } from './cache/file-hasher.js'
 import { BlobService, type BlobEvents } from './mirror/blobs.js'
 import { ListingService } from './mirror/listings.js'
 import { ManifestService, type HotEntry } from './mirror/manifests.js'
@@ -126,7 +127,8 @@ export async function openMirrorCore (config: MirrorConfig, log: Logger, hooks: 
       if (evictor.overHighWatermark(usedBytes)) void evict()
     }
   }
-  const blobs = new BlobService({ index, store, upstream, access, log, events: blobEvents, makeRoom: evict, freeBytes: hooks.freeBytes, offline: config.offline })
+  const hasher = new FileHasher()
+  const blobs = new BlobService({ index, store, upstream, access, log, events: blobEvents, makeRoom: evict, freeBytes: hooks.freeBytes, offline: config.offline, hasher })
   const manifests = new ManifestService({ index, upstream, access, hot, tagTtl: config.cache.tagTtl, log, now, offline: config.offline })
   const listings = new ListingService({ index, upstream, referrersTtl: config.cache.tagTtl, now, offline: config.offline })
   const defaultUpstream = [...config.upstreams.values()].find(u => u.default)?.name
@@ -138,6 +140,7 @@ export async function openMirrorCore (config: MirrorConfig, log: Logger, hooks: 
       clearInterval(evictionTimer)
       await Promise.all([...upstreams.values()].map(async u => await u.close()))
       await blobs.idle() // downloads end (committed or discarded) before the index closes
+      await hasher.close()
       await evictor.idle()
       access.close()
       index.close()

@@ -13,6 +13,10 @@ import type { FileHandle } from 'node:fs/promises'
 import { DigestMismatchError } from '../errors.js'
 import { parseDigest } from '../reference.js'
 import type { BufferPool } from '../store/buffer-pool.js'
+import type { FileHashJob, FileHasher } from './file-hasher.js'
+
+/** Below this (when announced), hashing on the main thread costs less than a round trip to the hasher. */
+const HASH_OFF_THREAD_FROM = 1024 * 1024
 
 /**
  * What the download queues for the disk before pausing upstream. With 256 KiB, upstream's
@@ -39,6 +43,8 @@ export interface BlobDownloadOptions {
   readonly discard: (tempPath: string) => Promise<void>
   /** Buffers readers read the temp file into; the HTTP layer gives them back once sent. */
   readonly buffers: BufferPool
+  /** Hashes large downloads off the main thread; without it, they are hashed as they arrive. */
+  readonly hasher?: FileHasher | undefined
 }
 
 export class BlobDownload {
@@ -78,6 +84,11 @@ export class BlobDownload {
   }
 
   async #run (body: Readable): Promise<void> {
+    const { hasher } = this.#options
+    const algorithm = parseDigest(this.digest).algorithm
+    const offThread: FileHashJob | undefined = hasher !== undefined && (this.size === undefined || this.size >= HASH_OFF_THREAD_FROM)
+      ? hasher.start(this.#temp.path, algorithm)
+      : undefined
     // Chunks that queue up while a write is under way go to disk in one writev.
     const writeAll = (chunks: Buffer[], cb: (err?: Error | null) => void): void => {
       const length = chunks.reduce((n, c) => n + c.length, 0)
@@ -87,8 +98,9 @@ export class BlobDownload {
       }
       const start = this.#written
       this.#temp.handle.writev(chunks, start).then(() => {
-        for (const c of chunks) this.#hash.update(c)
+        if (offThread === undefined) for (const c of chunks) this.#hash.update(c)
         this.#written += length
+        offThread?.written(this.#written)
         this.#notify(chunks, start)
         cb()
       }, cb)
@@ -103,7 +115,8 @@ export class BlobDownload {
       if (this.size !== undefined && this.#written !== this.size) {
         throw new DigestMismatchError(this.digest, 'unknown', `upstream sent ${this.#written} of ${this.size} bytes for ${this.digest}`)
       }
-      const actual = `${parseDigest(this.digest).algorithm}:${this.#hash.digest('hex')}`
+      const hex = offThread !== undefined ? await offThread.end(this.#written) : this.#hash.digest('hex')
+      const actual = `${algorithm}:${hex}`
       if (actual !== this.digest) throw new DigestMismatchError(this.digest, actual)
       await this.#temp.handle.datasync()
       await this.#options.commit(this.#temp.path, this.#written)
@@ -111,6 +124,7 @@ export class BlobDownload {
       // finish finds the blob there (and can count on `registry-mirror stats` saying so).
       this.#state = 'done'
     } catch (err) {
+      offThread?.cancel()
       // The temp file goes before any reader learns of the failure.
       await this.#options.discard(this.#temp.path).catch(() => {})
       this.#state = 'failed'

@@ -7,6 +7,7 @@ import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
 import type { AccessRecorder } from '../cache/access-recorder.js'
 import { BlobDownload } from '../cache/blob-download.js'
+import type { FileHasher } from '../cache/file-hasher.js'
 import type { CacheIndex } from '../db/cache-index.js'
 import { BlobUnknownError, UnavailableError } from '../errors.js'
 import { isNotFound, type BlobStore } from '../store/blob-store.js'
@@ -56,6 +57,8 @@ export interface BlobServiceOptions {
   readonly freeBytes?: ((path: string) => Promise<number>) | undefined
   /** Never ask upstream: what the cache lacks is BLOB_UNKNOWN. */
   readonly offline?: boolean | undefined
+  /** Hashes large downloads on a worker thread. */
+  readonly hasher?: FileHasher | undefined
 }
 
 export class BlobService {
@@ -190,7 +193,8 @@ export class BlobService {
           index.putBlob(digest, size, route.repository, header(res.headers, 'content-type') ?? null)
         },
         discard: async (tempPath) => await store.discard(tempPath),
-        buffers: store.readBuffers
+        buffers: store.readBuffers,
+        hasher: this.#o.hasher
       })
       this.#o.events?.onDownloadStart?.(digest)
       this.#active.add(download)
