@@ -15,6 +15,13 @@ import { parseDigest } from '../reference.js'
 import type { BufferPool } from '../store/buffer-pool.js'
 import type { FileHashJob, FileHasher } from './file-hasher.js'
 
+/**
+ * A large download is flushed to disk in the background every this many bytes, so that
+ * the fdatasync before commit (which holds the last byte back from every client) finds
+ * little left to write: for a 200 MB blob here it took ~160 ms when all of it was dirty.
+ */
+const SYNC_EVERY = 16 * 1024 * 1024
+
 /** Below this (when announced), hashing on the main thread costs less than a round trip to the hasher. */
 const HASH_OFF_THREAD_FROM = 1024 * 1024
 
@@ -89,6 +96,18 @@ export class BlobDownload {
     const offThread: FileHashJob | undefined = hasher !== undefined && (this.size === undefined || this.size >= HASH_OFF_THREAD_FROM)
       ? hasher.start(this.#temp.path, algorithm)
       : undefined
+    // One background flush at a time; its failure fails the download at the end.
+    let flushing: Promise<void> | undefined
+    let flushed = 0
+    const flushInBackground = (): void => {
+      if (flushing !== undefined || this.#written - flushed < SYNC_EVERY) return
+      const upTo = this.#written
+      flushing = this.#temp.handle.datasync().then(() => {
+        flushed = upTo
+        flushing = undefined
+      })
+      flushing.catch(() => {}) // awaited before commit
+    }
     // Chunks that queue up while a write is under way go to disk in one writev.
     const writeAll = (chunks: Buffer[], cb: (err?: Error | null) => void): void => {
       const length = chunks.reduce((n, c) => n + c.length, 0)
@@ -101,6 +120,7 @@ export class BlobDownload {
         if (offThread === undefined) for (const c of chunks) this.#hash.update(c)
         this.#written += length
         offThread?.written(this.#written)
+        flushInBackground()
         this.#notify(chunks, start)
         cb()
       }, cb)
@@ -118,6 +138,7 @@ export class BlobDownload {
       const hex = offThread !== undefined ? await offThread.end(this.#written) : this.#hash.digest('hex')
       const actual = `${algorithm}:${hex}`
       if (actual !== this.digest) throw new DigestMismatchError(this.digest, actual)
+      await flushing
       await this.#temp.handle.datasync()
       await this.#options.commit(this.#temp.path, this.#written)
       // A response completes only once its blob is in the cache: a client that saw its pull
@@ -125,6 +146,7 @@ export class BlobDownload {
       this.#state = 'done'
     } catch (err) {
       offThread?.cancel()
+      await flushing?.catch(() => {})
       // The temp file goes before any reader learns of the failure.
       await this.#options.discard(this.#temp.path).catch(() => {})
       this.#state = 'failed'
