@@ -1,10 +1,11 @@
 // One upstream download of one blob, that any number of clients stream from
 // while it is still arriving. Bytes go to a temp file as they come, hashed on
-// the way; every reader reads that file by position and waits when it has
-// caught up. At the end the digest and size are checked and the file is
-// committed; on any failure every reader is destroyed (its response is cut,
-// never completed) and the temp file removed. Readers leaving early never
-// cancel the download.
+// the way (a large blob by a worker thread reading the file behind the
+// writes); a reader that has caught up takes new bytes from memory, one that
+// fell behind reads the file by position. At the end the digest and size are
+// checked, the file flushed to disk and committed; on any failure every reader
+// is destroyed (its response is cut, never completed) and the temp file
+// removed. Readers leaving early never cancel the download.
 
 import { createHash, type Hash } from 'node:crypto'
 import { Readable, Writable } from 'node:stream'
