@@ -7,13 +7,14 @@
 // is destroyed (its response is cut, never completed) and the temp file
 // removed. Readers leaving early never cancel the download.
 
-import { createHash, type Hash } from 'node:crypto'
+import { createHash } from 'node:crypto'
 import { Readable, Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { DigestMismatchError } from '../errors.js'
 import { parseDigest } from '../reference.js'
 import type { BufferPool } from '../store/buffer-pool.js'
+import { readPooled } from '../store/file-reader.js'
 import type { FileHashJob, FileHasher } from './file-hasher.js'
 
 /**
@@ -59,7 +60,6 @@ export class BlobDownload {
   readonly digest: string
   readonly size: number | undefined
   readonly #temp: DownloadTarget
-  readonly #hash: Hash
   readonly #options: BlobDownloadOptions
   #written = 0
   #state: DownloadState = 'running'
@@ -73,7 +73,6 @@ export class BlobDownload {
     this.size = options.size
     this.#temp = options.temp
     this.#options = options
-    this.#hash = createHash(parseDigest(options.digest).algorithm)
   }
 
   get written (): number { return this.#written }
@@ -97,6 +96,7 @@ export class BlobDownload {
     const offThread: FileHashJob | undefined = hasher !== undefined && (this.size === undefined || this.size >= HASH_OFF_THREAD_FROM)
       ? hasher.start(this.#temp.path, algorithm)
       : undefined
+    const inline = createHash(algorithm) // used when nothing hashes off the thread
     // One background flush at a time; its failure fails the download at the end.
     let flushing: Promise<void> | undefined
     let flushed = 0
@@ -118,7 +118,7 @@ export class BlobDownload {
       }
       const start = this.#written
       this.#temp.handle.writev(chunks, start).then(() => {
-        if (offThread === undefined) for (const c of chunks) this.#hash.update(c)
+        if (offThread === undefined) for (const c of chunks) inline.update(c)
         this.#written += length
         offThread?.written(this.#written)
         flushInBackground()
@@ -136,7 +136,7 @@ export class BlobDownload {
       if (this.size !== undefined && this.#written !== this.size) {
         throw new DigestMismatchError(this.digest, 'unknown', `upstream sent ${this.#written} of ${this.size} bytes for ${this.digest}`)
       }
-      const hex = offThread !== undefined ? await offThread.end(this.#written) : this.#hash.digest('hex')
+      const hex = offThread !== undefined ? await offThread.end(this.#written) : inline.digest('hex')
       const actual = `${algorithm}:${hex}`
       if (actual !== this.digest) throw new DigestMismatchError(this.digest, actual)
       await flushing
@@ -194,21 +194,15 @@ export class BlobDownload {
             this.#waiters.push(arrived)
             return
           }
-          const buffer = buffers.take()
-          const length = Math.min(available, buffer.length)
-          this.#temp.handle.read(buffer, 0, length, position).then(({ bytesRead }) => {
+          readPooled(this.#temp.handle, buffers, position, available).then(chunk => {
             if (reader.destroyed) return
-            if (bytesRead === 0) {
-              buffers.give(buffer)
+            if (chunk === undefined) {
               reader.destroy(new Error(`short read from the download of ${this.digest}`))
               return
             }
-            position += bytesRead
-            reader.push(bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead))
-          }, (err: Error) => {
-            buffers.give(buffer)
-            reader.destroy(err)
-          })
+            position += chunk.length
+            reader.push(chunk)
+          }, (err: Error) => reader.destroy(err))
         }
         // A reader that has caught up takes new bytes straight from memory as they are
         // written, rather than reading them back from the file.

@@ -10,7 +10,7 @@ import { BufferPool } from './buffer-pool.js'
 import { FileReader } from './file-reader.js'
 
 /** Bytes per read when serving a blob. */
-export const READ_CHUNK = 1024 * 1024
+const READ_CHUNK = 1024 * 1024
 /** Read buffers kept for reuse between responses (each response has up to three in use). */
 const FREE_READ_BUFFERS = 8
 

@@ -40,25 +40,39 @@ export class FileReader extends Readable {
       this.push(null)
       return
     }
-    const buffer = this.#buffers.take()
-    const length = Math.min(buffer.length, this.#end - this.#position)
-    this.#handle.read(buffer, 0, length, this.#position).then(({ bytesRead }) => {
+    readPooled(this.#handle, this.#buffers, this.#position, this.#end - this.#position).then(chunk => {
       if (this.destroyed) return
-      if (bytesRead === 0) {
-        this.#buffers.give(buffer)
+      if (chunk === undefined) {
         this.destroy(new Error(`${this.#what} ended at byte ${this.#position}, short of ${this.#end}`))
         return
       }
-      this.#position += bytesRead
-      this.push(bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead))
-    }, (err: Error) => {
-      this.#buffers.give(buffer)
-      this.destroy(err)
-    })
+      this.#position += chunk.length
+      this.push(chunk)
+    }, (err: Error) => this.destroy(err))
   }
 
   override _destroy (err: Error | null, callback: (error?: Error | null) => void): void {
     // FileHandle.close waits for a read under way.
     this.#handle.close().then(() => callback(err), (closeErr: Error) => callback(err ?? closeErr))
+  }
+}
+
+/**
+ * Reads up to `length` bytes at `position` into a buffer from the pool. Resolves with the
+ * bytes read (the buffer, or a view of it), or undefined at the end of the file; a buffer
+ * that ends up holding nothing goes back to the pool.
+ */
+export async function readPooled (handle: FileHandle, buffers: BufferPool, position: number, length: number): Promise<Buffer | undefined> {
+  const buffer = buffers.take()
+  try {
+    const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, length), position)
+    if (bytesRead === 0) {
+      buffers.give(buffer)
+      return undefined
+    }
+    return bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead)
+  } catch (err) {
+    buffers.give(buffer)
+    throw err
   }
 }
