@@ -4,22 +4,15 @@
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { CacheIndex } from '../lib/db/cache-index.js'
 import { auditStorage } from './helpers/audit.js'
 import { runCli, startChildMirror, writeConfig } from './helpers/child-mirror.js'
 import { startFakeRegistry } from './helpers/fake-registry.js'
-
-async function tempDir (t: { teardown: (fn: () => unknown) => void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'mirror-crash-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
-  return dir
-}
+import { tempDir } from './helpers/temp-dir.js'
 
 t.test('killed with SIGKILL during a large download: restarts clean and serves the blob verified', async t => {
-  const dir = await tempDir(t)
+  const dir = await tempDir(t, 'mirror-crash')
   const fake = await startFakeRegistry()
   t.teardown(async () => await fake.close())
   const bytes = randomBytes(40 * 1024 * 1024)
@@ -61,7 +54,7 @@ t.test('killed with SIGKILL during a large download: restarts clean and serves t
 })
 
 t.test('killed with SIGKILL during eviction: restarts consistent, gc finds nothing, pulls succeed', async t => {
-  const dir = await tempDir(t)
+  const dir = await tempDir(t, 'mirror-crash')
   const fake = await startFakeRegistry()
   t.teardown(async () => await fake.close())
   const storage = join(dir, 'data')

@@ -5,8 +5,7 @@
 import t, { type Test } from 'tap'
 import { createHash } from 'node:crypto'
 import { createReadStream, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { appendFile, mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { appendFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { spawnSync } from 'node:child_process'
 import { CacheIndex } from '../lib/db/cache-index.js'
@@ -14,12 +13,12 @@ import { readTar } from '../lib/warm/tar.js'
 import { runCli, writeConfig } from './helpers/child-mirror.js'
 import { startFakeRegistry, type FakeRegistry } from './helpers/fake-registry.js'
 import { makeImage, makeIndex } from './helpers/images.js'
+import { tempDir } from './helpers/temp-dir.js'
 
 interface Site { dir: string, storage: string, config: string, fake: FakeRegistry }
 
 async function site (t: Test): Promise<Site> {
-  const dir = await mkdtemp(join(tmpdir(), 'mirror-export-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const dir = await tempDir(t, 'mirror-export')
   const fake = await startFakeRegistry()
   t.teardown(async () => await fake.close())
   const storage = join(dir, 'data')

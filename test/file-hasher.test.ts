@@ -1,18 +1,12 @@
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdtemp, open, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { open, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { FileHasher } from '../lib/cache/file-hasher.js'
-
-async function tempDir (t: { teardown: (fn: () => unknown) => void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'file-hasher-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
-  return dir
-}
+import { tempDir } from './helpers/temp-dir.js'
 
 t.test('hashes a file as it grows, in steps, to the digest of all its bytes', async t => {
-  const dir = await tempDir(t)
+  const dir = await tempDir(t, 'file-hasher')
   const hasher = new FileHasher()
   t.teardown(async () => await hasher.close())
   const path = join(dir, 'growing')
@@ -32,7 +26,7 @@ t.test('hashes a file as it grows, in steps, to the digest of all its bytes', as
 })
 
 t.test('several files at once each get their own digest, and sha512 works too', async t => {
-  const dir = await tempDir(t)
+  const dir = await tempDir(t, 'file-hasher')
   const hasher = new FileHasher()
   t.teardown(async () => await hasher.close())
   const files = await Promise.all([1, 2, 3].map(async n => {
@@ -47,7 +41,7 @@ t.test('several files at once each get their own digest, and sha512 works too', 
 })
 
 t.test('a file shorter than reported fails with a message saying where it ended', async t => {
-  const dir = await tempDir(t)
+  const dir = await tempDir(t, 'file-hasher')
   const hasher = new FileHasher()
   t.teardown(async () => await hasher.close())
   const path = join(dir, 'short')
@@ -57,7 +51,7 @@ t.test('a file shorter than reported fails with a message saying where it ended'
 })
 
 t.test('a file that cannot be opened fails the job when it ends', async t => {
-  const dir = await tempDir(t)
+  const dir = await tempDir(t, 'file-hasher')
   const hasher = new FileHasher()
   t.teardown(async () => await hasher.close())
   const job = hasher.start(join(dir, 'missing'), 'sha256')
@@ -66,7 +60,7 @@ t.test('a file that cannot be opened fails the job when it ends', async t => {
 })
 
 t.test('a cancelled job is dropped, and the hasher goes on with others', async t => {
-  const dir = await tempDir(t)
+  const dir = await tempDir(t, 'file-hasher')
   const hasher = new FileHasher()
   t.teardown(async () => await hasher.close())
   const path = join(dir, 'f')
@@ -80,7 +74,7 @@ t.test('a cancelled job is dropped, and the hasher goes on with others', async t
 })
 
 t.test('jobs under way when the hasher closes fail rather than hang', async t => {
-  const dir = await tempDir(t)
+  const dir = await tempDir(t, 'file-hasher')
   const hasher = new FileHasher()
   const path = join(dir, 'f')
   await writeFile(path, randomBytes(10))

@@ -1,19 +1,17 @@
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import { existsSync, mkdirSync, readdirSync, writeFileSync, rmSync } from 'node:fs'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { auditStorage } from './helpers/audit.js'
 import { runCli, writeConfig } from './helpers/child-mirror.js'
 import { startFakeRegistry } from './helpers/fake-registry.js'
 import { startMirror } from './helpers/mirror.js'
+import { tempDir } from './helpers/temp-dir.js'
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
 
 t.test('gc repairs what a crash or a hand can leave, and --dry-run only reports it', async t => {
-  const dir = await mkdtemp(join(tmpdir(), 'mirror-gc-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const dir = await tempDir(t, 'mirror-gc')
   const storage = join(dir, 'data')
   const fake = await startFakeRegistry()
   t.teardown(async () => await fake.close())
@@ -71,8 +69,7 @@ t.test('gc repairs what a crash or a hand can leave, and --dry-run only reports 
 })
 
 t.test('stats and pin work on the data directory from the command line', async t => {
-  const dir = await mkdtemp(join(tmpdir(), 'mirror-stats-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const dir = await tempDir(t, 'mirror-stats')
   const storage = join(dir, 'data')
   const fake = await startFakeRegistry()
   t.teardown(async () => await fake.close())

@@ -5,8 +5,7 @@
 import t, { type Test } from 'tap'
 import { createHash } from 'node:crypto'
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
-import { appendFile, mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { appendFile } from 'node:fs/promises'
 import { join, relative } from 'node:path'
 import { execFile, spawnSync } from 'node:child_process'
 import { promisify } from 'node:util'
@@ -19,6 +18,7 @@ import { auditStorage } from './helpers/audit.js'
 import { runCli, writeConfig } from './helpers/child-mirror.js'
 import { startFakeRegistry, type FakeRegistry } from './helpers/fake-registry.js'
 import { makeImage, makeIndex, MediaTypes } from './helpers/images.js'
+import { tempDir } from './helpers/temp-dir.js'
 
 interface Sites {
   dir: string
@@ -38,8 +38,7 @@ interface Sites {
 const sha256 = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`
 
 async function sites (t: Test): Promise<Sites> {
-  const dir = await mkdtemp(join(tmpdir(), 'mirror-import-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const dir = await tempDir(t, 'mirror-import')
   const fake = await startFakeRegistry()
   t.teardown(async () => await fake.close())
   const dead = await startFakeRegistry()

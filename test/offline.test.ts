@@ -5,8 +5,7 @@
 import t, { type Test } from 'tap'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { appendFile, mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { appendFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { loadConfig } from '../lib/config/load.js'
 import { createLogger } from '../lib/log.js'
@@ -14,6 +13,7 @@ import { createMirror, type Mirror } from '../lib/main.js'
 import { CLI, runCli, writeConfig } from './helpers/child-mirror.js'
 import { startFakeRegistry, type FakeRegistry } from './helpers/fake-registry.js'
 import { makeImage, makeIndex, MediaTypes } from './helpers/images.js'
+import { tempDir } from './helpers/temp-dir.js'
 
 interface Cached {
   dir: string
@@ -29,8 +29,7 @@ interface Cached {
 
 /** A data directory warmed (online, with a 0 tag TTL so every tag is stale at once) from a fake upstream. */
 async function cached (t: Test): Promise<Cached> {
-  const dir = await mkdtemp(join(tmpdir(), 'mirror-offline-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const dir = await tempDir(t, 'mirror-offline')
   const fake = await startFakeRegistry()
   t.teardown(async () => await fake.close())
   const storage = join(dir, 'data')

@@ -1,11 +1,9 @@
 import t from 'tap'
-import { mkdtemp, rm } from 'node:fs/promises'
 import { createServer } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { startFakeRegistry } from './helpers/fake-registry.js'
 import { makeIndex } from './helpers/images.js'
 import { startMirror } from './helpers/mirror.js'
+import { tempDir } from './helpers/temp-dir.js'
 
 /** A loopback port nothing listens on. */
 async function deadPort (): Promise<number> {
@@ -18,8 +16,7 @@ async function deadPort (): Promise<number> {
 }
 
 t.test('the mirror starts with no upstream reachable and serves what it has cached, by tag and by digest', async t => {
-  const storage = await mkdtemp(join(tmpdir(), 'mirror-resilience-'))
-  t.teardown(async () => await rm(storage, { recursive: true, force: true }))
+  const storage = await tempDir(t, 'mirror-resilience')
   const fake = await startFakeRegistry()
   const index = makeIndex(fake, 'library/app', 'v1', ['linux/amd64', 'linux/arm64'], 20_000)
   const first = await startMirror({ teardown: () => {} }, { upstreams: { 'docker.io': fake.url }, storage })

@@ -3,8 +3,7 @@
 
 import t, { type Test } from 'tap'
 import { existsSync } from 'node:fs'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
@@ -17,13 +16,13 @@ import { CLI, runCli, writeConfig } from './helpers/child-mirror.js'
 import { startFakeRegistry, type FakeRegistry } from './helpers/fake-registry.js'
 import { makeImage, makeIndex } from './helpers/images.js'
 import { startMirror } from './helpers/mirror.js'
+import { tempDir } from './helpers/temp-dir.js'
 
 interface Site { dir: string, storage: string, config: string, fake: FakeRegistry }
 
 /** A fake upstream standing in for docker.io, ghcr.io and quay.io, and a config naming them. */
 async function site (t: Test): Promise<Site> {
-  const dir = await mkdtemp(join(tmpdir(), 'mirror-warm-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const dir = await tempDir(t, 'mirror-warm')
   const fake = await startFakeRegistry()
   t.teardown(async () => await fake.close())
   const storage = join(dir, 'data')
@@ -85,8 +84,7 @@ t.test('a list file: one reference a line, # comments, blank lines, CRLF; bad li
     { text: 'ghcr.io/org/app:v1', origin: 'images.txt:4' }
   ])
   const routing = { upstreams: new Set(['docker.io']), defaultUpstream: 'docker.io' }
-  const dir = await mkdtemp(join(tmpdir(), 'mirror-list-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const dir = await tempDir(t, 'mirror-list')
   const good = join(dir, 'good.txt')
   await writeFile(good, 'nginx:1.27\nlibrary/nginx:1.27\n\n# again, written differently: the same image\ndocker.io/library/nginx:1.27\nalpine\n')
   t.same((await resolveImages([], [good], routing)).map(i => i.name), ['docker.io/library/nginx:1.27', 'docker.io/library/alpine:latest'], 'repeats dropped')
