@@ -7,7 +7,7 @@
 import { readFile, readdir, writeFile, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Daemon } from '../test/e2e/harness/process.js'
-import { MirrorProcess } from '../test/e2e/harness/mirror-process.js'
+import { listeningUrl, MirrorProcess } from '../test/e2e/harness/mirror-process.js'
 import { freePort } from '../test/e2e/harness/ports.js'
 import { waitFor, WaitAborted } from '../test/e2e/harness/wait.js'
 
@@ -66,7 +66,7 @@ export class RegistryMirrorServer {
     try {
       await waitFor('registry-mirror to log "listening"', async () => {
         if (!daemon.running) throw new WaitAborted('registry-mirror exited')
-        const url = listeningUrl(await readFile(daemon.logPath, 'utf8').catch(() => ''))
+        const url = (await readFile(daemon.logPath, 'utf8').catch(() => '')).split('\n').map(listeningUrl).find(u => u !== undefined)
         if (url === undefined) return false
         server.#url = url
         return true
@@ -90,22 +90,6 @@ export class RegistryMirrorServer {
   tail (): string {
     return this.#daemon.tail()
   }
-}
-
-function listeningUrl (log: string): string | undefined {
-  for (const line of log.split('\n')) {
-    if (!line.startsWith('{')) continue
-    let parsed: unknown
-    try {
-      parsed = JSON.parse(line)
-    } catch {
-      continue
-    }
-    if (typeof parsed !== 'object' || parsed === null) continue
-    const record = parsed as Record<string, unknown>
-    if (record.msg === 'listening' && typeof record.url === 'string') return record.url.replace(/\/$/, '')
-  }
-  return undefined
 }
 
 /** nginx serving one directory, sendfile on, no access log: what this machine can push to a client. */

@@ -104,32 +104,18 @@ export class MirrorProcess implements Mirror {
     lines.push('cache:', `  tagTtl: ${options.tagTtl ?? '5m'}`)
     await writeFile(this.configPath, lines.join('\n') + '\n')
 
-    const daemon = new Daemon('registry-mirror', process.execPath, [entry, 'serve', '--config', this.configPath], {
+    const { daemon, url } = await startMirrorDaemon({
+      name: 'registry-mirror',
+      entry,
+      configPath: this.configPath,
       cwd: this.dir,
       logPath: this.logPath,
       stderrPath: this.stderrPath,
-      pipeStdout: true
+      timeoutMs: options.startTimeoutMs ?? 30_000,
+      tail: () => this.tail()
     })
     this.#daemon = daemon
-    const stdout = daemon.child.stdout
-    if (stdout === null) throw new Error('no stdout pipe to the mirror')
-
-    const listening = new Promise<string>((resolve, reject) => {
-      const timeoutMs = options.startTimeoutMs ?? 30_000
-      const timer = setTimeout(() => reject(new Error(`the mirror did not log "listening" within ${timeoutMs} ms\n${this.tail()}`)), timeoutMs)
-      const watcher = new LineWatcher(line => {
-        const url = listeningUrl(line)
-        if (url === undefined) return
-        clearTimeout(timer)
-        resolve(url)
-      })
-      pipeline(stdout, watcher, createWriteStream(this.logPath)).catch(() => {})
-      void daemon.exited.then(code => {
-        clearTimeout(timer)
-        reject(new Error(`the mirror exited with ${String(code)} before listening\n${this.tail()}`))
-      })
-    })
-    this.#url = await listening
+    this.#url = url
   }
 
   async close (): Promise<void> {
@@ -146,7 +132,7 @@ export class MirrorProcess implements Mirror {
 }
 
 /** The "listening" line's url field, from a pino JSON line. */
-function listeningUrl (line: string): string | undefined {
+export function listeningUrl (line: string): string | undefined {
   if (!line.startsWith('{')) return undefined
   let parsed: unknown
   try {
@@ -157,4 +143,54 @@ function listeningUrl (line: string): string | undefined {
   if (typeof parsed !== 'object' || parsed === null) return undefined
   const record = parsed as Record<string, unknown>
   return record.msg === 'listening' && typeof record.url === 'string' ? record.url.replace(/\/$/, '') : undefined
+}
+
+export interface MirrorDaemonOptions {
+  /** Names the daemon in messages. */
+  readonly name: string
+  /** bin/registry-mirror.js of the build to run. */
+  readonly entry: string
+  readonly configPath: string
+  readonly cwd: string
+  /** Where its stdout is copied, line by line as it is watched. */
+  readonly logPath: string
+  readonly stderrPath: string
+  readonly timeoutMs: number
+  /** Shown when it does not start: its logs, say. */
+  readonly tail: () => string
+}
+
+/**
+ * `node ENTRY serve --config FILE`, ready once it logs "listening": resolves with the
+ * daemon and the URL it logged. A mirror that exits or stays silent is stopped and rejected.
+ */
+export async function startMirrorDaemon (options: MirrorDaemonOptions): Promise<{ daemon: Daemon, url: string }> {
+  const daemon = new Daemon(options.name, process.execPath, [options.entry, 'serve', '--config', options.configPath], {
+    cwd: options.cwd,
+    logPath: options.logPath,
+    stderrPath: options.stderrPath,
+    pipeStdout: true
+  })
+  const stdout = daemon.child.stdout
+  try {
+    if (stdout === null) throw new Error('no stdout pipe to the mirror')
+    const url = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the mirror did not log "listening" within ${options.timeoutMs} ms\n${options.tail()}`)), options.timeoutMs)
+      const watcher = new LineWatcher(line => {
+        const url = listeningUrl(line)
+        if (url === undefined) return
+        clearTimeout(timer)
+        resolve(url)
+      })
+      pipeline(stdout, watcher, createWriteStream(options.logPath)).catch(() => {})
+      void daemon.exited.then(code => {
+        clearTimeout(timer)
+        reject(new Error(`the mirror exited with ${String(code)} before listening\n${options.tail()}`))
+      })
+    })
+    return { daemon, url }
+  } catch (err) {
+    await daemon.stop()
+    throw err
+  }
 }

@@ -3,14 +3,11 @@
 // `import`, `stats`) and which `serve` serves. The air-gap test has two: a
 // connected one and an offline one whose upstreams do not exist.
 
-import { createWriteStream } from 'node:fs'
 import { access, mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { Transform, type TransformCallback } from 'node:stream'
-import { pipeline } from 'node:stream/promises'
 import type { Mirror, UpstreamEntry } from './mirror.js'
-import { MirrorProcess } from './mirror-process.js'
-import { Daemon, run, tailOf, type CommandResult } from './process.js'
+import { MirrorProcess, startMirrorDaemon } from './mirror-process.js'
+import { run, tailOf, type CommandResult, type Daemon } from './process.js'
 import { makeTempDir, removeTempDir } from './temp.js'
 
 export interface MirrorSiteOptions {
@@ -82,29 +79,18 @@ export class MirrorSite implements Mirror {
 
   /** Starts `serve`; ready once it logs "listening". */
   async serve (): Promise<void> {
-    const daemon = new Daemon(`registry-mirror ${this.dir}`, process.execPath, [MirrorProcess.entryPoint, 'serve', '--config', this.configPath], {
+    const { daemon, url } = await startMirrorDaemon({
+      name: `registry-mirror ${this.dir}`,
+      entry: MirrorProcess.entryPoint,
+      configPath: this.configPath,
       cwd: this.dir,
       logPath: this.logPath,
       stderrPath: this.stderrPath,
-      pipeStdout: true
+      timeoutMs: 30_000,
+      tail: () => this.tail()
     })
     this.#daemon = daemon
-    const stdout = daemon.child.stdout
-    if (stdout === null) throw new Error('no stdout pipe to the mirror')
-    this.#url = await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`the mirror did not log "listening" within 30 s\n${this.tail()}`)), 30_000)
-      const watcher = new Lines(line => {
-        const m = /"url":"(http:\/\/[^"]+)"/.exec(line)
-        if (m?.[1] === undefined || !line.includes('"msg":"listening"')) return
-        clearTimeout(timer)
-        resolve(m[1])
-      })
-      pipeline(stdout, watcher, createWriteStream(this.logPath)).catch(() => {})
-      void daemon.exited.then(code => {
-        clearTimeout(timer)
-        reject(new Error(`the mirror exited with ${String(code)} before listening\n${this.tail()}`))
-      })
-    })
+    this.#url = url
   }
 
   async close (): Promise<void> {
@@ -117,23 +103,5 @@ export class MirrorSite implements Mirror {
       `--- ${this.dir} stdout: ${this.logPath}\n${tailOf(this.logPath, lines)}`,
       `--- ${this.dir} stderr: ${this.stderrPath}\n${tailOf(this.stderrPath, lines)}`
     ].join('\n')
-  }
-}
-
-/** Calls onLine for every complete line going through, passing the bytes on unchanged. */
-class Lines extends Transform {
-  #partial = ''
-  readonly #onLine: (line: string) => void
-
-  constructor (onLine: (line: string) => void) {
-    super()
-    this.#onLine = onLine
-  }
-
-  override _transform (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    const lines = (this.#partial + chunk.toString('utf8')).split('\n')
-    this.#partial = lines.pop() ?? ''
-    for (const line of lines) this.#onLine(line)
-    callback(null, chunk)
   }
 }
