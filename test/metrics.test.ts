@@ -68,6 +68,44 @@ t.test('digest mismatches and evictions are counted', async t => {
   t.equal(sample(text, 'registry_mirror_evicted_bytes_total', { reason: 'space' }), 10_000)
 })
 
+t.test('token fetches, a retry after a dropped connection, clients joined to a download and pinned bytes are reported', async t => {
+  const fake = await startFakeRegistry({ auth: {} })
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url } })
+  const image = makeImage(fake, 'library/app', 'v1', { layers: [200_000, 300_000] })
+  const [dropped, shared] = [image.layerDigests[0] ?? '', image.layerDigests[1] ?? '']
+  const manifest = Buffer.from(await (await fetch(`${mirror.url}/v2/library/app/manifests/v1`)).arrayBuffer())
+
+  // Upstream drops the connection without answering once: the mirror asks again and serves the blob.
+  fake.setBlobFault(dropped, { kind: 'reset', times: 1 })
+  const retried = await fetch(`${mirror.url}/v2/library/app/blobs/${dropped}`)
+  t.equal(retried.status, 200)
+  t.equal((await retried.arrayBuffer()).byteLength, 200_000)
+  t.equal(fake.count('GET', `/blobs/${dropped}`), 2, 'asked twice upstream')
+
+  // Three clients on one download held half-way.
+  const gate = fake.gateBlob(shared, 100_000)
+  const responses = [1, 2, 3].map(async () => await fetch(`${mirror.url}/v2/library/app/blobs/${shared}`))
+  await gate.reached
+  await new Promise(resolve => setTimeout(resolve, 100))
+  const during = await (await fetch(`${mirror.url}/metrics`)).text()
+  t.equal(sample(during, 'registry_mirror_downloads_in_flight'), 1)
+  t.equal(sample(during, 'registry_mirror_download_clients'), 3)
+  gate.release()
+  for (const r of responses) t.equal((await (await r).arrayBuffer()).byteLength, 300_000)
+
+  mirror.index.addPin('docker.io/library/app', 'v1')
+  // The cache counts are computed at most once a second; the scrape above was within it.
+  await new Promise(resolve => setTimeout(resolve, 1100))
+  const text = await (await fetch(`${mirror.url}/metrics`)).text()
+  t.equal(sample(text, 'registry_mirror_upstream_token_fetches_total', { upstream: 'docker.io' }), 1, 'one token, reused')
+  t.equal(sample(text, 'registry_mirror_upstream_retries_total', { upstream: 'docker.io' }), 1)
+  t.equal(sample(text, 'registry_mirror_requests_total', { kind: 'blob', method: 'GET', outcome: 'joined' }), 2)
+  t.equal(sample(text, 'registry_mirror_requests_total', { kind: 'blob', method: 'GET', outcome: 'miss' }), 2)
+  t.equal(sample(text, 'registry_mirror_cache_pinned_bytes'), manifest.length + 200_000 + 300_000, 'the pinned image: its manifest and the layers cached (the config never was)')
+  t.equal(sample(text, 'registry_mirror_downloads_in_flight'), 0)
+})
+
 t.test('metrics on a separate listener, behind a bearer token', async t => {
   const fake = await startFakeRegistry()
   t.teardown(async () => await fake.close())

@@ -89,6 +89,8 @@ export type Fault =
   | { kind: 'stall', after: number, times?: number }
   /** An error answer with the OCI envelope (code chosen from the status) and extra headers. */
   | { kind: 'status', status: number, headers?: Record<string, string>, times?: number }
+  /** No answer: the connection is closed at once, as by a server dropping an idle keep-alive connection. */
+  | { kind: 'reset', times?: number }
   /** `bytesPerChunk` bytes every `intervalMs`, the first chunk at once. */
   | { kind: 'slow', bytesPerChunk: number, intervalMs: number, times?: number }
   /** `after` bytes (default half the body), then the rest waits for the gate's release(). */
@@ -284,7 +286,9 @@ interface ActiveFault {
 
 type FaultKind = Fault['kind']
 const BODY_KINDS: readonly FaultKind[] = ['corrupt', 'truncate', 'stall', 'slow', 'gate']
-const ALL_KINDS: readonly FaultKind[] = ['status', ...BODY_KINDS]
+/** Faults answered before a body is chosen. */
+const ANSWER_KINDS: readonly FaultKind[] = ['status', 'reset']
+const ALL_KINDS: readonly FaultKind[] = [...ANSWER_KINDS, ...BODY_KINDS]
 
 class FaultTable {
   readonly #faults = new Map<string, ActiveFault>()
@@ -352,8 +356,9 @@ function sendBytes (req: IncomingMessage, res: ServerResponse, status: number, h
   const fault = active.fault
   switch (fault.kind) {
     case 'status':
-      // Status faults are answered before a body is chosen; reaching here is a bug in the fake.
-      res.destroy(new Error('status fault reached the body writer'))
+    case 'reset':
+      // These are answered before a body is chosen; reaching here is a bug in the fake.
+      res.destroy(new Error(`${fault.kind} fault reached the body writer`))
       return
     case 'corrupt': {
       const bad = Buffer.from(bytes)
@@ -848,7 +853,7 @@ export class FakeRegistry {
     const faultKeys = [`${name}@${reference}`]
     if (digest !== undefined && digest !== reference) faultKeys.push(`${name}@${digest}`)
 
-    const statusFault = this.#manifestFaults.take(faultKeys, ['status'])
+    const statusFault = this.#manifestFaults.take(faultKeys, ANSWER_KINDS)
     if (statusFault !== undefined) {
       sendStatusFault(req, res, statusFault, rateHeaders)
       return
@@ -893,7 +898,7 @@ export class FakeRegistry {
       sendError(req, res, 400, 'DIGEST_INVALID', 'provided digest did not match uploaded content', { digest })
       return
     }
-    const statusFault = this.#blobFaults.take([digest], ['status'])
+    const statusFault = this.#blobFaults.take([digest], ANSWER_KINDS)
     if (statusFault !== undefined) {
       sendStatusFault(req, res, statusFault)
       return
@@ -925,7 +930,7 @@ export class FakeRegistry {
       sendNotFound(res)
       return
     }
-    const statusFault = this.#blobFaults.take([digest], ['status'])
+    const statusFault = this.#blobFaults.take([digest], ANSWER_KINDS)
     if (statusFault !== undefined) {
       sendStatusFault(req, res, statusFault)
       return
@@ -1044,6 +1049,10 @@ function parseRoute (path: string): Route | undefined {
 
 function sendStatusFault (req: IncomingMessage, res: ServerResponse, active: ActiveFault, headers: OutgoingHttpHeaders = {}): void {
   const fault = active.fault
+  if (fault.kind === 'reset') {
+    req.socket.destroy()
+    return
+  }
   if (fault.kind !== 'status') return
   sendError(req, res, fault.status, codeForStatus(fault.status), `injected fault: status ${fault.status}`, null, { ...headers, ...fault.headers })
 }
