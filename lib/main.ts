@@ -158,11 +158,12 @@ export async function createMirror (config: MirrorConfig, log: Logger, hooks: Mi
     const pinned = opened === undefined ? undefined : pinnedContent(opened.index)
     let pinnedBytes = 0
     for (const digest of pinned?.digests ?? []) pinnedBytes += opened?.index.getBlob(digest)?.size ?? opened?.index.getManifest(digest)?.size ?? 0
-    return { blobs: t?.blobs ?? 0, manifests: t?.manifests ?? 0, tags: t?.tags ?? 0, pinnedBytes }
+    return { bytes: (t?.blobBytes ?? 0) + (t?.manifestBytes ?? 0), blobs: t?.blobs ?? 0, manifests: t?.manifests ?? 0, tags: t?.tags ?? 0, pinnedBytes }
   })
   const metrics = config.metrics.enabled
     ? new Metrics({
-      usedBytes: () => opened?.usedBytes() ?? 0,
+      // From the index, so manifests cached since the last eviction pass count too.
+      usedBytes: () => counts().bytes,
       blobs: () => counts().blobs,
       manifests: () => counts().manifests,
       tags: () => counts().tags,

@@ -103,6 +103,7 @@ t.test('token fetches, a retry after a dropped connection, clients joined to a d
   t.equal(sample(text, 'registry_mirror_requests_total', { kind: 'blob', method: 'GET', outcome: 'joined' }), 2)
   t.equal(sample(text, 'registry_mirror_requests_total', { kind: 'blob', method: 'GET', outcome: 'miss' }), 2)
   t.equal(sample(text, 'registry_mirror_cache_pinned_bytes'), manifest.length + 200_000 + 300_000, 'the pinned image: its manifest and the layers cached (the config never was)')
+  t.equal(sample(text, 'registry_mirror_cache_bytes'), manifest.length + 200_000 + 300_000, 'manifests cached since start count in the bytes used')
   t.equal(sample(text, 'registry_mirror_downloads_in_flight'), 0)
 })
 
