@@ -1,8 +1,8 @@
 // The clients of the single-shot workloads: curl for a blob (C, writes to
 // /dev/null, so the client costs next to nothing) and skopeo for a whole image.
 
-import { run } from '../test/e2e/harness/process.js'
-import type { Skopeo } from '../test/e2e/harness/skopeo.js'
+import { run } from '../harness/process.js'
+import type { Skopeo } from '../harness/skopeo.js'
 
 export interface BlobPull {
   readonly status: number

@@ -4,11 +4,11 @@
 // blob is as large as its payload.
 
 import { join } from 'node:path'
-import { writeOciLayout, amd64, type Descriptor } from '../test/e2e/harness/oci-layout.js'
-import type { ReferenceRegistry } from '../test/e2e/harness/reference-registry.js'
-import { getManifest } from '../test/e2e/harness/registry-api.js'
-import type { Skopeo } from '../test/e2e/harness/skopeo.js'
-import { removeTempDir } from '../test/e2e/harness/temp.js'
+import { writeOciLayout, amd64, type Descriptor } from '../harness/oci-layout.js'
+import type { ReferenceRegistry } from '../harness/reference-registry.js'
+import { getManifest } from '../harness/registry-api.js'
+import type { Skopeo } from '../harness/skopeo.js'
+import { removeTempDir } from '../harness/temp.js'
 
 export interface ImagePlan {
   readonly repository: string

@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { cpus, release, totalmem } from 'node:os'
 import { join } from 'node:path'
-import { findOnPath } from '../test/e2e/harness/tools.js'
+import { findOnPath } from '../harness/tools.js'
 
 /** Each tool and the Debian package that provides it. */
 const TOOLS: ReadonlyArray<readonly [tool: string, pkg: string, why: string]> = [

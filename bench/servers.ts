@@ -6,10 +6,10 @@
 
 import { readFile, readdir, writeFile, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { Daemon } from '../test/e2e/harness/process.js'
-import { listeningUrl, MirrorProcess } from '../test/e2e/harness/mirror-process.js'
-import { freePort } from '../test/e2e/harness/ports.js'
-import { waitFor, WaitAborted } from '../test/e2e/harness/wait.js'
+import { Daemon } from '../harness/process.js'
+import { listeningUrl, MirrorProcess } from '../harness/mirror-process.js'
+import { freePort } from '../harness/ports.js'
+import { waitFor, WaitAborted } from '../harness/wait.js'
 
 export interface RegistryMirrorOptions {
   /** An empty directory of its own: config, logs, data. */

@@ -4,9 +4,9 @@
 // mirror makes in the background (distribution's proxy stores every cold blob
 // with a second GET of its own, which can end after the client's pull).
 
-import { isBlobGet, type RegistryRequest } from '../test/e2e/harness/access-log.js'
-import type { ReferenceRegistry } from '../test/e2e/harness/reference-registry.js'
-import { sleep } from '../test/e2e/harness/wait.js'
+import { isBlobGet, type RegistryRequest } from '../harness/access-log.js'
+import type { ReferenceRegistry } from '../harness/reference-registry.js'
+import { sleep } from '../harness/wait.js'
 import { ioBytes } from './proc.js'
 
 export interface UpstreamTraffic {

@@ -5,7 +5,7 @@
 
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { run } from '../test/e2e/harness/process.js'
+import { run } from '../harness/process.js'
 
 const REPORT_SCRIPT = `
 done = function(summary, latency, requests)

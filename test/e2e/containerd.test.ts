@@ -3,10 +3,10 @@
 // how the mirror tells docker.io from ghcr.io.
 
 import t from 'tap'
-import { requireTools } from './harness/tools.js'
-import { World } from './harness/world.js'
-import { Containerd } from './harness/containerd.js'
-import { pullScenario } from './harness/pull-scenario.js'
+import { requireTools } from '../../harness/tools.js'
+import { World } from '../../harness/world.js'
+import { Containerd } from '../../harness/containerd.js'
+import { pullScenario } from '../../harness/pull-scenario.js'
 
 const skip = requireTools(t, ['docker-registry', 'skopeo', 'containerd', 'ctr'], { root: true })
 

@@ -3,10 +3,10 @@
 // the default upstream.
 
 import t from 'tap'
-import { requireTools } from './harness/tools.js'
-import { World } from './harness/world.js'
-import { Dockerd } from './harness/dockerd.js'
-import { pullScenario } from './harness/pull-scenario.js'
+import { requireTools } from '../../harness/tools.js'
+import { World } from '../../harness/world.js'
+import { Dockerd } from '../../harness/dockerd.js'
+import { pullScenario } from '../../harness/pull-scenario.js'
 
 const skip = requireTools(t, ['docker-registry', 'skopeo', 'containerd', 'dockerd', 'docker'], { root: true })
 

@@ -4,10 +4,10 @@
 // "try TLS, then fall back to plain HTTP").
 
 import t from 'tap'
-import { requireTools } from './harness/tools.js'
-import { World } from './harness/world.js'
-import { Podman } from './harness/podman.js'
-import { pullScenario } from './harness/pull-scenario.js'
+import { requireTools } from '../../harness/tools.js'
+import { World } from '../../harness/world.js'
+import { Podman } from '../../harness/podman.js'
+import { pullScenario } from '../../harness/pull-scenario.js'
 
 const skip = requireTools(t, ['docker-registry', 'skopeo', 'podman'], { root: true })
 

@@ -3,12 +3,12 @@
 
 import t from 'tap'
 import { join } from 'node:path'
-import { requireTools } from './harness/tools.js'
-import { World, type TestImage } from './harness/world.js'
-import { Skopeo } from './harness/skopeo.js'
-import { makeTempDir, removeTempDir } from './harness/temp.js'
-import { pullScenario } from './harness/pull-scenario.js'
-import { mirrorKind } from './harness/mirror.js'
+import { requireTools } from '../../harness/tools.js'
+import { World, type TestImage } from '../../harness/world.js'
+import { Skopeo } from '../../harness/skopeo.js'
+import { makeTempDir, removeTempDir } from '../../harness/temp.js'
+import { pullScenario } from '../../harness/pull-scenario.js'
+import { mirrorKind } from '../../harness/mirror.js'
 
 const skip = requireTools(t, ['docker-registry', 'skopeo'])
 
