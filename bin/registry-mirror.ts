@@ -5,15 +5,15 @@ import { parseArgs } from 'node:util'
 import { formatBytes, gc, openCache, pin, stats, unpin, type CacheHandle } from '../lib/cli/maintenance.js'
 import { loadConfig } from '../lib/config/load.js'
 import type { MirrorConfig } from '../lib/config/types.js'
-import { ConfigError, RegistryError } from '../lib/errors.js'
+import { BundleInvalidError, ConfigError, ExportFailedError, ImageListError, RegistryError, UsageError } from '../lib/errors.js'
 import { createLogger } from '../lib/log.js'
 import { createMirror } from '../lib/main.js'
-import { ImageListError, resolveImages, routingFor } from '../lib/warm/image-list.js'
+import { resolveImages, routingFor } from '../lib/warm/image-list.js'
 import { parsePlatform, type PlatformSpec } from '../lib/warm/platform.js'
 import { createProgress } from '../lib/warm/progress.js'
 import { DEFAULT_CONCURRENCY, summarize, warm } from '../lib/warm/warm-command.js'
-import { ExportFailedError, exportBundle } from '../lib/warm/export.js'
-import { BundleInvalidError, importBundle } from '../lib/warm/import.js'
+import { exportBundle } from '../lib/warm/export.js'
+import { importBundle } from '../lib/warm/import.js'
 
 const USAGE = `usage: registry-mirror <command> [options]
 
@@ -51,8 +51,6 @@ mirror is serving it. Images may be written nginx, nginx:1.27,
 library/nginx@sha256:..., ghcr.io/org/app:v1; their registry must be one of
 the configured upstreams.
 `
-
-class UsageError extends Error {}
 
 async function main (argv: string[]): Promise<number> {
   let parsed

@@ -1,10 +1,17 @@
-// One class per OCI distribution error code, each with its HTTP status, so a
-// failure anywhere in the mirror can be answered with the spec's envelope by a
-// single piece of code (lib/http/errors.ts). Messages of RegistryErrors are
+// Every error class of the mirror, told apart with instanceof.
+//
+// RegistryErrors: one class per OCI distribution error code, each with its HTTP
+// status, so a failure anywhere in the mirror can be answered with the spec's
+// envelope by a single piece of code (lib/http/envelope.ts). Their messages are
 // meant for clients; anything else that escapes is a 500 UNKNOWN whose
 // internals stay in the log.
+//
+// The other classes are failures inside the mirror (content checks, the HTTP
+// response) and of its commands (config, warm, export, import, the CLI).
 
 export interface ErrorDetail { readonly [key: string]: unknown }
+
+// --- OCI distribution errors, answered to clients ---
 
 export abstract class RegistryError extends Error {
   abstract readonly code: string
@@ -37,33 +44,10 @@ export class TooManyRequestsError extends RegistryError { readonly code = 'TOOMA
 export class UnavailableError extends RegistryError { readonly code = 'UNAVAILABLE'; readonly status = 503 }
 /** The named registry is not one of the configured upstreams: the mirror is not an open proxy. */
 export class RegistryUnknownError extends RegistryError { readonly code = 'NAME_UNKNOWN'; readonly status = 404 }
+/** A path outside the distribution API. */
+export class NotFoundError extends RegistryError { readonly code = 'NOT_FOUND'; readonly status = 404 }
 
-/** An invalid configuration: every problem, each prefixed with its YAML path. */
-export class ConfigError extends Error {
-  readonly code = 'CONFIG_INVALID'
-  readonly problems: readonly string[]
-
-  constructor (source: string, problems: readonly string[]) {
-    super(problems.map(p => `${source}: ${p}`).join('\n'))
-    this.name = 'ConfigError'
-    this.problems = problems
-  }
-}
-
-/** The upstream answered in a way the mirror cannot use (bad bytes, unexpected status). */
-export class UpstreamError extends Error {
-  readonly code: string
-  readonly upstream: string
-  readonly status: number | undefined
-
-  constructor (upstream: string, code: string, message: string, status?: number) {
-    super(message)
-    this.name = 'UpstreamError'
-    this.upstream = upstream
-    this.code = code
-    this.status = status
-  }
-}
+// --- Inside the mirror ---
 
 /** Bytes from upstream did not match the digest or size they were asked for. */
 export class DigestMismatchError extends Error {
@@ -79,5 +63,88 @@ export class DigestMismatchError extends Error {
   }
 }
 
-/** A path outside the distribution API. */
-export class NotFoundError extends RegistryError { readonly code = 'NOT_FOUND'; readonly status = 404 }
+/** The client closed the connection before the whole body was written to it. */
+export class ResponseGoneError extends Error {
+  constructor () {
+    super('the client closed the connection before the body was sent')
+    this.name = 'ResponseGoneError'
+  }
+}
+
+// --- The commands ---
+
+/** An invalid configuration: every problem, each prefixed with its YAML path. */
+export class ConfigError extends Error {
+  readonly code = 'CONFIG_INVALID'
+  readonly problems: readonly string[]
+
+  constructor (source: string, problems: readonly string[]) {
+    super(problems.map(p => `${source}: ${p}`).join('\n'))
+    this.name = 'ConfigError'
+    this.problems = problems
+  }
+}
+
+/** Every problem with the images asked for (warm, export), one per line. */
+export class ImageListError extends Error {
+  readonly code = 'IMAGE_LIST_INVALID'
+  readonly problems: readonly string[]
+
+  constructor (problems: readonly string[]) {
+    super(problems.join('\n'))
+    this.name = 'ImageListError'
+    this.problems = problems
+  }
+}
+
+/** An answer of a running mirror (warm --server) that is not the content asked for, with the OCI code it gave. */
+export class MirrorAnswerError extends Error {
+  readonly code: string
+  readonly status: number
+
+  constructor (status: number, code: string, message: string) {
+    super(message)
+    this.name = 'MirrorAnswerError'
+    this.status = status
+    this.code = code
+  }
+}
+
+/** A tar stream that cannot be read (truncated, corrupt), or a name too long to write. */
+export class TarError extends Error {
+  readonly code = 'TAR_INVALID'
+}
+
+/** The bundle could not be written (a cached blob failed its check, the disk is full...); nothing is left under its name. */
+export class ExportFailedError extends Error {
+  readonly code = 'EXPORT_FAILED'
+
+  constructor (message: string) {
+    super(message)
+    this.name = 'ExportFailedError'
+  }
+}
+
+/** The bundle cannot be imported; the message names the entry and what is wrong with it. */
+export class BundleInvalidError extends Error {
+  readonly code = 'BUNDLE_INVALID'
+
+  constructor (message: string) {
+    super(message)
+    this.name = 'BundleInvalidError'
+  }
+}
+
+/** The command line is wrong: the CLI prints the message and the usage, and exits 2. */
+export class UsageError extends Error {}
+
+// --- Errors without a class ---
+
+/**
+ * The code of a Node system error (ENOENT, ENOSPC, ECONNRESET...) or of an
+ * undici one (UND_ERR_SOCKET): those have no class to test with instanceof.
+ */
+export function errnoCode (err: unknown): string | undefined {
+  if (typeof err !== 'object' || err === null || !('code' in err)) return undefined
+  return typeof err.code === 'string' ? err.code : undefined
+}

@@ -10,6 +10,7 @@ import { join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
 import type { CacheIndex } from '../db/cache-index.js'
+import { errnoCode } from '../errors.js'
 import { DIGEST_ALGORITHMS } from '../reference.js'
 import type { BlobStore } from '../store/blob-store.js'
 
@@ -105,7 +106,8 @@ async function listDir (path: string): Promise<string[]> {
   try {
     return await readdir(path)
   } catch (err) {
-    if (typeof err === 'object' && err !== null && 'code' in err && (err.code === 'ENOENT' || err.code === 'ENOTDIR')) return []
+    const code = errnoCode(err)
+    if (code === 'ENOENT' || code === 'ENOTDIR') return []
     throw err
   }
 }

@@ -5,6 +5,8 @@
 import { timingSafeEqual } from 'node:crypto'
 import Koa from 'koa'
 import Router from '@koa/router'
+import { UnauthorizedError } from '../errors.js'
+import { sendError } from './envelope.js'
 
 export interface OpsOptions {
   readonly metrics: { text: () => Promise<string>, contentType: string } | undefined
@@ -28,9 +30,8 @@ export function opsRouter<S> (options: OpsOptions): Router<S> {
   if (metrics !== undefined) {
     router.get('/metrics', async ctx => {
       if (options.token !== undefined && !bearerMatches(ctx.get('authorization'), options.token)) {
-        ctx.status = 401
-        ctx.set('WWW-Authenticate', 'Bearer realm="registry-mirror metrics"')
-        ctx.body = { errors: [{ code: 'UNAUTHORIZED', message: 'metrics need a bearer token', detail: null }] }
+        // Written here, not thrown: the separate ops app has no error middleware.
+        sendError(ctx, new UnauthorizedError('metrics need a bearer token', null, { 'WWW-Authenticate': 'Bearer realm="registry-mirror metrics"' }))
         return
       }
       ctx.type = metrics.contentType

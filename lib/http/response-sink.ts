@@ -5,16 +5,10 @@
 
 import type { ServerResponse } from 'node:http'
 import { Writable } from 'node:stream'
+import { ResponseGoneError } from '../errors.js'
 
 /** Bytes the sink queues behind the write under way before its source has to wait. */
 const QUEUED_BYTES = 1024 * 1024
-
-export class ResponseGoneError extends Error {
-  constructor () {
-    super('the client closed the connection before the body was sent')
-    this.name = 'ResponseGoneError'
-  }
-}
 
 export class ResponseSink extends Writable {
   readonly #res: ServerResponse

@@ -9,7 +9,7 @@ import type { AccessRecorder } from '../cache/access-recorder.js'
 import { BlobDownload } from '../cache/blob-download.js'
 import type { FileHasher } from '../cache/file-hasher.js'
 import type { CacheIndex } from '../db/cache-index.js'
-import { BlobUnknownError, UnavailableError } from '../errors.js'
+import { BlobUnknownError, DigestMismatchError, UnavailableError } from '../errors.js'
 import { isNotFound, type BlobStore } from '../store/blob-store.js'
 import { freeBytes, isDiskFull } from '../store/disk-space.js'
 import { DigestCheck } from '../store/digest-check.js'
@@ -203,7 +203,7 @@ export class BlobService {
         log.info({ digest, upstream: route.upstream, repository: route.name, bytes: download.written, ms: Date.now() - startedAt }, 'blob cached')
         this.#o.events?.onDownloadEnd?.(digest, 'ok', download.written, route.upstream)
       }, (err: unknown) => {
-        const mismatch = typeof err === 'object' && err !== null && 'code' in err && err.code === 'DIGEST_MISMATCH'
+        const mismatch = err instanceof DigestMismatchError
         const full = isDiskFull(err)
         log.error({ digest, upstream: route.upstream, repository: route.name, bytes: download.written, err: errorMessage(err) },
           mismatch

@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto'
 import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
+import { errnoCode } from '../errors.js'
 import { parseDigest } from '../reference.js'
 import { BufferPool } from './buffer-pool.js'
 import { FileReader } from './file-reader.js'
@@ -92,5 +93,5 @@ export class BlobStore {
 }
 
 export function isNotFound (err: unknown): boolean {
-  return typeof err === 'object' && err !== null && 'code' in err && err.code === 'ENOENT'
+  return errnoCode(err) === 'ENOENT'
 }

@@ -1,6 +1,7 @@
 // Free space on the volume that holds the cache.
 
 import { statfs } from 'node:fs/promises'
+import { errnoCode } from '../errors.js'
 
 /** Bytes available to this (unprivileged) process on the filesystem of `path`. */
 export async function freeBytes (path: string): Promise<number> {
@@ -9,5 +10,6 @@ export async function freeBytes (path: string): Promise<number> {
 }
 
 export function isDiskFull (err: unknown): boolean {
-  return typeof err === 'object' && err !== null && 'code' in err && (err.code === 'ENOSPC' || err.code === 'EDQUOT')
+  const code = errnoCode(err)
+  return code === 'ENOSPC' || code === 'EDQUOT'
 }

@@ -5,7 +5,7 @@
 import { Agent, request, type Dispatcher } from 'undici'
 import type { Logger } from 'pino'
 import type { UpstreamConfig } from '../config/types.js'
-import { DeniedError, RegistryError, TooManyRequestsError, UnavailableError } from '../errors.js'
+import { DeniedError, errnoCode, RegistryError, TooManyRequestsError, UnavailableError } from '../errors.js'
 import { parseChallenges, type Challenge } from './challenge.js'
 import { DEFAULT_TOKEN_LIFETIME_S, TokenCache } from './token-cache.js'
 
@@ -217,7 +217,7 @@ export class UpstreamClient {
   }
 
   #unavailable (err: unknown, url: URL): RegistryError {
-    const code = typeof err === 'object' && err !== null && 'code' in err ? String(err.code) : 'UNKNOWN'
+    const code = errnoCode(err) ?? 'UNKNOWN'
     this.#log.warn({ code, host: url.host, err: err instanceof Error ? err.message : String(err) }, 'upstream unreachable')
     return new UnavailableError(`upstream ${this.name} is unreachable`, { upstream: this.name, reason: code })
   }
@@ -248,6 +248,6 @@ function tokenFrom (body: unknown): { token: string, expiresIn: number } | undef
 }
 
 function isRetryable (err: unknown): boolean {
-  if (typeof err !== 'object' || err === null || !('code' in err)) return false
-  return err.code === 'ECONNRESET' || err.code === 'UND_ERR_SOCKET' || err.code === 'EPIPE'
+  const code = errnoCode(err)
+  return code === 'ECONNRESET' || code === 'UND_ERR_SOCKET' || code === 'EPIPE'
 }

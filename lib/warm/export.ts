@@ -16,6 +16,7 @@ import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
 import type { MirrorConfig } from '../config/types.js'
 import { LIVE_TEMP_AGE_MS } from '../cli/maintenance.js'
+import { ExportFailedError } from '../errors.js'
 import { readLimited } from '../read-limited.js'
 import { openMirrorCore, type MirrorCore } from '../main.js'
 import { MediaTypes, parseDigest } from '../reference.js'
@@ -35,16 +36,6 @@ export const REF_NAME = 'org.opencontainers.image.ref.name'
  * stays byte-exact under its own descriptor, listed first.
  */
 export const WRAPPER_FOR = 'io.registry-mirror.wrapper-for'
-
-/** The bundle could not be written (a cached blob failed its check, the disk is full...); nothing is left under its name. */
-export class ExportFailedError extends Error {
-  readonly code = 'EXPORT_FAILED'
-
-  constructor (message: string) {
-    super(message)
-    this.name = 'ExportFailedError'
-  }
-}
 
 export interface ExportOptions {
   readonly config: MirrorConfig

@@ -5,6 +5,7 @@
 
 import { readFile } from 'node:fs/promises'
 import type { MirrorConfig } from '../config/types.js'
+import { ImageListError } from '../errors.js'
 import { formatImageReference, parseImageReference, type ImageReference } from '../image-ref.js'
 import type { RoutingTable } from '../upstream/routing.js'
 
@@ -39,18 +40,6 @@ export async function readImageList (file: string): Promise<ListedImage[]> {
     throw new ImageListError([`${file}: cannot read the image list: ${err instanceof Error ? err.message : String(err)}`])
   }
   return parseImageList(text, file)
-}
-
-/** Every problem with the images asked for, one per line. */
-export class ImageListError extends Error {
-  readonly code = 'IMAGE_LIST_INVALID'
-  readonly problems: readonly string[]
-
-  constructor (problems: readonly string[]) {
-    super(problems.join('\n'))
-    this.name = 'ImageListError'
-    this.problems = problems
-  }
 }
 
 export interface RequestedImage {

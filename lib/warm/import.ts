@@ -14,6 +14,7 @@ import { join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
 import type { CacheIndex } from '../db/cache-index.js'
+import { BundleInvalidError, DigestMismatchError, RegistryUnknownError, TarError } from '../errors.js'
 import { formatImageReference, parseImageReference } from '../image-ref.js'
 import { MediaTypes, parseDigest } from '../reference.js'
 import type { BlobStore } from '../store/blob-store.js'
@@ -22,17 +23,7 @@ import { DigestCheck } from '../store/digest-check.js'
 import { parseManifest } from './descriptors.js'
 import { REF_NAME, WRAPPER_FOR } from './export.js'
 import type { ProgressRow } from './progress.js'
-import { readTar, TarError } from './tar.js'
-
-/** The bundle cannot be imported; the message names the entry and what is wrong with it. */
-export class BundleInvalidError extends Error {
-  readonly code = 'BUNDLE_INVALID'
-
-  constructor (message: string) {
-    super(message)
-    this.name = 'BundleInvalidError'
-  }
-}
+import { readTar } from './tar.js'
 
 export interface ImportOptions {
   readonly index: CacheIndex
@@ -122,8 +113,8 @@ async function readBundle (bundle: string, staging: string, progress: ProgressRo
       await pipeline(entry.body, check, createWriteStream(path, { flags: 'wx' }))
     } catch (err) {
       if (err instanceof TarError) throw err
-      if (typeof err === 'object' && err !== null && 'code' in err && err.code === 'DIGEST_MISMATCH') {
-        throw new BundleInvalidError(`bundle is corrupt: ${err instanceof Error ? err.message : String(err)}`)
+      if (err instanceof DigestMismatchError) {
+        throw new BundleInvalidError(`bundle is corrupt: ${err.message}`)
       }
       throw err
     }
@@ -225,7 +216,7 @@ async function planImport (read: ReadBundle, routing: RoutingTable): Promise<Pla
       ref = parseImageReference(refName, routing)
     } catch (err) {
       throw new BundleInvalidError(`${where}: image ${refName}: ${err instanceof Error ? err.message : String(err)}${
-        typeof err === 'object' && err !== null && 'code' in err && err.code === 'NAME_UNKNOWN' ? ` (configured: ${[...routing.upstreams].join(', ')})` : ''}`)
+        err instanceof RegistryUnknownError ? ` (configured: ${[...routing.upstreams].join(', ')})` : ''}`)
     }
     if (ref.digest !== undefined && ref.digest !== digest) throw new BundleInvalidError(`${where}: image ${refName} names digest ${ref.digest}, but the descriptor is ${digest}`)
     const size = typeof d.size === 'number' ? d.size : undefined

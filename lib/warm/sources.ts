@@ -4,6 +4,7 @@
 // and a blob as a stream that must be consumed or destroyed.
 
 import { createHash } from 'node:crypto'
+import { MirrorAnswerError } from '../errors.js'
 import { readLimited } from '../read-limited.js'
 import type { Readable } from 'node:stream'
 import { Agent, request } from 'undici'
@@ -44,19 +45,6 @@ export function coreSource (core: { readonly manifests: ManifestService, readonl
       return { cached: answer.outcome === 'hit', size: answer.size, body: answer.body }
     },
     close: async () => {}
-  }
-}
-
-/** An answer of the mirror that is not the content asked for, with the OCI code it gave. */
-export class MirrorAnswerError extends Error {
-  readonly code: string
-  readonly status: number
-
-  constructor (status: number, code: string, message: string) {
-    super(message)
-    this.name = 'MirrorAnswerError'
-    this.status = status
-    this.code = code
   }
 }
 

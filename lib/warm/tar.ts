@@ -3,11 +3,9 @@
 // header's checksum checked, and a bundle that ends before its end-of-archive
 // marker called truncated. Entry bodies are streamed, never held whole.
 
-export const BLOCK = 512
+import { TarError } from '../errors.js'
 
-export class TarError extends Error {
-  readonly code = 'TAR_INVALID'
-}
+export const BLOCK = 512
 
 /** A ustar header for a regular file (or a directory, with size 0). */
 export function tarHeader (name: string, size: number, type: 'file' | 'directory' = 'file', mtime = 0): Buffer {
