@@ -2,14 +2,16 @@
 // The command line: the only place that reads argv, prints and exits.
 
 import { parseArgs } from 'node:util'
-import { formatBytes, gc, openCache, pin, stats, unpin, type CacheHandle } from '../lib/cli/maintenance.js'
+import { formatBytes, gc, pin, stats, unpin } from '../lib/cli/maintenance.js'
 import { loadConfig } from '../lib/config/load.js'
 import type { MirrorConfig } from '../lib/config/types.js'
 import { BundleInvalidError, ConfigError, ExportFailedError, ImageListError, RegistryError, UsageError } from '../lib/errors.js'
 import { createLogger } from '../lib/log.js'
-import { createMirror } from '../lib/main.js'
-import { resolveImages, routingFor } from '../lib/warm/image-list.js'
-import { parsePlatform, type PlatformSpec } from '../lib/warm/platform.js'
+import { openCore, type MirrorCore } from '../lib/core.js'
+import { createMirror } from '../lib/server.js'
+import { resolveImages } from '../lib/warm/image-list.js'
+import { routingTable } from '../lib/upstream/routing.js'
+import { parsePlatform, type PlatformSpec } from '../lib/oci/platform.js'
 import { createProgress } from '../lib/warm/progress.js'
 import { DEFAULT_CONCURRENCY, summarize, warm } from '../lib/warm/warm-command.js'
 import { exportBundle } from '../lib/warm/export.js'
@@ -139,12 +141,12 @@ async function main (argv: string[]): Promise<number> {
     return await warmCommand(config, args, values.file ?? [], platforms, concurrency, values.pin === true, values.server)
   }
 
-  const log = createLogger(command === 'gc' ? config.log.level : 'warn', process.stderr)
-  const cache = await openCache(config)
+  if (command === 'gc') return await gcCommand(config, values['dry-run'] === true)
+  const core = await openCore(config, createLogger('warn', process.stderr))
   try {
-    return await maintenance(command, cache, config, log, args, values['dry-run'] === true, values.json === true)
+    return maintenance(command, core, config, args, values.json === true)
   } finally {
-    cache.close()
+    await core.close()
   }
 }
 
@@ -165,7 +167,7 @@ async function serve (config: MirrorConfig): Promise<number> {
 }
 
 async function warmCommand (config: MirrorConfig, args: string[], files: string[], platforms: PlatformSpec[], concurrency: number, pinImages: boolean, server: string | undefined): Promise<number> {
-  const images = await resolveImages(args, files, routingFor(config))
+  const images = await resolveImages(args, files, routingTable(config))
   const log = createLogger('warn', process.stderr)
   const progress = createProgress(process.stderr, server === undefined ? 'warming' : `warming through ${server}:`)
   const report = await warm({ config, log, images, platforms, concurrency, pin: pinImages, server, progress })
@@ -175,7 +177,7 @@ async function warmCommand (config: MirrorConfig, args: string[], files: string[
 }
 
 async function exportCommand (config: MirrorConfig, args: string[], files: string[], output: string, concurrency: number): Promise<number> {
-  const images = await resolveImages(args, files, routingFor(config))
+  const images = await resolveImages(args, files, routingTable(config))
   const log = createLogger('warn', process.stderr)
   let report
   try {
@@ -203,12 +205,11 @@ async function exportCommand (config: MirrorConfig, args: string[], files: strin
 }
 
 async function importCommand (config: MirrorConfig, bundle: string): Promise<number> {
-  const log = createLogger('warn', process.stderr)
-  const cache = await openCache(config)
+  const core = await openCore(config, createLogger('warn', process.stderr))
   const progress = createProgress(process.stderr, 'importing')
   const row = progress.row(bundle)
   try {
-    const report = await importBundle({ index: cache.index, store: cache.store, routing: cache.routing, log, bundle, progress: row })
+    const report = await importBundle({ cache: core.cache, routing: core.routing, log: createLogger('warn', process.stderr), bundle, progress: row })
     row.done(`${report.images.length} images`)
     progress.close()
     process.stdout.write(`imported ${report.images.length} images from ${bundle}: ${report.blobsAdded} blobs added, ${report.blobsPresent} already cached, ${report.manifests} manifests\n`)
@@ -223,31 +224,33 @@ async function importCommand (config: MirrorConfig, bundle: string): Promise<num
     }
     throw err
   } finally {
-    cache.close()
+    await core.close()
   }
 }
 
-async function maintenance (command: string, cache: CacheHandle, config: MirrorConfig, log: ReturnType<typeof createLogger>, args: string[], dryRun: boolean, json: boolean): Promise<number> {
+async function gcCommand (config: MirrorConfig, dryRun: boolean): Promise<number> {
+  const out = (line: string): void => { process.stdout.write(`${line}\n`) }
+  const { consistency: c, eviction: e } = await gc(config, createLogger(config.log.level, process.stderr), dryRun)
+  const verb = dryRun ? 'would remove' : 'removed'
+  out(`${dryRun ? 'dry run: ' : ''}checked ${c.blobsChecked} indexed blobs`)
+  out(`  temp files of interrupted downloads ${verb}: ${c.tempFilesRemoved}`)
+  out(`  index rows without a file ${dryRun ? 'would be dropped' : 'dropped'}: ${c.rowsDropped}`)
+  out(`  files without a row ${dryRun ? 'would be indexed' : 'indexed'} (verified): ${c.filesIndexed}`)
+  out(`  files not matching their digest ${verb}: ${c.filesRemoved}`)
+  out(`  evicted: ${e.removed} entries, ${formatBytes(e.bytes)} (age ${e.byReason.age.count}, size ${e.byReason.size.count})`)
+  out(`  cache now: ${formatBytes(e.usedBytes)}${config.storage.maxSize !== undefined ? ` of ${formatBytes(config.storage.maxSize)}` : ''}, pinned ${formatBytes(e.pinnedBytes)}`)
+  return 0
+}
+
+function maintenance (command: string, core: MirrorCore, config: MirrorConfig, args: string[], json: boolean): number {
   const out = (line: string): void => { process.stdout.write(`${line}\n`) }
   switch (command) {
-    case 'gc': {
-      const { consistency: c, eviction: e } = await gc(cache, config, log, dryRun)
-      const verb = dryRun ? 'would remove' : 'removed'
-      out(`${dryRun ? 'dry run: ' : ''}checked ${c.blobsChecked} indexed blobs`)
-      out(`  temp files of interrupted downloads ${verb}: ${c.tempFilesRemoved}`)
-      out(`  index rows without a file ${dryRun ? 'would be dropped' : 'dropped'}: ${c.rowsDropped}`)
-      out(`  files without a row ${dryRun ? 'would be indexed' : 'indexed'} (verified): ${c.filesIndexed}`)
-      out(`  files not matching their digest ${verb}: ${c.filesRemoved}`)
-      out(`  evicted: ${e.removed} entries, ${formatBytes(e.bytes)} (age ${e.byReason.age.count}, size ${e.byReason.size.count})`)
-      out(`  cache now: ${formatBytes(e.usedBytes)}${config.storage.maxSize !== undefined ? ` of ${formatBytes(config.storage.maxSize)}` : ''}, pinned ${formatBytes(e.pinnedBytes)}`)
-      return 0
-    }
     case 'pin':
-      for (const r of pin(cache, args)) out(`pinned ${r.image}${r.cached ? '' : ' (not cached yet: protected once pulled)'}`)
+      for (const r of pin(core, args)) out(`pinned ${r.image}${r.cached ? '' : ' (not cached yet: protected once pulled)'}`)
       return 0
     case 'unpin': {
       let missing = 0
-      for (const r of unpin(cache, args)) {
+      for (const r of unpin(core, args)) {
         if (r.wasPinned) out(`unpinned ${r.image}`)
         else {
           process.stderr.write(`registry-mirror: ${r.image} was not pinned\n`)
@@ -257,7 +260,7 @@ async function maintenance (command: string, cache: CacheHandle, config: MirrorC
       return missing > 0 ? 1 : 0
     }
     case 'stats': {
-      const s = stats(cache)
+      const s = stats(core)
       if (json) {
         out(JSON.stringify(s, null, 2))
         return 0

@@ -2,7 +2,7 @@
 // `library/nginx@sha256:...`, `ghcr.io/org/app:v1`, resolved against the
 // configured upstreams the way a pull through the mirror would be.
 
-import { parseDigest, parseManifestReference } from './reference.js'
+import { parseDigest, parseManifestReference } from './oci/reference.js'
 import { route, type Route, type RoutingTable } from './upstream/routing.js'
 
 export interface ImageReference extends Route {

@@ -2,21 +2,22 @@
 // how the cache answered, what it cost upstream, and what the cache holds.
 
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
-import type { RequestRecord } from './http/app.js'
+import type { DownloadResult, EvictedItem, MirrorEvents, RequestRecord, UncachedResult, UpstreamAnswer } from './events.js'
 
+/** What the gauges read, when Prometheus scrapes. */
 export interface CacheState {
-  usedBytes (): number
-  blobs (): number
-  manifests (): number
-  tags (): number
-  pinnedBytes (): number
-  downloadsInFlight (): number
-  downloadClients (): number
+  /** What the cache holds, from the index (read at most once a second). */
+  summary: () => { bytes: number, blobs: number, manifests: number, tags: number, pinnedBytes: number }
+  downloadsInFlight: () => number
+  downloadClients: () => number
 }
+
+/** How long one reading of the cache's summary serves the gauges. */
+const SUMMARY_MS = 1000
 
 const FROM_CACHE = new Set(['hit', 'stale', 'revalidated'])
 
-export class Metrics {
+export class Metrics implements MirrorEvents {
   readonly registry = new Registry()
   readonly #requests: Counter<'kind' | 'method' | 'outcome'>
   readonly #latency: Histogram<'kind' | 'outcome'>
@@ -29,8 +30,10 @@ export class Metrics {
   readonly #evictions: Counter<'reason'>
   readonly #evictedBytes: Counter<'reason'>
   readonly #uncached: Counter<'reason'>
+  #state: CacheState | undefined
+  #summary: { at: number, value: ReturnType<CacheState['summary']> } | undefined
 
-  constructor (state: CacheState) {
+  constructor () {
     const registers = [this.registry]
     this.#requests = new Counter({ name: 'registry_mirror_requests_total', help: 'Client requests by kind, method and cache outcome', labelNames: ['kind', 'method', 'outcome'], registers })
     this.#latency = new Histogram({
@@ -53,17 +56,32 @@ export class Metrics {
       // eslint-disable-next-line no-new -- registered by construction
       new Gauge({ name, help, registers, collect () { this.set(read()) } })
     }
-    gauge('registry_mirror_cache_bytes', 'Bytes of blobs and manifests in the cache', () => state.usedBytes())
-    gauge('registry_mirror_cache_blobs', 'Blobs in the cache', () => state.blobs())
-    gauge('registry_mirror_cache_manifests', 'Manifests in the cache', () => state.manifests())
-    gauge('registry_mirror_cache_tags', 'Tags in the cache', () => state.tags())
-    gauge('registry_mirror_cache_pinned_bytes', 'Bytes of pinned images', () => state.pinnedBytes())
-    gauge('registry_mirror_downloads_in_flight', 'Upstream blob downloads under way', () => state.downloadsInFlight())
-    gauge('registry_mirror_download_clients', 'Client responses streaming from downloads under way', () => state.downloadClients())
+    // From the index, so manifests cached since the last eviction pass count too.
+    gauge('registry_mirror_cache_bytes', 'Bytes of blobs and manifests in the cache', () => this.#read()?.bytes ?? 0)
+    gauge('registry_mirror_cache_blobs', 'Blobs in the cache', () => this.#read()?.blobs ?? 0)
+    gauge('registry_mirror_cache_manifests', 'Manifests in the cache', () => this.#read()?.manifests ?? 0)
+    gauge('registry_mirror_cache_tags', 'Tags in the cache', () => this.#read()?.tags ?? 0)
+    gauge('registry_mirror_cache_pinned_bytes', 'Bytes of pinned images', () => this.#read()?.pinnedBytes ?? 0)
+    gauge('registry_mirror_downloads_in_flight', 'Upstream blob downloads under way', () => this.#state?.downloadsInFlight() ?? 0)
+    gauge('registry_mirror_download_clients', 'Client responses streaming from downloads under way', () => this.#state?.downloadClients() ?? 0)
     collectDefaultMetrics({ register: this.registry })
   }
 
-  request (r: RequestRecord): void {
+  /** Where the gauges read from, once the cache is open. */
+  watch (state: CacheState): void {
+    this.#state = state
+    this.#summary = undefined
+  }
+
+  #read (): ReturnType<CacheState['summary']> | undefined {
+    const state = this.#state
+    if (state === undefined) return undefined
+    const now = Date.now()
+    if (this.#summary === undefined || now - this.#summary.at >= SUMMARY_MS) this.#summary = { at: now, value: state.summary() }
+    return this.#summary.value
+  }
+
+  requestFinished (r: RequestRecord): void {
     const outcome = r.outcome ?? (r.status >= 400 ? 'error' : 'none')
     this.#requests.inc({ kind: r.kind, method: r.method, outcome })
     this.#latency.observe({ kind: r.kind, outcome }, r.seconds)
@@ -72,17 +90,27 @@ export class Metrics {
     }
   }
 
-  upstreamResponse (upstream: string, kind: string, status: number): void { this.#upstreamRequests.inc({ upstream, kind, status: String(status) }) }
-  upstreamBytes (upstream: string, bytes: number): void { this.#upstreamBytes.inc({ upstream }, bytes) }
-  tokenFetch (upstream: string): void { this.#tokens.inc({ upstream }) }
-  retry (upstream: string): void { this.#retries.inc({ upstream }) }
-  digestMismatch (upstream: string): void { this.#mismatches.inc({ upstream }) }
-  evicted (reason: string, bytes: number): void {
-    this.#evictions.inc({ reason })
-    this.#evictedBytes.inc({ reason }, bytes)
+  upstreamResponse (answer: UpstreamAnswer): void { this.#upstreamRequests.inc({ upstream: answer.upstream, kind: answer.kind, status: String(answer.status) }) }
+  tokenFetched (upstream: string): void { this.#tokens.inc({ upstream }) }
+  upstreamRetried (upstream: string): void { this.#retries.inc({ upstream }) }
+  downloadStarted (): void {}
+
+  downloadEnded (_digest: string, upstream: string, result: DownloadResult, bytes: number): void {
+    this.#upstreamBytes.inc({ upstream }, bytes)
+    if (result === 'mismatch') this.#mismatches.inc({ upstream })
   }
 
-  uncached (reason: string): void { this.#uncached.inc({ reason }) }
+  uncachedStarted (_digest: string, _upstream: string, reason: string): void { this.#uncached.inc({ reason }) }
+
+  uncachedEnded (_digest: string, upstream: string, result: UncachedResult, bytes: number): void {
+    this.#upstreamBytes.inc({ upstream }, bytes)
+    if (result === 'mismatch') this.#mismatches.inc({ upstream })
+  }
+
+  evicted (item: EvictedItem): void {
+    this.#evictions.inc({ reason: item.reason })
+    this.#evictedBytes.inc({ reason: item.reason }, item.size)
+  }
 
   async text (): Promise<string> { return await this.registry.metrics() }
   get contentType (): string { return this.registry.contentType }

@@ -151,7 +151,7 @@ t.test('PUT, POST, PATCH and DELETE are 405 UNSUPPORTED and nothing is sent upst
     }
   }
   t.equal(upstreamRequests(), 0, 'upstream saw nothing')
-  t.same(mirror.index.repositories(), [], 'nothing cached')
+  t.same(mirror.cache.index.repositories(), [], 'nothing cached')
 })
 
 t.test('a GET or HEAD on the upload endpoints is 405 UNSUPPORTED too', async t => {
@@ -204,7 +204,7 @@ t.test('a bad repository name is 400 NAME_INVALID, and nothing reaches upstream 
     assertEnvelope(t, await send(mirror.url, 'GET', path), 400, 'NAME_INVALID', path)
   }
   t.equal(upstreamRequests(), 0, 'upstream saw nothing')
-  t.same(mirror.index.repositories(), [], 'nothing cached')
+  t.same(mirror.cache.index.repositories(), [], 'nothing cached')
 })
 
 t.test('a bad or unsupported digest is 400 DIGEST_INVALID, and nothing reaches upstream or the cache', async t => {
@@ -228,7 +228,7 @@ t.test('a bad or unsupported digest is 400 DIGEST_INVALID, and nothing reaches u
     assertEnvelope(t, await send(mirror.url, 'GET', path), 400, 'DIGEST_INVALID', path)
   }
   t.equal(upstreamRequests(), 0, 'upstream saw nothing')
-  t.same(mirror.index.repositories(), [], 'nothing cached')
+  t.same(mirror.cache.index.repositories(), [], 'nothing cached')
 })
 
 t.test('a bad tag is 400 MANIFEST_INVALID, and nothing reaches upstream or the cache', async t => {
@@ -239,7 +239,7 @@ t.test('a bad tag is 400 MANIFEST_INVALID, and nothing reaches upstream or the c
     t.equal((await send(mirror.url, 'HEAD', path)).status, 400, `HEAD ${path}`)
   }
   t.equal(upstreamRequests(), 0, 'upstream saw nothing')
-  t.same(mirror.index.repositories(), [], 'nothing cached')
+  t.same(mirror.cache.index.repositories(), [], 'nothing cached')
 })
 
 t.test('a bad n for a listing is 400 PAGINATION_NUMBER_INVALID, and nothing reaches upstream', async t => {
@@ -290,7 +290,7 @@ t.test('?ns=ghcr.io and a /v2/ghcr.io/ path prefix both reach the ghcr.io upstre
   t.equal(manifestByPrefix.status, 200, 'the manifest cached via ?ns= is found via the prefix')
   t.equal(ghcr.count('*', '/manifests/'), 1, 'from the cache')
   t.equal(docker.requests.length, 0, 'docker.io saw nothing')
-  t.same(mirror.index.repositories(), ['ghcr.io/org/app'])
+  t.same(mirror.cache.index.repositories(), ['ghcr.io/org/app'])
 })
 
 t.test('the same name without ns or prefix goes to the default upstream', async t => {
@@ -326,7 +326,7 @@ t.test('a registry that is not configured is refused with NAME_UNKNOWN without c
     assertEnvelope(t, await send(mirror.url, 'GET', path), 404, 'NAME_UNKNOWN', path)
   }
   t.equal(upstreamRequests(), 0)
-  t.same(mirror.index.repositories(), [])
+  t.same(mirror.cache.index.repositories(), [])
 })
 
 t.test('a mirror with no default upstream refuses requests that name no registry', async t => {

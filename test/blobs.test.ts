@@ -75,7 +75,7 @@ t.test('a cached blob is read into reused buffers: the next response allocates n
   const bytes = randomBytes(3 * 1024 * 1024 + 12_345) // several read chunks and a short last one
   const digest = fake.addBlob('library/app', bytes)
   await (await fetch(url + blobPath(digest))).arrayBuffer() // cached now
-  const pool = mirror.store.readBuffers
+  const pool = mirror.cache.store.readBuffers
   const first = await fetch(url + blobPath(digest))
   t.equal(first.headers.get('x-mirror-cache'), 'hit')
   t.ok(Buffer.from(await first.arrayBuffer()).equals(bytes), 'first hit intact')
@@ -121,7 +121,7 @@ t.test('clients leaving a cached blob mid-body leave the mirror serving it whole
   }
   const whole = await fetch(url + blobPath(digest))
   t.ok(Buffer.from(await whole.arrayBuffer()).equals(bytes))
-  t.ok(mirror.store.readBuffers.allocated <= 16, `read buffers stay few (${mirror.store.readBuffers.allocated})`)
+  t.ok(mirror.cache.store.readBuffers.allocated <= 16, `read buffers stay few (${mirror.cache.store.readBuffers.allocated})`)
 })
 
 t.test('a storage directory emptied under a running mirror: the next blob is fetched and cached again, not a 500', async t => {

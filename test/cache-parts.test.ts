@@ -1,5 +1,6 @@
 import t from 'tap'
-import { AccessRecorder, type AccessBatch } from '../lib/cache/access-recorder.js'
+import { AccessRecorder } from '../lib/cache/access-recorder.js'
+import type { AccessBatch } from '../lib/db/cache-index.js'
 import { Inflight } from '../lib/cache/inflight.js'
 import { PaginationNumberInvalidError } from '../lib/errors.js'
 import { paginate, parsePage } from '../lib/mirror/listings.js'

@@ -62,7 +62,7 @@ t.test('a blob larger than the free space is served from upstream uncached, veri
   t.equal(res.status, 200)
   const body = await readBody(res)
   t.ok('bytes' in body && body.bytes.equals(bytes), 'the pull succeeds with the right bytes')
-  t.equal(mirror.index.getBlob(digest), undefined, 'not cached')
+  t.equal(mirror.cache.index.getBlob(digest), undefined, 'not cached')
   t.ok(mirror.logs.some(l => l.msg === 'no room in the cache: serving the blob from upstream without caching it'), 'logged')
   t.equal((await fetch(`${mirror.url}/v2/`)).status, 200, 'still up')
   t.same(readdirSync(join(fs.path, 'data', 'tmp')), [], 'no temp file left')
@@ -81,8 +81,8 @@ t.test('when the disk is short of room, least recently used blobs are evicted to
   const digest = fake.addBlob('library/app', bytes)
   const body = await readBody(await fetch(`${mirror.url}/v2/library/app/blobs/${digest}`))
   t.ok('bytes' in body && body.bytes.equals(bytes))
-  t.equal(mirror.index.getBlob(old), undefined, 'the old blob was evicted to make room')
-  t.ok(mirror.index.getBlob(digest), 'the new one is cached')
+  t.equal(mirror.cache.index.getBlob(old), undefined, 'the old blob was evicted to make room')
+  t.ok(mirror.cache.index.getBlob(digest), 'the new one is cached')
 })
 
 t.test('the disk filling up in the middle of a download: that download is cut, nothing half-written stays, the retry succeeds', { skip }, async t => {

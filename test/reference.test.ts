@@ -1,6 +1,7 @@
 import t from 'tap'
 import { DigestInvalidError, ManifestInvalidError, NameInvalidError, RegistryError } from '../lib/errors.js'
-import { accepts, assertName, isDigest, isTag, isValidName, MediaTypes, parseDigest, parseManifestReference } from '../lib/reference.js'
+import { assertName, isDigest, isTag, isValidName, parseDigest, parseManifestReference } from '../lib/oci/reference.js'
+import { accepts, MediaTypes } from '../lib/oci/media-types.js'
 
 const HEX64 = 'a'.repeat(64)
 const HEX128 = 'b'.repeat(128)

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { CacheIndex } from '../lib/db/cache-index.js'
 import { parseImageList, resolveImages } from '../lib/warm/image-list.js'
-import { matchesPlatform, parsePlatform } from '../lib/warm/platform.js'
+import { matchesPlatform, parsePlatform } from '../lib/oci/platform.js'
 import { createProgress } from '../lib/warm/progress.js'
 import { auditStorage } from './helpers/audit.js'
 import { CLI, runCli, writeConfig } from './helpers/child-mirror.js'
@@ -189,7 +189,7 @@ t.test('--server warms through a running mirror, whose cache then serves a secon
   const first = await runCli(['warm', '--config', config, '--server', mirror.url, 'ghcr.io/org/app:v1'])
   t.equal(first.code, 0, first.stderr)
   for (const d of image.blobDigests) t.equal(fake.count('GET', `/blobs/${d}`), 1)
-  t.equal(mirror.index.getTag('ghcr.io/org/app', 'v1')?.digest, image.indexDigest, 'the running mirror cached it')
+  t.equal(mirror.cache.index.getTag('ghcr.io/org/app', 'v1')?.digest, image.indexDigest, 'the running mirror cached it')
   t.notOk(existsSync(join(storage, 'index.db')), 'the local data directory was not touched')
 
   fake.reset()

@@ -1,22 +1,14 @@
 // Last-access times are written in batches: a request only notes the time in
 // memory, and a timer (or close) applies every note in one transaction.
 
-export interface AccessBatch {
-  /** digest -> latest access time */
-  readonly blobs: ReadonlyMap<string, number>
-  readonly manifests: ReadonlyMap<string, number>
-  /** [digest, repository] pairs seen, so the index knows every repository that uses a blob or manifest */
-  readonly blobRepositories: ReadonlyArray<readonly [string, string]>
-  readonly manifestRepositories: ReadonlyArray<readonly [string, string]>
-  /** Counters to add to the persistent ones (hits, misses), for `registry-mirror stats`. */
-  readonly counters: ReadonlyMap<string, number>
-}
+import type { AccessBatch } from '../db/cache-index.js'
+import type { EventSink, RequestRecord } from '../events.js'
 
 export interface AccessSink {
   recordAccess (batch: AccessBatch): void
 }
 
-export class AccessRecorder {
+export class AccessRecorder implements EventSink {
   #blobs = new Map<string, number>()
   #manifests = new Map<string, number>()
   #blobRepositories = new Map<string, readonly [string, string]>()
@@ -47,6 +39,11 @@ export class AccessRecorder {
 
   count (name: string, by = 1): void {
     this.#counters.set(name, (this.#counters.get(name) ?? 0) + by)
+  }
+
+  /** Counts how blob and manifest requests were answered, for `registry-mirror stats`. */
+  requestFinished (record: RequestRecord): void {
+    if ((record.kind === 'blob' || record.kind === 'manifest') && record.outcome !== undefined) this.count(`${record.kind}.${record.outcome}`)
   }
 
   flush (): void {

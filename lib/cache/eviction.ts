@@ -5,11 +5,9 @@
 // (and fetches again); readers with the file already open keep reading it.
 
 import type { Logger } from 'pino'
-import type { CacheIndex } from '../db/cache-index.js'
-import type { BlobStore } from '../store/blob-store.js'
-import { pinnedContent } from './pins.js'
-
-export type EvictionReason = 'age' | 'size' | 'space'
+import type { EvictionReason, MirrorEvents } from '../events.js'
+import type { LocalCache } from './local-cache.js'
+import { pinnedBytes, pinnedContent } from './pins.js'
 
 export interface EvictionPolicy {
   /** Bytes; undefined = no size bound. */
@@ -31,15 +29,12 @@ export interface EvictionResult {
 }
 
 export interface EvictorOptions {
-  readonly index: CacheIndex
-  readonly store: BlobStore
+  readonly cache: LocalCache
   readonly policy: EvictionPolicy
   readonly log: Logger
   readonly now?: () => number
-  /** Called before a run, so batched last-access times are in the index. */
-  readonly flushAccess?: () => void
-  /** Called for each removal (metrics, hot-cache invalidation). */
-  readonly onRemoved?: (item: { kind: 'blob' | 'manifest', digest: string, size: number, reason: EvictionReason, tags: Array<{ repository: string, tag: string }> }) => void
+  /** Told of each removal. */
+  readonly events?: Pick<MirrorEvents, 'evicted'> | undefined
 }
 
 const BATCH = 500
@@ -88,33 +83,28 @@ export class Evictor {
   }
 
   async #pass (options: { needBytes?: number, dryRun?: boolean }): Promise<EvictionResult> {
-    const { index, policy, log } = this.#o
-    this.#o.flushAccess?.()
+    const { cache, policy, log } = this.#o
+    const index = cache.index
+    // Batched last-access times first, so the least recently used really are.
+    cache.access.flush()
     const pinned = pinnedContent(index)
     const totals = index.totals()
     let used = totals.blobBytes + totals.manifestBytes
     const byReason: Record<EvictionReason, { count: number, bytes: number }> = {
       age: { count: 0, bytes: 0 }, size: { count: 0, bytes: 0 }, space: { count: 0, bytes: 0 }
     }
-    let pinnedBytes = 0
-    for (const digest of pinned.digests) {
-      pinnedBytes += index.getBlob(digest)?.size ?? index.getManifest(digest)?.size ?? 0
-    }
+    const pinnedTotal = pinnedBytes(index, pinned)
     const remove = async (c: { kind: 'blob' | 'manifest', digest: string, size: number }, reason: EvictionReason): Promise<void> => {
       let tags: Array<{ repository: string, tag: string }> = []
       if (options.dryRun !== true) {
-        if (c.kind === 'blob') {
-          index.deleteBlob(c.digest)
-          await this.#o.store.delete(c.digest)
-        } else {
-          tags = index.deleteManifest(c.digest)
-        }
+        if (c.kind === 'blob') await cache.removeBlob(c.digest)
+        else tags = cache.removeManifest(c.digest)
       }
       used -= c.size
       log.info({ kind: c.kind, digest: c.digest, size: c.size, reason, dryRun: options.dryRun === true }, 'evicting')
       byReason[reason].count++
       byReason[reason].bytes += c.size
-      this.#o.onRemoved?.({ ...c, reason, tags })
+      this.#o.events?.evicted({ kind: c.kind, digest: c.digest, size: c.size, reason, tags })
     }
 
     // 1. Age: everything not accessed within maxAge.
@@ -158,8 +148,8 @@ export class Evictor {
         }
         await yieldToRequests()
       }
-      if (policy.maxSize !== undefined && used > policy.maxSize && pinnedBytes > 0) {
-        log.warn({ usedBytes: used, maxSize: policy.maxSize, pinnedBytes }, 'pinned images alone keep the cache above storage.maxSize; they are not evicted')
+      if (policy.maxSize !== undefined && used > policy.maxSize && pinnedTotal > 0) {
+        log.warn({ usedBytes: used, maxSize: policy.maxSize, pinnedBytes: pinnedTotal }, 'pinned images alone keep the cache above storage.maxSize; they are not evicted')
       }
     }
 
@@ -168,7 +158,7 @@ export class Evictor {
     if (removed > 0) {
       log.info({ removed, bytes, byReason, usedBytes: used, dryRun: options.dryRun === true }, 'evicted cache entries')
     }
-    return { removed, bytes, byReason, usedBytes: used, pinnedBytes }
+    return { removed, bytes, byReason, usedBytes: used, pinnedBytes: pinnedTotal }
   }
 }
 

@@ -1,8 +1,10 @@
 // What pins protect: for each pinned image, its manifest (or index), every
-// manifest an index names, and every config and layer blob they reference.
+// manifest an index names, and every config, layer and artifact blob they
+// reference (read by the one manifest parser, lib/oci/manifest.ts).
 
 import type { CacheIndex } from '../db/cache-index.js'
-import { isDigest } from '../reference.js'
+import { childrenOf } from '../oci/manifest.js'
+import { isDigest } from '../oci/reference.js'
 
 export interface PinnedContent {
   /** Digests of manifests and blobs no eviction may remove. */
@@ -19,8 +21,8 @@ export function pinnedContent (index: CacheIndex): PinnedContent {
     digests.add(digest)
     const manifest = index.getManifest(digest)
     if (manifest === undefined) return
-    for (const child of referencedDigests(manifest.content)) {
-      if (child.manifest) visit(child.digest)
+    for (const child of childrenOf(manifest.content)) {
+      if (child.kind === 'manifest') visit(child.digest)
       else digests.add(child.digest)
     }
   }
@@ -36,31 +38,9 @@ export function pinnedContent (index: CacheIndex): PinnedContent {
   return { digests, tags }
 }
 
-/** The descriptors a manifest or index names: child manifests of an index, config and layers of an image. */
-export function referencedDigests (content: Buffer): Array<{ digest: string, manifest: boolean }> {
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(content.toString('utf8'))
-  } catch {
-    return []
-  }
-  if (typeof parsed !== 'object' || parsed === null) return []
-  const out: Array<{ digest: string, manifest: boolean }> = []
-  const record = parsed as Record<string, unknown>
-  const take = (value: unknown, manifest: boolean): void => {
-    if (typeof value === 'object' && value !== null && 'digest' in value && typeof value.digest === 'string' && isDigest(value.digest)) {
-      out.push({ digest: value.digest, manifest })
-    }
-  }
-  if (Array.isArray(record.manifests)) for (const m of record.manifests) take(m, true)
-  take(record.config, false)
-  if (Array.isArray(record.layers)) for (const l of record.layers) take(l, false)
-  if (Array.isArray(record.blobs)) for (const b of record.blobs) take(b, false)
-  // Docker schema 1: fsLayers[].blobSum
-  if (Array.isArray(record.fsLayers)) {
-    for (const l of record.fsLayers) {
-      if (typeof l === 'object' && l !== null && 'blobSum' in l && typeof l.blobSum === 'string' && isDigest(l.blobSum)) out.push({ digest: l.blobSum, manifest: false })
-    }
-  }
-  return out
+/** Bytes the cache holds of pinned content. */
+export function pinnedBytes (index: CacheIndex, pinned: PinnedContent): number {
+  let bytes = 0
+  for (const digest of pinned.digests) bytes += index.getBlob(digest)?.size ?? index.getManifest(digest)?.size ?? 0
+  return bytes
 }

@@ -2,46 +2,28 @@
 // directory directly, whether or not a mirror is serving it: SQLite in WAL
 // mode lets both at the index, and files only ever appear by rename.
 
-import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { checkConsistency, type ConsistencyReport } from '../cache/consistency.js'
-import { Evictor, type EvictionResult } from '../cache/eviction.js'
-import { pinnedContent } from '../cache/pins.js'
+import type { ConsistencyReport } from '../cache/consistency.js'
+import type { EvictionResult } from '../cache/eviction.js'
+import { pinnedBytes, pinnedContent } from '../cache/pins.js'
 import type { MirrorConfig } from '../config/types.js'
-import { CacheIndex } from '../db/cache-index.js'
+import { openCore, type MirrorCore } from '../core.js'
 import { formatImageReference, parseImageReference } from '../image-ref.js'
-import { BlobStore } from '../store/blob-store.js'
-import type { RoutingTable } from '../upstream/routing.js'
-
-/** Temp files younger than this may belong to a download a running mirror is doing. */
-export const LIVE_TEMP_AGE_MS = 60 * 60 * 1000
-
-export interface CacheHandle {
-  readonly index: CacheIndex
-  readonly store: BlobStore
-  readonly routing: RoutingTable
-  close (): void
-}
-
-export async function openCache (config: MirrorConfig): Promise<CacheHandle> {
-  const store = new BlobStore(config.storage.path)
-  await store.init()
-  const index = new CacheIndex({ path: join(config.storage.path, 'index.db') })
-  const defaultUpstream = [...config.upstreams.values()].find(u => u.default)?.name
-  return { index, store, routing: { upstreams: new Set(config.upstreams.keys()), defaultUpstream }, close: () => index.close() }
-}
 
 export interface GcResult { consistency: ConsistencyReport, eviction: EvictionResult }
 
-export async function gc (cache: CacheHandle, config: MirrorConfig, log: Logger, dryRun: boolean): Promise<GcResult> {
-  const consistency = await checkConsistency({ index: cache.index, store: cache.store, log, dryRun, tempMinAgeMs: LIVE_TEMP_AGE_MS })
-  const evictor = new Evictor({ index: cache.index, store: cache.store, log, policy: config.storage })
-  const eviction = await evictor.run({ dryRun })
-  return { consistency, eviction }
+/** Opens the data directory with the consistency check only reported (dry run) or done, then evicts what the bounds say must go. */
+export async function gc (config: MirrorConfig, log: Logger, dryRun: boolean): Promise<GcResult> {
+  const core = await openCore(config, log, { dryRun })
+  try {
+    return { consistency: core.consistency, eviction: await core.evictor.run({ dryRun }) }
+  } finally {
+    await core.close()
+  }
 }
 
-export function pin (cache: CacheHandle, images: readonly string[]): Array<{ image: string, cached: boolean }> {
-  const refs = images.map(text => parseImageReference(text, cache.routing))
+export function pin ({ cache, routing }: MirrorCore, images: readonly string[]): Array<{ image: string, cached: boolean }> {
+  const refs = images.map(text => parseImageReference(text, routing))
   return refs.map(ref => {
     cache.index.addPin(ref.repository, ref.reference)
     const digest = ref.digest ?? cache.index.getTag(ref.repository, ref.reference)?.digest
@@ -49,8 +31,8 @@ export function pin (cache: CacheHandle, images: readonly string[]): Array<{ ima
   })
 }
 
-export function unpin (cache: CacheHandle, images: readonly string[]): Array<{ image: string, wasPinned: boolean }> {
-  const refs = images.map(text => parseImageReference(text, cache.routing))
+export function unpin ({ cache, routing }: MirrorCore, images: readonly string[]): Array<{ image: string, wasPinned: boolean }> {
+  const refs = images.map(text => parseImageReference(text, routing))
   return refs.map(ref => ({ image: formatImageReference(ref), wasPinned: cache.index.deletePin(ref.repository, ref.reference) }))
 }
 
@@ -71,11 +53,8 @@ export interface Stats {
   newestAccess: string | null
 }
 
-export function stats (cache: CacheHandle): Stats {
+export function stats ({ cache }: MirrorCore): Stats {
   const totals = cache.index.totals()
-  const pinned = pinnedContent(cache.index)
-  let pinnedBytes = 0
-  for (const digest of pinned.digests) pinnedBytes += cache.index.getBlob(digest)?.size ?? cache.index.getManifest(digest)?.size ?? 0
   const counters = cache.index.counters()
   const sum = (outcome: string): number => (counters.get(`blob.${outcome}`) ?? 0) + (counters.get(`manifest.${outcome}`) ?? 0)
   const requests = { hit: sum('hit'), miss: sum('miss'), joined: sum('joined'), stale: sum('stale'), revalidated: sum('revalidated'), error: sum('error') }
@@ -90,7 +69,7 @@ export function stats (cache: CacheHandle): Stats {
     tags: totals.tags,
     repositories: totals.repositories,
     pins: cache.index.pins().length,
-    pinnedBytes,
+    pinnedBytes: pinnedBytes(cache.index, pinnedContent(cache.index)),
     requests,
     hitRatio: served === 0 ? null : fromCache / served,
     oldestAccess: totals.oldestAccess === null ? null : new Date(totals.oldestAccess).toISOString(),

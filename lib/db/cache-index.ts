@@ -5,7 +5,18 @@
 
 import Database from 'better-sqlite3'
 import type { Database as DB, Statement } from 'better-sqlite3'
-import type { AccessBatch } from '../cache/access-recorder.js'
+
+/** Last-access times and counters gathered in memory, applied in one transaction. */
+export interface AccessBatch {
+  /** digest -> latest access time */
+  readonly blobs: ReadonlyMap<string, number>
+  readonly manifests: ReadonlyMap<string, number>
+  /** [digest, repository] pairs seen, so the index knows every repository that uses a blob or manifest */
+  readonly blobRepositories: ReadonlyArray<readonly [string, string]>
+  readonly manifestRepositories: ReadonlyArray<readonly [string, string]>
+  /** Counters to add to the persistent ones (hits, misses), for `registry-mirror stats`. */
+  readonly counters: ReadonlyMap<string, number>
+}
 
 export interface BlobRow { digest: string, size: number, mediaType: string | null, createdAt: number, accessedAt: number }
 export interface ManifestRow { digest: string, mediaType: string, size: number, content: Buffer }

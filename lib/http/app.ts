@@ -11,8 +11,9 @@ import type { BlobService } from '../mirror/blobs.js'
 import type { ListingService } from '../mirror/listings.js'
 import { parsePage } from '../mirror/listings.js'
 import type { ManifestService } from '../mirror/manifests.js'
-import type { CacheOutcome } from '../mirror/outcome.js'
-import { MediaTypes, parseDigest, parseManifestReference } from '../reference.js'
+import type { CacheOutcome, MirrorEvents, RequestKind } from '../events.js'
+import { parseDigest, parseManifestReference } from '../oci/reference.js'
+import { MediaTypes } from '../oci/media-types.js'
 import { route, type Route, type RoutingTable } from '../upstream/routing.js'
 import { sendError } from './envelope.js'
 import { ResponseSink } from './response-sink.js'
@@ -24,25 +25,14 @@ export interface AppState {
   upstream?: string
 }
 
-export type RequestKind = 'manifest' | 'blob' | 'tags' | 'referrers' | 'catalog' | 'other'
-
-export interface RequestRecord {
-  readonly method: string
-  readonly kind: RequestKind
-  readonly status: number
-  readonly outcome: CacheOutcome | 'error' | undefined
-  readonly seconds: number
-  readonly bytes: number
-}
-
 export interface AppOptions {
   readonly blobs: BlobService
   readonly manifests: ManifestService
   readonly listings: ListingService
   readonly routing: RoutingTable
   readonly log: Logger
-  /** Called once per finished request (metrics). */
-  readonly onRequest?: ((record: RequestRecord) => void) | undefined
+  /** Told of each finished request (metrics, the counters of `stats`). */
+  readonly events: Pick<MirrorEvents, 'requestFinished'>
   /** /metrics, /healthz, /readyz on this listener; undefined when they have their own. */
   readonly ops?: OpsOptions | undefined
   /** Takes each blob body chunk once the socket has it (read buffers go back to their pool). */
@@ -139,7 +129,7 @@ function requestLog (options: AppOptions) {
         cache: ctx.state.cache,
         upstream: ctx.state.upstream
       }, 'request')
-      options.onRequest?.({ method: ctx.method, kind: ctx.state.kind ?? 'other', status, outcome, seconds, bytes: bodyBytes })
+      options.events.requestFinished({ method: ctx.method, kind: ctx.state.kind ?? 'other', status, outcome, seconds, bytes: bodyBytes })
     })
     await next()
   }

@@ -5,18 +5,18 @@
 import type { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
-import type { AccessRecorder } from '../cache/access-recorder.js'
 import { BlobDownload } from '../cache/blob-download.js'
+import type { CacheSpace } from '../cache/eviction-schedule.js'
 import type { FileHasher } from '../cache/file-hasher.js'
-import type { CacheIndex } from '../db/cache-index.js'
 import { BlobUnknownError, DigestMismatchError, UnavailableError } from '../errors.js'
-import { isNotFound, type BlobStore } from '../store/blob-store.js'
-import { freeBytes, isDiskFull } from '../store/disk-space.js'
+import type { CacheOutcome, MirrorEvents } from '../events.js'
+import { contentLength, header } from '../oci/headers.js'
+import { isDiskFull } from '../store/disk-space.js'
 import { DigestCheck } from '../store/digest-check.js'
-import { header, passedThroughHeaders, type UpstreamClient } from '../upstream/client.js'
+import { passedThroughHeaders } from '../upstream/client.js'
 import type { Route } from '../upstream/routing.js'
-import type { CacheOutcome } from './outcome.js'
 import { parseRange, type ByteRange } from './range.js'
+import type { ServiceOptions } from './service-options.js'
 
 export interface BlobAnswer {
   readonly outcome: CacheOutcome
@@ -30,33 +30,18 @@ export interface BlobAnswer {
   readonly headers: Readonly<Record<string, string>>
 }
 
-export interface BlobEvents {
-  onDownloadStart?: (digest: string) => void
-  onDownloadEnd?: (digest: string, result: 'ok' | 'mismatch' | 'error' | 'disk-full', bytes: number, upstream: string) => void
-  /** A blob served straight from upstream because the disk has no room for it. */
-  onUncached?: (digest: string, reason: string) => void
-}
-
 /** Room kept free on the volume beyond the blob being written. */
 const SPACE_MARGIN = 4 * 1024 * 1024
 
 type Started =
   | { readonly kind: 'download', readonly download: BlobDownload }
-  | { readonly kind: 'bypass', readonly digest: string, readonly body: Readable, readonly size: number | undefined, claimed: boolean }
+  | { readonly kind: 'bypass', readonly digest: string, readonly upstream: string, readonly body: Readable, readonly size: number | undefined, claimed: boolean }
 
-export interface BlobServiceOptions {
-  readonly index: CacheIndex
-  readonly store: BlobStore
-  readonly upstream: (name: string) => UpstreamClient
-  readonly access: AccessRecorder
+export interface BlobServiceOptions extends ServiceOptions {
   readonly log: Logger
-  readonly events?: BlobEvents | undefined
-  /** Evicts until at least this many bytes are free on the volume (best effort). */
-  readonly makeRoom?: ((bytes: number) => Promise<void>) | undefined
-  /** Free bytes on the cache's volume; statfs unless a test says otherwise. */
-  readonly freeBytes?: ((path: string) => Promise<number>) | undefined
-  /** Never ask upstream: what the cache lacks is BLOB_UNKNOWN. */
-  readonly offline?: boolean | undefined
+  readonly events: MirrorEvents
+  /** Room on a full disk, and the count of bytes cached. */
+  readonly space: CacheSpace
   /** Hashes large downloads on a worker thread. */
   readonly hasher?: FileHasher | undefined
 }
@@ -104,7 +89,7 @@ export class BlobService {
     // Checked again: another request may have started the download while this one looked at the disk.
     const started = this.#downloads.get(digest)
     if (started !== undefined) return await this.#fromStarted(route, await started, 'joined', request)
-    if (this.#o.index.getBlob(digest) !== undefined) {
+    if (this.#o.cache.blob(digest) !== undefined) {
       const nowCached = await this.#fromCache(route, digest, request)
       if (nowCached !== undefined) return nowCached
     }
@@ -115,32 +100,24 @@ export class BlobService {
     if (started.kind === 'download') return await this.#fromDownload(started.download, outcome, request)
     if (!started.claimed && request.range === undefined && request.method === 'GET') {
       started.claimed = true
-      return this.#bypassAnswer(started.body, started.size, started.digest, outcome)
+      return this.#bypassAnswer(started.body, started.size, started.digest, started.upstream, outcome)
     }
     // The uncached body went to another client: this one gets its own.
     return await this.#passThrough(route, started.digest, request)
   }
 
   async #fromCache (route: Route, digest: string, request: { method: 'GET' | 'HEAD', range: string | undefined }): Promise<BlobAnswer | undefined> {
-    const row = this.#o.index.getBlob(digest)
+    const { cache } = this.#o
+    const row = cache.blob(digest)
     if (row === undefined) return undefined
     const range = parseRange(request.range, row.size)
     let body: Readable | undefined
-    let present = true
-    try {
-      if (request.method === 'GET') body = await this.#o.store.openRead(digest, range ?? { start: 0, end: row.size - 1 })
-      else present = await this.#o.store.size(digest) !== undefined
-    } catch (err) {
-      if (!isNotFound(err)) throw err
-      present = false
-    }
-    if (!present) {
-      // The index outlived the file (deleted by hand, lost in a crash): a miss, never a 500.
-      this.#o.log.warn({ digest }, 'indexed blob has no file; dropping the row')
-      this.#o.index.deleteBlob(digest)
+    if (request.method === 'GET') {
+      body = await cache.openBlob(row, range ?? { start: 0, end: row.size - 1 }, route.repository)
+      if (body === undefined) return undefined
+    } else if (!await cache.hasBlob(row, route.repository)) {
       return undefined
     }
-    this.#o.access.blob(digest, route.repository)
     return { outcome: 'hit', digest, size: row.size, range, body, headers: {} }
   }
 
@@ -158,7 +135,7 @@ export class BlobService {
   }
 
   #start (route: Route, digest: string): Promise<Started> {
-    const { store, index, log } = this.#o
+    const { cache, log, events } = this.#o
     const starting = (async (): Promise<Started> => {
       const client = this.#o.upstream(route.upstream)
       const res = await client.openBlob(route.name, digest)
@@ -172,13 +149,13 @@ export class BlobService {
       }
       const bypass = (reason: string): Started => {
         log.warn({ digest, upstream: route.upstream, repository: route.name, size: res.size ?? null, reason }, 'no room in the cache: serving the blob from upstream without caching it')
-        this.#o.events?.onUncached?.(digest, reason)
-        return { kind: 'bypass', digest, body: res.body, size: res.size, claimed: false }
+        events.uncachedStarted(digest, route.upstream, reason)
+        return { kind: 'bypass', digest, upstream: route.upstream, body: res.body, size: res.size, claimed: false }
       }
       if (!await this.#hasRoom(res.size)) return bypass('disk full')
       let temp
       try {
-        temp = await store.createTemp()
+        temp = await cache.createTemp()
       } catch (err) {
         if (isDiskFull(err)) return bypass('disk full')
         res.body.destroy()
@@ -188,20 +165,18 @@ export class BlobService {
         digest,
         size: res.size,
         temp,
-        commit: async (tempPath, size) => {
-          await store.commit(tempPath, digest)
-          index.putBlob(digest, size, route.repository, header(res.headers, 'content-type') ?? null)
-        },
-        discard: async (tempPath) => await store.discard(tempPath),
-        buffers: store.readBuffers,
+        commit: async (tempPath, size) => await cache.addBlob(tempPath, digest, size, route.repository, header(res.headers, 'content-type') ?? null),
+        discard: async (tempPath) => await cache.discardTemp(tempPath),
+        buffers: cache.store.readBuffers,
         hasher: this.#o.hasher
       })
-      this.#o.events?.onDownloadStart?.(digest)
+      events.downloadStarted(digest, route.upstream)
       this.#active.add(download)
       const startedAt = Date.now()
       download.run(res.body).then(() => {
         log.info({ digest, upstream: route.upstream, repository: route.name, bytes: download.written, ms: Date.now() - startedAt }, 'blob cached')
-        this.#o.events?.onDownloadEnd?.(digest, 'ok', download.written, route.upstream)
+        events.downloadEnded(digest, route.upstream, 'ok', download.written)
+        this.#o.space.stored(download.written)
       }, (err: unknown) => {
         const mismatch = err instanceof DigestMismatchError
         const full = isDiskFull(err)
@@ -209,8 +184,8 @@ export class BlobService {
           mismatch
             ? 'blob from upstream failed verification; nothing cached'
             : full ? 'disk full while caching a blob; nothing cached' : 'blob download failed; nothing cached')
-        this.#o.events?.onDownloadEnd?.(digest, mismatch ? 'mismatch' : full ? 'disk-full' : 'error', download.written, route.upstream)
-        if (full) void this.#o.makeRoom?.((download.size ?? download.written) + SPACE_MARGIN)
+        events.downloadEnded(digest, route.upstream, mismatch ? 'mismatch' : full ? 'disk-full' : 'error', download.written)
+        if (full) void this.#o.space.makeRoom((download.size ?? download.written) + SPACE_MARGIN)
       }).finally(() => {
         this.#active.delete(download)
         this.#downloads.delete(digest)
@@ -230,16 +205,16 @@ export class BlobService {
 
   /** Whether a blob of this size fits on the volume, evicting to make room if it does not. */
   async #hasRoom (size: number | undefined): Promise<boolean> {
-    const free = this.#o.freeBytes ?? freeBytes
+    const { store } = this.#o.cache
     let reserved = SPACE_MARGIN + (size ?? 0)
     for (const download of this.#active) {
       // Space the downloads under way will still take, at their announced sizes.
       reserved += Math.max(0, (download.size ?? 0) - download.written)
     }
-    const available = await free(this.#o.store.root).catch(() => Infinity)
+    const available = await store.freeBytes()
     if (available >= reserved) return true
-    await this.#o.makeRoom?.(reserved - available)
-    return await free(this.#o.store.root).catch(() => Infinity) >= reserved
+    await this.#o.space.makeRoom(reserved - available)
+    return await store.freeBytes() >= reserved
   }
 
   /** A fresh upstream GET served to one client, verified, not cached. */
@@ -252,15 +227,27 @@ export class BlobService {
         ? new BlobUnknownError('blob unknown to upstream', { digest })
         : new UnavailableError(`upstream ${route.upstream} answered HTTP ${res.status} for a blob`, { digest })
     }
-    this.#o.events?.onUncached?.(digest, 'disk full')
-    return this.#bypassAnswer(res.body, res.size, digest, 'miss')
+    this.#o.events.uncachedStarted(digest, route.upstream, 'disk full')
+    return this.#bypassAnswer(res.body, res.size, digest, route.upstream, 'miss')
   }
 
-  #bypassAnswer (body: Readable, size: number | undefined, digest: string, outcome: CacheOutcome): BlobAnswer {
-    // Uncached, still verified: the last chunk waits for the digest to check out.
+  #bypassAnswer (body: Readable, size: number | undefined, digest: string, upstream: string, outcome: CacheOutcome): BlobAnswer {
+    const { log, events } = this.#o
+    // Uncached, still verified: the last chunk waits for the digest to check out, and a
+    // mismatch destroys the stream, which cuts the client's connection.
     const verified = new DigestCheck(digest, size, { what: `blob ${digest} from upstream`, holdLast: true })
-    // The client's side of the pipe ends (or is cut) through Koa's own pipeline; this one only feeds it.
-    pipeline(body, verified).catch(() => {})
+    // The client's side of the pipe ends (or is cut) through the response's own pipeline; this one only feeds it.
+    pipeline(body, verified).then(() => {
+      events.uncachedEnded(digest, upstream, 'ok', verified.bytes)
+    }, (err: unknown) => {
+      if (err instanceof DigestMismatchError) {
+        log.error({ digest, upstream, bytes: verified.bytes, err: err.message }, 'blob served uncached failed verification; the client was cut off')
+        events.uncachedEnded(digest, upstream, 'mismatch', verified.bytes)
+      } else {
+        log.warn({ digest, upstream, bytes: verified.bytes, err: errorMessage(err) }, 'blob served uncached ended early')
+        events.uncachedEnded(digest, upstream, 'error', verified.bytes)
+      }
+    })
     return { outcome, digest, size, range: undefined, body: verified, headers: {} }
   }
 
@@ -270,9 +257,7 @@ export class BlobService {
     await res.body.dump()
     if (res.status === 404) throw new BlobUnknownError('blob unknown to upstream', { digest })
     if (res.status !== 200) throw new UnavailableError(`upstream ${route.upstream} answered HTTP ${res.status} for a blob`, { digest })
-    const length = header(res.headers, 'content-length')
-    const size = length !== undefined && /^\d+$/.test(length) ? Number(length) : undefined
-    return { outcome: 'miss', digest, size, range: undefined, body: undefined, headers: passedThroughHeaders(res.headers) }
+    return { outcome: 'miss', digest, size: contentLength(res.headers), range: undefined, body: undefined, headers: passedThroughHeaders(res.headers) }
   }
 }
 

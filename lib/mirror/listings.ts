@@ -2,13 +2,14 @@
 // upstream when it answers (they change), and from what the cache knows when
 // it does not.
 
-import type { CacheIndex } from '../db/cache-index.js'
 import { ManifestUnknownError, NameUnknownError, PaginationNumberInvalidError, RegistryError, UnavailableError } from '../errors.js'
-import { MediaTypes } from '../reference.js'
-import { header, passedThroughHeaders, type UpstreamClient } from '../upstream/client.js'
+import { MediaTypes } from '../oci/media-types.js'
+import { header } from '../oci/headers.js'
+import { passedThroughHeaders } from '../upstream/client.js'
 import type { Route } from '../upstream/routing.js'
 import { readLimited, type StoppableBody } from '../read-limited.js'
-import type { CacheOutcome } from './outcome.js'
+import type { CacheOutcome } from '../events.js'
+import type { ServiceOptions } from './service-options.js'
 
 const MAX_LISTING_BYTES = 16 * 1024 * 1024
 
@@ -22,13 +23,9 @@ export interface TagList {
   readonly headers: Readonly<Record<string, string>>
 }
 
-export interface ListingServiceOptions {
-  readonly index: CacheIndex
-  readonly upstream: (name: string) => UpstreamClient
+export interface ListingServiceOptions extends ServiceOptions {
+  /** How long a referrers answer is trusted without asking upstream. */
   readonly referrersTtl: number
-  readonly now?: () => number
-  /** Never ask upstream: tag lists and referrers come from the cache, whatever their age. */
-  readonly offline?: boolean | undefined
 }
 
 export function parsePage (n: string | undefined, last: string | undefined): Page {
@@ -63,7 +60,7 @@ export class ListingService {
     if (page.last !== undefined) query.set('last', page.last)
     const qs = query.size > 0 ? `?${query.toString()}` : ''
     if (this.#o.offline === true) {
-      const known = this.#o.index.listTags(route.repository)
+      const known = this.#o.cache.tags(route.repository)
       if (known.length === 0) throw new NameUnknownError('repository not in the cache, and this mirror is offline', { name: route.name })
       const { items, next } = paginate(known, page)
       return { tags: items, next, outcome: 'hit', headers: {} }
@@ -85,7 +82,7 @@ export class ListingService {
       return { tags, next, outcome: 'miss', headers: passedThroughHeaders(res.headers) }
     } catch (err) {
       if (err instanceof NameUnknownError || !(err instanceof RegistryError)) throw err
-      const known = this.#o.index.listTags(route.repository)
+      const known = this.#o.cache.tags(route.repository)
       if (known.length === 0) throw err
       const { items, next } = paginate(known, page)
       return { tags: items, next, outcome: 'stale', headers: {} }
@@ -94,7 +91,7 @@ export class ListingService {
 
   async referrers (route: Route, digest: string, artifactType: string | undefined): Promise<{ content: Buffer, outcome: CacheOutcome, filtered: boolean }> {
     const key = artifactType ?? ''
-    const cached = this.#o.index.getReferrers(route.repository, digest, key)
+    const cached = this.#o.cache.referrers(route.repository, digest, key)
     if (cached !== undefined && (this.#o.offline === true || this.#now() - cached.fetchedAt < this.#o.referrersTtl)) {
       return { content: cached.content, outcome: 'hit', filtered: key !== '' }
     }
@@ -119,7 +116,7 @@ export class ListingService {
         body.manifests = body.manifests.filter(m => isRecord(m) && m.artifactType === artifactType)
       }
       const content = Buffer.from(JSON.stringify(body))
-      this.#o.index.putReferrers(route.repository, digest, key, content)
+      this.#o.cache.putReferrers(route.repository, digest, key, content)
       return { content, outcome: 'miss', filtered: key !== '' }
     } catch (err) {
       if (cached === undefined || err instanceof ManifestUnknownError || !(err instanceof RegistryError)) throw err
@@ -128,7 +125,7 @@ export class ListingService {
   }
 
   catalog (page: Page): { repositories: string[], next: string | undefined } {
-    const { items, next } = paginate(this.#o.index.repositories(), page)
+    const { items, next } = paginate(this.#o.cache.repositories(), page)
     return { repositories: items, next }
   }
 }

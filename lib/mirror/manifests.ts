@@ -5,41 +5,31 @@
 // and served exactly as upstream sent them.
 
 import { createHash } from 'node:crypto'
-import type { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
-import type { AccessRecorder } from '../cache/access-recorder.js'
 import { Inflight } from '../cache/inflight.js'
-import type { CacheIndex } from '../db/cache-index.js'
+import type { Manifest } from '../cache/local-cache.js'
 import { ManifestInvalidError, ManifestUnknownError, RegistryError, SizeInvalidError, UnavailableError } from '../errors.js'
-import { accepts, MANIFEST_ACCEPT, MediaTypes, parseDigest, type ManifestReference } from '../reference.js'
-import { header, passedThroughHeaders, type UpstreamClient } from '../upstream/client.js'
+import { parseDigest, type ManifestReference } from '../oci/reference.js'
+import { accepts, MANIFEST_ACCEPT, MediaTypes } from '../oci/media-types.js'
+import type { CacheOutcome } from '../events.js'
+import { contentLength, header } from '../oci/headers.js'
+import { manifestMediaType, MAX_MANIFEST_BYTES } from '../oci/manifest.js'
+import { passedThroughHeaders } from '../upstream/client.js'
 import type { Route } from '../upstream/routing.js'
 import { readLimited } from '../read-limited.js'
-import type { CacheOutcome } from './outcome.js'
+import type { ServiceOptions } from './service-options.js'
 
-export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-
-export interface Manifest { readonly digest: string, readonly mediaType: string, readonly content: Buffer }
+export type { Manifest } from '../cache/local-cache.js'
 
 export interface ManifestAnswer extends Manifest {
   readonly outcome: CacheOutcome
   readonly headers: Readonly<Record<string, string>>
 }
 
-export type HotEntry =
-  | { readonly kind: 'manifest', readonly manifest: Manifest }
-  | { readonly kind: 'tag', readonly digest: string, readonly confirmedAt: number }
-
-export interface ManifestServiceOptions {
-  readonly index: CacheIndex
-  readonly upstream: (name: string) => UpstreamClient
-  readonly access: AccessRecorder
-  readonly hot: LRUCache<string, HotEntry>
+export interface ManifestServiceOptions extends ServiceOptions {
+  /** How long a tag's answer is trusted without asking upstream. */
   readonly tagTtl: number
   readonly log: Logger
-  readonly now?: () => number
-  /** Never ask upstream: tags are answered from the cache whatever their age, the rest is MANIFEST_UNKNOWN. */
-  readonly offline?: boolean | undefined
 }
 
 type Fetched = { manifest: Manifest, headers: Record<string, string>, outcome: CacheOutcome }
@@ -58,23 +48,12 @@ export class ManifestService {
     const answer = reference.kind === 'digest'
       ? await this.#byDigest(route, reference.digest, accept)
       : await this.#byTag(route, reference.tag, accept)
-    this.#o.access.manifest(answer.digest, route.repository)
+    this.#o.cache.access.manifest(answer.digest, route.repository)
     return answer
   }
 
-  /** A manifest the cache holds, from memory or the index. */
-  local (digest: string): Manifest | undefined {
-    const hot = this.#o.hot.get(`m:${digest}`)
-    if (hot?.kind === 'manifest') return hot.manifest
-    const row = this.#o.index.getManifest(digest)
-    if (row === undefined) return undefined
-    const manifest: Manifest = { digest: row.digest, mediaType: row.mediaType, content: row.content }
-    this.#o.hot.set(`m:${digest}`, { kind: 'manifest', manifest })
-    return manifest
-  }
-
   async #byDigest (route: Route, digest: string, accept: string | undefined): Promise<ManifestAnswer> {
-    const local = this.local(digest)
+    const local = this.#o.cache.manifest(digest)
     if (local !== undefined) return { ...local, outcome: 'hit', headers: {} }
     if (this.#o.offline === true) throw new ManifestUnknownError('manifest not in the cache, and this mirror is offline', { digest })
     const { promise, joined } = this.#flights.run(`d:${route.upstream}:${digest}`, async () => {
@@ -87,8 +66,8 @@ export class ManifestService {
   }
 
   async #byTag (route: Route, tag: string, accept: string | undefined): Promise<ManifestAnswer> {
-    const known = this.#tag(route.repository, tag)
-    const cached = known === undefined ? undefined : this.local(known.digest)
+    const known = this.#o.cache.tag(route.repository, tag)
+    const cached = known === undefined ? undefined : this.#o.cache.manifest(known.digest)
     if (this.#o.offline === true) return this.#offlineTag(tag, cached, accept)
     let result: Fetched
     let joined = false
@@ -123,15 +102,6 @@ export class ManifestService {
     return { ...cached, outcome: 'hit', headers: {} }
   }
 
-  #tag (repository: string, tag: string): { digest: string, confirmedAt: number } | undefined {
-    const hot = this.#o.hot.get(`t:${repository}:${tag}`)
-    if (hot?.kind === 'tag') return hot
-    const row = this.#o.index.getTag(repository, tag)
-    if (row === undefined) return undefined
-    this.#o.hot.set(`t:${repository}:${tag}`, { kind: 'tag', digest: row.digest, confirmedAt: row.confirmedAt })
-    return row
-  }
-
   async #resolveTag (route: Route, tag: string): Promise<Fetched> {
     const fetched = await this.#fetch(route, tag, MANIFEST_ACCEPT)
     this.#store(route, fetched.manifest, tag)
@@ -151,8 +121,7 @@ export class ManifestService {
     const headers = passedThroughHeaders(res.headers)
     if (res.status === 404) {
       // Upstream says the tag is gone: so is ours.
-      this.#o.index.deleteTag(route.repository, tag)
-      this.#o.hot.delete(`t:${route.repository}:${tag}`)
+      this.#o.cache.deleteTag(route.repository, tag)
       throw new ManifestUnknownError('manifest unknown to upstream', { tag })
     }
     if (res.status !== 200) {
@@ -161,13 +130,11 @@ export class ManifestService {
     }
     const digest = header(res.headers, 'docker-content-digest')
     if (digest === cached.digest) {
-      const now = this.#now()
-      this.#o.index.confirmTag(route.repository, tag, now)
-      this.#o.hot.set(`t:${route.repository}:${tag}`, { kind: 'tag', digest, confirmedAt: now })
+      this.#o.cache.confirmTag(route.repository, tag, digest)
       return { manifest: cached, headers, outcome: 'revalidated' }
     }
     // The tag moved (or upstream did not say where): fetch it; if that fails, the old answer still stands.
-    const known = digest === undefined ? undefined : this.local(digest)
+    const known = digest === undefined ? undefined : this.#o.cache.manifest(digest)
     if (known !== undefined) {
       this.#store(route, known, tag)
       return { manifest: known, headers, outcome: 'revalidated' }
@@ -199,14 +166,14 @@ export class ManifestService {
       await res.body.dump()
       throw new UnavailableError(`upstream ${route.upstream} answered HTTP ${res.status} for a manifest`, { reference })
     }
-    const length = Number(header(res.headers, 'content-length') ?? '0')
+    const length = contentLength(res.headers) ?? 0
     if (length > MAX_MANIFEST_BYTES) {
       res.body.destroy()
       throw new SizeInvalidError(`manifest is larger than ${MAX_MANIFEST_BYTES} bytes`, { reference, size: length })
     }
     const content = await readLimited(res.body, MAX_MANIFEST_BYTES)
     if (content === undefined) throw new SizeInvalidError(`manifest is larger than ${MAX_MANIFEST_BYTES} bytes`, { reference })
-    const mediaType = mediaTypeOf(header(res.headers, 'content-type'), content)
+    const mediaType = manifestMediaType(header(res.headers, 'content-type'), content)
     const algorithm = reference.includes(':') ? parseDigest(reference).algorithm : 'sha256'
     const digest = `${algorithm}:${createHash(algorithm).update(content).digest('hex')}`
     if (reference.includes(':') && digest !== reference) {
@@ -222,27 +189,8 @@ export class ManifestService {
   }
 
   #store (route: Route, manifest: Manifest, tag?: string): void {
-    this.#o.index.putManifest(route.repository, manifest, tag)
-    this.#o.hot.set(`m:${manifest.digest}`, { kind: 'manifest', manifest })
-    if (tag !== undefined) {
-      this.#o.hot.set(`t:${route.repository}:${tag}`, { kind: 'tag', digest: manifest.digest, confirmedAt: this.#now() })
-    }
+    this.#o.cache.putManifest(route.repository, manifest, tag)
   }
-}
-
-/** The media type upstream named, or the one the manifest names itself, or Docker schema 2 as registries assume. */
-function mediaTypeOf (contentType: string | undefined, content: Buffer): string {
-  const named = contentType?.split(';')[0]?.trim()
-  if (named !== undefined && named !== '' && named !== 'application/json' && named !== 'text/plain' && named !== 'application/octet-stream') return named
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(content.toString('utf8'))
-  } catch {
-    throw new ManifestInvalidError('upstream sent a manifest that is not JSON')
-  }
-  if (typeof parsed === 'object' && parsed !== null && 'mediaType' in parsed && typeof parsed.mediaType === 'string') return parsed.mediaType
-  if (typeof parsed === 'object' && parsed !== null && 'manifests' in parsed) return MediaTypes.ociIndex
-  return named === undefined || named === '' ? MediaTypes.ociManifest : named
 }
 
 /** The client's Accept plus every type the mirror can cache, so a by-digest fetch is never refused for its type. */

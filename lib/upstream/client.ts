@@ -5,6 +5,8 @@
 import { Agent, request, type Dispatcher } from 'undici'
 import type { Logger } from 'pino'
 import type { UpstreamConfig } from '../config/types.js'
+import type { MirrorEvents } from '../events.js'
+import { contentLength, header, type HeaderMap } from '../oci/headers.js'
 import { DeniedError, errnoCode, RegistryError, TooManyRequestsError, UnavailableError } from '../errors.js'
 import { parseChallenges, type Challenge } from './challenge.js'
 import { DEFAULT_TOKEN_LIFETIME_S, TokenCache } from './token-cache.js'
@@ -12,7 +14,7 @@ import { DEFAULT_TOKEN_LIFETIME_S, TokenCache } from './token-cache.js'
 const MAX_REDIRECTS = 5
 const PASSED_THROUGH = ['ratelimit-limit', 'ratelimit-remaining', 'docker-ratelimit-source']
 
-type Headers = Record<string, string | string[] | undefined>
+type Headers = HeaderMap
 
 export interface UpstreamResponse {
   readonly status: number
@@ -30,22 +32,11 @@ export function passedThroughHeaders (headers: Headers): Record<string, string> 
   return out
 }
 
-export function header (headers: Headers, name: string): string | undefined {
-  const v = headers[name]
-  return Array.isArray(v) ? v[0] : v
-}
-
-export interface UpstreamEvents {
-  /** Every request that got an answer from upstream (including token fetches). */
-  onResponse?: (info: { upstream: string, kind: string, method: string, status: number }) => void
-  onTokenFetch?: (upstream: string) => void
-  onRetry?: (upstream: string) => void
-}
 
 export interface UpstreamClientOptions {
   readonly config: UpstreamConfig
   readonly log: Logger
-  readonly events?: UpstreamEvents | undefined
+  readonly events: Pick<MirrorEvents, 'upstreamResponse' | 'tokenFetched' | 'upstreamRetried'>
   readonly now?: () => number
 }
 
@@ -56,7 +47,7 @@ export class UpstreamClient {
   readonly #log: Logger
   readonly #tokens: TokenCache
   readonly #tokenFetches = new Map<string, Promise<string>>()
-  readonly #events: UpstreamEvents
+  readonly #events: Pick<MirrorEvents, 'upstreamResponse' | 'tokenFetched' | 'upstreamRetried'>
   #basic: string | undefined
 
   constructor (options: UpstreamClientOptions) {
@@ -64,7 +55,7 @@ export class UpstreamClient {
     this.name = options.config.name
     this.#log = options.log.child({ upstream: this.name })
     this.#tokens = new TokenCache(options.now)
-    this.#events = options.events ?? {}
+    this.#events = options.events
     this.#agent = new Agent({
       connect: { timeout: options.config.connectTimeout },
       headersTimeout: options.config.headersTimeout,
@@ -96,13 +87,13 @@ export class UpstreamClient {
       } catch (err) {
         if (!retried && isRetryable(err)) {
           retried = true
-          this.#events.onRetry?.(this.name)
+          this.#events.upstreamRetried(this.name)
           hop--
           continue
         }
         throw this.#unavailable(err, url)
       }
-      this.#events.onResponse?.({ upstream: this.name, kind: options.kind, method, status: res.statusCode })
+      this.#events.upstreamResponse({ upstream: this.name, kind: options.kind, method, status: res.statusCode })
       const status = res.statusCode
       if (status === 401 && sameOrigin && !authTried) {
         authTried = true
@@ -146,9 +137,7 @@ export class UpstreamClient {
   /** The body of a successful GET as a stream, with its announced length. */
   async openBlob (repository: string, digest: string): Promise<{ status: number, body: UpstreamResponse['body'], size: number | undefined, headers: Headers }> {
     const res = await this.send('GET', `/v2/${repository}/blobs/${digest}`, { repository, kind: 'blob' })
-    const length = header(res.headers, 'content-length')
-    const size = length !== undefined && /^\d+$/.test(length) ? Number(length) : undefined
-    return { status: res.status, body: res.body, size, headers: res.headers }
+    return { status: res.status, body: res.body, size: contentLength(res.headers), headers: res.headers }
   }
 
   #cachedAuthorization (scopeKey: string): string | undefined {
@@ -192,14 +181,14 @@ export class UpstreamClient {
     if (scope !== undefined) for (const s of scope.split(' ')) url.searchParams.append('scope', s)
     const headers: Record<string, string> = { 'user-agent': 'registry-mirror', accept: 'application/json' }
     if (this.#config.username !== undefined) headers.authorization = basicAuthorization(this.#config.username, this.#config.password ?? '')
-    this.#events.onTokenFetch?.(this.name)
+    this.#events.tokenFetched(this.name)
     let res: Dispatcher.ResponseData
     try {
       res = await request(url, { method: 'GET', headers, dispatcher: this.#agent })
     } catch (err) {
       throw this.#unavailable(err, url)
     }
-    this.#events.onResponse?.({ upstream: this.name, kind: 'token', method: 'GET', status: res.statusCode })
+    this.#events.upstreamResponse({ upstream: this.name, kind: 'token', method: 'GET', status: res.statusCode })
     if (res.statusCode === 401 || res.statusCode === 403) {
       await res.body.dump()
       throw new DeniedError(`upstream ${this.name} refused the mirror's credentials`, { upstream: this.name, status: res.statusCode })

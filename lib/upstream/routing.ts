@@ -4,8 +4,9 @@
 // default upstream. A registry that is not configured is refused: the mirror
 // never becomes an open proxy.
 
+import type { MirrorConfig } from '../config/types.js'
 import { NameInvalidError, RegistryUnknownError } from '../errors.js'
-import { assertName } from '../reference.js'
+import { assertName } from '../oci/reference.js'
 
 export interface Route {
   /** The configured upstream's key, e.g. `docker.io`. */
@@ -19,6 +20,11 @@ export interface Route {
 export interface RoutingTable {
   readonly upstreams: ReadonlySet<string>
   readonly defaultUpstream: string | undefined
+}
+
+/** The configured upstreams and the default one, as routing needs them. */
+export function routingTable (config: Pick<MirrorConfig, 'upstreams'>): RoutingTable {
+  return { upstreams: new Set(config.upstreams.keys()), defaultUpstream: [...config.upstreams.values()].find(u => u.default)?.name }
 }
 
 /** A first path component that names a registry host rather than a namespace. */

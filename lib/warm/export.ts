@@ -15,11 +15,11 @@ import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
 import type { MirrorConfig } from '../config/types.js'
-import { LIVE_TEMP_AGE_MS } from '../cli/maintenance.js'
 import { ExportFailedError } from '../errors.js'
 import { readLimited } from '../read-limited.js'
-import { openMirrorCore, type MirrorCore } from '../main.js'
-import { MediaTypes, parseDigest } from '../reference.js'
+import { openCore, type MirrorCore } from '../core.js'
+import { parseDigest } from '../oci/reference.js'
+import { MediaTypes } from '../oci/media-types.js'
 import type { Route } from '../upstream/routing.js'
 import type { RequestedImage } from './image-list.js'
 import type { Progress, ProgressRow } from './progress.js'
@@ -57,7 +57,7 @@ export interface ExportReport {
 }
 
 export async function exportBundle (options: ExportOptions): Promise<ExportReport> {
-  const core = await openMirrorCore(options.config, options.log, { tempMinAgeMs: LIVE_TEMP_AGE_MS })
+  const core = await openCore(options.config, options.log)
   try {
     const fetching = options.progress('fetching')
     let results: WarmResult[]

@@ -4,16 +4,11 @@
 // not an upstream stops the run with every problem named, not halfway.
 
 import { readFile } from 'node:fs/promises'
-import type { MirrorConfig } from '../config/types.js'
 import { ImageListError } from '../errors.js'
 import { formatImageReference, parseImageReference, type ImageReference } from '../image-ref.js'
 import type { RoutingTable } from '../upstream/routing.js'
 
 /** The routing a pull through this config's mirror would use. */
-export function routingFor (config: MirrorConfig): RoutingTable {
-  return { upstreams: new Set(config.upstreams.keys()), defaultUpstream: [...config.upstreams.values()].find(u => u.default)?.name }
-}
-
 export interface ListedImage {
   readonly text: string
   /** Where it was written: `images.txt:3`, or `argument 2`. */

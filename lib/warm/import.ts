@@ -13,21 +13,20 @@ import { mkdir, readFile, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
-import type { CacheIndex } from '../db/cache-index.js'
+import type { LocalCache } from '../cache/local-cache.js'
 import { BundleInvalidError, DigestMismatchError, RegistryUnknownError, TarError } from '../errors.js'
 import { formatImageReference, parseImageReference } from '../image-ref.js'
-import { MediaTypes, parseDigest } from '../reference.js'
-import type { BlobStore } from '../store/blob-store.js'
+import { parseDigest } from '../oci/reference.js'
+import { MediaTypes } from '../oci/media-types.js'
 import type { Route, RoutingTable } from '../upstream/routing.js'
 import { DigestCheck } from '../store/digest-check.js'
-import { parseManifest } from './descriptors.js'
+import { MAX_MANIFEST_BYTES, parseManifestStrictly } from '../oci/manifest.js'
 import { REF_NAME, WRAPPER_FOR } from './export.js'
 import type { ProgressRow } from './progress.js'
 import { readTar } from './tar.js'
 
 export interface ImportOptions {
-  readonly index: CacheIndex
-  readonly store: BlobStore
+  readonly cache: LocalCache
   readonly routing: RoutingTable
   readonly log: Logger
   readonly bundle: string
@@ -46,7 +45,6 @@ export interface ImportReport {
 }
 
 const MAX_INDEX_BYTES = 16 * 1024 * 1024
-const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 const MAX_INDEX_DEPTH = 4
 
 interface Staged { readonly path: string, readonly size: number }
@@ -54,7 +52,8 @@ interface PlannedManifest { readonly digest: string, readonly mediaType: string,
 interface PlannedBlob { readonly digest: string, readonly size: number, readonly mediaType: string | null, readonly path: string, readonly repositories: Set<string> }
 
 export async function importBundle (options: ImportOptions): Promise<ImportReport> {
-  const { store, progress } = options
+  const { progress } = options
+  const { store } = options.cache
   let total: number
   try {
     total = (await stat(options.bundle)).size
@@ -135,22 +134,12 @@ interface Plan {
 /** Checks that every image the index names is whole in the bundle, and works out what goes where. */
 async function planImport (read: ReadBundle, routing: RoutingTable): Promise<Plan> {
   if (read.layout === undefined) throw new BundleInvalidError('bundle has no oci-layout file: it is not an OCI image layout')
-  let layout: unknown
-  try {
-    layout = JSON.parse(read.layout.toString('utf8'))
-  } catch {
-    throw new BundleInvalidError('entry oci-layout is not JSON')
-  }
+  const layout = jsonEntry(read.layout, 'oci-layout')
   if (typeof layout !== 'object' || layout === null || !('imageLayoutVersion' in layout) || typeof layout.imageLayoutVersion !== 'string') {
     throw new BundleInvalidError('entry oci-layout has no imageLayoutVersion')
   }
   if (read.index === undefined) throw new BundleInvalidError('bundle has no index.json')
-  let index: unknown
-  try {
-    index = JSON.parse(read.index.toString('utf8'))
-  } catch {
-    throw new BundleInvalidError('entry index.json is not JSON')
-  }
+  const index = jsonEntry(read.index, 'index.json')
   if (typeof index !== 'object' || index === null || !('manifests' in index) || !Array.isArray(index.manifests)) {
     throw new BundleInvalidError('entry index.json has no manifests list')
   }
@@ -173,7 +162,7 @@ async function planImport (read: ReadBundle, routing: RoutingTable): Promise<Pla
     const content = await readFile(s.path)
     let parsed
     try {
-      parsed = parseManifest(content)
+      parsed = parseManifestStrictly(content)
     } catch (err) {
       throw new BundleInvalidError(`entry ${blobPath(digest)} (${what}): ${err instanceof Error ? err.message : String(err)}`)
     }
@@ -236,36 +225,21 @@ async function planImport (read: ReadBundle, routing: RoutingTable): Promise<Pla
  * manifest a blob, that the cache does not have.
  */
 async function commit (options: ImportOptions, plan: Plan): Promise<Omit<ImportReport, 'bytesRead'>> {
-  const { index, store } = options
-  let blobsAdded = 0
-  let blobsPresent = 0
-  for (const blob of plan.blobs.values()) {
-    const row = index.getBlob(blob.digest)
-    if (row !== undefined && row.size === blob.size && await store.size(blob.digest) === blob.size) {
-      blobsPresent++
-      continue
-    }
-    await store.commit(blob.path, blob.digest)
-    blobsAdded++
-  }
-  // Every row in one transaction: a crash here leaves the bundle's rows all in or all out
-  // (files already moved without rows are re-hashed and indexed by the next start).
-  index.transaction(() => {
-    for (const blob of plan.blobs.values()) {
-      const [first, ...others] = [...blob.repositories]
-      index.putBlob(blob.digest, blob.size, first ?? '', blob.mediaType)
-      for (const repository of others) index.addBlobRepository(blob.digest, repository)
-    }
-    for (const m of plan.manifests.values()) {
-      for (const repository of m.repositories) index.putManifest(repository, { digest: m.digest, mediaType: m.mediaType, content: m.content })
-    }
-    for (const { repository, tag, digest } of plan.tags) {
-      const m = plan.manifests.get(digest)
-      if (m !== undefined) index.putManifest(repository, { digest, mediaType: m.mediaType, content: m.content }, tag)
-    }
+  const tags = plan.tags.flatMap(({ repository, tag, digest }) => {
+    const manifest = plan.manifests.get(digest)
+    return manifest === undefined ? [] : [{ repository, tag, manifest }]
   })
+  const { added: blobsAdded, present: blobsPresent } = await options.cache.addVerified(plan.blobs.values(), plan.manifests.values(), tags)
   options.log.info({ bundle: options.bundle, images: plan.images.length, blobsAdded, blobsPresent, manifests: plan.manifests.size }, 'bundle imported')
   return { images: plan.images, blobsAdded, blobsPresent, manifests: plan.manifests.size }
+}
+
+function jsonEntry (bytes: Buffer, name: string): unknown {
+  try {
+    return JSON.parse(bytes.toString('utf8'))
+  } catch {
+    throw new BundleInvalidError(`entry ${name} is not JSON`)
+  }
 }
 
 function blobPath (digest: string): string {

@@ -10,7 +10,10 @@ import type { Readable } from 'node:stream'
 import { Agent, request } from 'undici'
 import type { BlobService } from '../mirror/blobs.js'
 import type { ManifestService } from '../mirror/manifests.js'
-import { MANIFEST_ACCEPT, parseDigest, parseManifestReference } from '../reference.js'
+import { contentLength, header } from '../oci/headers.js'
+import { MAX_MANIFEST_BYTES } from '../oci/manifest.js'
+import { parseDigest, parseManifestReference } from '../oci/reference.js'
+import { MANIFEST_ACCEPT } from '../oci/media-types.js'
 import type { Route } from '../upstream/routing.js'
 
 export interface SourceManifest {
@@ -48,7 +51,6 @@ export function coreSource (core: { readonly manifests: ManifestService, readonl
   }
 }
 
-const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 /** A running mirror at `base` (http://host:port), by the path-prefix form `/v2/<registry>/<name>/...`. */
 export function serverSource (base: string): ContentSource {
@@ -77,30 +79,24 @@ export function serverSource (base: string): ContentSource {
       if (res.statusCode !== 200) return await fail(res, `manifest ${reference}`)
       const content = await readLimited(res.body, MAX_MANIFEST_BYTES)
       if (content === undefined) throw new Error(`manifest ${reference} is larger than ${MAX_MANIFEST_BYTES} bytes`)
-      const expected = reference.includes(':') ? reference : headerOf(res.headers, 'docker-content-digest')
+      const expected = reference.includes(':') ? reference : header(res.headers, 'docker-content-digest')
       const algorithm = expected === undefined ? 'sha256' : parseDigest(expected).algorithm
       const digest = `${algorithm}:${createHash(algorithm).update(content).digest('hex')}`
       if (expected !== undefined && digest !== expected) {
         throw new Error(`manifest ${reference} from the mirror does not match its digest ${expected}: got ${digest}`)
       }
-      const mediaType = (headerOf(res.headers, 'content-type') ?? '').split(';')[0]?.trim() ?? ''
+      const mediaType = (header(res.headers, 'content-type') ?? '').split(';')[0]?.trim() ?? ''
       return { digest, mediaType, content }
     },
     blob: async (route, digest) => {
       const res = await request(url(route, 'blobs', digest), { dispatcher: agent })
       if (res.statusCode !== 200) return await fail(res, `blob ${digest}`)
-      const length = headerOf(res.headers, 'content-length')
       return {
-        cached: headerOf(res.headers, 'x-mirror-cache') === 'hit',
-        size: length !== undefined && /^\d+$/.test(length) ? Number(length) : undefined,
+        cached: header(res.headers, 'x-mirror-cache') === 'hit',
+        size: contentLength(res.headers),
         body: res.body
       }
     },
     close: async () => { await agent.close() }
   }
-}
-
-function headerOf (headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
-  const v = headers[name]
-  return Array.isArray(v) ? v[0] : v
 }

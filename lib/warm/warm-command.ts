@@ -4,10 +4,9 @@
 import type { Logger } from 'pino'
 import type { MirrorConfig } from '../config/types.js'
 import { formatBytes } from '../cli/maintenance.js'
-import { LIVE_TEMP_AGE_MS } from '../cli/maintenance.js'
-import { openMirrorCore } from '../main.js'
+import { openCore } from '../core.js'
 import type { RequestedImage } from './image-list.js'
-import type { PlatformSpec } from './platform.js'
+import type { PlatformSpec } from '../oci/platform.js'
 import type { Progress } from './progress.js'
 import { coreSource, serverSource } from './sources.js'
 import { Warmer, type WarmResult } from './warmer.js'
@@ -46,7 +45,7 @@ export async function warm (options: WarmOptions): Promise<WarmReport> {
       await source.close()
     }
   }
-  const core = await openMirrorCore(options.config, options.log, { tempMinAgeMs: LIVE_TEMP_AGE_MS })
+  const core = await openCore(options.config, options.log)
   try {
     const warmer = new Warmer({ source: coreSource(core), platforms: options.platforms, concurrency, verifyCached: true, progress: options.progress })
     const results = await warmer.run(options.images)
@@ -54,7 +53,7 @@ export async function warm (options: WarmOptions): Promise<WarmReport> {
     if (options.pin === true) {
       for (const r of results) {
         if (!r.ok) continue
-        core.index.addPin(r.image.ref.repository, r.image.ref.reference)
+        core.cache.index.addPin(r.image.ref.repository, r.image.ref.reference)
         pinned.push(r.image.name)
       }
     }

@@ -10,10 +10,10 @@ import { RegistryError } from '../errors.js'
 import type { Route } from '../upstream/routing.js'
 import { formatBytes } from '../cli/maintenance.js'
 import { DigestCheck } from '../store/digest-check.js'
-import { parseManifest, type ChildDescriptor } from './descriptors.js'
+import { parseManifestStrictly, type ChildDescriptor } from '../oci/manifest.js'
 import type { RequestedImage } from './image-list.js'
 import { Limiter } from './limiter.js'
-import { formatPlatform, matchesPlatform, type PlatformSpec } from './platform.js'
+import { formatPlatform, matchesPlatform, type PlatformSpec } from '../oci/platform.js'
 import type { Progress, ProgressRow } from './progress.js'
 import type { ContentSource, SourceManifest } from './sources.js'
 
@@ -98,7 +98,7 @@ export class Warmer {
     const visit = async (manifest: SourceManifest, depth: number): Promise<void> => {
       let parsed
       try {
-        parsed = parseManifest(manifest.content)
+        parsed = parseManifestStrictly(manifest.content)
       } catch (err) {
         throw new Error(`manifest ${manifest.digest}: ${err instanceof Error ? err.message : String(err)}`)
       }

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import type { MirrorConfig, UpstreamConfig } from '../../lib/config/types.js'
 import { createLogger } from '../../lib/log.js'
-import { createMirror, type Mirror, type MirrorHooks } from '../../lib/main.js'
+import { createMirror, type Mirror, type MirrorOptions } from '../../lib/server.js'
 
 export interface TestMirrorOptions {
   /** registry host -> upstream URL; the first is the default unless `defaultUpstream` says otherwise */
@@ -14,7 +14,7 @@ export interface TestMirrorOptions {
   readonly defaultUpstream?: string | null
   readonly tagTtl?: number
   readonly storage?: string
-  readonly hooks?: MirrorHooks
+  readonly hooks?: MirrorOptions
   readonly metrics?: Partial<MirrorConfig['metrics']>
   /** Eviction bounds; unbounded when not given. */
   readonly eviction?: Partial<Omit<MirrorConfig['storage'], 'path'>>

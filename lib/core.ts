@@ -1,0 +1,103 @@
+// Opens a data directory: the one way every command (serve, warm, export,
+// import, gc, pin, unpin, stats) gets at the cache. It settles whatever a
+// crash or an interrupted download left (the consistency check), then builds
+// the local cache, eviction and the pull-through services on it. No HTTP here:
+// `serve` adds its listeners on top (lib/server.ts).
+
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import { checkConsistency, repairs, type ConsistencyReport } from './cache/consistency.js'
+import { Evictor } from './cache/eviction.js'
+import { EvictionSchedule } from './cache/eviction-schedule.js'
+import { FileHasher } from './cache/file-hasher.js'
+import { LocalCache } from './cache/local-cache.js'
+import type { MirrorConfig } from './config/types.js'
+import { CacheIndex } from './db/cache-index.js'
+import { Events, type MirrorEvents } from './events.js'
+import { BlobService } from './mirror/blobs.js'
+import { ListingService } from './mirror/listings.js'
+import { ManifestService } from './mirror/manifests.js'
+import { FsBlobStore } from './store/fs-blob-store.js'
+import { UpstreamClient } from './upstream/client.js'
+import { routingTable, type RoutingTable } from './upstream/routing.js'
+
+/** Temp files younger than this may belong to a download a running mirror is doing. */
+export const LIVE_TEMP_AGE_MS = 60 * 60 * 1000
+
+export interface CoreOptions {
+  readonly events?: MirrorEvents | undefined
+  /** The clock, for tests of time-based behaviour. */
+  readonly now?: (() => number) | undefined
+  /** Free bytes on the cache volume, for tests of a full disk. */
+  readonly freeBytes?: ((path: string) => Promise<number>) | undefined
+  /**
+   * Whether this process owns the data directory (`serve`): then temp files of any age are
+   * interrupted downloads. Other commands may run beside a serving mirror and must leave
+   * its downloads alone.
+   */
+  readonly owner?: boolean | undefined
+  /** Report what the consistency check would repair, and repair nothing (`gc --dry-run`). */
+  readonly dryRun?: boolean | undefined
+}
+
+/** The cache and its pull-through services, without an HTTP server. */
+export interface MirrorCore {
+  readonly config: MirrorConfig
+  readonly cache: LocalCache
+  readonly evictor: Evictor
+  readonly eviction: EvictionSchedule
+  readonly blobs: BlobService
+  readonly manifests: ManifestService
+  readonly listings: ListingService
+  readonly routing: RoutingTable
+  /** What the consistency check found when the data directory was opened. */
+  readonly consistency: ConsistencyReport
+  close: () => Promise<void>
+}
+
+export async function openCore (config: MirrorConfig, log: Logger, options: CoreOptions = {}): Promise<MirrorCore> {
+  const now = options.now ?? Date.now
+  const events = options.events ?? new Events()
+  const store = new FsBlobStore({ root: config.storage.path, freeBytes: options.freeBytes })
+  await store.init()
+  const index = new CacheIndex({ path: join(config.storage.path, 'index.db'), now })
+  const cache = new LocalCache({ index, store, hotEntries: config.cache.hotEntries, log, now })
+  let consistency: ConsistencyReport
+  try {
+    consistency = await checkConsistency({ cache, log, now, dryRun: options.dryRun, tempMinAgeMs: options.owner === true ? 0 : LIVE_TEMP_AGE_MS })
+  } catch (err) {
+    cache.close()
+    throw err
+  }
+  if (options.dryRun !== true && repairs(consistency) > 0) {
+    log.warn(consistency, 'cache was inconsistent at start (interrupted downloads or a crash); repaired')
+  }
+
+  const upstreams = new Map<string, UpstreamClient>()
+  for (const u of config.upstreams.values()) upstreams.set(u.name, new UpstreamClient({ config: u, log, events, now }))
+  const upstream = (name: string): UpstreamClient => {
+    const client = upstreams.get(name)
+    if (client === undefined) throw new Error(`no upstream client for ${name}`)
+    return client
+  }
+  const evictor = new Evictor({ cache, log, now, policy: config.storage, events })
+  const eviction = new EvictionSchedule({ evictor, usedBytes: cache.usedBytes(), interval: config.storage.evictionInterval, log })
+  const hasher = new FileHasher()
+  const offline = config.offline
+  const blobs = new BlobService({ cache, upstream, log, events, space: eviction, offline, hasher })
+  const manifests = new ManifestService({ cache, upstream, tagTtl: config.cache.tagTtl, log, now, offline })
+  const listings = new ListingService({ cache, upstream, referrersTtl: config.cache.tagTtl, now, offline })
+
+  let closing: Promise<void> | undefined
+  const close = async (): Promise<void> => {
+    closing ??= (async () => {
+      await Promise.all([...upstreams.values()].map(async u => await u.close()))
+      await blobs.idle() // downloads end (committed or discarded) before the index closes
+      await hasher.close()
+      await eviction.close()
+      cache.close()
+    })()
+    await closing
+  }
+  return { config, cache, evictor, eviction, blobs, manifests, listings, routing: routingTable(config), consistency, close }
+}

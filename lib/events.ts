@@ -1,0 +1,89 @@
+// What the mirror reports as it works: each answer an upstream gave, how each
+// blob download ended, what was served without caching, what eviction
+// removed, each finished client request. Defined at the bottom of the house so
+// that any layer may report and any sink may listen (the Prometheus metrics,
+// the request counters of `registry-mirror stats`, a test's recorder) without
+// either knowing the other. Metrics implement every event, so an event added
+// here is a compile error until it is counted.
+
+/** How the cache answered a request; logged per request and counted in metrics. */
+export type CacheOutcome = 'hit' | 'miss' | 'joined' | 'stale' | 'revalidated'
+
+export type RequestKind = 'manifest' | 'blob' | 'tags' | 'referrers' | 'catalog' | 'other'
+
+export interface RequestRecord {
+  readonly method: string
+  readonly kind: RequestKind
+  readonly status: number
+  readonly outcome: CacheOutcome | 'error' | undefined
+  readonly seconds: number
+  readonly bytes: number
+}
+
+export interface UpstreamAnswer {
+  readonly upstream: string
+  /** manifest, blob, tags, referrers, token */
+  readonly kind: string
+  readonly method: string
+  readonly status: number
+}
+
+/** How a download into the cache ended. */
+export type DownloadResult = 'ok' | 'mismatch' | 'error' | 'disk-full'
+
+/** How a blob served from upstream without caching it ended. */
+export type UncachedResult = 'ok' | 'mismatch' | 'error'
+
+export type EvictionReason = 'age' | 'size' | 'space'
+
+export interface EvictedItem {
+  readonly kind: 'blob' | 'manifest'
+  readonly digest: string
+  readonly size: number
+  readonly reason: EvictionReason
+  /** Tags that went with a manifest. */
+  readonly tags: ReadonlyArray<{ readonly repository: string, readonly tag: string }>
+}
+
+export interface MirrorEvents {
+  /** Every request an upstream answered, token fetches included. */
+  upstreamResponse: (answer: UpstreamAnswer) => void
+  tokenFetched: (upstream: string) => void
+  /** An upstream request sent again after a dropped connection. */
+  upstreamRetried: (upstream: string) => void
+  downloadStarted: (digest: string, upstream: string) => void
+  downloadEnded: (digest: string, upstream: string, result: DownloadResult, bytes: number) => void
+  /** A blob is being served straight from upstream, not cached (the disk has no room for it). */
+  uncachedStarted: (digest: string, upstream: string, reason: string) => void
+  uncachedEnded: (digest: string, upstream: string, result: UncachedResult, bytes: number) => void
+  evicted: (item: EvictedItem) => void
+  requestFinished: (record: RequestRecord) => void
+}
+
+/** A listener for some of the events. */
+export type EventSink = Partial<MirrorEvents>
+
+/** Hands every event to each sink in turn. */
+export class Events implements MirrorEvents {
+  readonly #sinks: readonly EventSink[]
+
+  constructor (sinks: ReadonlyArray<EventSink | undefined> = []) {
+    this.#sinks = sinks.filter((s): s is EventSink => s !== undefined)
+  }
+
+  upstreamResponse (answer: UpstreamAnswer): void { for (const s of this.#sinks) s.upstreamResponse?.(answer) }
+  tokenFetched (upstream: string): void { for (const s of this.#sinks) s.tokenFetched?.(upstream) }
+  upstreamRetried (upstream: string): void { for (const s of this.#sinks) s.upstreamRetried?.(upstream) }
+  downloadStarted (digest: string, upstream: string): void { for (const s of this.#sinks) s.downloadStarted?.(digest, upstream) }
+  downloadEnded (digest: string, upstream: string, result: DownloadResult, bytes: number): void {
+    for (const s of this.#sinks) s.downloadEnded?.(digest, upstream, result, bytes)
+  }
+
+  uncachedStarted (digest: string, upstream: string, reason: string): void { for (const s of this.#sinks) s.uncachedStarted?.(digest, upstream, reason) }
+  uncachedEnded (digest: string, upstream: string, result: UncachedResult, bytes: number): void {
+    for (const s of this.#sinks) s.uncachedEnded?.(digest, upstream, result, bytes)
+  }
+
+  evicted (item: EvictedItem): void { for (const s of this.#sinks) s.evicted?.(item) }
+  requestFinished (record: RequestRecord): void { for (const s of this.#sinks) s.requestFinished?.(record) }
+}

@@ -1,0 +1,122 @@
+// The one reader of manifest bytes: what an image manifest, an index (or
+// Docker manifest list), an OCI artifact manifest or a Docker schema 1
+// manifest names. Pins, warm, export, import and the manifest service all use
+// it, so what eviction protects is what warm fetches and export writes.
+
+import { ManifestInvalidError } from '../errors.js'
+import { MediaTypes } from './media-types.js'
+import { platformOf, type PlatformSpec } from './platform.js'
+import { isDigest } from './reference.js'
+
+/** The largest manifest the mirror reads, caches or imports. */
+export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+/**
+ * What a descriptor points at: a child manifest of an index, the config or a
+ * layer of an image, or one of an artifact manifest's `blobs`.
+ */
+export type DescriptorKind = 'manifest' | 'config' | 'layer' | 'blob'
+
+export interface ChildDescriptor {
+  readonly digest: string
+  /** As the descriptor states it; Docker schema 1 states none. */
+  readonly size: number | undefined
+  readonly mediaType: string | undefined
+  readonly kind: DescriptorKind
+  readonly platform: PlatformSpec | undefined
+}
+
+export interface ParsedManifest {
+  /** An index (or Docker manifest list): its children are manifests. */
+  readonly isIndex: boolean
+  /** The body's own `mediaType`, when it states one. */
+  readonly mediaType: string | undefined
+  readonly artifactType: string | undefined
+  /** Everything the manifest needs to be whole: child manifests, config, layers, blobs. */
+  readonly children: readonly ChildDescriptor[]
+  /** The manifest an artifact refers to (`subject`); not part of it, so not a child. */
+  readonly subject: ChildDescriptor | undefined
+  /** Descriptors that were skipped, each said in words (a missing or invalid digest). */
+  readonly problems: readonly string[]
+}
+
+/** Parses manifest bytes; throws ManifestInvalidError when they are not a JSON object. */
+export function parseManifest (content: Buffer): ParsedManifest {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(content.toString('utf8'))
+  } catch {
+    throw new ManifestInvalidError('manifest is not JSON')
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new ManifestInvalidError('manifest is not a JSON object')
+  const record = parsed as Record<string, unknown>
+  const mediaType = typeof record.mediaType === 'string' ? record.mediaType : undefined
+  const children: ChildDescriptor[] = []
+  const problems: string[] = []
+  const descriptor = (value: unknown, kind: DescriptorKind): ChildDescriptor | undefined => {
+    if (typeof value !== 'object' || value === null) return undefined
+    const d = value as Record<string, unknown>
+    if (typeof d.digest !== 'string' || !isDigest(d.digest)) {
+      problems.push(`a ${kind} descriptor has no valid digest`)
+      return undefined
+    }
+    const size = typeof d.size === 'number' && Number.isSafeInteger(d.size) && d.size >= 0 ? d.size : undefined
+    return { digest: d.digest, size, mediaType: typeof d.mediaType === 'string' ? d.mediaType : undefined, kind, platform: kind === 'manifest' ? platformOf(d) : undefined }
+  }
+  const take = (value: unknown, kind: DescriptorKind): void => {
+    const d = descriptor(value, kind)
+    if (d !== undefined) children.push(d)
+  }
+  const isIndex = Array.isArray(record.manifests) || mediaType === MediaTypes.ociIndex || mediaType === MediaTypes.dockerList
+  if (Array.isArray(record.manifests)) for (const m of record.manifests) take(m, 'manifest')
+  take(record.config, 'config')
+  if (Array.isArray(record.layers)) for (const l of record.layers) take(l, 'layer')
+  if (Array.isArray(record.blobs)) for (const b of record.blobs) take(b, 'blob')
+  // Docker schema 1: fsLayers[].blobSum, often repeated, never sized.
+  if (Array.isArray(record.fsLayers)) {
+    const seen = new Set<string>()
+    for (const l of record.fsLayers) {
+      if (typeof l !== 'object' || l === null || !('blobSum' in l) || typeof l.blobSum !== 'string' || !isDigest(l.blobSum)) continue
+      if (seen.has(l.blobSum)) continue
+      seen.add(l.blobSum)
+      children.push({ digest: l.blobSum, size: undefined, mediaType: undefined, kind: 'layer', platform: undefined })
+    }
+  }
+  const artifactType = typeof record.artifactType === 'string' ? record.artifactType : undefined
+  return { isIndex, mediaType, artifactType, children, subject: descriptor(record.subject, 'manifest'), problems }
+}
+
+/** Like parseManifest, but a descriptor without a valid digest makes the whole manifest invalid. */
+export function parseManifestStrictly (content: Buffer): ParsedManifest {
+  const parsed = parseManifest(content)
+  const [problem] = parsed.problems
+  if (problem !== undefined) throw new ManifestInvalidError(problem)
+  return parsed
+}
+
+/** What a cached manifest names, or nothing when its bytes are not a manifest: for walking what the cache holds. */
+export function childrenOf (content: Buffer): readonly ChildDescriptor[] {
+  try {
+    return parseManifest(content).children
+  } catch {
+    return []
+  }
+}
+
+/** Media types an upstream may send that say nothing of what the manifest is. */
+const VAGUE_TYPES = new Set(['', 'application/json', 'text/plain', 'application/octet-stream'])
+
+/** The media type upstream named, or the one the manifest names itself, or what registries assume. */
+export function manifestMediaType (contentType: string | undefined, content: Buffer): string {
+  const named = contentType?.split(';')[0]?.trim()
+  if (named !== undefined && !VAGUE_TYPES.has(named)) return named
+  let parsed: ParsedManifest
+  try {
+    parsed = parseManifest(content)
+  } catch {
+    throw new ManifestInvalidError('upstream sent a manifest that is not JSON')
+  }
+  if (parsed.mediaType !== undefined) return parsed.mediaType
+  if (parsed.isIndex) return MediaTypes.ociIndex
+  return named === undefined || named === '' ? MediaTypes.ociManifest : named
+}

@@ -1,0 +1,43 @@
+// Manifest media types the mirror knows, what it asks upstream for, and how a
+// client's Accept header is read.
+
+export const MediaTypes = {
+  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
+  ociIndex: 'application/vnd.oci.image.index.v1+json',
+  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
+  dockerList: 'application/vnd.docker.distribution.manifest.list.v2+json',
+  dockerSchema1: 'application/vnd.docker.distribution.manifest.v1+json',
+  dockerSchema1Signed: 'application/vnd.docker.distribution.manifest.v1+prettyjws'
+} as const
+
+/** What the mirror asks upstream for when it resolves a tag for its cache: every current type. */
+export const MANIFEST_ACCEPT = [
+  MediaTypes.ociIndex,
+  MediaTypes.ociManifest,
+  MediaTypes.dockerList,
+  MediaTypes.dockerManifest
+].join(', ')
+
+/**
+ * Whether a client's Accept header admits a manifest media type. No header
+ * admits anything. As RFC 9110 says, the most specific matching range
+ * decides, so `type;q=0, *\/*` refuses `type`.
+ */
+export function accepts (acceptHeader: string | undefined, mediaType: string): boolean {
+  if (acceptHeader === undefined || acceptHeader.trim() === '') return true
+  const type = mediaType.toLowerCase()
+  let best: { specificity: number, refused: boolean } | undefined
+  for (const part of acceptHeader.split(',')) {
+    const [range = '', ...params] = part.split(';').map(s => s.trim().toLowerCase())
+    let specificity = -1
+    if (range === type) specificity = 2
+    else if (range.endsWith('/*') && range !== '*/*' && type.startsWith(range.slice(0, -1))) specificity = 1
+    else if (range === '*/*') specificity = 0
+    if (specificity < 0) continue
+    const refused = params.some(p => /^q\s*=\s*0(?:\.0*)?$/.test(p))
+    if (best === undefined || specificity > best.specificity || (specificity === best.specificity && refused)) {
+      best = { specificity, refused }
+    }
+  }
+  return best !== undefined && !best.refused
+}

@@ -1,0 +1,125 @@
+// `serve`: the data directory opened (lib/core.ts), the metrics, and the
+// listeners — the main one with the distribution API (and the operational
+// endpoints unless they have their own address), and the metrics one.
+// Closing closes them in reverse order.
+
+import { once } from 'node:events'
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Logger } from 'pino'
+import type { Evictor } from './cache/eviction.js'
+import type { LocalCache } from './cache/local-cache.js'
+import type { MirrorConfig } from './config/types.js'
+import { openCore, type CoreOptions } from './core.js'
+import { Events, type EventSink } from './events.js'
+import { createApp } from './http/app.js'
+import { createOpsApp, type OpsOptions } from './http/ops.js'
+import { Metrics } from './metrics.js'
+
+export interface MirrorOptions extends Pick<CoreOptions, 'now' | 'freeBytes'> {
+  /** More listeners for the mirror's events (tests). */
+  readonly events?: readonly EventSink[]
+}
+
+export interface Mirror {
+  readonly server: Server
+  /** `http://host:port` once listening. */
+  readonly url: string
+  /** The separate metrics listener, when metrics.listen is set. */
+  readonly opsUrl: string | undefined
+  readonly cache: LocalCache
+  readonly evictor: Evictor
+  /** Applies batched last-access times and counters now (tests, eviction). */
+  flushAccess: () => void
+  close: () => Promise<void>
+}
+
+/** Opens the cache and starts serving on the configured address. */
+export async function createMirror (config: MirrorConfig, log: Logger, options: MirrorOptions = {}): Promise<Mirror> {
+  const metrics = config.metrics.enabled ? new Metrics() : undefined
+  const sinks = [metrics, ...options.events ?? []]
+  const core = await openCore(config, log, { events: new Events(sinks), now: options.now, freeBytes: options.freeBytes, owner: true })
+  const { cache, blobs, manifests, listings, routing } = core
+  metrics?.watch({ summary: () => cache.summary(), downloadsInFlight: () => blobs.downloadsInFlight, downloadClients: () => blobs.downloadClients })
+  const ops: OpsOptions = {
+    metrics,
+    token: config.metrics.token,
+    ready: async () => {
+      const problems: string[] = []
+      try {
+        cache.index.ping()
+      } catch (err) {
+        problems.push(`index: ${err instanceof Error ? err.message : String(err)}`)
+      }
+      try {
+        await cache.store.checkWritable()
+      } catch (err) {
+        problems.push(`storage: ${err instanceof Error ? err.message : String(err)}`)
+      }
+      return problems
+    }
+  }
+  const separateOps = config.metrics.listen !== undefined
+  // Finished requests also go to the counters `registry-mirror stats` reports.
+  const events = new Events([...sinks, cache.access])
+  const app = createApp({ blobs, manifests, listings, routing, log, events, ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk) })
+
+  const server = createServer(app.callback())
+  server.keepAliveTimeout = 65_000
+  server.requestTimeout = 0 // large blobs take as long as they take; idle sockets are bounded by keepAliveTimeout
+  server.listen(config.listen.port, config.listen.host)
+  try {
+    await once(server, 'listening')
+  } catch (err) {
+    await core.close()
+    throw err
+  }
+  const url = urlOf(server)
+  let opsServer: Server | undefined
+  if (config.metrics.listen !== undefined) {
+    opsServer = createServer(createOpsApp(ops).callback())
+    opsServer.listen(config.metrics.listen.port, config.metrics.listen.host)
+    try {
+      await once(opsServer, 'listening')
+    } catch (err) {
+      await stopServer(server)
+      await core.close()
+      throw err
+    }
+  }
+
+  let closing: Promise<void> | undefined
+  const close = async (): Promise<void> => {
+    closing ??= (async () => {
+      await Promise.all([stopServer(server), opsServer === undefined ? undefined : stopServer(opsServer)])
+      await core.close()
+    })()
+    await closing
+  }
+  return {
+    server,
+    url,
+    opsUrl: opsServer === undefined ? undefined : urlOf(opsServer),
+    cache,
+    evictor: core.evictor,
+    flushAccess: () => cache.access.flush(),
+    close
+  }
+}
+
+
+function urlOf (server: Server): string {
+  const address = server.address() as AddressInfo
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
+  return `http://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${address.port}`
+}
+
+/** Stops accepting, lets answers under way finish for up to 5 s, then cuts them. */
+async function stopServer (server: Server): Promise<void> {
+  if (!server.listening) return
+  server.close()
+  server.closeIdleConnections()
+  const forced = setTimeout(() => server.closeAllConnections(), 5_000)
+  await once(server, 'close').catch(() => {})
+  clearTimeout(forced)
+}
