@@ -179,31 +179,29 @@ export function integer (options: { min: number }): Field<number | undefined> {
 
 /** A non-empty string, kept exactly as written (passwords may have spaces). */
 export function nonEmptyString (): Field<string | undefined> {
-  return (value, path, problems) => {
-    if (value === undefined) return undefined
-    if (typeof value !== 'string') {
-      const quoteHint = typeof value === 'number' || typeof value === 'boolean' ? ` (quote it: "${String(value)}")` : ''
-      problems.add(path, `expected a string, got ${describe(value)}${quoteHint}`)
-      return undefined
-    }
-    if (value.trim() === '') {
-      problems.add(path, 'expected a non-empty string, got ""')
-      return undefined
-    }
-    return value
-  }
+  return stringField(false)
 }
 
 /** Like nonEmptyString(), but no message ever repeats the value: it may be a password. */
 export function secret (): Field<string | undefined> {
+  return stringField(true)
+}
+
+function stringField (secret: boolean): Field<string | undefined> {
   return (value, path, problems) => {
     if (value === undefined) return undefined
     if (typeof value !== 'string') {
-      const kind = value === null ? 'an empty value' : Array.isArray(value) ? 'a list' : isMapping(value) ? 'a mapping' : `a ${typeof value} (quote it)`
-      problems.add(path, `expected a string, got ${kind}`)
+      if (secret) {
+        const kind = value === null ? 'an empty value' : Array.isArray(value) ? 'a list' : isMapping(value) ? 'a mapping' : `a ${typeof value} (quote it)`
+        problems.add(path, `expected a string, got ${kind}`)
+      } else {
+        const quoteHint = typeof value === 'number' || typeof value === 'boolean' ? ` (quote it: "${String(value)}")` : ''
+        problems.add(path, `expected a string, got ${describe(value)}${quoteHint}`)
+      }
       return undefined
     }
-    if (value === '') {
+    // A secret is taken as written; any other string must have more than white space.
+    if ((secret ? value : value.trim()) === '') {
       problems.add(path, 'expected a non-empty string, got ""')
       return undefined
     }
