@@ -1,22 +1,11 @@
 import t from 'tap'
+import { sample } from './helpers/prometheus.js'
 import { randomBytes } from 'node:crypto'
 import { rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { startFakeRegistry } from './helpers/fake-registry.js'
 import { makeImage } from './helpers/images.js'
 import { startMirror } from './helpers/mirror.js'
-
-/** The value of one sample in Prometheus text, or undefined. */
-function sample (text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name)) continue
-    const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)$/.exec(line)
-    if (m === null || m[1] !== name) continue
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map(x => [x[1], x[2]]))
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3])
-  }
-  return undefined
-}
 
 t.test('/metrics counts requests by kind and outcome, bytes by source, upstream traffic and cache state', async t => {
   const fake = await startFakeRegistry()
@@ -94,7 +83,7 @@ t.test('token fetches, a retry after a dropped connection, clients joined to a d
   gate.release()
   for (const r of responses) t.equal((await (await r).arrayBuffer()).byteLength, 300_000)
 
-  mirror.index.addPin('docker.io/library/app', 'v1')
+  mirror.cache.index.addPin('docker.io/library/app', 'v1')
   // The cache counts are computed at most once a second; the scrape above was within it.
   await new Promise(resolve => setTimeout(resolve, 1100))
   const text = await (await fetch(`${mirror.url}/metrics`)).text()
