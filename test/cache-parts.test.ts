@@ -4,6 +4,7 @@ import type { AccessBatch } from '../lib/db/cache-index.js'
 import { Inflight } from '../lib/cache/inflight.js'
 import { PaginationNumberInvalidError } from '../lib/errors.js'
 import { paginate, parsePage } from '../lib/mirror/listings.js'
+import { thrownBy } from './helpers/throws.js'
 
 /** A promise with its resolve and reject, for holding a run open. */
 function deferred<T> (): { promise: Promise<T>, resolve: (v: T) => void, reject: (e: Error) => void } {
@@ -171,16 +172,9 @@ t.test('parsePage takes n as a non-negative integer and an empty last as none', 
 
 t.test('parsePage refuses an n that is not a non-negative integer with PAGINATION_NUMBER_INVALID', async t => {
   for (const n of ['-1', 'abc', '1.5', '', ' 2', '2 ', '1e3', '0x10']) {
-    try {
-      parsePage(n, undefined)
-      t.fail(`n=${JSON.stringify(n)} accepted`)
-    } catch (err) {
-      t.ok(err instanceof PaginationNumberInvalidError, `n=${JSON.stringify(n)}`)
-      if (err instanceof PaginationNumberInvalidError) {
-        t.equal(err.code, 'PAGINATION_NUMBER_INVALID')
-        t.equal(err.status, 400)
-      }
-    }
+    const err = thrownBy(t, () => parsePage(n, undefined), PaginationNumberInvalidError, `n=${JSON.stringify(n)}`)
+    t.equal(err?.code, 'PAGINATION_NUMBER_INVALID')
+    t.equal(err?.status, 400)
   }
 })
 

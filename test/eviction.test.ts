@@ -164,14 +164,15 @@ t.test('when pins alone exceed maxSize, the log says so and nothing pinned goes'
 
 t.test('eviction also runs on its schedule, without any request or call to trigger it', async t => {
   const day = 24 * 3600 * 1000
-  const { fake, mirror, fetchBlob, hasBlob, clock } = await scene(t, { maxAge: day, evictionInterval: 50 })
+  // 1s is the shortest storage.evictionInterval the config accepts.
+  const { fake, mirror, fetchBlob, hasBlob, clock } = await scene(t, { maxAge: day, evictionInterval: 1000 })
   const digest = fake.addBlob('library/app', randomBytes(10 * KiB))
   await fetchBlob(digest)
   mirror.flushAccess()
   t.ok(hasBlob(digest))
   clock.now += 2 * day
   const logged = (): boolean => mirror.logs.some(l => l.msg === 'evicting' && l.reason === 'age' && l.digest === digest)
-  for (let i = 0; i < 100 && (hasBlob(digest) || !logged()); i++) await new Promise(resolve => setTimeout(resolve, 20))
+  for (let i = 0; i < 250 && (hasBlob(digest) || !logged()); i++) await new Promise(resolve => setTimeout(resolve, 20))
   t.notOk(hasBlob(digest), 'the scheduled pass removed the blob idle past maxAge')
   t.ok(logged(), 'and logged it with its reason')
 })

@@ -5,7 +5,6 @@
 import t, { type Test } from 'tap'
 import { createHash } from 'node:crypto'
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
-import { appendFile } from 'node:fs/promises'
 import { join, relative } from 'node:path'
 import { execFile, spawnSync } from 'node:child_process'
 import { promisify } from 'node:util'
@@ -50,8 +49,7 @@ async function sites (t: Test): Promise<Sites> {
   mkdirSync(b)
   const configA = await writeConfig(a, { storage: join(a, 'data'), upstreams: { 'docker.io': fake.url, 'ghcr.io': fake.url } })
   const storageB = join(b, 'data')
-  const configB = await writeConfig(b, { storage: storageB, upstreams: { 'docker.io': dead.url, 'ghcr.io': dead.url } })
-  await appendFile(configB, 'offline: true\n')
+  const configB = await writeConfig(b, { storage: storageB, upstreams: { 'docker.io': dead.url, 'ghcr.io': dead.url }, offline: true })
   const app = makeImage(fake, 'library/app', 'v1', { layers: [300_000, 4000] })
   const classic = makeImage(fake, 'library/classic', 'v1', { layers: [20_000], mediaType: 'docker' })
   const multi = makeIndex(fake, 'org/multi', 'v1', ['linux/amd64', 'linux/arm64', 'linux/arm/v7'], 5000)

@@ -2,6 +2,7 @@ import t from 'tap'
 import { DigestInvalidError, ManifestInvalidError, NameInvalidError, RegistryError } from '../lib/errors.js'
 import { assertName, isDigest, isTag, isValidName, parseDigest, parseManifestReference } from '../lib/oci/reference.js'
 import { accepts, MediaTypes } from '../lib/oci/media-types.js'
+import { thrownBy } from './helpers/throws.js'
 
 const HEX64 = 'a'.repeat(64)
 const HEX128 = 'b'.repeat(128)
@@ -47,17 +48,10 @@ t.test('a name may be 255 characters long but not 256', async t => {
 t.test('assertName throws NAME_INVALID naming the bad name, and returns a good one', async t => {
   t.equal(assertName('library/app'), 'library/app')
   t.throws(() => assertName('Library/app'), NameInvalidError)
-  try {
-    assertName('a//b')
-    t.fail('should have thrown')
-  } catch (err) {
-    t.ok(err instanceof NameInvalidError)
-    if (err instanceof NameInvalidError) {
-      t.equal(err.code, 'NAME_INVALID')
-      t.equal(err.status, 400)
-      t.same(err.detail, { name: 'a//b' })
-    }
-  }
+  const err = thrownBy(t, () => assertName('a//b'), NameInvalidError)
+  t.equal(err?.code, 'NAME_INVALID')
+  t.equal(err?.status, 400)
+  t.same(err?.detail, { name: 'a//b' })
 })
 
 t.test('tags of up to 128 characters from the tag alphabet are valid', async t => {
@@ -82,12 +76,8 @@ t.test('a digest with an algorithm the mirror cannot verify is DIGEST_INVALID, a
   for (const digest of [`sha384:${'c'.repeat(96)}`, `md5:${'d'.repeat(32)}`, `sha256+b64u:${HEX64}`, `blake3:${HEX64}`]) {
     t.equal(codeOf(() => parseDigest(digest)), 'DIGEST_INVALID', digest)
   }
-  try {
-    parseDigest(`md5:${'d'.repeat(32)}`)
-  } catch (err) {
-    t.ok(err instanceof DigestInvalidError)
-    if (err instanceof DigestInvalidError) t.same(err.detail, { digest: `md5:${'d'.repeat(32)}`, supported: ['sha256', 'sha512'] })
-  }
+  const err = thrownBy(t, () => parseDigest(`md5:${'d'.repeat(32)}`), DigestInvalidError)
+  t.same(err?.detail, { digest: `md5:${'d'.repeat(32)}`, supported: ['sha256', 'sha512'] })
 })
 
 t.test('a digest of the wrong length, in uppercase hex, or not shaped like a digest is DIGEST_INVALID', async t => {

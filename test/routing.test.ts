@@ -1,6 +1,7 @@
 import t from 'tap'
 import { RegistryError, RegistryUnknownError } from '../lib/errors.js'
 import { route, type RoutingTable } from '../lib/upstream/routing.js'
+import { thrownBy } from './helpers/throws.js'
 
 const table: RoutingTable = { upstreams: new Set(['docker.io', 'ghcr.io', 'registry.local:5000']), defaultUpstream: 'docker.io' }
 const noDefault: RoutingTable = { upstreams: new Set(['docker.io', 'ghcr.io']), defaultUpstream: undefined }
@@ -55,12 +56,8 @@ t.test('a path prefix naming a host that is not configured is refused with NAME_
   for (const name of ['quay.io/x', 'quay.io/org/app', 'localhost:5000/x', 'localhost/x', 'registry.local:5001/x', 'my.registry/a/b']) {
     t.same(failure(() => route(table, name, undefined)), { code: 'NAME_UNKNOWN', status: 404 }, name)
   }
-  try {
-    route(table, 'quay.io/x', undefined)
-  } catch (err) {
-    t.ok(err instanceof RegistryUnknownError)
-    if (err instanceof RegistryUnknownError) t.same(err.detail, { registry: 'quay.io' })
-  }
+  const err = thrownBy(t, () => route(table, 'quay.io/x', undefined), RegistryUnknownError)
+  t.same(err?.detail, { registry: 'quay.io' })
 })
 
 t.test('with no default upstream, a request that names no registry is refused', async t => {

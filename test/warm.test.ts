@@ -8,6 +8,7 @@ import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { CacheIndex } from '../lib/db/cache-index.js'
+import { ImageListError } from '../lib/errors.js'
 import { parseImageList, resolveImages } from '../lib/warm/image-list.js'
 import { matchesPlatform, parsePlatform } from '../lib/oci/platform.js'
 import { createProgress } from '../lib/warm/progress.js'
@@ -17,6 +18,7 @@ import { startFakeRegistry, type FakeRegistry } from './helpers/fake-registry.js
 import { makeImage, makeIndex } from './helpers/images.js'
 import { startMirror } from './helpers/mirror.js'
 import { tempDir } from './helpers/temp-dir.js'
+import { rejectedBy } from './helpers/throws.js'
 
 interface Site { dir: string, storage: string, config: string, fake: FakeRegistry }
 
@@ -90,15 +92,11 @@ t.test('a list file: one reference a line, # comments, blank lines, CRLF; bad li
   t.same((await resolveImages([], [good], routing)).map(i => i.name), ['docker.io/library/nginx:1.27', 'docker.io/library/alpine:latest'], 'repeats dropped')
   const bad = join(dir, 'bad.txt')
   await writeFile(bad, 'nginx:1.27\nnginx 1.27\nghcr.io/org/app:v1\n')
-  try {
-    await resolveImages([], [bad, join(dir, 'missing.txt')], routing)
-    t.fail('expected a refusal')
-  } catch (err) {
-    const problems = (err as { problems: string[] }).problems
-    t.match(problems[0], /missing\.txt: cannot read the image list/)
-    t.equal(problems[1], `${bad}:2: expected one image reference, got "nginx 1.27"`)
-    t.equal(problems[2], `${bad}:3: ghcr.io/org/app:v1: registry ghcr.io is not an upstream of this mirror (configured: docker.io)`)
-  }
+  const refusal = await rejectedBy(t, resolveImages([], [bad, join(dir, 'missing.txt')], routing), ImageListError, 'expected a refusal')
+  const problems = refusal?.problems ?? []
+  t.match(problems[0], /missing\.txt: cannot read the image list/)
+  t.equal(problems[1], `${bad}:2: expected one image reference, got "nginx 1.27"`)
+  t.equal(problems[2], `${bad}:3: ghcr.io/org/app:v1: registry ghcr.io is not an upstream of this mirror (configured: docker.io)`)
   await t.rejects(resolveImages([], [], routing), { message: /no images given/ })
 
   const { fake, config, storage } = await site(t)

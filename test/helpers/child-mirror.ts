@@ -3,33 +3,30 @@
 
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { writeYamlConfig, type YamlConfig } from './config.js'
 
 export const CLI = fileURLToPath(new URL('../../dist/bin/registry-mirror.js', import.meta.url))
 
 export interface ConfigSpec {
   readonly storage: string
   readonly upstreams: Record<string, string>
-  readonly extraStorage?: Record<string, string | number>
-  readonly logLevel?: string
+  readonly extraStorage?: Omit<NonNullable<YamlConfig['storage']>, 'path'>
+  readonly logLevel?: NonNullable<YamlConfig['log']>['level']
+  readonly cache?: YamlConfig['cache']
+  readonly offline?: boolean
 }
 
+/** Writes `dir/mirror.config.yml` (listening on 127.0.0.1:0) for the CLI; returns its path. */
 export async function writeConfig (dir: string, spec: ConfigSpec): Promise<string> {
-  const lines = [
-    'listen: 127.0.0.1:0',
-    'storage:',
-    `  path: ${spec.storage}`,
-    ...Object.entries(spec.extraStorage ?? {}).map(([k, v]) => `  ${k}: ${v}`),
-    'upstreams:',
-    ...Object.entries(spec.upstreams).flatMap(([name, url]) => [`  ${name}:`, `    url: ${url}`]),
-    'log:',
-    `  level: ${spec.logLevel ?? 'info'}`
-  ]
-  const file = join(dir, 'mirror.config.yml')
-  await writeFile(file, lines.join('\n') + '\n')
-  return file
+  return await writeYamlConfig(dir, {
+    listen: '127.0.0.1:0',
+    storage: { path: spec.storage, ...spec.extraStorage },
+    upstreams: Object.fromEntries(Object.entries(spec.upstreams).map(([name, url]) => [name, { url }])),
+    cache: spec.cache,
+    log: { level: spec.logLevel ?? 'info' },
+    offline: spec.offline
+  })
 }
 
 export interface ChildMirror {

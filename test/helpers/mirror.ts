@@ -1,4 +1,5 @@
 // Starts a real mirror on 127.0.0.1:0 with storage in a temp dir, for tests.
+// Its config is written as mirror.config.yml and read by the real loader.
 
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -7,6 +8,7 @@ import { Writable } from 'node:stream'
 import type { MirrorConfig, UpstreamConfig } from '../../lib/config/types.js'
 import { createLogger } from '../../lib/log.js'
 import { createMirror, type Mirror, type MirrorOptions } from '../../lib/server.js'
+import { listenAddress, loadYamlConfig, ms, type YamlConfig, type YamlUpstream } from './config.js'
 
 export interface TestMirrorOptions {
   /** registry host -> upstream URL; the first is the default unless `defaultUpstream` says otherwise */
@@ -32,36 +34,7 @@ export interface Teardown { teardown: (fn: () => unknown) => void }
 
 export async function startMirror (t: Teardown, options: TestMirrorOptions): Promise<TestMirror> {
   const storage = options.storage ?? await mkdtemp(join(tmpdir(), 'mirror-test-'))
-  const entries = Object.entries(options.upstreams)
-  const defaultName = options.defaultUpstream === null ? undefined : (options.defaultUpstream ?? entries[0]?.[0])
-  const upstreams = new Map<string, UpstreamConfig>()
-  for (const [name, u] of entries) {
-    const spec = typeof u === 'string' ? { url: u } : u
-    upstreams.set(name, {
-      name,
-      default: name === defaultName,
-      connectTimeout: 2_000,
-      headersTimeout: 5_000,
-      bodyTimeout: 5_000,
-      ...spec
-    })
-  }
-  const config: MirrorConfig = {
-    listen: { host: '127.0.0.1', port: 0 },
-    storage: {
-      path: storage,
-      maxSize: undefined,
-      maxAge: undefined,
-      highWatermark: 0.9,
-      lowWatermark: 0.8,
-      evictionInterval: 3_600_000,
-      ...options.eviction
-    },
-    upstreams,
-    cache: { tagTtl: options.tagTtl ?? 300_000, hotEntries: 1000 },
-    log: { level: 'debug' },
-    metrics: { enabled: true, listen: undefined, token: undefined, ...options.metrics }
-  }
+  const config = await loadYamlConfig(testMirrorYaml(storage, options))
   const logs: Array<Record<string, unknown>> = []
   let text = ''
   const sink = new Writable({
@@ -81,6 +54,49 @@ export async function startMirror (t: Teardown, options: TestMirrorOptions): Pro
     if (options.storage === undefined) await rm(storage, { recursive: true, force: true })
   })
   return Object.assign(mirror, { storage, logs, logText: () => text })
+}
+
+/** The options as mirror.config.yml: short timeouts, debug logs, eviction unbounded and hourly unless asked. */
+function testMirrorYaml (storage: string, options: TestMirrorOptions): YamlConfig {
+  const entries = Object.entries(options.upstreams)
+  const defaultName = options.defaultUpstream === null ? undefined : (options.defaultUpstream ?? entries[0]?.[0])
+  const upstreams: Record<string, YamlUpstream> = {}
+  for (const [name, u] of entries) {
+    const spec = typeof u === 'string' ? { url: u } : u
+    upstreams[name] = {
+      url: spec.url,
+      // An explicit true (or false for all, when there is to be none) beats the loader's docker.io / only-one rules.
+      default: spec.default ?? (defaultName === undefined ? false : name === defaultName ? true : undefined),
+      username: spec.username,
+      password: spec.password,
+      timeouts: {
+        connect: ms(spec.connectTimeout ?? 2_000),
+        headers: ms(spec.headersTimeout ?? 5_000),
+        body: ms(spec.bodyTimeout ?? 5_000)
+      }
+    }
+  }
+  const eviction = options.eviction ?? {}
+  const metrics = options.metrics ?? {}
+  return {
+    listen: '127.0.0.1:0',
+    storage: {
+      path: storage,
+      maxSize: eviction.maxSize,
+      maxAge: eviction.maxAge === undefined ? undefined : ms(eviction.maxAge),
+      highWatermark: eviction.highWatermark ?? 0.9,
+      lowWatermark: eviction.lowWatermark ?? 0.8,
+      evictionInterval: ms(eviction.evictionInterval ?? 3_600_000)
+    },
+    upstreams,
+    cache: { tagTtl: ms(options.tagTtl ?? 300_000), hotEntries: 1000 },
+    log: { level: 'debug' },
+    metrics: {
+      enabled: metrics.enabled ?? true,
+      listen: metrics.listen === undefined ? undefined : listenAddress(metrics.listen),
+      token: metrics.token
+    }
+  }
 }
 
 /** Reads a whole response body, or the error that cut it. */
