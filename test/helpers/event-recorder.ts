@@ -1,0 +1,38 @@
+// A test's listener for the mirror's events: every event, in order, as data.
+
+import type { DownloadResult, EvictedItem, MirrorEvents, RequestRecord, UncachedResult, UpstreamAnswer } from '../../lib/events.js'
+
+export type RecordedEvent =
+  | { readonly event: 'upstreamResponse', readonly answer: UpstreamAnswer }
+  | { readonly event: 'tokenFetched' | 'upstreamRetried', readonly upstream: string }
+  | { readonly event: 'downloadStarted', readonly digest: string, readonly upstream: string }
+  | { readonly event: 'downloadEnded', readonly digest: string, readonly upstream: string, readonly result: DownloadResult, readonly bytes: number }
+  | { readonly event: 'uncachedStarted', readonly digest: string, readonly upstream: string, readonly reason: string }
+  | { readonly event: 'uncachedEnded', readonly digest: string, readonly upstream: string, readonly result: UncachedResult, readonly bytes: number }
+  | { readonly event: 'evicted', readonly item: EvictedItem }
+  | { readonly event: 'requestFinished', readonly record: RequestRecord }
+
+export class EventRecorder implements MirrorEvents {
+  readonly events: RecordedEvent[] = []
+
+  upstreamResponse (answer: UpstreamAnswer): void { this.events.push({ event: 'upstreamResponse', answer }) }
+  tokenFetched (upstream: string): void { this.events.push({ event: 'tokenFetched', upstream }) }
+  upstreamRetried (upstream: string): void { this.events.push({ event: 'upstreamRetried', upstream }) }
+  downloadStarted (digest: string, upstream: string): void { this.events.push({ event: 'downloadStarted', digest, upstream }) }
+  downloadEnded (digest: string, upstream: string, result: DownloadResult, bytes: number): void {
+    this.events.push({ event: 'downloadEnded', digest, upstream, result, bytes })
+  }
+
+  uncachedStarted (digest: string, upstream: string, reason: string): void { this.events.push({ event: 'uncachedStarted', digest, upstream, reason }) }
+  uncachedEnded (digest: string, upstream: string, result: UncachedResult, bytes: number): void {
+    this.events.push({ event: 'uncachedEnded', digest, upstream, result, bytes })
+  }
+
+  evicted (item: EvictedItem): void { this.events.push({ event: 'evicted', item }) }
+  requestFinished (record: RequestRecord): void { this.events.push({ event: 'requestFinished', record }) }
+
+  /** The events of one kind, in order. */
+  of<K extends RecordedEvent['event']> (event: K): Array<Extract<RecordedEvent, { event: K }>> {
+    return this.events.filter((e): e is Extract<RecordedEvent, { event: K }> => e.event === event)
+  }
+}
