@@ -5,13 +5,13 @@
 import { ManifestUnknownError, NameUnknownError, PaginationNumberInvalidError, RegistryError, UnavailableError } from '../errors.js'
 import { MediaTypes } from '../oci/media-types.js'
 import { header } from '../oci/headers.js'
+import { MAX_LISTING_BYTES } from '../oci/limits.js'
 import { passedThroughHeaders } from '../upstream/client.js'
 import type { Route } from '../upstream/routing.js'
 import { readLimited, type StoppableBody } from '../read-limited.js'
 import type { CacheOutcome } from '../events.js'
 import type { ServiceOptions } from './service-options.js'
 
-const MAX_LISTING_BYTES = 16 * 1024 * 1024
 
 export interface Page { readonly n: number | undefined, readonly last: string | undefined }
 

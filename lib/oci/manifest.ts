@@ -8,9 +8,6 @@ import { MediaTypes } from './media-types.js'
 import { platformOf, type PlatformSpec } from './platform.js'
 import { isDigest } from './reference.js'
 
-/** The largest manifest the mirror reads, caches or imports. */
-export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-
 /**
  * What a descriptor points at: a child manifest of an index, the config or a
  * layer of an image, or one of an artifact manifest's `blobs`.

@@ -16,6 +16,7 @@ import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
 import type { MirrorConfig } from '../config/types.js'
 import { ExportFailedError } from '../errors.js'
+import { MAX_CONFIG_BYTES } from '../oci/limits.js'
 import { readLimited } from '../read-limited.js'
 import { openCore, type MirrorCore } from '../core.js'
 import { parseDigest } from '../oci/reference.js'
@@ -185,8 +186,6 @@ async function ociWrapper (core: MirrorCore, image: WarmedImage): Promise<Buffer
   }
   return Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests }))
 }
-
-const MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 /** os/architecture/variant from an image config in the cache, which clients choose a platform by. */
 async function platformOfConfig (core: MirrorCore, image: WarmedImage, digest: string): Promise<Record<string, string> | undefined> {

@@ -20,7 +20,8 @@ import { parseDigest } from '../oci/reference.js'
 import { MediaTypes } from '../oci/media-types.js'
 import type { Route, RoutingTable } from '../upstream/routing.js'
 import { DigestCheck } from '../store/digest-check.js'
-import { MAX_MANIFEST_BYTES, parseManifestStrictly } from '../oci/manifest.js'
+import { MAX_INDEX_DEPTH, MAX_LAYOUT_FILE_BYTES, MAX_LAYOUT_INDEX_BYTES, MAX_MANIFEST_BYTES } from '../oci/limits.js'
+import { parseManifestStrictly } from '../oci/manifest.js'
 import { REF_NAME, WRAPPER_FOR } from './export.js'
 import type { ProgressRow } from './progress.js'
 import { readTar } from './tar.js'
@@ -44,8 +45,6 @@ export interface ImportReport {
   readonly bytesRead: number
 }
 
-const MAX_INDEX_BYTES = 16 * 1024 * 1024
-const MAX_INDEX_DEPTH = 4
 
 interface Staged { readonly path: string, readonly size: number }
 interface PlannedManifest { readonly digest: string, readonly mediaType: string, readonly content: Buffer, readonly repositories: Set<string> }
@@ -85,7 +84,7 @@ async function readBundle (bundle: string, staging: string, progress: ProgressRo
     if (entry.type === 'directory') continue
     const name = entry.name
     if (name === 'oci-layout' || name === 'index.json') {
-      const limit = name === 'index.json' ? MAX_INDEX_BYTES : 64 * 1024
+      const limit = name === 'index.json' ? MAX_LAYOUT_INDEX_BYTES : MAX_LAYOUT_FILE_BYTES
       if (entry.size > limit) throw new BundleInvalidError(`entry ${name} is ${entry.size} bytes, more than an ${name} may be (${limit})`)
       const chunks: Buffer[] = []
       for await (const chunk of entry.body) chunks.push(chunk)

@@ -10,6 +10,7 @@ import { RegistryError } from '../errors.js'
 import type { Route } from '../upstream/routing.js'
 import { formatBytes } from '../cli/maintenance.js'
 import { DigestCheck } from '../store/digest-check.js'
+import { MAX_INDEX_DEPTH } from '../oci/limits.js'
 import { parseManifestStrictly, type ChildDescriptor } from '../oci/manifest.js'
 import type { RequestedImage } from './image-list.js'
 import { Limiter } from './limiter.js'
@@ -52,7 +53,6 @@ export type WarmResult =
 type BlobResult = { cached: boolean, size: number }
 
 /** Nested indexes deeper than this are refused rather than followed. */
-const MAX_INDEX_DEPTH = 4
 
 export class Warmer {
   readonly #o: WarmerOptions
