@@ -8,6 +8,7 @@ import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { CacheIndex } from '../lib/db/cache-index.js'
+import { pinnedContent } from '../lib/cache/pins.js'
 import { ImageListError } from '../lib/errors.js'
 import { parseImageList, resolveImages } from '../lib/warm/image-list.js'
 import { matchesPlatform, parsePlatform } from '../lib/oci/platform.js'
@@ -261,4 +262,29 @@ t.test('progress: bars redrawn in place on a terminal, plain lines elsewhere', a
     ''
   ].join('\n'))
   t.notOk(plain.includes('\x1b'), 'no escape codes in a log')
+})
+
+t.test('an OCI artifact manifest: warm fetches its blobs, the same ones a pin of it protects', async t => {
+  const { fake, config, storage } = await site(t)
+  const subject = makeImage(fake, 'org/app', 'v1', { layers: [900] })
+  const signature = fake.addBlob('org/app', Buffer.from('signature bytes'))
+  const emptyConfig = fake.addBlob('org/app', Buffer.from('{}'))
+  const artifact = fake.addManifest('org/app', 'sig', {
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    artifactType: 'application/vnd.example.signature',
+    config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: emptyConfig, size: 2 },
+    blobs: [{ mediaType: 'application/octet-stream', digest: signature, size: 15 }],
+    subject: subject.descriptor
+  }, 'application/vnd.oci.image.manifest.v1+json')
+  const r = await runCli(['warm', '--config', config, '--pin', 'ghcr.io/org/app:sig'])
+  t.equal(r.code, 0, r.stderr)
+  t.equal(fake.count('GET', `/blobs/${signature}`), 1, 'the artifact\'s blob was fetched')
+  t.equal(fake.count('GET', `/blobs/${emptyConfig}`), 1, 'and its config')
+  for (const digest of subject.blobDigests) t.equal(fake.count('GET', `/blobs/${digest}`), 0, 'the subject is not part of the artifact')
+  withIndex(storage, index => {
+    t.ok(index.getBlob(signature), 'the blob is cached')
+    t.ok(index.getManifest(artifact))
+    t.same([...pinnedContent(index).digests].sort(), [artifact, emptyConfig, signature].sort(), 'the pin protects exactly what warm fetched')
+  })
 })
