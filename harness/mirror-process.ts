@@ -10,7 +10,7 @@ import { Transform, type TransformCallback } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { Daemon, tailOf } from './process.js'
 import { makeTempDir, removeTempDir } from './temp.js'
-import type { Mirror, UpstreamEntry } from './mirror.js'
+import type { Mirror, UpstreamEntry } from './mirror-api.js'
 
 function repoRoot (): string {
   let dir = dirname(fileURLToPath(import.meta.url))

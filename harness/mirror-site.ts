@@ -5,7 +5,7 @@
 
 import { access, mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import type { Mirror, UpstreamEntry } from './mirror.js'
+import type { Mirror, UpstreamEntry } from './mirror-api.js'
 import { MirrorProcess, startMirrorDaemon } from './mirror-process.js'
 import { run, tailOf, type CommandResult, type Daemon } from './process.js'
 import { makeTempDir, removeTempDir } from './temp.js'

@@ -3,31 +3,14 @@
 // proxy mode (one upstream, docker.io only), the anchor we measure against.
 
 import { ReferenceRegistry } from './reference-registry.js'
+import type { Mirror, UpstreamEntry } from './mirror-api.js'
 import { MirrorProcess } from './mirror-process.js'
 import { TrafficRecorder, type SeenRequest } from './traffic-recorder.js'
 
 /** Short, so tests can let tags go stale and see the mirror revalidate or serve them stale. */
 export const E2E_TAG_TTL = '1s'
 
-export interface UpstreamEntry {
-  /** The registry host clients name: docker.io, ghcr.io. */
-  readonly name: string
-  readonly url: string
-  readonly default?: boolean
-}
-
-export interface Mirror {
-  /** http://127.0.0.1:PORT */
-  readonly url: string
-  /** 127.0.0.1:PORT */
-  readonly host: string
-  /** The registries it can serve. */
-  readonly registries: readonly string[]
-  /** host[/prefix] under which a registry's repositories are found (podman, skopeo). */
-  locationFor: (registry: string) => string
-  close: () => Promise<void>
-  tail: () => string
-}
+export type { Mirror, UpstreamEntry } from './mirror-api.js'
 
 export type MirrorKind = 'registry-mirror' | 'reference'
 
