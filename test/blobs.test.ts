@@ -248,6 +248,25 @@ t.test('HEAD of an uncached blob asks upstream with a HEAD and downloads nothing
   t.equal(fake.count('GET', `/blobs/${digest}`), 0)
 })
 
+t.test('HEAD of a cached blob is answered from the cache; once its file is gone, the row goes and upstream answers', async t => {
+  const { fake, url, storage, mirror } = await setup(t)
+  const bytes = randomBytes(20_000)
+  const digest = fake.addBlob('library/app', bytes)
+  await (await fetch(url + blobPath(digest))).arrayBuffer()
+  const hit = await fetch(url + blobPath(digest), { method: 'HEAD' })
+  t.equal(hit.status, 200)
+  t.equal(hit.headers.get('x-mirror-cache'), 'hit')
+  t.equal(hit.headers.get('content-length'), String(bytes.length))
+  t.equal(fake.count('HEAD', `/blobs/${digest}`), 0, 'upstream not asked')
+
+  await rm(join(storage, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7)))
+  const lost = await fetch(url + blobPath(digest), { method: 'HEAD' })
+  t.equal(lost.status, 200)
+  t.equal(lost.headers.get('x-mirror-cache'), 'miss', 'a row without a file is a miss, never a 500')
+  t.equal(fake.count('HEAD', `/blobs/${digest}`), 1, 'upstream answered the HEAD')
+  t.equal(mirror.cache.index.getBlob(digest), undefined, 'the row was dropped')
+})
+
 t.test('an unknown blob is BLOB_UNKNOWN', async t => {
   const { url } = await setup(t)
   const res = await fetch(url + blobPath(`sha256:${'0'.repeat(64)}`))

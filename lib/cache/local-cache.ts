@@ -112,11 +112,6 @@ export class LocalCache {
     return true
   }
 
-  /** A file the cache found shorter than its row while serving it: gone from the index at once. */
-  dropBlobRow (digest: string): void {
-    this.index.deleteBlob(digest)
-  }
-
   #lostFile (digest: string): void {
     // The index outlived the file (deleted by hand, lost in a crash).
     this.#log.warn({ digest }, 'indexed blob has no file; dropping the row')
