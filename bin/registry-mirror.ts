@@ -205,11 +205,12 @@ async function exportCommand (config: MirrorConfig, args: string[], files: strin
 }
 
 async function importCommand (config: MirrorConfig, bundle: string): Promise<number> {
-  const core = await openCore(config, createLogger('warn', process.stderr))
+  const log = createLogger('warn', process.stderr)
+  const core = await openCore(config, log)
   const progress = createProgress(process.stderr, 'importing')
   const row = progress.row(bundle)
   try {
-    const report = await importBundle({ cache: core.cache, routing: core.routing, log: createLogger('warn', process.stderr), bundle, progress: row })
+    const report = await importBundle({ cache: core.cache, routing: core.routing, log, bundle, progress: row })
     row.done(`${report.images.length} images`)
     progress.close()
     process.stdout.write(`imported ${report.images.length} images from ${bundle}: ${report.blobsAdded} blobs added, ${report.blobsPresent} already cached, ${report.manifests} manifests\n`)
