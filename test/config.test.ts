@@ -322,9 +322,14 @@ t.test('upstream URLs', async t => {
     t.same(urlProblem('https://ghcr.io?x=1'), ['upstreams.ghcr.io.url: expected an http(s) URL, got "https://ghcr.io?x=1" (no query or fragment)'])
     t.same(urlProblem('https://ghcr.io/?'), ['upstreams.ghcr.io.url: expected an http(s) URL, got "https://ghcr.io/?" (no query or fragment)'])
     t.same(urlProblem('https://ghcr.io#top'), ['upstreams.ghcr.io.url: expected an http(s) URL, got "https://ghcr.io#top" (no query or fragment)'])
-    t.same(urlProblem('https://me:pw@ghcr.io'), [
-      'upstreams.ghcr.io.url: expected an http(s) URL, got "https://me:pw@ghcr.io" (put credentials in "username" and "password", not in the URL)'
-    ])
+    t.same(urlProblem('https://me:s3cret@ghcr.io'), [
+      'upstreams.ghcr.io.url: expected an http(s) URL, got "https://***@ghcr.io" (put credentials in "username" and "password", not in the URL)'
+    ], 'credentials in a URL are refused, and never printed')
+    for (const url of ['https://me:s3cret@', 'https://me:s3cret@ghcr.io?x=1', 'ftp://me:s3cret@ghcr.io', 'https://:s3cret@ghcr.io/v2']) {
+      const problems = urlProblem(url)
+      t.equal(problems.length, 1, `${url} is refused`)
+      t.notMatch(problems.join('\n'), /s3cret/, `the password of ${url} is not in the message`)
+    }
     t.same(problemsOf('upstreams:\n  ghcr.io: {}\n'), ['upstreams.ghcr.io.url: is required (the registry\'s base URL, e.g. "https://ghcr.io")'])
     t.same(problemsOf('upstreams:\n  ghcr.io:\n'), ['upstreams.ghcr.io.url: is required (the registry\'s base URL, e.g. "https://ghcr.io")'])
     t.same(problemsOf('upstreams:\n  ghcr.io: { url: [a] }\n'), ['upstreams.ghcr.io.url: expected an http(s) URL, got a list'])

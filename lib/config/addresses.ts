@@ -84,7 +84,9 @@ export function parseRegistryHost (text: string): string {
  * without a trailing slash, so callers can append `/v2/...`.
  */
 export function parseUpstreamUrl (text: string): string {
-  const expected = `expected an http(s) URL, got ${JSON.stringify(text)}`
+  // Whatever stands between "//" and "@" may be a password: never in a message.
+  const shown = text.replace(/\/\/[^/?#]*@/, '//***@')
+  const expected = `expected an http(s) URL, got ${JSON.stringify(shown)}`
   const trimmed = text.trim()
   // WHATWG URL would accept "https:ghcr.io"; insist on the usual form.
   if (!/^https?:\/\//i.test(trimmed)) throw new Error(expected)
