@@ -309,3 +309,12 @@ t.test('an upstream 429 with nothing cached gives 429 TOOMANYREQUESTS with Retry
   const body = await res.json() as { errors: Array<{ code: string }> }
   t.equal(body.errors[0]?.code, 'TOOMANYREQUESTS')
 })
+
+t.test('the request log keeps the query of the distribution API and redacts every other value', async t => {
+  const { fake, url, mirror } = await setup(t)
+  const digest = fake.addBlob('library/app', randomBytes(1000))
+  await (await fetch(`${url}${blobPath(digest)}?ns=docker.io&token=s3cret&X-Amz-Signature=s3cret2`)).arrayBuffer()
+  const line = mirror.logs.find(l => l.msg === 'request' && typeof l.path === 'string' && l.path.startsWith(blobPath(digest)))
+  t.equal(line?.path, `${blobPath(digest)}?ns=docker.io&token=%5Bredacted%5D&X-Amz-Signature=%5Bredacted%5D`)
+  t.notMatch(mirror.logText(), /s3cret/, 'no query secret anywhere in the log')
+})

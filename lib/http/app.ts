@@ -122,7 +122,7 @@ function requestLog (options: AppOptions) {
       const outcome = status >= 400 || !delivered ? 'error' : ctx.state.cache
       options.log.info({
         method: ctx.method,
-        path: ctx.url,
+        path: loggedPath(ctx.path, ctx.querystring),
         status,
         bytes: bodyBytes,
         ms: Math.round(seconds * 1000),
@@ -133,6 +133,17 @@ function requestLog (options: AppOptions) {
     })
     await next()
   }
+}
+
+/** Query parameters of the distribution API; the value of any other may be a client's secret. */
+const LOGGED_QUERY = new Set(['ns', 'n', 'last', 'artifactType'])
+
+/** The path as logged: the query's own parameters kept, every other value redacted. */
+export function loggedPath (path: string, query: string): string {
+  if (query === '') return path
+  const shown = new URLSearchParams()
+  for (const [name, value] of new URLSearchParams(query)) shown.append(name, LOGGED_QUERY.has(name) ? value : '[redacted]')
+  return `${path}?${shown.toString()}`
 }
 
 function distribution (options: AppOptions) {
