@@ -540,15 +540,65 @@ t.test('an upstream that does not filter referrers: the mirror filters, fresh an
   t.equal(cached.headers['oci-filters-applied'], 'artifactType', 'from the cache: filtered too')
 })
 
-t.test('referrers of a registry without the referrers API are 404, and nothing is cached', async t => {
+t.test('referrers of a registry without the referrers API: the referrers tag schema, else an empty index', async t => {
   const { docker, get } = await setup(t)
   docker.behaviour.referrersApi = false
   const image = makeImage(docker, 'library/app', 'v1', { layers: [10] })
-  const res = await get(`/v2/library/app/referrers/${image.manifestDigest}`)
-  t.equal(res.status, 404)
-  t.equal((json(res) as { errors: Array<{ code: string }> }).errors[0]?.code, 'MANIFEST_UNKNOWN')
-  await get(`/v2/library/app/referrers/${image.manifestDigest}`)
-  t.equal(docker.count('GET', '/referrers/'), 2, 'asked again: a 404 is not cached')
+  const none = await get(`/v2/library/app/referrers/${image.manifestDigest}`)
+  t.equal(none.status, 200, 'no referrers is an answer, not a 404')
+  t.equal(none.headers['content-type'], MediaTypes.ociIndex)
+  t.same(json(none), { schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests: [] })
+  const tag = `sha256-${image.manifestDigest.slice(7)}`
+  t.equal(docker.count('GET', `/v2/library/app/manifests/${tag}`), 1, 'the referrers tag was tried')
+
+  const other = makeImage(docker, 'library/app', 'v2', { layers: [10] })
+  const signature = { mediaType: MediaTypes.ociManifest, digest: `sha256:${'d'.repeat(64)}`, size: 10, artifactType: SIGNATURE }
+  const sbom = { mediaType: MediaTypes.ociManifest, digest: `sha256:${'e'.repeat(64)}`, size: 10, artifactType: SBOM }
+  docker.addManifest('library/app', `sha256-${other.manifestDigest.slice(7)}`, { schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests: [signature, sbom] }, MediaTypes.ociIndex)
+  const listed = await get(`/v2/library/app/referrers/${other.manifestDigest}`)
+  t.equal(listed.status, 200)
+  t.same((json(listed) as IndexBody).manifests.map(m => m.digest), [signature.digest, sbom.digest], 'the index under the referrers tag')
+  const filtered = await get(`/v2/library/app/referrers/${other.manifestDigest}?artifactType=${encodeURIComponent(SBOM)}`)
+  t.same((json(filtered) as IndexBody).manifests.map(m => m.digest), [sbom.digest], 'filtered by the mirror')
+  t.equal(filtered.headers['oci-filters-applied'], 'artifactType')
+})
+
+t.test('tags/list pages are right whatever the upstream does with n and last', async t => {
+  // An upstream that ignores n and last, and sends `last` itself back.
+  const tags = ['a', 'b', 'v1', 'v2', 'v3']
+  const upstream = createServer((req, res) => {
+    req.resume()
+    const body = JSON.stringify({ name: 'library/app', tags })
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+    res.end(body)
+  })
+  upstream.listen(0, '127.0.0.1')
+  await once(upstream, 'listening')
+  t.teardown(async () => { upstream.closeAllConnections(); upstream.close(); await once(upstream, 'close') })
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': `http://127.0.0.1:${(upstream.address() as AddressInfo).port}` } })
+  const after = await send(mirror.url, 'GET', '/v2/library/app/tags/list?last=v1')
+  t.same(json(after), { name: 'library/app', tags: ['v2', 'v3'] }, 'last is exclusive')
+  t.equal(after.headers.link, undefined)
+  const page = await send(mirror.url, 'GET', '/v2/library/app/tags/list?n=2&last=a')
+  t.same(json(page), { name: 'library/app', tags: ['b', 'v1'] }, 'n is honoured')
+  t.equal(page.headers.link, '</v2/library/app/tags/list?n=2&last=v1>; rel="next"', 'and the next page is linked')
+  const empty = await send(mirror.url, 'GET', '/v2/library/app/tags/list?n=0')
+  t.same(json(empty), { name: 'library/app', tags: [] })
+})
+
+t.test('answers routed by ?ns= carry OCI-Namespace; others do not', async t => {
+  const { ghcr, get } = await setup(t)
+  makeImage(ghcr, 'org/app', 'v1', { layers: [10] })
+  const byNs = await get('/v2/org/app/manifests/v1?ns=ghcr.io')
+  t.equal(byNs.status, 200)
+  t.equal(byNs.headers['oci-namespace'], 'ghcr.io')
+  const missing = await get('/v2/org/nothing/manifests/v1?ns=ghcr.io')
+  t.equal(missing.status, 404)
+  t.equal(missing.headers['oci-namespace'], 'ghcr.io', 'errors too')
+  const byPrefix = await get('/v2/ghcr.io/org/app/manifests/v1')
+  t.equal(byPrefix.headers['oci-namespace'], undefined, 'a path prefix is no ns')
+  const plain = await get('/v2/library/app/tags/list')
+  t.equal(plain.headers['oci-namespace'], undefined)
 })
 
 // ---------------------------------------------------------------- the request log

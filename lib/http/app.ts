@@ -166,6 +166,8 @@ function distribution (options: AppOptions) {
     const r = route(options.routing, rawName, ns)
     ctx.state.upstream = r.upstream
     ctx.set('Docker-Distribution-API-Version', API_VERSION)
+    // The spec's "Registry Proxying": a registry that scopes a request by `ns` says so.
+    if (ns !== undefined && ns === r.upstream) ctx.set('OCI-Namespace', ns)
     switch (what) {
       case 'manifests': return await manifest(ctx, options, r, ref)
       case 'blobs': return await blob(ctx, options, r, ref)

@@ -4,6 +4,7 @@
 
 import { ManifestUnknownError, NameUnknownError, PaginationNumberInvalidError, RegistryError, UnavailableError } from '../errors.js'
 import { MediaTypes } from '../oci/media-types.js'
+import { referrersTag } from '../oci/reference.js'
 import { header } from '../oci/headers.js'
 import { MAX_LISTING_BYTES } from '../oci/limits.js'
 import { passedThroughHeaders } from '../upstream/client.js'
@@ -76,10 +77,12 @@ export class ListingService {
         throw new UnavailableError(`upstream answered HTTP ${res.status} for a tag list`)
       }
       const body = await readJson(res.body)
-      const tags = isRecord(body) && Array.isArray(body.tags) ? body.tags.filter((t): t is string => typeof t === 'string') : []
+      const listed = isRecord(body) && Array.isArray(body.tags) ? body.tags.filter((t): t is string => typeof t === 'string') : []
       const link = header(res.headers, 'link')
-      const next = link === undefined ? undefined : nextLast(link)
-      return { tags, next, outcome: 'miss', headers: passedThroughHeaders(res.headers) }
+      // The page is the mirror's to get right, whatever upstream did with n and last: only
+      // tags after `last`, at most `n`, and a next page when this one was cut.
+      const { items, next } = paginate(listed, page)
+      return { tags: items, next: next ?? (link === undefined ? undefined : nextLast(link)), outcome: 'miss', headers: passedThroughHeaders(res.headers) }
     } catch (err) {
       if (err instanceof NameUnknownError || !(err instanceof RegistryError)) throw err
       const known = this.#o.cache.tags(route.repository)
@@ -100,16 +103,19 @@ export class ListingService {
     try {
       const res = await this.#o.upstream(route.upstream).send('GET', `/v2/${route.name}/referrers/${digest}${qs}`,
         { repository: route.name, headers: { accept: MediaTypes.ociIndex }, kind: 'referrers' })
+      let body: Record<string, unknown> & { manifests: unknown[] }
       if (res.status === 404) {
+        // No referrers API: the spec's fallback is the referrers tag, else no referrers at all.
         await res.body.dump()
-        throw new ManifestUnknownError('upstream has no referrers for this digest', { digest })
-      }
-      if (res.status !== 200) {
+        body = await this.#referrersTag(route, digest)
+      } else if (res.status !== 200) {
         await res.body.dump()
         throw new UnavailableError(`upstream answered HTTP ${res.status} for referrers`)
+      } else {
+        const parsed = await readJson(res.body)
+        if (!isReferrersIndex(parsed)) throw new UnavailableError('upstream sent an invalid referrers index')
+        body = parsed
       }
-      const body = await readJson(res.body)
-      if (!isRecord(body) || !Array.isArray(body.manifests)) throw new UnavailableError('upstream sent an invalid referrers index')
       // Upstream may ignore artifactType (the spec allows it); the mirror filters itself, so the
       // answer, fresh or cached, is always filtered when a filter was asked for.
       if (artifactType !== undefined) {
@@ -119,9 +125,22 @@ export class ListingService {
       this.#o.cache.putReferrers(route.repository, digest, key, content)
       return { content, outcome: 'miss', filtered: key !== '' }
     } catch (err) {
-      if (cached === undefined || err instanceof ManifestUnknownError || !(err instanceof RegistryError)) throw err
+      if (cached === undefined || !(err instanceof RegistryError)) throw err
       return { content: cached.content, outcome: 'stale', filtered: key !== '' }
     }
+  }
+
+  /** The index under the referrers tag (`sha256-<hex>`), or an empty index when there is none. */
+  async #referrersTag (route: Route, digest: string): Promise<Record<string, unknown> & { manifests: unknown[] }> {
+    const res = await this.#o.upstream(route.upstream).send('GET', `/v2/${route.name}/manifests/${referrersTag(digest)}`,
+      { repository: route.name, headers: { accept: MediaTypes.ociIndex }, kind: 'referrers' })
+    if (res.status === 200) {
+      const parsed = await readJson(res.body).catch(() => undefined)
+      if (isReferrersIndex(parsed)) return parsed
+    } else {
+      await res.body.dump()
+    }
+    return { schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests: [] }
   }
 
   catalog (page: Page): { repositories: string[], next: string | undefined } {
@@ -138,6 +157,10 @@ async function readJson (body: StoppableBody): Promise<unknown> {
   } catch {
     throw new UnavailableError('upstream sent invalid JSON')
   }
+}
+
+function isReferrersIndex (v: unknown): v is Record<string, unknown> & { manifests: unknown[] } {
+  return isRecord(v) && Array.isArray(v.manifests)
 }
 
 function isRecord (v: unknown): v is Record<string, unknown> {

@@ -63,3 +63,14 @@ export function parseManifestReference (reference: string): ManifestReference {
   if (!isTag(reference)) throw new ManifestInvalidError('invalid tag', { tag: reference })
   return { kind: 'tag', tag: reference }
 }
+
+/**
+ * The tag a registry without the referrers API keeps a digest's referrers under (the
+ * spec's referrers tag schema): the algorithm cut to 32 characters, `-`, the encoded part
+ * cut to 64, anything a tag may not hold replaced with `-`.
+ */
+export function referrersTag (digest: string): string {
+  const colon = digest.indexOf(':')
+  const tag = `${digest.slice(0, colon).slice(0, 32)}-${digest.slice(colon + 1).slice(0, 64)}`
+  return tag.replace(/[^a-zA-Z0-9._-]/g, '-')
+}
