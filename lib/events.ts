@@ -28,6 +28,8 @@ export interface UpstreamAnswer {
   readonly status: number
 }
 
+export type RefusalReason = 'realm-host' | 'redirect-host' | 'link-local'
+
 /** How a download into the cache ended. */
 export type DownloadResult = 'ok' | 'mismatch' | 'error' | 'disk-full'
 
@@ -51,6 +53,8 @@ export interface MirrorEvents {
   tokenFetched: (upstream: string) => void
   /** An upstream request sent again after a dropped connection. */
   upstreamRetried: (upstream: string) => void
+  /** A request the mirror would not make: a token realm or redirect off the upstream's hosts, or to a link-local address. */
+  upstreamRefused: (upstream: string, reason: RefusalReason) => void
   downloadStarted: (digest: string, upstream: string) => void
   downloadEnded: (digest: string, upstream: string, result: DownloadResult, bytes: number) => void
   /** A blob is being served straight from upstream, not cached (the disk has no room for it). */
@@ -74,6 +78,7 @@ export class Events implements MirrorEvents {
   upstreamResponse (answer: UpstreamAnswer): void { for (const s of this.#sinks) s.upstreamResponse?.(answer) }
   tokenFetched (upstream: string): void { for (const s of this.#sinks) s.tokenFetched?.(upstream) }
   upstreamRetried (upstream: string): void { for (const s of this.#sinks) s.upstreamRetried?.(upstream) }
+  upstreamRefused (upstream: string, reason: RefusalReason): void { for (const s of this.#sinks) s.upstreamRefused?.(upstream, reason) }
   downloadStarted (digest: string, upstream: string): void { for (const s of this.#sinks) s.downloadStarted?.(digest, upstream) }
   downloadEnded (digest: string, upstream: string, result: DownloadResult, bytes: number): void {
     for (const s of this.#sinks) s.downloadEnded?.(digest, upstream, result, bytes)

@@ -2,7 +2,7 @@
 // how the cache answered, what it cost upstream, and what the cache holds.
 
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
-import type { DownloadResult, EvictedItem, MirrorEvents, RequestRecord, UncachedResult, UpstreamAnswer } from './events.js'
+import type { DownloadResult, EvictedItem, MirrorEvents, RefusalReason, RequestRecord, UncachedResult, UpstreamAnswer } from './events.js'
 
 /** What the gauges read, when Prometheus scrapes. */
 export interface CacheState {
@@ -26,6 +26,7 @@ export class Metrics implements MirrorEvents {
   readonly #upstreamRequests: Counter<'upstream' | 'kind' | 'status'>
   readonly #tokens: Counter<'upstream'>
   readonly #retries: Counter<'upstream'>
+  readonly #refused: Counter<'upstream' | 'reason'>
   readonly #mismatches: Counter<'upstream'>
   readonly #evictions: Counter<'reason'>
   readonly #evictedBytes: Counter<'reason'>
@@ -48,6 +49,7 @@ export class Metrics implements MirrorEvents {
     this.#upstreamRequests = new Counter({ name: 'registry_mirror_upstream_requests_total', help: 'Requests answered by upstreams, by upstream, kind and HTTP status', labelNames: ['upstream', 'kind', 'status'], registers })
     this.#tokens = new Counter({ name: 'registry_mirror_upstream_token_fetches_total', help: 'Bearer tokens fetched from upstream token services', labelNames: ['upstream'], registers })
     this.#retries = new Counter({ name: 'registry_mirror_upstream_retries_total', help: 'Upstream requests retried after a dropped connection', labelNames: ['upstream'], registers })
+    this.#refused = new Counter({ name: 'registry_mirror_upstream_refused_total', help: 'Requests the mirror would not make for an upstream: a token realm or redirect off its hosts, or to a link-local address', labelNames: ['upstream', 'reason'], registers })
     this.#mismatches = new Counter({ name: 'registry_mirror_digest_mismatches_total', help: 'Blobs from upstream whose bytes did not match their digest (never cached)', labelNames: ['upstream'], registers })
     this.#evictions = new Counter({ name: 'registry_mirror_evictions_total', help: 'Blobs and manifests evicted, by reason', labelNames: ['reason'], registers })
     this.#evictedBytes = new Counter({ name: 'registry_mirror_evicted_bytes_total', help: 'Bytes evicted, by reason', labelNames: ['reason'], registers })
@@ -93,6 +95,7 @@ export class Metrics implements MirrorEvents {
   upstreamResponse (answer: UpstreamAnswer): void { this.#upstreamRequests.inc({ upstream: answer.upstream, kind: answer.kind, status: String(answer.status) }) }
   tokenFetched (upstream: string): void { this.#tokens.inc({ upstream }) }
   upstreamRetried (upstream: string): void { this.#retries.inc({ upstream }) }
+  upstreamRefused (upstream: string, reason: RefusalReason): void { this.#refused.inc({ upstream, reason }) }
   downloadStarted (): void {}
 
   downloadEnded (_digest: string, upstream: string, result: DownloadResult, bytes: number): void {

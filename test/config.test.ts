@@ -60,6 +60,7 @@ t.test('a minimal file gets every default', async t => {
       default: true,
       username: undefined,
       password: undefined,
+      authHosts: [],
       connectTimeout: 10_000,
       headersTimeout: 30_000,
       bodyTimeout: 60_000
@@ -118,6 +119,7 @@ upstreams:
     url: https://registry-1.docker.io
     username: someone
     password: secret
+    authHosts: [auth.docker.io]
     timeouts: { connect: 2s, headers: 1m, body: 1m30s }
   localhost:5001:
     url: HTTP://LocalHost:5001//
@@ -141,6 +143,7 @@ log:
     default: true,
     username: 'someone',
     password: 'secret',
+    authHosts: ['auth.docker.io'],
     connectTimeout: 2000,
     headersTimeout: 60_000,
     bodyTimeout: 90_000
@@ -333,6 +336,11 @@ t.test('upstream URLs', async t => {
     t.same(problemsOf('upstreams:\n  ghcr.io: {}\n'), ['upstreams.ghcr.io.url: is required (the registry\'s base URL, e.g. "https://ghcr.io")'])
     t.same(problemsOf('upstreams:\n  ghcr.io:\n'), ['upstreams.ghcr.io.url: is required (the registry\'s base URL, e.g. "https://ghcr.io")'])
     t.same(problemsOf('upstreams:\n  ghcr.io: { url: [a] }\n'), ['upstreams.ghcr.io.url: expected an http(s) URL, got a list'])
+    t.same(problemsOf('upstreams:\n  ghcr.io: { url: "https://ghcr.io", authHosts: auth.ghcr.io }\n'), ['upstreams.ghcr.io.authHosts: expected a list, got "auth.ghcr.io"'])
+    t.same(problemsOf('upstreams:\n  ghcr.io: { url: "https://ghcr.io", authHosts: [ok.example, "https://x.example", 5] }\n'), [
+      'upstreams.ghcr.io.authHosts[1]: expected a host like "auth.docker.io" or "auth.example:8443", got "https://x.example" (the host alone, not a URL)',
+      'upstreams.ghcr.io.authHosts[2]: expected a host like "auth.docker.io" or "auth.example:8443", got "5"'
+    ], 'each authHost is a host, named by its index')
   })
 })
 

@@ -19,7 +19,7 @@ interface Setup {
   get: (path: string) => Promise<Answer>
 }
 
-async function setup (t: Teardown, fakeOptions: FakeRegistryOptions, credentials?: { username: string, password: string }): Promise<Setup> {
+async function setup (t: Teardown, fakeOptions: FakeRegistryOptions, credentials?: { username: string, password: string, authHosts?: string[] }): Promise<Setup> {
   const fake = await startFakeRegistry(fakeOptions)
   t.teardown(async () => await fake.close())
   let clock = 1_000_000
@@ -187,7 +187,7 @@ t.test('a token is used until shortly before its lifetime ends by the mirror clo
 t.test('a separate token server named as realm is used, with the credentials, and the registry never sees them', async t => {
   const tokens = await startFakeTokenServer({ username: 'bob', password: 'pw' })
   t.teardown(async () => await tokens.close())
-  const { fake, get } = await setup(t, { auth: { realmHost: tokens } }, { username: 'bob', password: 'pw' })
+  const { fake, get } = await setup(t, { auth: { realmHost: tokens } }, { username: 'bob', password: 'pw', authHosts: [tokens.host] })
   const image = makeImage(fake, 'library/app', 'v1', { layers: [10] })
   t.equal((await get('/v2/library/app/manifests/v1')).status, 200)
   t.equal((await get(`/v2/library/app/blobs/${image.layerDigests[0] ?? ''}`)).status, 200)

@@ -78,6 +78,17 @@ export function parseRegistryHost (text: string): string {
   return text
 }
 
+/** A host (and port) an upstream may name for tokens and redirects: `auth.docker.io`. */
+export function parseAuthHost (text: string): string {
+  const expected = `expected a host like "auth.docker.io" or "auth.example:8443", got ${JSON.stringify(text)}`
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) throw new Error(`${expected} (the host alone, not a URL)`)
+  try {
+    return parseRegistryHost(text)
+  } catch {
+    throw new Error(expected)
+  }
+}
+
 /**
  * An upstream's base URL: http or https, no credentials, no query or
  * fragment. Returned normalised (lowercase host, default port dropped) and

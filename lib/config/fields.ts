@@ -209,6 +209,23 @@ function stringField (secret: boolean): Field<string | undefined> {
   }
 }
 
+/** A YAML list, each item read by `item`; problems are named by index (`authHosts[1]`). */
+export function list<T> (item: Field<T | undefined>): Field<T[] | undefined> {
+  return (value, path, problems) => {
+    if (value === undefined) return undefined
+    if (!Array.isArray(value)) {
+      problems.add(path, `expected a list, got ${describe(value)}`)
+      return undefined
+    }
+    const out: T[] = []
+    for (const [i, v] of value.entries()) {
+      const read = item(v, `${path}[${i}]`, problems)
+      if (read !== undefined) out.push(read)
+    }
+    return out
+  }
+}
+
 export function flag (): Field<boolean | undefined> {
   return (value, path, problems) => {
     if (value === undefined) return undefined

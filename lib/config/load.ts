@@ -14,9 +14,9 @@ import { readFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import { parseDocument, type YAMLError } from 'yaml'
 import { ConfigError } from '../errors.js'
-import { parseEnvName, parseListen, parseRegistryHost, parseUpstreamUrl, type ListenAddress } from './addresses.js'
+import { parseAuthHost, parseEnvName, parseListen, parseRegistryHost, parseUpstreamUrl, type ListenAddress } from './addresses.js'
 import {
-  Problems, describe, duration, entriesOf, flag, integer, isMapping, join, keyName, nonEmptyString, oneOf, parsed, size,
+  Problems, describe, duration, entriesOf, flag, integer, isMapping, join, keyName, list, nonEmptyString, oneOf, parsed, size,
   required, secret, section, withDefault, type Field
 } from './fields.js'
 import { deepFreeze } from './freeze.js'
@@ -70,6 +70,7 @@ interface UpstreamEntry {
   username: string | undefined
   password: string | undefined
   passwordEnv: string | undefined
+  authHosts: string[]
   timeouts: { connect: number, headers: number, body: number }
 }
 
@@ -79,6 +80,7 @@ const upstreamEntry = section<UpstreamEntry>({
   username: nonEmptyString(),
   password: secret(),
   passwordEnv: parsed(parseEnvName, 'an environment variable name like "HUB_TOKEN"'),
+  authHosts: withDefault(list(parsed(parseAuthHost, 'a host like "auth.docker.io"')), []),
   timeouts: section({
     connect: withDefault(duration({ min: 1 }), DEFAULTS.connectTimeout),
     headers: withDefault(duration({ min: 1 }), DEFAULTS.headersTimeout),
@@ -184,6 +186,7 @@ function upstreams (env: NodeJS.ProcessEnv): Field<Map<string, UpstreamConfig>> 
         default: name === defaultName,
         username: credentials.username,
         password: credentials.password,
+        authHosts: entry.authHosts,
         connectTimeout: entry.timeouts.connect,
         headersTimeout: entry.timeouts.headers,
         bodyTimeout: entry.timeouts.body

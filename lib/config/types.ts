@@ -11,6 +11,11 @@ export interface UpstreamConfig {
   readonly default: boolean
   readonly username?: string | undefined
   readonly password?: string | undefined
+  /**
+   * Hosts besides the url's own that may serve this upstream's tokens and its
+   * manifests, tags and referrers by redirect (Docker Hub: auth.docker.io).
+   */
+  readonly authHosts?: readonly string[] | undefined
   /** Milliseconds. */
   readonly connectTimeout: number
   readonly headersTimeout: number

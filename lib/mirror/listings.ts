@@ -77,7 +77,9 @@ export class ListingService {
         throw new UnavailableError(`upstream answered HTTP ${res.status} for a tag list`)
       }
       const body = await readJson(res.body)
-      const listed = isRecord(body) && Array.isArray(body.tags) ? body.tags.filter((t): t is string => typeof t === 'string') : []
+      // Whatever arrives must be a tag list (distribution sends null for a repository without tags).
+      if (!isRecord(body) || !(Array.isArray(body.tags) || body.tags === null)) throw new UnavailableError('upstream sent something that is not a tag list')
+      const listed = Array.isArray(body.tags) ? body.tags.filter((t): t is string => typeof t === 'string') : []
       const link = header(res.headers, 'link')
       // The page is the mirror's to get right, whatever upstream did with n and last: only
       // tags after `last`, at most `n`, and a next page when this one was cut.

@@ -21,3 +21,6 @@ export const MAX_LAYOUT_FILE_BYTES = 64 * 1024
 
 /** Indexes nested deeper than this are refused (warm, import). */
 export const MAX_INDEX_DEPTH = 4
+
+/** The largest token service answer read (a JSON object with a token of a few KiB). */
+export const MAX_TOKEN_BYTES = 1024 * 1024

@@ -8,6 +8,9 @@ import type { UpstreamConfig } from '../config/types.js'
 import type { MirrorEvents } from '../events.js'
 import { contentLength, header, type HeaderMap } from '../oci/headers.js'
 import { DeniedError, errnoCode, RegistryError, TooManyRequestsError, UnavailableError } from '../errors.js'
+import { MAX_TOKEN_BYTES } from '../oci/limits.js'
+import { readLimited } from '../read-limited.js'
+import { guardedLookup, isLinkLocal } from './address-guard.js'
 import { parseChallenges, type Challenge } from './challenge.js'
 import { DEFAULT_TOKEN_LIFETIME_S, TokenCache } from './token-cache.js'
 
@@ -33,10 +36,12 @@ export function passedThroughHeaders (headers: Headers): Record<string, string> 
 }
 
 
+type UpstreamEventSink = Pick<MirrorEvents, 'upstreamResponse' | 'tokenFetched' | 'upstreamRetried' | 'upstreamRefused'>
+
 export interface UpstreamClientOptions {
   readonly config: UpstreamConfig
   readonly log: Logger
-  readonly events: Pick<MirrorEvents, 'upstreamResponse' | 'tokenFetched' | 'upstreamRetried'>
+  readonly events: UpstreamEventSink
   readonly now?: () => number
 }
 
@@ -47,7 +52,10 @@ export class UpstreamClient {
   readonly #log: Logger
   readonly #tokens: TokenCache
   readonly #tokenFetches = new Map<string, Promise<string>>()
-  readonly #events: Pick<MirrorEvents, 'upstreamResponse' | 'tokenFetched' | 'upstreamRetried'>
+  readonly #events: UpstreamEventSink
+  /** The url's host and the configured authHosts: where tokens and non-blob redirects may come from. */
+  readonly #ownHosts: ReadonlySet<string>
+  readonly #plainHttp: boolean
   #basic: string | undefined
 
   constructor (options: UpstreamClientOptions) {
@@ -56,8 +64,11 @@ export class UpstreamClient {
     this.#log = options.log.child({ upstream: this.name })
     this.#tokens = new TokenCache(options.now)
     this.#events = options.events
+    const base = new URL(options.config.url)
+    this.#ownHosts = new Set([base.host, ...(options.config.authHosts ?? [])].map(h => h.toLowerCase()))
+    this.#plainHttp = base.protocol === 'http:'
     this.#agent = new Agent({
-      connect: { timeout: options.config.connectTimeout },
+      connect: { timeout: options.config.connectTimeout, lookup: guardedLookup },
       headersTimeout: options.config.headersTimeout,
       bodyTimeout: options.config.bodyTimeout,
       keepAliveTimeout: 30_000,
@@ -112,6 +123,11 @@ export class UpstreamClient {
         url = new URL(location, url)
         if (url.protocol !== 'https:' && url.protocol !== 'http:') {
           throw new UnavailableError(`upstream ${this.name} redirected to an unsupported URL`, { status })
+        }
+        if (isLinkLocal(url.hostname)) throw this.#refuse('link-local', `upstream ${this.name} redirected a ${options.kind} request to a link-local address`, url)
+        // Blobs go to CDNs (without credentials); whatever else is asked stays with the upstream.
+        if (options.kind !== 'blob' && !this.#ownHosts.has(url.host.toLowerCase())) {
+          throw this.#refuse('redirect-host', `upstream ${this.name} redirected a ${options.kind} request to ${url.host}, which is not one of its hosts (upstreams.${this.name}.authHosts)`, url)
         }
         continue
       }
@@ -176,11 +192,19 @@ export class UpstreamClient {
       throw new UnavailableError(`upstream ${this.name} sent an invalid token realm`)
     }
     if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new UnavailableError(`upstream ${this.name} sent an invalid token realm`)
+    if (isLinkLocal(url.hostname)) throw this.#refuse('link-local', `upstream ${this.name} named a token realm on a link-local address`, url)
+    if (!this.#ownHosts.has(url.host.toLowerCase())) {
+      throw this.#refuse('realm-host', `upstream ${this.name} named a token realm on ${url.host}, which is not one of its hosts (upstreams.${this.name}.authHosts)`, url)
+    }
     if (challenge.params.service !== undefined) url.searchParams.set('service', challenge.params.service)
     const scope = challenge.params.scope ?? (key === '' ? undefined : key)
     if (scope !== undefined) for (const s of scope.split(' ')) url.searchParams.append('scope', s)
     const headers: Record<string, string> = { 'user-agent': 'registry-mirror', accept: 'application/json' }
-    if (this.#config.username !== undefined) headers.authorization = basicAuthorization(this.#config.username, this.#config.password ?? '')
+    if (this.#config.username !== undefined) {
+      // Credentials travel over https only, unless the upstream itself was configured with http.
+      if (url.protocol === 'https:' || this.#plainHttp) headers.authorization = basicAuthorization(this.#config.username, this.#config.password ?? '')
+      else this.#log.warn({ realm: url.host }, 'token realm is plain http: asking for a token without the credentials')
+    }
     this.#events.tokenFetched(this.name)
     let res: Dispatcher.ResponseData
     try {
@@ -197,12 +221,20 @@ export class UpstreamClient {
       await res.body.dump()
       throw new UnavailableError(`upstream ${this.name} token service failed (HTTP ${res.statusCode})`, { upstream: this.name })
     }
-    const body: unknown = await res.body.json().catch(() => undefined)
-    const token = tokenFrom(body)
+    const bytes = await readLimited(res.body, MAX_TOKEN_BYTES)
+    if (bytes === undefined) throw new UnavailableError(`upstream ${this.name} token service sent more than ${MAX_TOKEN_BYTES} bytes`)
+    const token = tokenFrom(parseJson(bytes))
     if (token === undefined) throw new UnavailableError(`upstream ${this.name} token service sent no token`)
     this.#tokens.set(key, token.token, token.expiresIn)
     this.#log.debug({ scope: key, expiresIn: token.expiresIn }, 'fetched upstream token')
     return token.token
+  }
+
+  /** A request the mirror will not make: logged, counted, and a 503 naming the problem. */
+  #refuse (reason: 'realm-host' | 'redirect-host' | 'link-local', message: string, url: URL): RegistryError {
+    this.#log.warn({ reason, host: url.host }, message)
+    this.#events.upstreamRefused(this.name, reason)
+    return new UnavailableError(message, { upstream: this.name, reason })
   }
 
   #unavailable (err: unknown, url: URL): RegistryError {
@@ -225,6 +257,14 @@ export class UpstreamClient {
 
 function basicAuthorization (username: string, password: string): string {
   return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`
+}
+
+function parseJson (bytes: Buffer): unknown {
+  try {
+    return JSON.parse(bytes.toString('utf8'))
+  } catch {
+    return undefined
+  }
 }
 
 function tokenFrom (body: unknown): { token: string, expiresIn: number } | undefined {

@@ -35,6 +35,7 @@ export interface YamlUpstream {
   readonly username?: string
   readonly password?: string
   readonly passwordEnv?: string
+  readonly authHosts?: readonly string[]
   readonly timeouts?: { readonly connect?: string, readonly headers?: string, readonly body?: string }
 }
 

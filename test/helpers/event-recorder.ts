@@ -1,10 +1,11 @@
 // A test's listener for the mirror's events: every event, in order, as data.
 
-import type { DownloadResult, EvictedItem, MirrorEvents, RequestRecord, UncachedResult, UpstreamAnswer } from '../../lib/events.js'
+import type { DownloadResult, EvictedItem, MirrorEvents, RefusalReason, RequestRecord, UncachedResult, UpstreamAnswer } from '../../lib/events.js'
 
 export type RecordedEvent =
   | { readonly event: 'upstreamResponse', readonly answer: UpstreamAnswer }
   | { readonly event: 'tokenFetched' | 'upstreamRetried', readonly upstream: string }
+  | { readonly event: 'upstreamRefused', readonly upstream: string, readonly reason: RefusalReason }
   | { readonly event: 'downloadStarted', readonly digest: string, readonly upstream: string }
   | { readonly event: 'downloadEnded', readonly digest: string, readonly upstream: string, readonly result: DownloadResult, readonly bytes: number }
   | { readonly event: 'uncachedStarted', readonly digest: string, readonly upstream: string, readonly reason: string }
@@ -18,6 +19,7 @@ export class EventRecorder implements MirrorEvents {
   upstreamResponse (answer: UpstreamAnswer): void { this.events.push({ event: 'upstreamResponse', answer }) }
   tokenFetched (upstream: string): void { this.events.push({ event: 'tokenFetched', upstream }) }
   upstreamRetried (upstream: string): void { this.events.push({ event: 'upstreamRetried', upstream }) }
+  upstreamRefused (upstream: string, reason: RefusalReason): void { this.events.push({ event: 'upstreamRefused', upstream, reason }) }
   downloadStarted (digest: string, upstream: string): void { this.events.push({ event: 'downloadStarted', digest, upstream }) }
   downloadEnded (digest: string, upstream: string, result: DownloadResult, bytes: number): void {
     this.events.push({ event: 'downloadEnded', digest, upstream, result, bytes })

@@ -69,6 +69,7 @@ function testMirrorYaml (storage: string, options: TestMirrorOptions): YamlConfi
       default: spec.default ?? (defaultName === undefined ? false : name === defaultName ? true : undefined),
       username: spec.username,
       password: spec.password,
+      authHosts: spec.authHosts,
       timeouts: {
         connect: ms(spec.connectTimeout ?? 2_000),
         headers: ms(spec.headersTimeout ?? 5_000),
