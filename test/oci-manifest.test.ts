@@ -2,7 +2,7 @@
 // manifest name, and how malformed ones are told apart.
 
 import t from 'tap'
-import { ManifestInvalidError } from '../lib/errors.js'
+import { ManifestInvalidError, UnavailableError } from '../lib/errors.js'
 import { childrenOf, manifestMediaType, parseManifest, parseManifestStrictly } from '../lib/oci/manifest.js'
 import { MediaTypes } from '../lib/oci/media-types.js'
 import { thrownBy } from './helpers/throws.js'
@@ -50,14 +50,35 @@ t.test('bytes that are not a JSON object: refused, and nothing to walk', async t
     thrownBy(t, () => parseManifest(bytes), ManifestInvalidError, `refused: ${bytes.toString()}`)
     t.same(childrenOf(bytes), [])
   }
-  const err = thrownBy(t, () => manifestMediaType('application/json', Buffer.from('<html>')), ManifestInvalidError, 'a vague content type does not make HTML a manifest')
+  const err = thrownBy(t, () => manifestMediaType('application/json', Buffer.from('<html>')), UnavailableError, 'a vague content type does not make HTML a manifest')
   t.equal(err?.message, 'upstream sent a manifest that is not JSON')
 })
 
-t.test('the media type: a specific Content-Type wins, then the body, then Docker-style defaults', async t => {
-  const body = json({ mediaType: MediaTypes.dockerManifest })
-  t.equal(manifestMediaType(`${MediaTypes.ociManifest}; charset=utf-8`, body), MediaTypes.ociManifest)
+t.test('the media type: the body\'s own wins over any Content-Type, then a specific Content-Type, then the shape', async t => {
+  const config = { digest: d('a'), size: 2 }
+  const body = json({ mediaType: MediaTypes.dockerManifest, config, layers: [] })
+  t.equal(manifestMediaType(`${MediaTypes.ociManifest}; charset=utf-8`, body), MediaTypes.dockerManifest, 'no upstream header can change what the bytes say')
   t.equal(manifestMediaType('application/json', body), MediaTypes.dockerManifest)
-  t.equal(manifestMediaType('text/plain', json({ schemaVersion: 2 })), 'text/plain', 'a vague type is kept when the body names none')
-  t.equal(manifestMediaType(undefined, json({ schemaVersion: 2 })), MediaTypes.ociManifest)
+  t.equal(manifestMediaType(`${MediaTypes.dockerSchema1Signed}`, json({ schemaVersion: 1, fsLayers: [] })), MediaTypes.dockerSchema1Signed, 'schema 1 states no type of its own')
+  t.equal(manifestMediaType('text/plain', json({ schemaVersion: 2, config, layers: [] })), MediaTypes.ociManifest, 'a vague type: by its shape')
+  t.equal(manifestMediaType(undefined, json({ manifests: [] })), MediaTypes.ociIndex)
+  t.equal(manifestMediaType(MediaTypes.ociArtifact, json({ mediaType: MediaTypes.ociArtifact, blobs: [] })), MediaTypes.ociArtifact)
+})
+
+t.test('what is not a manifest is refused as the upstream\'s fault', async t => {
+  const config = { digest: d('a'), size: 2 }
+  const refused = (contentType: string | undefined, body: unknown, why: string | RegExp): void => {
+    const err = thrownBy(t, () => manifestMediaType(contentType, Buffer.isBuffer(body) ? body : json(body)), UnavailableError, String(why))
+    t.match(err?.message, why)
+  }
+  refused('text/html', { config, layers: [] }, 'upstream sent a "text/html" document where a manifest belongs')
+  refused(MediaTypes.ociManifest, { mediaType: 'application/vnd.oci.image.manifest.v1+json\r\nX-Injected: 1', config }, /where a manifest belongs/)
+  refused(undefined, { mediaType: 'application/x-unknown' }, /x-unknown/)
+  refused(undefined, { mediaType: 'a/'.repeat(200) }, /where a manifest belongs/)
+  refused(MediaTypes.ociIndex, { mediaType: MediaTypes.ociIndex, manifests: 'none' }, 'an index without a manifests list')
+  refused(MediaTypes.ociManifest, { schemaVersion: 2, layers: [] }, 'an image manifest without a config')
+  refused(MediaTypes.ociManifest, { config, layers: {} }, 'layers are not a list')
+  refused(MediaTypes.dockerSchema1, { schemaVersion: 1 }, 'without fsLayers')
+  refused(MediaTypes.ociManifest, { config: { digest: 'sha256:nope' } }, 'a config descriptor has no valid digest')
+  refused(MediaTypes.ociManifest, Buffer.from('{"config": '), 'not JSON')
 })

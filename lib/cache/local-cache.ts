@@ -169,8 +169,10 @@ export class LocalCache {
 
   /** Stores a manifest and, when a tag is given, points the tag at it (one transaction). */
   putManifest (repository: string, manifest: Manifest, tag?: string): void {
-    this.index.putManifest(repository, manifest, tag)
-    this.#hot.set(hotKey.manifest(manifest.digest), { kind: 'manifest', manifest })
+    // Bytes the cache has already keep the media type they were first stored with, whichever upstream sends them again.
+    const stored = this.manifest(manifest.digest) ?? manifest
+    this.index.putManifest(repository, stored, tag)
+    this.#hot.set(hotKey.manifest(manifest.digest), { kind: 'manifest', manifest: stored })
     if (tag !== undefined) this.#hot.set(hotKey.tag(repository, tag), { kind: 'tag', digest: manifest.digest, confirmedAt: this.#now() })
   }
 

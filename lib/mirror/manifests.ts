@@ -174,12 +174,18 @@ export class ManifestService {
     }
     const content = await readLimited(res.body, MAX_MANIFEST_BYTES)
     if (content === undefined) throw new SizeInvalidError(`manifest is larger than ${MAX_MANIFEST_BYTES} bytes`, { reference })
-    const mediaType = manifestMediaType(header(res.headers, 'content-type'), content)
     const algorithm = reference.includes(':') ? parseDigest(reference).algorithm : 'sha256'
     const digest = `${algorithm}:${createHash(algorithm).update(content).digest('hex')}`
     if (reference.includes(':') && digest !== reference) {
       this.#o.log.error({ upstream: route.upstream, repository: route.name, expected: reference, actual: digest }, 'manifest from upstream does not match its digest; not cached')
       throw new ManifestInvalidError('manifest from upstream does not match the requested digest', { expected: reference })
+    }
+    let mediaType: string
+    try {
+      mediaType = manifestMediaType(header(res.headers, 'content-type'), content)
+    } catch (err) {
+      this.#o.log.error({ upstream: route.upstream, repository: route.name, reference, err: err instanceof Error ? err.message : String(err) }, 'upstream sent something that is not a manifest; not cached')
+      throw err
     }
     const announced = header(res.headers, 'docker-content-digest')
     if (announced !== undefined && announced.startsWith(`${algorithm}:`) && announced !== digest && !mediaType.startsWith(MediaTypes.dockerSchema1)) {

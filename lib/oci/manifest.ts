@@ -3,8 +3,8 @@
 // manifest names. Pins, warm, export, import and the manifest service all use
 // it, so what eviction protects is what warm fetches and export writes.
 
-import { ManifestInvalidError } from '../errors.js'
-import { MediaTypes } from './media-types.js'
+import { ManifestInvalidError, UnavailableError } from '../errors.js'
+import { INDEX_TYPES, isMediaType, MANIFEST_TYPES, MediaTypes } from './media-types.js'
 import { platformOf, type PlatformSpec } from './platform.js'
 import { isDigest } from './reference.js'
 
@@ -64,7 +64,7 @@ export function parseManifest (content: Buffer): ParsedManifest {
     const d = descriptor(value, kind)
     if (d !== undefined) children.push(d)
   }
-  const isIndex = Array.isArray(record.manifests) || mediaType === MediaTypes.ociIndex || mediaType === MediaTypes.dockerList
+  const isIndex = Array.isArray(record.manifests) || (mediaType !== undefined && INDEX_TYPES.has(mediaType))
   if (Array.isArray(record.manifests)) for (const m of record.manifests) take(m, 'manifest')
   take(record.config, 'config')
   if (Array.isArray(record.layers)) for (const l of record.layers) take(l, 'layer')
@@ -103,17 +103,45 @@ export function childrenOf (content: Buffer): readonly ChildDescriptor[] {
 /** Media types an upstream may send that say nothing of what the manifest is. */
 const VAGUE_TYPES = new Set(['', 'application/json', 'text/plain', 'application/octet-stream'])
 
-/** The media type upstream named, or the one the manifest names itself, or what registries assume. */
+/**
+ * The media type of manifest bytes from an upstream, once they are found to be a manifest:
+ * valid JSON of a known manifest or index type, as its own `mediaType` says (so no
+ * upstream's Content-Type can change it), else as a specific Content-Type says, else as
+ * its shape says. Anything else is refused as the upstream's fault.
+ */
 export function manifestMediaType (contentType: string | undefined, content: Buffer): string {
-  const named = contentType?.split(';')[0]?.trim()
-  if (named !== undefined && !VAGUE_TYPES.has(named)) return named
   let parsed: ParsedManifest
   try {
     parsed = parseManifest(content)
   } catch {
-    throw new ManifestInvalidError('upstream sent a manifest that is not JSON')
+    throw new UnavailableError('upstream sent a manifest that is not JSON')
   }
-  if (parsed.mediaType !== undefined) return parsed.mediaType
-  if (parsed.isIndex) return MediaTypes.ociIndex
-  return named === undefined || named === '' ? MediaTypes.ociManifest : named
+  const named = contentType?.split(';')[0]?.trim().toLowerCase() ?? ''
+  const type = parsed.mediaType ?? (VAGUE_TYPES.has(named) ? shapeOf(content) : named)
+  if (!isMediaType(type) || !MANIFEST_TYPES.has(type)) {
+    throw new UnavailableError(`upstream sent a ${JSON.stringify(type.slice(0, 80))} document where a manifest belongs`)
+  }
+  const problem = parsed.problems[0] ?? structuralProblem(type, content)
+  if (problem !== undefined) throw new UnavailableError(`upstream sent an invalid manifest: ${problem}`)
+  return type
+}
+
+/** The type a manifest without a stated one has, by what registries assume. */
+function shapeOf (content: Buffer): string {
+  const record = JSON.parse(content.toString('utf8')) as Record<string, unknown>
+  if (Array.isArray(record.manifests)) return MediaTypes.ociIndex
+  if (record.schemaVersion === 1) return MediaTypes.dockerSchema1
+  return MediaTypes.ociManifest
+}
+
+/** What a manifest of this type lacks, if anything. */
+function structuralProblem (type: string, content: Buffer): string | undefined {
+  const record = JSON.parse(content.toString('utf8')) as Record<string, unknown>
+  const object = (v: unknown): boolean => typeof v === 'object' && v !== null && !Array.isArray(v)
+  if (INDEX_TYPES.has(type)) return Array.isArray(record.manifests) ? undefined : 'an index without a manifests list'
+  if (type === MediaTypes.dockerSchema1 || type === MediaTypes.dockerSchema1Signed) return Array.isArray(record.fsLayers) ? undefined : 'a schema 1 manifest without fsLayers'
+  if (type === MediaTypes.ociArtifact) return record.blobs === undefined || Array.isArray(record.blobs) ? undefined : 'an artifact manifest whose blobs are not a list'
+  if (!object(record.config)) return 'an image manifest without a config'
+  if (record.layers !== undefined && !Array.isArray(record.layers)) return 'an image manifest whose layers are not a list'
+  return undefined
 }

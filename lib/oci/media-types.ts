@@ -7,8 +7,22 @@ export const MediaTypes = {
   dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
   dockerList: 'application/vnd.docker.distribution.manifest.list.v2+json',
   dockerSchema1: 'application/vnd.docker.distribution.manifest.v1+json',
-  dockerSchema1Signed: 'application/vnd.docker.distribution.manifest.v1+prettyjws'
+  dockerSchema1Signed: 'application/vnd.docker.distribution.manifest.v1+prettyjws',
+  /** The artifact manifest of OCI 1.1's release candidates; some registries still serve it. */
+  ociArtifact: 'application/vnd.oci.artifact.manifest.v1+json'
 } as const
+
+/** The media types of an index (or Docker manifest list): what it names are manifests. */
+export const INDEX_TYPES: ReadonlySet<string> = new Set([MediaTypes.ociIndex, MediaTypes.dockerList])
+/** Every manifest media type the mirror caches and serves. */
+export const MANIFEST_TYPES: ReadonlySet<string> = new Set(Object.values(MediaTypes))
+
+const TOKEN = /^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$/
+
+/** Whether a string is a media type as RFC 6838 writes one (type/subtype, no parameters, no control characters, bounded). */
+export function isMediaType (value: string): boolean {
+  return TOKEN.test(value)
+}
 
 /** What the mirror asks upstream for when it resolves a tag for its cache: every current type. */
 export const MANIFEST_ACCEPT = [
