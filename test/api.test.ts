@@ -369,6 +369,33 @@ t.test('/v2/_catalog lists cached repositories as <registry>/<name>, n/last pagi
   t.equal(docker.requests.length + ghcr.requests.length, requestsBefore, 'the catalog never asks upstream')
 })
 
+t.test('/v2/_catalog answers at most 1,000 repositories a page, with a Link to the rest', async t => {
+  const { mirror, get } = await setup(t)
+  const manifest = { digest: `sha256:${'9'.repeat(64)}`, mediaType: MediaTypes.ociManifest, content: Buffer.from('{}') }
+  mirror.cache.index.transaction(() => {
+    for (let i = 0; i < 1005; i++) mirror.cache.index.putManifest(`docker.io/r/${String(i).padStart(4, '0')}`, manifest)
+  })
+  for (const path of ['/v2/_catalog', '/v2/_catalog?n=5000']) {
+    const page = await get(path)
+    const repositories = (json(page) as { repositories: string[] }).repositories
+    t.equal(repositories.length, 1000, `${path}: capped`)
+    t.equal(repositories.at(-1), 'docker.io/r/0999')
+    t.match(page.headers.link, /last=docker.io%2Fr%2F0999>; rel="next"$/, 'and the rest is linked')
+  }
+  const rest = await get('/v2/_catalog?last=docker.io%2Fr%2F0999')
+  t.same((json(rest) as { repositories: string[] }).repositories, ['docker.io/r/1000', 'docker.io/r/1001', 'docker.io/r/1002', 'docker.io/r/1003', 'docker.io/r/1004'])
+  t.equal(rest.headers.link, undefined)
+})
+
+t.test('referrers with an artifactType that is not a media type are refused before upstream is asked', async t => {
+  const { docker, get } = await setup(t)
+  for (const bad of ['x', 'a/b\r\nX: y', `a/${'b'.repeat(200)}`, 'a/b;c=d']) {
+    const res = await get(`/v2/library/app/referrers/sha256:${'1'.repeat(64)}?artifactType=${encodeURIComponent(bad)}`)
+    t.equal(res.status, 400, JSON.stringify(bad))
+  }
+  t.equal(docker.requests.length, 0)
+})
+
 t.test('/v2/_catalog of an empty cache is an empty list', async t => {
   const { get } = await setup(t)
   const res = await get('/v2/_catalog')

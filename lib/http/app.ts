@@ -70,7 +70,12 @@ export function createApp (options: AppOptions): Koa<AppState> {
     ctx.state.kind = 'catalog'
     const page = parsePage(single(ctx.query.n), single(ctx.query.last))
     const { repositories, next } = options.listings.catalog(page)
-    if (next !== undefined) ctx.set('Link', `</v2/_catalog?${new URLSearchParams({ n: String(page.n), last: next }).toString()}>; rel="next"`)
+    if (next !== undefined) {
+      const q = new URLSearchParams()
+      if (page.n !== undefined) q.set('n', String(page.n))
+      q.set('last', next)
+      ctx.set('Link', `</v2/_catalog?${q.toString()}>; rel="next"`)
+    }
     ctx.body = { repositories }
   })
   app.use(router.routes())

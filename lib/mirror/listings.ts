@@ -2,11 +2,11 @@
 // upstream when it answers (they change), and from what the cache knows when
 // it does not.
 
-import { ManifestUnknownError, NameUnknownError, PaginationNumberInvalidError, RegistryError, UnavailableError } from '../errors.js'
-import { MediaTypes } from '../oci/media-types.js'
+import { ManifestInvalidError, ManifestUnknownError, NameUnknownError, PaginationNumberInvalidError, RegistryError, UnavailableError } from '../errors.js'
+import { isMediaType, MediaTypes } from '../oci/media-types.js'
 import { referrersTag } from '../oci/reference.js'
 import { header } from '../oci/headers.js'
-import { MAX_LISTING_BYTES } from '../oci/limits.js'
+import { MAX_CATALOG_PAGE, MAX_LISTING_BYTES } from '../oci/limits.js'
 import { passedThroughHeaders } from '../upstream/client.js'
 import type { Route } from '../upstream/routing.js'
 import { readLimited, type StoppableBody } from '../read-limited.js'
@@ -95,6 +95,9 @@ export class ListingService {
   }
 
   async referrers (route: Route, digest: string, artifactType: string | undefined): Promise<{ content: Buffer, outcome: CacheOutcome, filtered: boolean }> {
+    if (artifactType !== undefined && !isMediaType(artifactType)) {
+      throw new ManifestInvalidError('artifactType is not a media type', { artifactType: artifactType.slice(0, 80) })
+    }
     const key = artifactType ?? ''
     const cached = this.#o.cache.referrers(route.repository, digest, key)
     if (cached !== undefined && (this.#o.offline === true || this.#now() - cached.fetchedAt < this.#o.referrersTtl)) {
@@ -145,8 +148,10 @@ export class ListingService {
     return { schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests: [] }
   }
 
+  /** A page of the repositories the cache holds: at most MAX_CATALOG_PAGE, whatever `n` asks. */
   catalog (page: Page): { repositories: string[], next: string | undefined } {
-    const { items, next } = paginate(this.#o.cache.repositories(), page)
+    const n = Math.min(page.n ?? MAX_CATALOG_PAGE, MAX_CATALOG_PAGE)
+    const { items, next } = paginate(this.#o.cache.repositories(), { n, last: page.last })
     return { repositories: items, next }
   }
 }

@@ -24,3 +24,9 @@ export const MAX_INDEX_DEPTH = 4
 
 /** The largest token service answer read (a JSON object with a token of a few KiB). */
 export const MAX_TOKEN_BYTES = 1024 * 1024
+
+/** The most repositories one _catalog page lists (a larger or no `n` gets this many, and a Link). */
+export const MAX_CATALOG_PAGE = 1000
+
+/** The most referrers answers the cache keeps; the oldest go first. */
+export const MAX_REFERRERS_ENTRIES = 10_000
