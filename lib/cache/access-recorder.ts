@@ -11,8 +11,6 @@ export interface AccessSink {
 export class AccessRecorder implements EventSink {
   #blobs = new Map<string, number>()
   #manifests = new Map<string, number>()
-  #blobRepositories = new Map<string, readonly [string, string]>()
-  #manifestRepositories = new Map<string, readonly [string, string]>()
   #counters = new Map<string, number>()
   readonly #sink: AccessSink
   readonly #now: () => number
@@ -27,14 +25,14 @@ export class AccessRecorder implements EventSink {
     this.#timer.unref()
   }
 
-  blob (digest: string, repository: string): void {
+  // Which repository a request named records nothing: a repository is the cache's only once
+  // upstream has shown it has the content (see LocalCache).
+  blob (digest: string): void {
     this.#blobs.set(digest, this.#now())
-    this.#blobRepositories.set(`${digest} ${repository}`, [digest, repository])
   }
 
-  manifest (digest: string, repository: string): void {
+  manifest (digest: string): void {
     this.#manifests.set(digest, this.#now())
-    this.#manifestRepositories.set(`${digest} ${repository}`, [digest, repository])
   }
 
   count (name: string, by = 1): void {
@@ -51,15 +49,11 @@ export class AccessRecorder implements EventSink {
     const batch: AccessBatch = {
       blobs: this.#blobs,
       manifests: this.#manifests,
-      blobRepositories: [...this.#blobRepositories.values()],
-      manifestRepositories: [...this.#manifestRepositories.values()],
       counters: this.#counters
     }
     this.#counters = new Map()
     this.#blobs = new Map()
     this.#manifests = new Map()
-    this.#blobRepositories = new Map()
-    this.#manifestRepositories = new Map()
     try {
       this.#sink.recordAccess(batch)
     } catch (err) {

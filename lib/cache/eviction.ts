@@ -110,6 +110,8 @@ export class Evictor {
     // 1. Age: everything not accessed within maxAge.
     if (policy.maxAge !== undefined) {
       const cutoff = this.#now() - policy.maxAge
+      // Referrers answers too old to be served fresh go with the rest.
+      if (options.dryRun !== true) index.deleteReferrersBefore(cutoff)
       const skipped = new Set<string>()
       for (;;) {
         const batch = index.evictionCandidates(cutoff, BATCH + skipped.size).filter(c => !skipped.has(c.digest))

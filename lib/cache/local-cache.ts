@@ -16,6 +16,8 @@ import type { Logger } from 'pino'
 import type { BlobRow, CacheIndex } from '../db/cache-index.js'
 import type { BlobStore, TempFile } from '../store/blob-store.js'
 import { AccessRecorder } from './access-recorder.js'
+import { MAX_REFERRERS_ENTRIES } from '../oci/limits.js'
+import { childrenOf } from '../oci/manifest.js'
 import { pinnedBytes, pinnedContent } from './pins.js'
 
 export interface Manifest { readonly digest: string, readonly mediaType: string, readonly content: Buffer }
@@ -92,23 +94,23 @@ export class LocalCache {
    * Opens bytes [start, end] of a cached blob and records the access; undefined when
    * its file is gone, which drops the row (a miss, never a 500).
    */
-  async openBlob (row: BlobRow, range: { start: number, end: number }, repository: string): Promise<Readable | undefined> {
+  async openBlob (row: BlobRow, range: { start: number, end: number }): Promise<Readable | undefined> {
     const body = await this.store.openRead(row.digest, range)
     if (body === undefined) {
       this.#lostFile(row.digest)
       return undefined
     }
-    this.access.blob(row.digest, repository)
+    this.access.blob(row.digest)
     return body
   }
 
   /** Whether a cached blob's file is there (HEAD), recording the access; a lost file drops the row. */
-  async hasBlob (row: BlobRow, repository: string): Promise<boolean> {
+  async hasBlob (row: BlobRow): Promise<boolean> {
     if (await this.store.stat(row.digest) === undefined) {
       this.#lostFile(row.digest)
       return false
     }
-    this.access.blob(row.digest, repository)
+    this.access.blob(row.digest)
     return true
   }
 
@@ -135,6 +137,29 @@ export class LocalCache {
   /** Indexes a stored file that had no row, once its bytes were found to match its digest (consistency check). */
   indexStoredBlob (digest: string, size: number): void {
     if (this.index.getBlob(digest) === undefined) this.index.putBlobRow(digest, size)
+  }
+
+  /**
+   * Whether a cached blob may be served under a repository: it was fetched from upstream
+   * under it (or confirmed there), or a cached manifest of that repository names it.
+   */
+  blobBelongsTo (digest: string, repository: string): boolean {
+    return this.index.blobBelongsTo(digest, repository)
+  }
+
+  /** Upstream confirmed that the repository has the blob. */
+  addBlobRepository (digest: string, repository: string): void {
+    this.index.addBlobRepository(digest, repository)
+  }
+
+  /** Whether a cached manifest may be served by digest under a repository: fetched or confirmed there. */
+  manifestBelongsTo (digest: string, repository: string): boolean {
+    return this.index.manifestBelongsTo(digest, repository)
+  }
+
+  /** Upstream confirmed that the repository has the manifest. */
+  addManifestRepository (digest: string, repository: string): void {
+    this.index.addManifestRepository(digest, repository)
   }
 
   /** Removes a blob: its row first, then its file. */
@@ -171,7 +196,7 @@ export class LocalCache {
   putManifest (repository: string, manifest: Manifest, tag?: string): void {
     // Bytes the cache has already keep the media type they were first stored with, whichever upstream sends them again.
     const stored = this.manifest(manifest.digest) ?? manifest
-    this.index.putManifest(repository, stored, tag)
+    this.index.putManifest(repository, stored, tag, blobsOf(stored))
     this.#hot.set(hotKey.manifest(manifest.digest), { kind: 'manifest', manifest: stored })
     if (tag !== undefined) this.#hot.set(hotKey.tag(repository, tag), { kind: 'tag', digest: manifest.digest, confirmedAt: this.#now() })
   }
@@ -211,8 +236,9 @@ export class LocalCache {
     return this.index.getReferrers(repository, subject, artifactType)
   }
 
+  /** Stores a referrers answer; the cache keeps at most MAX_REFERRERS_ENTRIES, the oldest going first. */
   putReferrers (repository: string, subject: string, artifactType: string, content: Buffer): void {
-    this.index.putReferrers(repository, subject, artifactType, content)
+    this.index.putReferrers(repository, subject, artifactType, content, MAX_REFERRERS_ENTRIES)
   }
 
   /**
@@ -248,9 +274,9 @@ export class LocalCache {
         for (const repository of others) this.index.addBlobRepository(blob.digest, repository)
       }
       for (const m of manifests) {
-        for (const repository of m.repositories) this.index.putManifest(repository, m)
+        for (const repository of m.repositories) this.index.putManifest(repository, m, undefined, blobsOf(m))
       }
-      for (const { repository, tag, manifest } of tagList) this.index.putManifest(repository, manifest, tag)
+      for (const { repository, tag, manifest } of tagList) this.index.putManifest(repository, manifest, tag, blobsOf(manifest))
     })
     // Only once the rows are in: a tag the hot LRU still maps to its old digest is forgotten.
     for (const { repository, tag } of tagList) this.#hot.delete(hotKey.tag(repository, tag))
@@ -274,4 +300,9 @@ export class LocalCache {
     this.access.close()
     this.index.close()
   }
+}
+
+/** The blobs a manifest names (config, layers, artifact blobs): they belong to its repositories. */
+function blobsOf (manifest: Manifest): string[] {
+  return childrenOf(manifest.content).filter(c => c.kind !== 'manifest').map(c => c.digest)
 }

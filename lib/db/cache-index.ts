@@ -11,9 +11,6 @@ export interface AccessBatch {
   /** digest -> latest access time */
   readonly blobs: ReadonlyMap<string, number>
   readonly manifests: ReadonlyMap<string, number>
-  /** [digest, repository] pairs seen, so the index knows every repository that uses a blob or manifest */
-  readonly blobRepositories: ReadonlyArray<readonly [string, string]>
-  readonly manifestRepositories: ReadonlyArray<readonly [string, string]>
   /** Counters to add to the persistent ones (hits, misses), for `registry-mirror stats`. */
   readonly counters: ReadonlyMap<string, number>
 }
@@ -80,6 +77,31 @@ const MIGRATIONS: readonly string[] = [
     value INTEGER NOT NULL
   ) WITHOUT ROWID;
   CREATE INDEX tags_digest ON tags (digest);
+  `,
+  // Which blobs each cached manifest names, so a blob belongs to every repository that has
+  // a cached manifest naming it; filled here for the manifests already cached. Referrers
+  // answers get indexes for bounding and for eviction with their subject.
+  `
+  CREATE TABLE IF NOT EXISTS manifest_blobs (
+    manifest TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    PRIMARY KEY (manifest, blob)
+  ) WITHOUT ROWID;
+  CREATE INDEX IF NOT EXISTS manifest_blobs_blob ON manifest_blobs (blob);
+  INSERT OR IGNORE INTO manifest_blobs (manifest, blob)
+    SELECT digest, json_extract(CAST(content AS TEXT), '$.config.digest') FROM manifests
+    WHERE json_valid(CAST(content AS TEXT)) AND json_type(CAST(content AS TEXT), '$.config.digest') = 'text';
+  INSERT OR IGNORE INTO manifest_blobs (manifest, blob)
+    SELECT m.digest, json_extract(e.value, '$.digest') FROM manifests m, json_each(CAST(m.content AS TEXT), '$.layers') e
+    WHERE json_valid(CAST(m.content AS TEXT)) AND json_type(CAST(m.content AS TEXT), '$.layers') = 'array' AND json_type(e.value, '$.digest') = 'text';
+  INSERT OR IGNORE INTO manifest_blobs (manifest, blob)
+    SELECT m.digest, json_extract(e.value, '$.digest') FROM manifests m, json_each(CAST(m.content AS TEXT), '$.blobs') e
+    WHERE json_valid(CAST(m.content AS TEXT)) AND json_type(CAST(m.content AS TEXT), '$.blobs') = 'array' AND json_type(e.value, '$.digest') = 'text';
+  INSERT OR IGNORE INTO manifest_blobs (manifest, blob)
+    SELECT m.digest, json_extract(e.value, '$.blobSum') FROM manifests m, json_each(CAST(m.content AS TEXT), '$.fsLayers') e
+    WHERE json_valid(CAST(m.content AS TEXT)) AND json_type(CAST(m.content AS TEXT), '$.fsLayers') = 'array' AND json_type(e.value, '$.blobSum') = 'text';
+  CREATE INDEX IF NOT EXISTS referrers_fetched ON referrers (fetched_at);
+  CREATE INDEX IF NOT EXISTS referrers_subject ON referrers (subject);
   `
 ]
 
@@ -121,6 +143,14 @@ export class CacheIndex {
     repositories: Statement<[], { repository: string }>
     getReferrers: Statement<[string, string, string], { content: Buffer, fetched_at: number }>
     putReferrers: Statement<[string, string, string, Buffer, number]>
+    countReferrers: Statement<[], { n: number }>
+    trimReferrers: Statement<[number]>
+    deleteReferrersOf: Statement<[string]>
+    deleteReferrersBefore: Statement<[number]>
+    addManifestBlob: Statement<[string, string]>
+    deleteManifestBlobs: Statement<[string]>
+    blobMember: Statement<[string, string, string, string], { one: number }>
+    manifestMember: Statement<[string, string], { one: number }>
     candidates: Statement<[{ before: number, limit: number }], { kind: 'blob' | 'manifest', digest: string, size: number, accessed_at: number }>
     tagsOf: Statement<[string], { repository: string, tag: string }>
     deleteTagsOf: Statement<[string]>
@@ -162,11 +192,21 @@ export class CacheIndex {
       confirmTag: db.prepare('UPDATE tags SET confirmed_at = ? WHERE repository = ? AND tag = ?'),
       deleteTag: db.prepare('DELETE FROM tags WHERE repository = ? AND tag = ?'),
       listTags: db.prepare('SELECT tag FROM tags WHERE repository = ? ORDER BY tag'),
-      repositories: db.prepare(`SELECT repository FROM manifest_repositories UNION SELECT repository FROM tags
-        UNION SELECT repository FROM blob_repositories ORDER BY repository`),
+      repositories: db.prepare('SELECT repository FROM manifest_repositories UNION SELECT repository FROM tags ORDER BY repository'),
       getReferrers: db.prepare('SELECT content, fetched_at FROM referrers WHERE repository = ? AND subject = ? AND artifact_type = ?'),
       putReferrers: db.prepare(`INSERT INTO referrers (repository, subject, artifact_type, content, fetched_at) VALUES (?, ?, ?, ?, ?)
         ON CONFLICT (repository, subject, artifact_type) DO UPDATE SET content = excluded.content, fetched_at = excluded.fetched_at`),
+      countReferrers: db.prepare('SELECT count(*) AS n FROM referrers'),
+      trimReferrers: db.prepare(`DELETE FROM referrers WHERE (repository, subject, artifact_type) IN
+        (SELECT repository, subject, artifact_type FROM referrers ORDER BY fetched_at LIMIT ?)`),
+      deleteReferrersOf: db.prepare('DELETE FROM referrers WHERE subject = ?'),
+      deleteReferrersBefore: db.prepare('DELETE FROM referrers WHERE fetched_at < ?'),
+      addManifestBlob: db.prepare('INSERT OR IGNORE INTO manifest_blobs (manifest, blob) VALUES (?, ?)'),
+      deleteManifestBlobs: db.prepare('DELETE FROM manifest_blobs WHERE manifest = ?'),
+      blobMember: db.prepare(`SELECT 1 AS one FROM blob_repositories WHERE digest = ? AND repository = ?
+        UNION ALL SELECT 1 AS one FROM manifest_blobs mb JOIN manifest_repositories mr ON mr.digest = mb.manifest
+        WHERE mb.blob = ? AND mr.repository = ? LIMIT 1`),
+      manifestMember: db.prepare('SELECT 1 AS one FROM manifest_repositories WHERE digest = ? AND repository = ?'),
       candidates: db.prepare(`SELECT kind, digest, size, accessed_at FROM (
           SELECT 'blob' AS kind, digest, size, accessed_at FROM blobs WHERE accessed_at < @before
           UNION ALL SELECT 'manifest' AS kind, digest, size, accessed_at FROM manifests WHERE accessed_at < @before)
@@ -236,12 +276,16 @@ export class CacheIndex {
     return r === undefined ? undefined : { digest: r.digest, mediaType: r.media_type, size: r.size, content: r.content }
   }
 
-  /** Stores a manifest, and, when a tag is given, points the tag at it in the same transaction. */
-  putManifest (repository: string, manifest: { digest: string, mediaType: string, content: Buffer }, tag?: string): void {
+  /**
+   * Stores a manifest of a repository, with the blobs it names (which then belong to that
+   * repository), and, when a tag is given, points the tag at it, all in one transaction.
+   */
+  putManifest (repository: string, manifest: { digest: string, mediaType: string, content: Buffer }, tag?: string, blobs: readonly string[] = []): void {
     const now = this.#now()
     this.#db.transaction(() => {
       this.#s.putManifest.run(manifest.digest, manifest.mediaType, manifest.content.length, manifest.content, now, now)
       this.#s.addManifestRepo.run(manifest.digest, repository)
+      for (const blob of blobs) this.#s.addManifestBlob.run(manifest.digest, blob)
       if (tag !== undefined) this.#s.putTag.run(repository, tag, manifest.digest, now)
     })()
   }
@@ -273,8 +317,31 @@ export class CacheIndex {
     return r === undefined ? undefined : { content: r.content, fetchedAt: r.fetched_at }
   }
 
-  putReferrers (repository: string, subject: string, artifactType: string, content: Buffer): void {
-    this.#s.putReferrers.run(repository, subject, artifactType, content, this.#now())
+  /** Stores a referrers answer; past `limit` answers, the oldest go. */
+  putReferrers (repository: string, subject: string, artifactType: string, content: Buffer, limit: number): void {
+    this.#db.transaction(() => {
+      this.#s.putReferrers.run(repository, subject, artifactType, content, this.#now())
+      const over = (this.#s.countReferrers.get()?.n ?? 0) - limit
+      if (over > 0) this.#s.trimReferrers.run(over)
+    })()
+  }
+
+  /** Referrers answers fetched before `before`; returns how many went. */
+  deleteReferrersBefore (before: number): number {
+    return this.#s.deleteReferrersBefore.run(before).changes
+  }
+
+  /** Whether the blob belongs to the repository: fetched from it, or named by a cached manifest of it. */
+  blobBelongsTo (digest: string, repository: string): boolean {
+    return this.#s.blobMember.get(digest, repository, digest, repository) !== undefined
+  }
+
+  manifestBelongsTo (digest: string, repository: string): boolean {
+    return this.#s.manifestMember.get(digest, repository) !== undefined
+  }
+
+  addManifestRepository (digest: string, repository: string): void {
+    this.#s.addManifestRepo.run(digest, repository)
   }
 
   /** Applies batched last-access times in one transaction. */
@@ -282,13 +349,6 @@ export class CacheIndex {
     this.#db.transaction(() => {
       for (const [digest, at] of batch.blobs) this.#s.touchBlob.run(at, digest)
       for (const [digest, at] of batch.manifests) this.#s.touchManifest.run(at, digest)
-      // Only rows that still exist get an association: an evicted blob must not leave one behind.
-      for (const [digest, repository] of batch.blobRepositories) {
-        if (this.#s.getBlob.get(digest) !== undefined) this.#s.addBlobRepo.run(digest, repository)
-      }
-      for (const [digest, repository] of batch.manifestRepositories) {
-        if (this.#s.getManifest.get(digest) !== undefined) this.#s.addManifestRepo.run(digest, repository)
-      }
       for (const [name, value] of batch.counters) this.#s.addCounter.run(name, value)
     })()
   }
@@ -324,6 +384,8 @@ export class CacheIndex {
       const tags = this.#s.tagsOf.all(digest)
       this.#s.deleteTagsOf.run(digest)
       this.#s.deleteManifestRepos.run(digest)
+      this.#s.deleteManifestBlobs.run(digest)
+      this.#s.deleteReferrersOf.run(digest)
       this.#s.deleteManifest.run(digest)
       return tags
     })()

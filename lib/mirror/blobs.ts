@@ -6,6 +6,7 @@ import type { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
 import { BlobDownload } from '../cache/blob-download.js'
+import { Inflight } from '../cache/inflight.js'
 import type { CacheSpace } from '../cache/eviction-schedule.js'
 import type { FileHasher } from '../cache/file-hasher.js'
 import { BlobUnknownError, DigestMismatchError, UnavailableError } from '../errors.js'
@@ -33,9 +34,10 @@ export interface BlobAnswer {
 /** Room kept free on the volume beyond the blob being written. */
 const SPACE_MARGIN = 4 * 1024 * 1024
 
+/** A download (or an uncached answer) under way, with the repository it was fetched under. */
 type Started =
-  | { readonly kind: 'download', readonly download: BlobDownload }
-  | { readonly kind: 'bypass', readonly digest: string, readonly upstream: string, readonly body: Readable, readonly size: number | undefined, claimed: boolean }
+  | { readonly kind: 'download', readonly digest: string, readonly repository: string, readonly download: BlobDownload }
+  | { readonly kind: 'bypass', readonly digest: string, readonly repository: string, readonly upstream: string, readonly body: Readable, readonly size: number | undefined, claimed: boolean }
 
 export interface BlobServiceOptions extends ServiceOptions {
   readonly log: Logger
@@ -52,6 +54,8 @@ export class BlobService {
   readonly #downloads = new Map<string, Promise<Started>>()
   /** Downloads writing to disk now, for the free-space check. */
   readonly #active = new Set<BlobDownload>()
+  /** HEADs under way that confirm a repository has a blob the cache holds for another. */
+  readonly #confirming = new Inflight<void>()
 
   constructor (options: BlobServiceOptions) {
     this.#o = options
@@ -78,7 +82,7 @@ export class BlobService {
 
   async get (route: Route, digest: string, request: { method: 'GET' | 'HEAD', range: string | undefined }): Promise<BlobAnswer> {
     const inflight = this.#downloads.get(digest)
-    if (inflight !== undefined) return await this.#fromStarted(route, await inflight, 'joined', request)
+    if (inflight !== undefined) return await this.#join(route, await inflight, request)
 
     const cached = await this.#fromCache(route, digest, request)
     if (cached !== undefined) return cached
@@ -88,12 +92,21 @@ export class BlobService {
 
     // Checked again: another request may have started the download while this one looked at the disk.
     const started = this.#downloads.get(digest)
-    if (started !== undefined) return await this.#fromStarted(route, await started, 'joined', request)
+    if (started !== undefined) return await this.#join(route, await started, request)
     if (this.#o.cache.blob(digest) !== undefined) {
       const nowCached = await this.#fromCache(route, digest, request)
       if (nowCached !== undefined) return nowCached
     }
     return await this.#fromStarted(route, await this.#start(route, digest), 'miss', request)
+  }
+
+  /** Joins a download under way; one fetched under another repository only once upstream confirms this one has the blob too. */
+  async #join (route: Route, started: Started, request: { method: 'GET' | 'HEAD', range: string | undefined }): Promise<BlobAnswer> {
+    if (started.repository !== route.repository && !this.#o.cache.blobBelongsTo(started.digest, route.repository)) {
+      if (started.kind === 'bypass') return await this.#passThrough(route, started.digest, request)
+      await this.#confirm(route, started.digest)
+    }
+    return await this.#fromStarted(route, started, 'joined', request)
   }
 
   async #fromStarted (route: Route, started: Started, outcome: CacheOutcome, request: { method: 'GET' | 'HEAD', range: string | undefined }): Promise<BlobAnswer> {
@@ -110,12 +123,17 @@ export class BlobService {
     const { cache } = this.#o
     const row = cache.blob(digest)
     if (row === undefined) return undefined
+    if (!cache.blobBelongsTo(digest, route.repository)) {
+      // Cached for another repository: never read through this one's name until upstream says it has it.
+      if (this.#o.offline === true) return undefined
+      await this.#confirm(route, digest)
+    }
     const range = parseRange(request.range, row.size)
     let body: Readable | undefined
     if (request.method === 'GET') {
-      body = await cache.openBlob(row, range ?? { start: 0, end: row.size - 1 }, route.repository)
+      body = await cache.openBlob(row, range ?? { start: 0, end: row.size - 1 })
       if (body === undefined) return undefined
-    } else if (!await cache.hasBlob(row, route.repository)) {
+    } else if (!await cache.hasBlob(row)) {
       return undefined
     }
     return { outcome: 'hit', digest, size: row.size, range, body, headers: {} }
@@ -150,7 +168,7 @@ export class BlobService {
       const bypass = (reason: string): Started => {
         log.warn({ digest, upstream: route.upstream, repository: route.name, size: res.size ?? null, reason }, 'no room in the cache: serving the blob from upstream without caching it')
         events.uncachedStarted(digest, route.upstream, reason)
-        return { kind: 'bypass', digest, upstream: route.upstream, body: res.body, size: res.size, claimed: false }
+        return { kind: 'bypass', digest, repository: route.repository, upstream: route.upstream, body: res.body, size: res.size, claimed: false }
       }
       if (!await this.#hasRoom(res.size)) return bypass('disk full')
       let temp
@@ -190,7 +208,7 @@ export class BlobService {
         this.#active.delete(download)
         this.#downloads.delete(digest)
       })
-      return { kind: 'download', download }
+      return { kind: 'download', digest, repository: route.repository, download }
     })()
     this.#downloads.set(digest, starting)
     starting.then(started => {
@@ -249,6 +267,15 @@ export class BlobService {
       }
     })
     return { outcome, digest, size, range: undefined, body: verified, headers: {} }
+  }
+
+  /** Asks upstream (a HEAD, which Docker Hub does not count) whether this repository has the blob; records it when it does. */
+  async #confirm (route: Route, digest: string): Promise<void> {
+    await this.#confirming.run(`${route.repository}\0${digest}`, async () => {
+      const answer = await this.#headUpstream(route, digest)
+      this.#o.cache.addBlobRepository(digest, route.repository)
+      this.#o.log.debug({ digest, repository: route.repository, size: answer.size ?? null }, 'upstream confirmed the repository has a cached blob')
+    }).promise
   }
 
   async #headUpstream (route: Route, digest: string): Promise<BlobAnswer> {

@@ -49,13 +49,21 @@ export class ManifestService {
     const answer = reference.kind === 'digest'
       ? await this.#byDigest(route, reference.digest, accept)
       : await this.#byTag(route, reference.tag, accept)
-    this.#o.cache.access.manifest(answer.digest, route.repository)
+    this.#o.cache.access.manifest(answer.digest)
     return answer
   }
 
   async #byDigest (route: Route, digest: string, accept: string | undefined): Promise<ManifestAnswer> {
     const local = this.#o.cache.manifest(digest)
-    if (local !== undefined) return { ...local, outcome: 'hit', headers: {} }
+    if (local !== undefined && this.#o.cache.manifestBelongsTo(digest, route.repository)) return { ...local, outcome: 'hit', headers: {} }
+    if (local !== undefined && this.#o.offline !== true) {
+      // Cached for another repository: served under this one's name only once upstream says it has it.
+      await this.#flights.run(`c:${route.repository}:${digest}`, async () => {
+        await this.#confirm(route, digest)
+        return { manifest: local, headers: {}, outcome: 'hit' }
+      }).promise
+      return { ...local, outcome: 'hit', headers: {} }
+    }
     if (this.#o.offline === true) throw new ManifestUnknownError('manifest not in the cache, and this mirror is offline', { digest })
     const { promise, joined } = this.#flights.run(`d:${route.upstream}:${digest}`, async () => {
       const fetched = await this.#fetch(route, digest, mergeAccept(accept))
@@ -147,6 +155,15 @@ export class ManifestService {
       this.#logStale(route, tag, err)
       return { manifest: cached, headers, outcome: 'stale' }
     }
+  }
+
+  /** A HEAD (free under Docker Hub's pull limit): does this repository have the manifest? Recorded when it does. */
+  async #confirm (route: Route, digest: string): Promise<void> {
+    const res = await this.#o.upstream(route.upstream).send('HEAD', `/v2/${route.name}/manifests/${digest}`, { repository: route.name, headers: { accept: MANIFEST_ACCEPT }, kind: 'manifest' })
+    await res.body.dump()
+    if (res.status === 404) throw new ManifestUnknownError('manifest unknown to upstream', { digest })
+    if (res.status !== 200) throw new UnavailableError(`upstream ${route.upstream} answered HTTP ${res.status} for a manifest`, { digest })
+    this.#o.cache.addManifestRepository(digest, route.repository)
   }
 
   #logStale (route: Route, tag: string, err: unknown): void {
