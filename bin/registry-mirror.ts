@@ -266,6 +266,7 @@ function maintenance (command: string, core: MirrorCore, config: MirrorConfig, a
         out(JSON.stringify(s, null, 2))
         return 0
       }
+      out(`status          ${s.degraded === null ? 'ok' : `degraded: ${s.degraded}`}`)
       out(`total size      ${formatBytes(s.totalBytes)}${config.storage.maxSize !== undefined ? ` of ${formatBytes(config.storage.maxSize)}` : ''}`)
       out(`blobs           ${s.blobs} (${formatBytes(s.blobBytes)})`)
       out(`manifests       ${s.manifests} (${formatBytes(s.manifestBytes)})`)

@@ -61,7 +61,7 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
   const store = new FsBlobStore({ root: config.storage.path, freeBytes: options.freeBytes })
   await store.init()
   const index = new CacheIndex({ path: join(config.storage.path, 'index.db'), now })
-  const cache = new LocalCache({ index, store, hotEntries: config.cache.hotEntries, log, now })
+  const cache = new LocalCache({ index, store, hotEntries: config.cache.hotEntries, log, now, events })
   let consistency: ConsistencyReport
   try {
     consistency = await checkConsistency({ cache, log, now, dryRun: options.dryRun, tempMinAgeMs: options.owner === true ? 0 : LIVE_TEMP_AGE_MS })

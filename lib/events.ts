@@ -61,6 +61,8 @@ export interface MirrorEvents {
   uncachedStarted: (digest: string, upstream: string, reason: string) => void
   uncachedEnded: (digest: string, upstream: string, result: UncachedResult, bytes: number) => void
   evicted: (item: EvictedItem) => void
+  /** An index write an answer did not depend on failed (disk full, I/O error); the answer was served anyway. */
+  indexWriteFailed: (operation: string) => void
   requestFinished: (record: RequestRecord) => void
 }
 
@@ -90,5 +92,6 @@ export class Events implements MirrorEvents {
   }
 
   evicted (item: EvictedItem): void { for (const s of this.#sinks) s.evicted?.(item) }
+  indexWriteFailed (operation: string): void { for (const s of this.#sinks) s.indexWriteFailed?.(operation) }
   requestFinished (record: RequestRecord): void { for (const s of this.#sinks) s.requestFinished?.(record) }
 }

@@ -31,6 +31,7 @@ export class Metrics implements MirrorEvents {
   readonly #evictions: Counter<'reason'>
   readonly #evictedBytes: Counter<'reason'>
   readonly #uncached: Counter<'reason'>
+  readonly #indexWriteFailures: Counter<'operation'>
   #state: CacheState | undefined
   #summary: { at: number, value: ReturnType<CacheState['summary']> } | undefined
 
@@ -54,6 +55,7 @@ export class Metrics implements MirrorEvents {
     this.#evictions = new Counter({ name: 'registry_mirror_evictions_total', help: 'Blobs and manifests evicted, by reason', labelNames: ['reason'], registers })
     this.#evictedBytes = new Counter({ name: 'registry_mirror_evicted_bytes_total', help: 'Bytes evicted, by reason', labelNames: ['reason'], registers })
     this.#uncached = new Counter({ name: 'registry_mirror_uncached_blobs_total', help: 'Blobs served from upstream without caching them (disk full)', labelNames: ['reason'], registers })
+    this.#indexWriteFailures = new Counter({ name: 'registry_mirror_index_write_failures_total', help: 'Index writes that failed (disk full, I/O error) while the answer was served anyway, by operation', labelNames: ['operation'], registers })
     const gauge = (name: string, help: string, read: () => number): void => {
       // eslint-disable-next-line no-new -- registered by construction
       new Gauge({ name, help, registers, collect () { this.set(read()) } })
@@ -109,6 +111,8 @@ export class Metrics implements MirrorEvents {
     this.#upstreamBytes.inc({ upstream }, bytes)
     if (result === 'mismatch') this.#mismatches.inc({ upstream })
   }
+
+  indexWriteFailed (operation: string): void { this.#indexWriteFailures.inc({ operation }) }
 
   evicted (item: EvictedItem): void {
     this.#evictions.inc({ reason: item.reason })

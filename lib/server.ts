@@ -56,6 +56,9 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
       } catch (err) {
         problems.push(`storage: ${err instanceof Error ? err.message : String(err)}`)
       }
+      // Degraded: the index failed a write and none has succeeded since (a probe tries one now).
+      const failure = cache.failure === undefined ? undefined : cache.probeWrite()
+      if (failure !== undefined) problems.push(`index: cannot be written (${failure.operation}: ${failure.message}); answers are served, uncached where need be`)
       return problems
     }
   }

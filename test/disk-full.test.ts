@@ -11,6 +11,10 @@ import { join } from 'node:path'
 import { startFakeRegistry } from './helpers/fake-registry.js'
 import { readBody, startMirror } from './helpers/mirror.js'
 import { freeBytes } from '../lib/store/disk-space.js'
+import { runCli, writeConfig } from './helpers/child-mirror.js'
+import { makeImage } from './helpers/images.js'
+import { tempDir } from './helpers/temp-dir.js'
+import { sample } from './helpers/prometheus.js'
 
 const MiB = 1024 * 1024
 
@@ -110,4 +114,55 @@ t.test('the disk filling up in the middle of a download: that download is cut, n
   const retry = await readBody(await fetch(`${mirror.url}/v2/library/app/blobs/${digest}`))
   t.ok('bytes' in retry && retry.bytes.equals(bytes), 'the retry (as clients do) succeeds, served uncached')
   rmSync(filler)
+})
+
+t.test('with the index unable to write (disk full), tags past their TTL and new manifests are still answered; /readyz and stats say degraded until it can again', { skip }, async t => {
+  const fs = mountSmallFilesystem(16) as { path: string, unmount: () => void }
+  t.teardown(fs.unmount)
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  let clock = 1_000_000
+  const storage = join(fs.path, 'data')
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, storage, tagTtl: 1000, hooks: { now: () => clock } })
+  const v1 = makeImage(fake, 'library/app', 'v1', { layers: [10] })
+  const v2 = makeImage(fake, 'library/app', 'v2', { layers: [10] })
+  t.equal((await fetch(`${mirror.url}/v2/library/app/manifests/v1`)).status, 200)
+  t.equal((await fetch(`${mirror.url}/v2/`)).status, 200)
+  mirror.flushAccess()
+  const filler = fillUntil(fs.path, 0)
+  fillUntil(fs.path, 0, 'filler-2')
+  clock += 10_000
+
+  const stale = await fetch(`${mirror.url}/v2/library/app/manifests/v1`)
+  t.equal(stale.status, 200, 'a tag past its TTL is revalidated and answered, though its confirmation cannot be written')
+  t.equal(stale.headers.get('docker-content-digest'), v1.manifestDigest)
+  await stale.arrayBuffer()
+  const fresh = await fetch(`${mirror.url}/v2/library/app/manifests/v2`)
+  t.equal(fresh.status, 200, 'a manifest the index cannot take is served uncached')
+  t.equal(fresh.headers.get('docker-content-digest'), v2.manifestDigest)
+  await fresh.arrayBuffer()
+  mirror.flushAccess()
+  t.equal(mirror.cache.index.getTag('docker.io/library/app', 'v2'), undefined, 'not cached')
+
+  const ready = await fetch(`${mirror.url}/readyz`)
+  t.equal(ready.status, 503, '/readyz: degraded')
+  t.match(await ready.json(), { status: 'unready', problems: [/^index: cannot be written/] })
+  const metrics = await (await fetch(`${mirror.url}/metrics`)).text()
+  t.ok((sample(metrics, 'registry_mirror_index_write_failures_total', { operation: 'tag confirmation' }) ?? 0) >= 1, 'counted')
+  t.ok((sample(metrics, 'registry_mirror_index_write_failures_total', { operation: 'manifest' }) ?? 0) >= 1)
+  t.ok(mirror.logs.some(l => l.level === 50 && typeof l.msg === 'string' && l.msg.startsWith('the cache index cannot be written')), 'logged as an error')
+
+  const config = await writeConfig(await tempDir(t, 'mirror-full-config'), { storage, upstreams: { 'docker.io': fake.url } })
+  const stats = await runCli(['stats', '--json', '--config', config])
+  t.equal(stats.code, 0, stats.stderr)
+  t.match(JSON.parse(stats.stdout), { degraded: /^the index cannot be written/ }, 'stats says degraded too')
+
+  rmSync(filler)
+  rmSync(join(fs.path, 'filler-2'))
+  t.equal((await fetch(`${mirror.url}/readyz`)).status, 200, 'ready again once a write succeeds')
+  const healthy = await runCli(['stats', '--json', '--config', config])
+  t.match(JSON.parse(healthy.stdout), { degraded: null })
+  const cached = await fetch(`${mirror.url}/v2/library/app/manifests/v2`)
+  await cached.arrayBuffer()
+  t.equal(mirror.cache.index.getTag('docker.io/library/app', 'v2')?.digest, v2.manifestDigest, 'and caching again')
 })

@@ -6,7 +6,11 @@
 //    finish, and the next request is a miss that fetches it again;
 //  - a row whose file is gone is a miss (the row is dropped), never a 500;
 //  - the hot LRU holds manifests and tags by one key scheme, and never an
-//    entry the index no longer has.
+//    entry the index no longer has (nor one it could not write);
+//  - a write the index cannot make (disk full, I/O error) that an answer does
+//    not depend on (a manifest or tag to cache, a tag confirmation, an
+//    access time) never fails the request: it is logged, counted, and the
+//    cache reports itself degraded until a write succeeds again.
 // `index` stays readable for queries that change nothing (totals, eviction
 // candidates, pins, listings).
 
@@ -14,6 +18,7 @@ import type { Readable } from 'node:stream'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
 import type { BlobRow, CacheIndex } from '../db/cache-index.js'
+import type { MirrorEvents } from '../events.js'
 import type { BlobStore, TempFile } from '../store/blob-store.js'
 import { AccessRecorder } from './access-recorder.js'
 import { MAX_REFERRERS_ENTRIES } from '../oci/limits.js'
@@ -60,7 +65,17 @@ export interface LocalCacheOptions {
   readonly hotEntries: number
   readonly log: Logger
   readonly now?: () => number
+  readonly events?: Pick<MirrorEvents, 'indexWriteFailed'> | undefined
 }
+
+/** A failed index write, as the cache reports it. */
+export interface WriteFailure { readonly operation: string, readonly message: string, readonly at: number }
+
+/** How often a run of failing index writes is logged again. */
+const FAILURE_LOG_MS = 60_000
+
+/** SQLite's answers for a database that cannot be written now, as opposed to a query that is wrong. */
+const STORAGE_FAILURE = /^SQLITE_(FULL|IOERR|READONLY|BUSY|LOCKED|CANTOPEN|NOMEM|CORRUPT|NOTADB)/
 
 export class LocalCache {
   readonly index: CacheIndex
@@ -70,13 +85,22 @@ export class LocalCache {
   readonly #log: Logger
   readonly #hot: LRUCache<string, HotEntry>
   readonly #now: () => number
+  readonly #events: Pick<MirrorEvents, 'indexWriteFailed'> | undefined
+  #failure: WriteFailure | undefined
+  #failuresSinceLogged = 0
+  #failureLoggedAt = -Infinity
 
   constructor (options: LocalCacheOptions) {
     this.index = options.index
     this.store = options.store
     this.#log = options.log
     this.#now = options.now ?? Date.now
-    this.access = new AccessRecorder({ sink: options.index, now: this.#now, onError: err => options.log.error({ err }, 'could not record last access') })
+    this.#events = options.events
+    this.access = new AccessRecorder({
+      sink: { recordAccess: batch => { this.#write('access', () => options.index.recordAccess(batch)) } },
+      now: this.#now,
+      onError: err => options.log.error({ err }, 'could not record last access')
+    })
     this.#hot = new LRUCache<string, HotEntry>({
       max: options.hotEntries,
       maxSize: HOT_CACHE_BYTES,
@@ -149,7 +173,7 @@ export class LocalCache {
 
   /** Upstream confirmed that the repository has the blob. */
   addBlobRepository (digest: string, repository: string): void {
-    this.index.addBlobRepository(digest, repository)
+    this.#write('blob repository', () => this.index.addBlobRepository(digest, repository))
   }
 
   /** Whether a cached manifest may be served by digest under a repository: fetched or confirmed there. */
@@ -159,7 +183,7 @@ export class LocalCache {
 
   /** Upstream confirmed that the repository has the manifest. */
   addManifestRepository (digest: string, repository: string): void {
-    this.index.addManifestRepository(digest, repository)
+    this.#write('manifest repository', () => this.index.addManifestRepository(digest, repository))
   }
 
   /** Removes a blob: its row first, then its file. */
@@ -192,25 +216,69 @@ export class LocalCache {
     return row
   }
 
-  /** Stores a manifest and, when a tag is given, points the tag at it (one transaction). */
-  putManifest (repository: string, manifest: Manifest, tag?: string): void {
+  /**
+   * Stores a manifest and, when a tag is given, points the tag at it (one transaction).
+   * False when the index could not take it: the answer is then served uncached.
+   */
+  putManifest (repository: string, manifest: Manifest, tag?: string): boolean {
     // Bytes the cache has already keep the media type they were first stored with, whichever upstream sends them again.
     const stored = this.manifest(manifest.digest) ?? manifest
-    this.index.putManifest(repository, stored, tag, blobsOf(stored))
+    if (!this.#write('manifest', () => this.index.putManifest(repository, stored, tag, blobsOf(stored)))) return false
     this.#hot.set(hotKey.manifest(manifest.digest), { kind: 'manifest', manifest: stored })
     if (tag !== undefined) this.#hot.set(hotKey.tag(repository, tag), { kind: 'tag', digest: manifest.digest, confirmedAt: this.#now() })
+    return true
   }
 
-  /** Records that upstream still maps the tag to the digest the cache has. */
+  /** Records that upstream still maps the tag to the digest the cache has (if the index can take it). */
   confirmTag (repository: string, tag: string, digest: string): void {
     const now = this.#now()
-    this.index.confirmTag(repository, tag, now)
-    this.#hot.set(hotKey.tag(repository, tag), { kind: 'tag', digest, confirmedAt: now })
+    if (this.#write('tag confirmation', () => this.index.confirmTag(repository, tag, now))) {
+      this.#hot.set(hotKey.tag(repository, tag), { kind: 'tag', digest, confirmedAt: now })
+    }
   }
 
   deleteTag (repository: string, tag: string): void {
-    this.index.deleteTag(repository, tag)
+    // Forgotten in memory whatever the index says: upstream no longer has the tag.
     this.#hot.delete(hotKey.tag(repository, tag))
+    this.#write('tag deletion', () => this.index.deleteTag(repository, tag))
+  }
+
+  /** Why the cache is degraded (its index failed a write, and none has succeeded since), or undefined. */
+  get failure (): WriteFailure | undefined {
+    return this.#failure
+  }
+
+  /** Tries a small write now: a degraded cache whose index can be written again recovers. */
+  probeWrite (): WriteFailure | undefined {
+    this.#write('probe', () => this.index.addCounters(new Map([['index.probe', 0]])))
+    return this.#failure
+  }
+
+  /** Runs an index write an answer does not depend on; a storage failure is logged and counted, not thrown. */
+  #write (operation: string, fn: () => void): boolean {
+    try {
+      fn()
+    } catch (err) {
+      const code = typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : ''
+      if (!STORAGE_FAILURE.test(code)) throw err
+      const now = this.#now()
+      this.#failure = { operation, message: `${code}: ${err instanceof Error ? err.message : String(err)}`, at: now }
+      this.#events?.indexWriteFailed(operation)
+      this.#failuresSinceLogged++
+      if (now - this.#failureLoggedAt >= FAILURE_LOG_MS) {
+        this.#log.error({ operation, code, failures: this.#failuresSinceLogged }, 'the cache index cannot be written (disk full?); answers are served, uncached where need be')
+        this.#failureLoggedAt = now
+        this.#failuresSinceLogged = 0
+      }
+      return false
+    }
+    if (this.#failure !== undefined) {
+      this.#log.warn({ operation, since: new Date(this.#failure.at).toISOString() }, 'the cache index can be written again')
+      this.#failure = undefined
+      this.#failureLoggedAt = -Infinity
+      this.#failuresSinceLogged = 0
+    }
+    return true
   }
 
   /** Removes a manifest and every tag that points at it; returns those tags. */
@@ -238,7 +306,7 @@ export class LocalCache {
 
   /** Stores a referrers answer; the cache keeps at most MAX_REFERRERS_ENTRIES, the oldest going first. */
   putReferrers (repository: string, subject: string, artifactType: string, content: Buffer): void {
-    this.index.putReferrers(repository, subject, artifactType, content, MAX_REFERRERS_ENTRIES)
+    this.#write('referrers', () => this.index.putReferrers(repository, subject, artifactType, content, MAX_REFERRERS_ENTRIES))
   }
 
   /**

@@ -5,6 +5,7 @@
 import type { Logger } from 'pino'
 import type { ConsistencyReport } from '../cache/consistency.js'
 import type { EvictionResult } from '../cache/eviction.js'
+import type { WriteFailure } from '../cache/local-cache.js'
 import { pinnedBytes, pinnedContent } from '../cache/pins.js'
 import type { MirrorConfig } from '../config/types.js'
 import { openCore, type MirrorCore } from '../core.js'
@@ -47,6 +48,8 @@ export interface Stats {
   pins: number
   pinnedBytes: number
   requests: { hit: number, miss: number, joined: number, stale: number, revalidated: number, error: number }
+  /** Null when the index can be written; else why not (the cache is degraded: a full disk, an I/O error). */
+  degraded: string | null
   /** Share of blob and manifest requests answered from the cache, 0..1; null before any. */
   hitRatio: number | null
   oldestAccess: string | null
@@ -70,11 +73,16 @@ export function stats ({ cache }: MirrorCore): Stats {
     repositories: totals.repositories,
     pins: cache.index.pins().length,
     pinnedBytes: pinnedBytes(cache.index, pinnedContent(cache.index)),
+    degraded: degradation(cache.probeWrite()),
     requests,
     hitRatio: served === 0 ? null : fromCache / served,
     oldestAccess: totals.oldestAccess === null ? null : new Date(totals.oldestAccess).toISOString(),
     newestAccess: totals.newestAccess === null ? null : new Date(totals.newestAccess).toISOString()
   }
+}
+
+function degradation (failure: WriteFailure | undefined): string | null {
+  return failure === undefined ? null : `the index cannot be written (${failure.message})`
 }
 
 export function formatBytes (n: number): string {

@@ -11,6 +11,7 @@ export type RecordedEvent =
   | { readonly event: 'uncachedStarted', readonly digest: string, readonly upstream: string, readonly reason: string }
   | { readonly event: 'uncachedEnded', readonly digest: string, readonly upstream: string, readonly result: UncachedResult, readonly bytes: number }
   | { readonly event: 'evicted', readonly item: EvictedItem }
+  | { readonly event: 'indexWriteFailed', readonly operation: string }
   | { readonly event: 'requestFinished', readonly record: RequestRecord }
 
 export class EventRecorder implements MirrorEvents {
@@ -31,6 +32,7 @@ export class EventRecorder implements MirrorEvents {
   }
 
   evicted (item: EvictedItem): void { this.events.push({ event: 'evicted', item }) }
+  indexWriteFailed (operation: string): void { this.events.push({ event: 'indexWriteFailed', operation }) }
   requestFinished (record: RequestRecord): void { this.events.push({ event: 'requestFinished', record }) }
 
   /** The events of one kind, in order. */
