@@ -7,6 +7,7 @@ import { loadConfig } from '../lib/config/load.js'
 import type { MirrorConfig } from '../lib/config/types.js'
 import { BundleInvalidError, ConfigError, ExportFailedError, ImageListError, RegistryError, UsageError } from '../lib/errors.js'
 import { createLogger } from '../lib/log.js'
+import { LogSink } from '../lib/log-sink.js'
 import { openCore, type MirrorCore } from '../lib/core.js'
 import { createMirror } from '../lib/server.js'
 import { resolveImages } from '../lib/warm/image-list.js'
@@ -151,8 +152,10 @@ async function main (argv: string[]): Promise<number> {
 }
 
 async function serve (config: MirrorConfig): Promise<number> {
-  const log = createLogger(config.log.level)
-  const mirror = await createMirror(config, log)
+  // stdout through a sink that never blocks the mirror nor stops it: a stalled pipe or a full disk costs log lines only.
+  const sink = new LogSink(1)
+  const log = createLogger(config.log.level, sink)
+  const mirror = await createMirror(config, log, { logLinesDropped: () => sink.dropped })
   log.info({ url: mirror.url, listen: `${config.listen.host}:${config.listen.port}`, storage: config.storage.path, upstreams: [...config.upstreams.keys()], offline: config.offline === true }, 'listening')
   await new Promise<void>(resolve => {
     const stop = (signal: string): void => {
@@ -282,7 +285,11 @@ function maintenance (command: string, core: MirrorCore, config: MirrorConfig, a
   return 2
 }
 
-main(process.argv.slice(2)).then(code => { process.exitCode = code }, (err: unknown) => {
+main(process.argv.slice(2)).then(code => {
+  process.exitCode = code
+  // Whatever is still pending once the work is done (a log write to a stalled pipe) does not keep the process from ending.
+  setTimeout(() => process.exit(), 5_000).unref()
+}, (err: unknown) => {
   if (err instanceof UsageError) {
     process.stderr.write(`registry-mirror: ${err.message}\n\n${USAGE}`)
     process.exitCode = 2

@@ -10,6 +10,8 @@ export interface CacheState {
   summary: () => { bytes: number, blobs: number, manifests: number, tags: number, pinnedBytes: number }
   downloadsInFlight: () => number
   downloadClients: () => number
+  /** Log lines the log destination could not take (see log-sink.ts), when it counts them. */
+  logLinesDropped?: (() => number) | undefined
 }
 
 /** How long one reading of the cache's summary serves the gauges. */
@@ -68,6 +70,19 @@ export class Metrics implements MirrorEvents {
     gauge('registry_mirror_cache_pinned_bytes', 'Bytes of pinned images', () => this.#read()?.pinnedBytes ?? 0)
     gauge('registry_mirror_downloads_in_flight', 'Upstream blob downloads under way', () => this.#state?.downloadsInFlight() ?? 0)
     gauge('registry_mirror_download_clients', 'Client responses streaming from downloads under way', () => this.#state?.downloadClients() ?? 0)
+    let droppedSeen = 0
+    const state = (): CacheState | undefined => this.#state
+    // eslint-disable-next-line no-new -- registered by construction
+    new Counter({
+      name: 'registry_mirror_log_lines_dropped_total',
+      help: 'Log lines dropped because the log destination failed or stalled',
+      registers,
+      collect () {
+        const dropped = state()?.logLinesDropped?.() ?? 0
+        if (dropped > droppedSeen) this.inc(dropped - droppedSeen)
+        droppedSeen = dropped
+      }
+    })
     collectDefaultMetrics({ register: this.registry })
   }
 

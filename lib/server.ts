@@ -19,6 +19,8 @@ import { Metrics } from './metrics.js'
 export interface MirrorOptions extends Pick<CoreOptions, 'now' | 'freeBytes'> {
   /** More listeners for the mirror's events (tests). */
   readonly events?: readonly EventSink[]
+  /** Log lines the log destination dropped so far, for the metrics. */
+  readonly logLinesDropped?: (() => number) | undefined
 }
 
 export interface Mirror {
@@ -40,7 +42,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   const sinks = [metrics, ...options.events ?? []]
   const core = await openCore(config, log, { events: new Events(sinks), now: options.now, freeBytes: options.freeBytes, owner: true })
   const { cache, blobs, manifests, listings, routing } = core
-  metrics?.watch({ summary: () => cache.summary(), downloadsInFlight: () => blobs.downloadsInFlight, downloadClients: () => blobs.downloadClients })
+  metrics?.watch({ summary: () => cache.summary(), downloadsInFlight: () => blobs.downloadsInFlight, downloadClients: () => blobs.downloadClients, logLinesDropped: options.logLinesDropped })
   const ops: OpsOptions = {
     metrics,
     token: config.metrics.token,

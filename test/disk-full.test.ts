@@ -5,11 +5,12 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { startFakeRegistry } from './helpers/fake-registry.js'
 import { readBody, startMirror } from './helpers/mirror.js'
+import { LogSink } from '../lib/log-sink.js'
 import { freeBytes } from '../lib/store/disk-space.js'
 import { runCli, writeConfig } from './helpers/child-mirror.js'
 import { makeImage } from './helpers/images.js'
@@ -165,4 +166,28 @@ t.test('with the index unable to write (disk full), tags past their TTL and new 
   const cached = await fetch(`${mirror.url}/v2/library/app/manifests/v2`)
   await cached.arrayBuffer()
   t.equal(mirror.cache.index.getTag('docker.io/library/app', 'v2')?.digest, v2.manifestDigest, 'and caching again')
+})
+
+t.test('a log file on a full disk: lines are dropped and counted, nothing throws, and the loss is reported once there is room', { skip }, async t => {
+  const fs = mountSmallFilesystem(4) as { path: string, unmount: () => void }
+  t.teardown(fs.unmount)
+  const file = join(fs.path, 'mirror.log')
+  const fd = openSync(file, 'a')
+  t.teardown(() => closeSync(fd))
+  const sink = new LogSink(fd, { retryMs: 20 })
+  const filler = fillUntil(fs.path, 0)
+  for (let i = 0; i < 200; i++) sink.write(`{"level":30,"msg":"line ${i}"}\n`)
+  for (let i = 0; i < 100 && sink.dropped === 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  t.ok(sink.dropped > 0, `lines that could not be written were dropped (${sink.dropped})`)
+  rmSync(filler)
+  const dropped = (): number | undefined => {
+    const report = readFileSync(file, 'utf8').split('\n').find(l => l.includes('log lines were dropped'))
+    return report === undefined ? undefined : (JSON.parse(report) as { dropped: number }).dropped
+  }
+  for (let i = 0; i < 200 && dropped() === undefined; i++) {
+    sink.write('{"level":30,"msg":"room again"}\n')
+    await new Promise(resolve => setTimeout(resolve, 10))
+  }
+  t.ok((dropped() ?? 0) > 0, 'the loss is reported in the log once it can be written')
+  t.match(readFileSync(file, 'utf8'), /room again/)
 })
