@@ -11,6 +11,7 @@ import { Evictor } from './cache/eviction.js'
 import { EvictionSchedule } from './cache/eviction-schedule.js'
 import { FileHasher } from './cache/file-hasher.js'
 import { LocalCache } from './cache/local-cache.js'
+import { RecentPulls } from './cache/recent-pulls.js'
 import type { MirrorConfig } from './config/types.js'
 import { CacheIndex } from './db/cache-index.js'
 import { Events, type MirrorEvents } from './events.js'
@@ -84,8 +85,9 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
   const eviction = new EvictionSchedule({ evictor, usedBytes: cache.usedBytes(), interval: config.storage.evictionInterval, log })
   const hasher = new FileHasher()
   const offline = config.offline
-  const blobs = new BlobService({ cache, upstream, log, events, space: eviction, offline, hasher })
-  const manifests = new ManifestService({ cache, upstream, tagTtl: config.cache.tagTtl, log, now, offline })
+  const pulls = new RecentPulls(now)
+  const blobs = new BlobService({ cache, upstream, log, events, space: eviction, pulls, offline, hasher })
+  const manifests = new ManifestService({ cache, upstream, tagTtl: config.cache.tagTtl, log, now, offline, pulls })
   const listings = new ListingService({ cache, upstream, referrersTtl: config.cache.tagTtl, now, offline })
 
   let closing: Promise<void> | undefined

@@ -117,7 +117,7 @@ export class BlobDownload {
         return
       }
       const start = this.#written
-      this.#temp.handle.writev(chunks, start).then(() => {
+      writeFully(this.#temp.handle, chunks, length, start).then(() => {
         if (offThread === undefined) for (const c of chunks) inline.update(c)
         this.#written += length
         offThread?.written(this.#written)
@@ -253,5 +253,21 @@ export class BlobDownload {
     if (this.#users === 0) {
       this.#temp.handle.close().catch(() => {})
     }
+  }
+}
+
+/**
+ * Writes every byte of `chunks` at `position`. A nearly full disk takes part of a write
+ * and says so only by the count; the rest is written again, so that a full disk surfaces
+ * as ENOSPC instead of a file shorter than what was counted.
+ */
+async function writeFully (handle: FileHandle, chunks: Buffer[], length: number, position: number): Promise<void> {
+  let written = (await handle.writev(chunks, position)).bytesWritten
+  if (written === length) return
+  const rest = Buffer.concat(chunks, length)
+  while (written < length) {
+    const { bytesWritten } = await handle.write(rest, written, length - written, position + written)
+    if (bytesWritten === 0) throw Object.assign(new Error(`no room to write at byte ${position + written}`), { code: 'ENOSPC' })
+    written += bytesWritten
   }
 }

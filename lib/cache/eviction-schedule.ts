@@ -4,12 +4,17 @@
 // between its passes.
 
 import type { Logger } from 'pino'
-import type { Evictor } from './eviction.js'
+import type { EvictionRequest, Evictor } from './eviction.js'
 
 /** What the blob service needs of eviction: room on a full disk, and to say what it stored. */
 export interface CacheSpace {
-  /** Evicts until at least this many more bytes are free (best effort; never throws). */
-  makeRoom: (bytes: number) => Promise<void>
+  /**
+   * Evicts until at least this many more bytes are free (best effort; never throws), leaving
+   * the manifests in `protect` and what they name alone.
+   */
+  makeRoom: (bytes: number, protect?: Iterable<string>) => Promise<void>
+  /** The most eviction could free, leaving pinned images and those in `protect` alone. */
+  evictable: (protect?: Iterable<string>) => number
   /** A blob of this size was just added to the cache. */
   stored: (bytes: number) => void
 }
@@ -45,14 +50,18 @@ export class EvictionSchedule implements CacheSpace {
     if (this.#evictor.overHighWatermark(this.#usedBytes)) void this.run()
   }
 
-  async makeRoom (bytes: number): Promise<void> {
-    await this.run(bytes)
+  async makeRoom (bytes: number, protect?: Iterable<string>): Promise<void> {
+    await this.run({ needBytes: bytes, protect })
+  }
+
+  evictable (protect?: Iterable<string>): number {
+    return this.#evictor.evictableBytes(protect)
   }
 
   /** One eviction pass (shared with one under way); failures are logged, never thrown. */
-  async run (needBytes?: number): Promise<void> {
+  async run (request: EvictionRequest = {}): Promise<void> {
     try {
-      const result = await this.#evictor.run(needBytes === undefined ? {} : { needBytes })
+      const result = await this.#evictor.run(request)
       this.#usedBytes = result.usedBytes
     } catch (err) {
       this.#log.error({ err }, 'eviction failed')

@@ -7,7 +7,8 @@
 import type { Logger } from 'pino'
 import type { EvictionReason, MirrorEvents } from '../events.js'
 import type { LocalCache } from './local-cache.js'
-import { pinnedBytes, pinnedContent } from './pins.js'
+import { childrenOf } from '../oci/manifest.js'
+import { pinnedBytes, pinnedContent, type PinnedContent } from './pins.js'
 
 export interface EvictionPolicy {
   /** Bytes; undefined = no size bound. */
@@ -26,6 +27,14 @@ export interface EvictionResult {
   /** Bytes cached after the run. */
   readonly usedBytes: number
   readonly pinnedBytes: number
+}
+
+export interface EvictionRequest {
+  /** Free at least this many bytes on top of the policy, for a write that found the disk full. */
+  readonly needBytes?: number
+  readonly dryRun?: boolean
+  /** Manifests (with what they name) this pass must leave alone: the images being pulled. */
+  readonly protect?: Iterable<string>
 }
 
 export interface EvictorOptions {
@@ -68,7 +77,7 @@ export class Evictor {
    * for one more after it). `needBytes` frees at least that much on top of the
    * policy, for a write that found the disk full.
    */
-  async run (options: { needBytes?: number, dryRun?: boolean } = {}): Promise<EvictionResult> {
+  async run (options: EvictionRequest = {}): Promise<EvictionResult> {
     if (this.#running !== undefined) {
       this.#again = true
       return await this.#running
@@ -82,12 +91,37 @@ export class Evictor {
     return result
   }
 
-  async #pass (options: { needBytes?: number, dryRun?: boolean }): Promise<EvictionResult> {
+  /** Bytes a pass could free at most: everything but pinned images and those named in `protect`. */
+  evictableBytes (protect: Iterable<string> = []): number {
+    const index = this.#o.cache.index
+    const t = index.totals()
+    const kept = this.#kept(pinnedContent(index), protect)
+    return t.blobBytes + t.manifestBytes - pinnedBytes(index, { digests: kept, tags: new Set() })
+  }
+
+  /** Pinned content, and the manifests in `protect` with everything they name. */
+  #kept (pinned: PinnedContent, protect: Iterable<string>): Set<string> {
+    const index = this.#o.cache.index
+    const kept = new Set(pinned.digests)
+    const visit = (digest: string): void => {
+      if (kept.has(digest)) return
+      kept.add(digest)
+      const manifest = index.getManifest(digest)
+      if (manifest === undefined) return
+      for (const child of childrenOf(manifest.content)) visit(child.digest)
+    }
+    for (const digest of protect) visit(digest)
+    return kept
+  }
+
+  async #pass (options: EvictionRequest): Promise<EvictionResult> {
     const { cache, policy, log } = this.#o
     const index = cache.index
     // Batched last-access times first, so the least recently used really are.
     cache.access.flush()
     const pinned = pinnedContent(index)
+    // Never evicted: pinned images, and the images being pulled.
+    const kept = this.#kept(pinned, options.protect ?? [])
     const totals = index.totals()
     let used = totals.blobBytes + totals.manifestBytes
     const byReason: Record<EvictionReason, { count: number, bytes: number }> = {
@@ -117,8 +151,8 @@ export class Evictor {
         const batch = index.evictionCandidates(cutoff, BATCH + skipped.size).filter(c => !skipped.has(c.digest))
         if (batch.length === 0) break
         for (const c of batch) {
-          if (pinned.digests.has(c.digest) || options.dryRun === true) skipped.add(c.digest)
-          if (!pinned.digests.has(c.digest)) await remove(c, 'age')
+          if (kept.has(c.digest) || options.dryRun === true) skipped.add(c.digest)
+          if (!kept.has(c.digest)) await remove(c, 'age')
         }
         await yieldToRequests()
       }
@@ -140,7 +174,7 @@ export class Evictor {
         exhausted = true
         for (const c of batch) {
           if (used <= target) break
-          if (pinned.digests.has(c.digest)) {
+          if (kept.has(c.digest)) {
             skipped.add(c.digest)
             continue
           }

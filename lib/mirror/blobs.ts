@@ -7,6 +7,8 @@ import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
 import { BlobDownload } from '../cache/blob-download.js'
 import { Inflight } from '../cache/inflight.js'
+import type { RecentPulls } from '../cache/recent-pulls.js'
+import { LRUCache } from 'lru-cache'
 import type { CacheSpace } from '../cache/eviction-schedule.js'
 import type { FileHasher } from '../cache/file-hasher.js'
 import { BlobUnknownError, DigestMismatchError, UnavailableError } from '../errors.js'
@@ -44,6 +46,8 @@ export interface BlobServiceOptions extends ServiceOptions {
   readonly events: MirrorEvents
   /** Room on a full disk, and the count of bytes cached. */
   readonly space: CacheSpace
+  /** The images being pulled, which making room leaves alone. */
+  readonly pulls: RecentPulls
   /** Hashes large downloads on a worker thread. */
   readonly hasher?: FileHasher | undefined
 }
@@ -54,6 +58,8 @@ export class BlobService {
   readonly #downloads = new Map<string, Promise<Started>>()
   /** Downloads writing to disk now, for the free-space check. */
   readonly #active = new Set<BlobDownload>()
+  /** Bytes a blob of unannounced size had reached when the disk filled up under it. */
+  readonly #outgrew = new LRUCache<string, number>({ max: 10_000 })
   /** HEADs under way that confirm a repository has a blob the cache holds for another. */
   readonly #confirming = new Inflight<void>()
 
@@ -170,7 +176,7 @@ export class BlobService {
         events.uncachedStarted(digest, route.upstream, reason)
         return { kind: 'bypass', digest, repository: route.repository, upstream: route.upstream, body: res.body, size: res.size, claimed: false }
       }
-      if (!await this.#hasRoom(res.size)) return bypass('disk full')
+      if (!await this.#hasRoom(route, digest, res.size)) return bypass('disk full')
       let temp
       try {
         temp = await cache.createTemp()
@@ -203,7 +209,10 @@ export class BlobService {
             ? 'blob from upstream failed verification; nothing cached'
             : full ? 'disk full while caching a blob; nothing cached' : 'blob download failed; nothing cached')
         events.downloadEnded(digest, route.upstream, mismatch ? 'mismatch' : full ? 'disk-full' : 'error', download.written)
-        if (full) void this.#o.space.makeRoom((download.size ?? download.written) + SPACE_MARGIN)
+        if (full) {
+          // The next request knows how much room this blob needs at least, announced or not.
+          this.#outgrew.set(digest, Math.max(download.size ?? 0, download.written + SPACE_MARGIN))
+        }
       }).finally(() => {
         this.#active.delete(download)
         this.#downloads.delete(digest)
@@ -221,17 +230,24 @@ export class BlobService {
     return starting
   }
 
-  /** Whether a blob of this size fits on the volume, evicting to make room if it does not. */
-  async #hasRoom (size: number | undefined): Promise<boolean> {
+  /**
+   * Whether a blob of this size (or, unannounced, the size it reached when the disk last
+   * filled up under it) fits on the volume, evicting to make room when that can be enough.
+   * Eviction never runs when it cannot free what is needed, and never takes the images the
+   * repository is pulling.
+   */
+  async #hasRoom (route: Route, digest: string, size: number | undefined): Promise<boolean> {
     const { store } = this.#o.cache
-    let reserved = SPACE_MARGIN + (size ?? 0)
+    let reserved = SPACE_MARGIN + (size ?? this.#outgrew.get(digest) ?? 0)
     for (const download of this.#active) {
       // Space the downloads under way will still take, at their announced sizes.
       reserved += Math.max(0, (download.size ?? 0) - download.written)
     }
     const available = await store.freeBytes()
     if (available >= reserved) return true
-    await this.#o.space.makeRoom(reserved - available)
+    const protect = this.#o.pulls.of(route.repository)
+    if (available + this.#o.space.evictable(protect) < reserved) return false
+    await this.#o.space.makeRoom(reserved - available, protect)
     return await store.freeBytes() >= reserved
   }
 

@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto'
 import type { Logger } from 'pino'
 import { Inflight } from '../cache/inflight.js'
 import type { Manifest } from '../cache/local-cache.js'
+import type { RecentPulls } from '../cache/recent-pulls.js'
 import { ManifestInvalidError, ManifestUnknownError, RegistryError, SizeInvalidError, UnavailableError } from '../errors.js'
 import { parseDigest, type ManifestReference } from '../oci/reference.js'
 import { accepts, MANIFEST_ACCEPT, MediaTypes } from '../oci/media-types.js'
@@ -31,6 +32,8 @@ export interface ManifestServiceOptions extends ServiceOptions {
   /** How long a tag's answer is trusted without asking upstream. */
   readonly tagTtl: number
   readonly log: Logger
+  /** Told of each manifest served, so that making room leaves the images being pulled alone. */
+  readonly pulls?: RecentPulls | undefined
 }
 
 type Fetched = { manifest: Manifest, headers: Record<string, string>, outcome: CacheOutcome }
@@ -50,6 +53,7 @@ export class ManifestService {
       ? await this.#byDigest(route, reference.digest, accept)
       : await this.#byTag(route, reference.tag, accept)
     this.#o.cache.access.manifest(answer.digest)
+    this.#o.pulls?.served(route.repository, answer.digest)
     return answer
   }
 
