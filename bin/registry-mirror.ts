@@ -22,8 +22,10 @@ const USAGE = `usage: registry-mirror <command> [options]
 
 commands:
   serve                 run the mirror
-  gc [--dry-run]        repair the cache (temp files, rows without files, files without rows)
-                        and evict what storage.maxSize / storage.maxAge say must go
+  gc [--dry-run] [--verify]
+                        repair the cache (temp files, rows without files, files without rows)
+                        and evict what storage.maxSize / storage.maxAge say must go; --verify
+                        also re-hashes every cached blob and manifest, removing what does not match
   pin IMAGE...          never evict these images (nginx:1.27, ghcr.io/org/app@sha256:...)
   unpin IMAGE...        evict them again like anything else
   stats [--json]        what the cache holds and how well it serves
@@ -66,6 +68,7 @@ async function main (argv: string[]): Promise<number> {
         listen: { type: 'string' },
         'storage-path': { type: 'string' },
         'dry-run': { type: 'boolean' },
+        verify: { type: 'boolean' },
         json: { type: 'boolean' },
         offline: { type: 'boolean' },
         file: { type: 'string', short: 'f', multiple: true },
@@ -101,6 +104,7 @@ async function main (argv: string[]): Promise<number> {
   onlyFor('--server', values.server !== undefined, ['warm'])
   if (values.listen !== undefined && command !== 'serve') throw new UsageError('--listen is for serve only')
   if (values['dry-run'] === true && command !== 'gc') throw new UsageError('--dry-run is for gc only')
+  if (values.verify === true && command !== 'gc') throw new UsageError('--verify is for gc only')
   if (values.json === true && command !== 'stats') throw new UsageError('--json is for stats only')
   if ((command === 'pin' || command === 'unpin') && args.length === 0) throw new UsageError(`${command} needs at least one image, e.g. ${command} nginx:1.27`)
   if ((command === 'serve' || command === 'gc' || command === 'stats') && args.length > 0) {
@@ -142,7 +146,7 @@ async function main (argv: string[]): Promise<number> {
     return await warmCommand(config, args, values.file ?? [], platforms, concurrency, values.pin === true, values.server)
   }
 
-  if (command === 'gc') return await gcCommand(config, values['dry-run'] === true)
+  if (command === 'gc') return await gcCommand(config, values['dry-run'] === true, values.verify === true)
   const core = await openCore(config, createLogger('warn', process.stderr))
   try {
     return maintenance(command, core, config, args, values.json === true)
@@ -232,15 +236,16 @@ async function importCommand (config: MirrorConfig, bundle: string): Promise<num
   }
 }
 
-async function gcCommand (config: MirrorConfig, dryRun: boolean): Promise<number> {
+async function gcCommand (config: MirrorConfig, dryRun: boolean, verify: boolean): Promise<number> {
   const out = (line: string): void => { process.stdout.write(`${line}\n`) }
-  const { consistency: c, eviction: e } = await gc(config, createLogger(config.log.level, process.stderr), dryRun)
+  const { consistency: c, eviction: e } = await gc(config, createLogger(config.log.level, process.stderr), dryRun, verify)
   const verb = dryRun ? 'would remove' : 'removed'
   out(`${dryRun ? 'dry run: ' : ''}checked ${c.blobsChecked} indexed blobs`)
   out(`  temp files of interrupted downloads ${verb}: ${c.tempFilesRemoved}`)
   out(`  index rows without a file ${dryRun ? 'would be dropped' : 'dropped'}: ${c.rowsDropped}`)
   out(`  files without a row ${dryRun ? 'would be indexed' : 'indexed'} (verified): ${c.filesIndexed}`)
   out(`  files not matching their digest ${verb}: ${c.filesRemoved}`)
+  if (verify) out(`  cached blobs and manifests re-hashed, not matching ${verb}: ${c.corruptRemoved}`)
   out(`  evicted: ${e.removed} entries, ${formatBytes(e.bytes)} (age ${e.byReason.age.count}, size ${e.byReason.size.count})`)
   out(`  cache now: ${formatBytes(e.usedBytes)}${config.storage.maxSize !== undefined ? ` of ${formatBytes(config.storage.maxSize)}` : ''}, pinned ${formatBytes(e.pinnedBytes)}`)
   return 0

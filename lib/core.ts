@@ -12,6 +12,7 @@ import { EvictionSchedule } from './cache/eviction-schedule.js'
 import { FileHasher } from './cache/file-hasher.js'
 import { LocalCache } from './cache/local-cache.js'
 import { RecentPulls } from './cache/recent-pulls.js'
+import { Scrubber } from './cache/scrubber.js'
 import type { MirrorConfig } from './config/types.js'
 import { CacheIndex } from './db/cache-index.js'
 import { Events, type MirrorEvents } from './events.js'
@@ -39,6 +40,8 @@ export interface CoreOptions {
   readonly owner?: boolean | undefined
   /** Report what the consistency check would repair, and repair nothing (`gc --dry-run`). */
   readonly dryRun?: boolean | undefined
+  /** Re-hash every cached blob and manifest at opening (`gc --verify`). */
+  readonly verify?: boolean | undefined
 }
 
 /** The cache and its pull-through services, without an HTTP server. */
@@ -65,7 +68,7 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
   const cache = new LocalCache({ index, store, hotEntries: config.cache.hotEntries, log, now, events })
   let consistency: ConsistencyReport
   try {
-    consistency = await checkConsistency({ cache, log, now, dryRun: options.dryRun, tempMinAgeMs: options.owner === true ? 0 : LIVE_TEMP_AGE_MS })
+    consistency = await checkConsistency({ cache, log, now, dryRun: options.dryRun, verify: options.verify, tempMinAgeMs: options.owner === true ? 0 : LIVE_TEMP_AGE_MS })
   } catch (err) {
     cache.close()
     throw err
@@ -83,6 +86,8 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
   }
   const evictor = new Evictor({ cache, log, now, policy: config.storage, events })
   const eviction = new EvictionSchedule({ evictor, usedBytes: cache.usedBytes(), interval: config.storage.evictionInterval, log })
+  // Only a mirror that owns the data directory scrubs it; a command run beside it does not.
+  const scrubber = options.owner === true ? new Scrubber({ cache, rate: config.storage.scrubRate, interval: config.storage.scrubInterval, log, events }) : undefined
   const hasher = new FileHasher()
   const offline = config.offline
   const pulls = new RecentPulls(now)
@@ -93,6 +98,7 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
   let closing: Promise<void> | undefined
   const close = async (): Promise<void> => {
     closing ??= (async () => {
+      await scrubber?.close()
       await Promise.all([...upstreams.values()].map(async u => await u.close()))
       await blobs.idle() // downloads end (committed or discarded) before the index closes
       await hasher.close()

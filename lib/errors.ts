@@ -49,6 +49,16 @@ export class NotFoundError extends RegistryError { readonly code = 'NOT_FOUND'; 
 
 // --- Inside the mirror ---
 
+/** A stored blob ended before the size its row records: the file was cut (by hand, by a crash, by bit rot). */
+export class ShortFileError extends Error {
+  readonly code = 'SHORT_FILE'
+
+  constructor (message: string) {
+    super(message)
+    this.name = 'ShortFileError'
+  }
+}
+
 /** Bytes from upstream did not match the digest or size they were asked for. */
 export class DigestMismatchError extends Error {
   readonly code = 'DIGEST_MISMATCH'

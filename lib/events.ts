@@ -61,6 +61,10 @@ export interface MirrorEvents {
   uncachedStarted: (digest: string, upstream: string, reason: string) => void
   uncachedEnded: (digest: string, upstream: string, result: UncachedResult, bytes: number) => void
   evicted: (item: EvictedItem) => void
+  /** Bytes the background scrub re-hashed. */
+  scrubbed: (bytes: number) => void
+  /** A cached blob or manifest found not to match its digest, and removed. */
+  corruptRemoved: (kind: 'blob' | 'manifest', digest: string) => void
   /** An index write an answer did not depend on failed (disk full, I/O error); the answer was served anyway. */
   indexWriteFailed: (operation: string) => void
   requestFinished: (record: RequestRecord) => void
@@ -92,6 +96,8 @@ export class Events implements MirrorEvents {
   }
 
   evicted (item: EvictedItem): void { for (const s of this.#sinks) s.evicted?.(item) }
+  scrubbed (bytes: number): void { for (const s of this.#sinks) s.scrubbed?.(bytes) }
+  corruptRemoved (kind: 'blob' | 'manifest', digest: string): void { for (const s of this.#sinks) s.corruptRemoved?.(kind, digest) }
   indexWriteFailed (operation: string): void { for (const s of this.#sinks) s.indexWriteFailed?.(operation) }
   requestFinished (record: RequestRecord): void { for (const s of this.#sinks) s.requestFinished?.(record) }
 }

@@ -34,6 +34,8 @@ export class Metrics implements MirrorEvents {
   readonly #evictedBytes: Counter<'reason'>
   readonly #uncached: Counter<'reason'>
   readonly #indexWriteFailures: Counter<'operation'>
+  readonly #scrubbed: Counter
+  readonly #corrupt: Counter<'kind'>
   #state: CacheState | undefined
   #summary: { at: number, value: ReturnType<CacheState['summary']> } | undefined
 
@@ -58,6 +60,8 @@ export class Metrics implements MirrorEvents {
     this.#evictedBytes = new Counter({ name: 'registry_mirror_evicted_bytes_total', help: 'Bytes evicted, by reason', labelNames: ['reason'], registers })
     this.#uncached = new Counter({ name: 'registry_mirror_uncached_blobs_total', help: 'Blobs served from upstream without caching them (disk full)', labelNames: ['reason'], registers })
     this.#indexWriteFailures = new Counter({ name: 'registry_mirror_index_write_failures_total', help: 'Index writes that failed (disk full, I/O error) while the answer was served anyway, by operation', labelNames: ['operation'], registers })
+    this.#scrubbed = new Counter({ name: 'registry_mirror_scrubbed_bytes_total', help: 'Bytes of cached blobs the background scrub re-hashed', registers })
+    this.#corrupt = new Counter({ name: 'registry_mirror_corrupt_removed_total', help: 'Cached blobs and manifests found not to match their digest (bit rot), and removed', labelNames: ['kind'], registers })
     const gauge = (name: string, help: string, read: () => number): void => {
       // eslint-disable-next-line no-new -- registered by construction
       new Gauge({ name, help, registers, collect () { this.set(read()) } })
@@ -128,6 +132,8 @@ export class Metrics implements MirrorEvents {
   }
 
   indexWriteFailed (operation: string): void { this.#indexWriteFailures.inc({ operation }) }
+  scrubbed (bytes: number): void { this.#scrubbed.inc(bytes) }
+  corruptRemoved (kind: 'blob' | 'manifest'): void { this.#corrupt.inc({ kind }) }
 
   evicted (item: EvictedItem): void {
     this.#evictions.inc({ reason: item.reason })

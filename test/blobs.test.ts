@@ -91,8 +91,8 @@ t.test('a cached blob is read into reused buffers: the next response allocates n
   t.ok(Buffer.from(await ranged.arrayBuffer()).equals(bytes.subarray(1048570, 2097161)), 'a range across a chunk edge is intact')
 })
 
-t.test('a cached blob whose file is shorter than indexed cuts the connection, never a short 200 body that looks whole', async t => {
-  const { fake, url, storage } = await setup(t)
+t.test('a cached blob whose file is shorter than indexed cuts the connection, never a short 200 body that looks whole, and is fetched again next time', async t => {
+  const { fake, url, storage, mirror } = await setup(t)
   const bytes = randomBytes(2 * 1024 * 1024)
   const digest = fake.addBlob('library/app', bytes)
   await (await fetch(url + blobPath(digest))).arrayBuffer()
@@ -106,6 +106,11 @@ t.test('a cached blob whose file is shorter than indexed cuts the connection, ne
   if ('error' in body) t.not(body.error.name, 'TimeoutError', 'cut by the mirror, not left hanging')
   const later = await fetch(url + '/v2/')
   t.equal(later.status, 200, 'the mirror goes on serving')
+  for (let i = 0; i < 50 && mirror.cache.index.getBlob(digest) !== undefined; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  t.equal(mirror.cache.index.getBlob(digest), undefined, 'the row is dropped at once')
+  const again = await fetch(url + blobPath(digest))
+  t.equal(again.headers.get('x-mirror-cache'), 'miss', 'so the next request fetches it again')
+  t.ok(Buffer.from(await again.arrayBuffer()).equals(bytes), 'whole')
 })
 
 t.test('clients leaving a cached blob mid-body leave the mirror serving it whole to the next', async t => {

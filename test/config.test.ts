@@ -53,7 +53,7 @@ t.test('a minimal file gets every default', async t => {
   t.same(config, {
     source: SOURCE,
     listen: { host: '0.0.0.0', port: 5000 },
-    storage: { path: '/srv/mirror/data', maxSize: undefined, maxAge: undefined, highWatermark: 0.9, lowWatermark: 0.8, evictionInterval: 600_000 },
+    storage: { path: '/srv/mirror/data', maxSize: undefined, maxAge: undefined, highWatermark: 0.9, lowWatermark: 0.8, evictionInterval: 600_000, scrubRate: 2 * 1024 * 1024, scrubInterval: 3_600_000 },
     upstreams: new Map([['docker.io', {
       name: 'docker.io',
       url: 'https://registry-1.docker.io',

@@ -16,12 +16,16 @@ export interface ConsistencyReport {
   filesIndexed: number
   filesRemoved: number
   blobsChecked: number
+  /** With verify: cached blobs and manifests whose bytes no longer match their digest (removed). */
+  corruptRemoved: number
 }
 
 export interface ConsistencyOptions {
   readonly cache: LocalCache
   readonly log: Logger
   readonly dryRun?: boolean
+  /** Re-hash every cached blob and manifest too, removing those that do not match (gc --verify). */
+  readonly verify?: boolean
   /**
    * Temp files younger than this are left alone: a running mirror may be
    * writing them. 0 for `serve`, which owns the data directory.
@@ -31,7 +35,7 @@ export interface ConsistencyOptions {
 }
 
 export function repairs (report: ConsistencyReport): number {
-  return report.tempFilesRemoved + report.rowsDropped + report.filesIndexed + report.filesRemoved
+  return report.tempFilesRemoved + report.rowsDropped + report.filesIndexed + report.filesRemoved + report.corruptRemoved
 }
 
 export async function checkConsistency (options: ConsistencyOptions): Promise<ConsistencyReport> {
@@ -39,7 +43,7 @@ export async function checkConsistency (options: ConsistencyOptions): Promise<Co
   const { store, index } = cache
   const dryRun = options.dryRun === true
   const now = options.now ?? Date.now
-  const report: ConsistencyReport = { tempFilesRemoved: 0, rowsDropped: 0, filesIndexed: 0, filesRemoved: 0, blobsChecked: 0 }
+  const report: ConsistencyReport = { tempFilesRemoved: 0, rowsDropped: 0, filesIndexed: 0, filesRemoved: 0, blobsChecked: 0, corruptRemoved: 0 }
 
   // 1. Temp files of interrupted downloads.
   for await (const temp of store.listTemp()) {
@@ -54,6 +58,12 @@ export async function checkConsistency (options: ConsistencyOptions): Promise<Co
   for (const { digest, size } of index.allBlobs()) {
     report.blobsChecked++
     const actual = await store.stat(digest).catch(() => undefined)
+    if (actual === size && options.verify === true && !await matches(cache, digest, size)) {
+      log.error({ digest, size, dryRun }, 'cached blob does not match its digest (bit rot?); removing it')
+      if (!dryRun) await cache.removeBlob(digest)
+      report.corruptRemoved++
+      continue
+    }
     if (actual === size) {
       indexed.add(digest)
       continue
@@ -61,6 +71,19 @@ export async function checkConsistency (options: ConsistencyOptions): Promise<Co
     log.warn({ digest, expected: size, actual: actual ?? null, dryRun }, actual === undefined ? 'indexed blob has no file; dropping its row' : 'indexed blob has the wrong size; removing it')
     if (!dryRun) await cache.removeBlob(digest)
     report.rowsDropped++
+  }
+
+  // 2b. Manifests whose bytes no longer match their digest.
+  if (options.verify === true) {
+    for (const digest of index.manifestDigests()) {
+      const content = index.getManifest(digest)?.content
+      if (content === undefined) continue
+      const { algorithm } = parseDigest(digest)
+      if (`${algorithm}:${createHash(algorithm).update(content).digest('hex')}` === digest) continue
+      log.error({ digest, dryRun }, 'cached manifest does not match its digest; removing it')
+      if (!dryRun) cache.removeManifest(digest)
+      report.corruptRemoved++
+    }
   }
 
   // 3. Stored files without a row: kept only if their bytes match their name.

@@ -18,6 +18,7 @@ import type { Readable } from 'node:stream'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
 import type { BlobRow, CacheIndex } from '../db/cache-index.js'
+import { ShortFileError } from '../errors.js'
 import type { MirrorEvents } from '../events.js'
 import type { BlobStore, TempFile } from '../store/blob-store.js'
 import { AccessRecorder } from './access-recorder.js'
@@ -124,6 +125,12 @@ export class LocalCache {
       this.#lostFile(row.digest)
       return undefined
     }
+    body.once('error', err => {
+      if (!(err instanceof ShortFileError)) return
+      // This answer is cut; the next request is a miss and fetches the blob again.
+      this.#log.error({ digest: row.digest, size: row.size, err: err.message }, 'cached blob file is shorter than its row; dropping the row')
+      this.#write('blob row', () => this.index.deleteBlob(row.digest))
+    })
     this.access.blob(row.digest)
     return body
   }

@@ -13,9 +13,12 @@ import { formatImageReference, parseImageReference } from '../image-ref.js'
 
 export interface GcResult { consistency: ConsistencyReport, eviction: EvictionResult }
 
-/** Opens the data directory with the consistency check only reported (dry run) or done, then evicts what the bounds say must go. */
-export async function gc (config: MirrorConfig, log: Logger, dryRun: boolean): Promise<GcResult> {
-  const core = await openCore(config, log, { dryRun })
+/**
+ * Opens the data directory with the consistency check only reported (dry run) or done (with
+ * verify, every cached blob and manifest re-hashed), then evicts what the bounds say must go.
+ */
+export async function gc (config: MirrorConfig, log: Logger, dryRun: boolean, verify = false): Promise<GcResult> {
+  const core = await openCore(config, log, { dryRun, verify })
   try {
     return { consistency: core.consistency, eviction: await core.evictor.run({ dryRun }) }
   } finally {

@@ -55,7 +55,10 @@ export const DEFAULTS = Object.freeze({
   logLevel: 'info' as LogLevel,
   highWatermark: 0.9,
   lowWatermark: 0.8,
-  evictionInterval: 10 * MINUTE
+  evictionInterval: 10 * MINUTE,
+  /** Bytes per second the background scrub re-hashes: a 50 GiB cache in about 7 hours. */
+  scrubRate: 2 * 1024 * 1024,
+  scrubInterval: 60 * MINUTE
 })
 
 // ---- schema -------------------------------------------------------------
@@ -90,7 +93,7 @@ const upstreamEntry = section<UpstreamEntry>({
 
 interface FileConfig {
   listen: ListenAddress
-  storage: { path: string, maxSize: number | undefined, maxAge: number | undefined, highWatermark: number, lowWatermark: number, evictionInterval: number }
+  storage: { path: string, maxSize: number | undefined, maxAge: number | undefined, highWatermark: number, lowWatermark: number, evictionInterval: number, scrubRate: number, scrubInterval: number }
   upstreams: Map<string, UpstreamConfig>
   cache: { tagTtl: number, hotEntries: number }
   log: { level: LogLevel }
@@ -107,7 +110,9 @@ function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
       maxAge: duration({ min: 1 }),
       highWatermark: withDefault(parsed(parseFraction, 'a fraction of maxSize like 0.9 or "90%"'), DEFAULTS.highWatermark),
       lowWatermark: withDefault(parsed(parseFraction, 'a fraction of maxSize like 0.8 or "80%"'), DEFAULTS.lowWatermark),
-      evictionInterval: withDefault(duration({ min: 1000 }), DEFAULTS.evictionInterval)
+      evictionInterval: withDefault(duration({ min: 1000 }), DEFAULTS.evictionInterval),
+      scrubRate: withDefault(size(), DEFAULTS.scrubRate),
+      scrubInterval: withDefault(duration({ min: 1000 }), DEFAULTS.scrubInterval)
     }),
     upstreams: upstreams(env),
     cache: section({
@@ -303,7 +308,9 @@ export function parseConfig (
       maxAge: file.storage.maxAge,
       highWatermark: file.storage.highWatermark,
       lowWatermark: file.storage.lowWatermark,
-      evictionInterval: file.storage.evictionInterval
+      evictionInterval: file.storage.evictionInterval,
+      scrubRate: file.storage.scrubRate,
+      scrubInterval: file.storage.scrubInterval
     },
     upstreams: file.upstreams,
     cache: { tagTtl: file.cache.tagTtl, hotEntries: file.cache.hotEntries },

@@ -37,6 +37,10 @@ export interface MirrorConfig {
     readonly lowWatermark: number
     /** Milliseconds between scheduled eviction passes. */
     readonly evictionInterval: number
+    /** Bytes per second the background scrub re-hashes cached blobs at; 0 turns it off. */
+    readonly scrubRate: number
+    /** Milliseconds before the first scrub pass and between passes. */
+    readonly scrubInterval: number
   }
   /** Keyed by registry host; insertion order is the config file's order. */
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>

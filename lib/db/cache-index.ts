@@ -391,6 +391,15 @@ export class CacheIndex {
     })()
   }
 
+  /** Blob rows after `digest` in digest order, for walking them a page at a time. */
+  blobsAfter (digest: string, limit: number): Array<{ digest: string, size: number }> {
+    return this.#db.prepare('SELECT digest, size FROM blobs WHERE digest > ? ORDER BY digest LIMIT ?').all(digest, limit) as Array<{ digest: string, size: number }>
+  }
+
+  manifestDigests (): string[] {
+    return this.#db.prepare('SELECT digest FROM manifests').pluck().all() as string[]
+  }
+
   allBlobs (): Array<{ digest: string, size: number }> {
     return this.#s.allBlobs.all()
   }

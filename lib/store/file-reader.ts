@@ -5,6 +5,7 @@
 
 import { Readable } from 'node:stream'
 import type { FileHandle } from 'node:fs/promises'
+import { ShortFileError } from '../errors.js'
 import type { BufferPool } from './buffer-pool.js'
 
 export interface FileReaderOptions {
@@ -43,7 +44,7 @@ export class FileReader extends Readable {
     readPooled(this.#handle, this.#buffers, this.#position, this.#end - this.#position).then(chunk => {
       if (this.destroyed) return
       if (chunk === undefined) {
-        this.destroy(new Error(`${this.#what} ended at byte ${this.#position}, short of ${this.#end}`))
+        this.destroy(new ShortFileError(`${this.#what} ended at byte ${this.#position}, short of ${this.#end}`))
         return
       }
       this.#position += chunk.length

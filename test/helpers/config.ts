@@ -21,6 +21,8 @@ export interface YamlConfig {
     readonly highWatermark?: number | string
     readonly lowWatermark?: number | string
     readonly evictionInterval?: string
+    readonly scrubRate?: number | string
+    readonly scrubInterval?: string
   }
   readonly upstreams: Readonly<Record<string, YamlUpstream>>
   readonly cache?: { readonly tagTtl?: string, readonly hotEntries?: number }

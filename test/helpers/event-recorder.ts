@@ -12,6 +12,8 @@ export type RecordedEvent =
   | { readonly event: 'uncachedEnded', readonly digest: string, readonly upstream: string, readonly result: UncachedResult, readonly bytes: number }
   | { readonly event: 'evicted', readonly item: EvictedItem }
   | { readonly event: 'indexWriteFailed', readonly operation: string }
+  | { readonly event: 'scrubbed', readonly bytes: number }
+  | { readonly event: 'corruptRemoved', readonly kind: 'blob' | 'manifest', readonly digest: string }
   | { readonly event: 'requestFinished', readonly record: RequestRecord }
 
 export class EventRecorder implements MirrorEvents {
@@ -33,6 +35,8 @@ export class EventRecorder implements MirrorEvents {
 
   evicted (item: EvictedItem): void { this.events.push({ event: 'evicted', item }) }
   indexWriteFailed (operation: string): void { this.events.push({ event: 'indexWriteFailed', operation }) }
+  scrubbed (bytes: number): void { this.events.push({ event: 'scrubbed', bytes }) }
+  corruptRemoved (kind: 'blob' | 'manifest', digest: string): void { this.events.push({ event: 'corruptRemoved', kind, digest }) }
   requestFinished (record: RequestRecord): void { this.events.push({ event: 'requestFinished', record }) }
 
   /** The events of one kind, in order. */

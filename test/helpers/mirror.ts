@@ -17,6 +17,8 @@ export interface TestMirrorOptions {
   readonly tagTtl?: number
   readonly storage?: string
   readonly hooks?: MirrorOptions
+  /** The background scrub: bytes per second and ms between passes (off in tests unless asked). */
+  readonly scrub?: { readonly rate: number | string, readonly interval: number }
   readonly metrics?: Partial<MirrorConfig['metrics']>
   /** Eviction bounds; unbounded when not given. */
   readonly eviction?: Partial<Omit<MirrorConfig['storage'], 'path'>>
@@ -87,7 +89,9 @@ function testMirrorYaml (storage: string, options: TestMirrorOptions): YamlConfi
       maxAge: eviction.maxAge === undefined ? undefined : ms(eviction.maxAge),
       highWatermark: eviction.highWatermark ?? 0.9,
       lowWatermark: eviction.lowWatermark ?? 0.8,
-      evictionInterval: ms(eviction.evictionInterval ?? 3_600_000)
+      evictionInterval: ms(eviction.evictionInterval ?? 3_600_000),
+      scrubRate: options.scrub?.rate,
+      scrubInterval: options.scrub === undefined ? undefined : ms(options.scrub.interval)
     },
     upstreams,
     cache: { tagTtl: ms(options.tagTtl ?? 300_000), hotEntries: 1000 },
