@@ -4,7 +4,7 @@
 // Closing closes them in reverse order.
 
 import { once } from 'node:events'
-import { createServer, type Server } from 'node:http'
+import { createServer, type RequestListener, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
 import type { Evictor } from './cache/eviction.js'
@@ -67,11 +67,9 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   const separateOps = config.metrics.listen !== undefined
   // Finished requests also go to the counters `registry-mirror stats` reports.
   const events = new Events([...sinks, cache.access])
-  const app = createApp({ blobs, manifests, listings, routing, log, events, ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk) })
+  const app = createApp({ blobs, manifests, listings, routing, log, events, maxRequestsPerClient: config.limits.maxRequestsPerClient, ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk) })
 
-  const server = createServer(app.callback())
-  server.keepAliveTimeout = 65_000
-  server.requestTimeout = 0 // large blobs take as long as they take; idle sockets are bounded by keepAliveTimeout
+  const server = listener(app.callback(), config.limits)
   server.listen(config.listen.port, config.listen.host)
   try {
     await once(server, 'listening')
@@ -82,7 +80,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   const url = urlOf(server)
   let opsServer: Server | undefined
   if (config.metrics.listen !== undefined) {
-    opsServer = createServer(createOpsApp(ops).callback())
+    opsServer = listener(createOpsApp(ops).callback(), config.limits)
     opsServer.listen(config.metrics.listen.port, config.metrics.listen.host)
     try {
       await once(opsServer, 'listening')
@@ -112,6 +110,19 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   }
 }
 
+
+/**
+ * An HTTP listener that bounds what clients can hold: request headers within
+ * headersTimeout (checked every second, so a silent connection goes then, not a
+ * check interval later), idle keep-alive connections for idleTimeout, at most
+ * maxConnections open. A request itself takes as long as it takes: large blobs do.
+ */
+function listener (handle: RequestListener, limits: MirrorConfig['limits']): Server {
+  const server = createServer({ headersTimeout: limits.headersTimeout, requestTimeout: 0, connectionsCheckingInterval: Math.min(1000, limits.headersTimeout) }, handle)
+  server.keepAliveTimeout = limits.idleTimeout
+  server.maxConnections = limits.maxConnections
+  return server
+}
 
 function urlOf (server: Server): string {
   const address = server.address() as AddressInfo

@@ -68,6 +68,7 @@ t.test('a minimal file gets every default', async t => {
     cache: { tagTtl: 300_000, hotEntries: 10_000 },
     log: { level: 'info' },
     metrics: { enabled: true, listen: undefined, token: undefined },
+    limits: { headersTimeout: 20_000, idleTimeout: 30_000, maxConnections: 4096, maxRequestsPerClient: 128 },
     offline: false
   })
 })
@@ -488,8 +489,8 @@ ofline: true
     'log.format: unknown key (expected level)',
     'lisen: unknown key, did you mean "listen"?',
     'ofline: unknown key, did you mean "offline"?',
-    '1: unknown key (expected one of listen, storage, upstreams, cache, log, metrics, offline)',
-    '~: unknown key (expected one of listen, storage, upstreams, cache, log, metrics, offline)'
+    '1: unknown key (expected one of listen, storage, upstreams, cache, log, metrics, limits, offline)',
+    '~: unknown key (expected one of listen, storage, upstreams, cache, log, metrics, limits, offline)'
   ])
 })
 

@@ -58,7 +58,12 @@ export const DEFAULTS = Object.freeze({
   evictionInterval: 10 * MINUTE,
   /** Bytes per second the background scrub re-hashes: a 50 GiB cache in about 7 hours. */
   scrubRate: 2 * 1024 * 1024,
-  scrubInterval: 60 * MINUTE
+  scrubInterval: 60 * MINUTE,
+  /** A client connection's time to send its request headers. */
+  clientHeadersTimeout: 20 * SECOND,
+  idleTimeout: 30 * SECOND,
+  maxConnections: 4096,
+  maxRequestsPerClient: 128
 })
 
 // ---- schema -------------------------------------------------------------
@@ -98,6 +103,7 @@ interface FileConfig {
   cache: { tagTtl: number, hotEntries: number }
   log: { level: LogLevel }
   metrics: { enabled: boolean, listen: ListenAddress | undefined, token: string | undefined, tokenEnv: string | undefined }
+  limits: { headersTimeout: number, idleTimeout: number, maxConnections: number, maxRequestsPerClient: number }
   offline: boolean
 }
 
@@ -127,6 +133,12 @@ function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
       listen: parsed(parseListen, '"host:port", "[ipv6]:port" or ":port"'),
       token: secret(),
       tokenEnv: parsed(parseEnvName, 'an environment variable name like "METRICS_TOKEN"')
+    }),
+    limits: section({
+      headersTimeout: withDefault(duration({ min: 1000 }), DEFAULTS.clientHeadersTimeout),
+      idleTimeout: withDefault(duration({ min: 1000 }), DEFAULTS.idleTimeout),
+      maxConnections: withDefault(integer({ min: 1 }), DEFAULTS.maxConnections),
+      maxRequestsPerClient: withDefault(integer({ min: 1 }), DEFAULTS.maxRequestsPerClient)
     }),
     offline: withDefault(flag(), false)
   })
@@ -320,6 +332,7 @@ export function parseConfig (
       listen: file.metrics.listen === undefined ? undefined : { host: file.metrics.listen.host, port: file.metrics.listen.port },
       token: metricsToken
     },
+    limits: { ...file.limits },
     offline: overrides.offline === true || file.offline
   }
   return deepFreeze(config)

@@ -44,6 +44,17 @@ export interface MirrorConfig {
   }
   /** Keyed by registry host; insertion order is the config file's order. */
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>
+  /** What clients may hold of the mirror. */
+  readonly limits: {
+    /** Milliseconds a connection has to send its request headers. */
+    readonly headersTimeout: number
+    /** Milliseconds an idle keep-alive connection is kept. */
+    readonly idleTimeout: number
+    /** Client connections open at once; more are refused. */
+    readonly maxConnections: number
+    /** Requests under way per client address; more get 429 TOOMANYREQUESTS. */
+    readonly maxRequestsPerClient: number
+  }
   readonly cache: {
     /** Milliseconds a tag -> digest answer is trusted without asking upstream. */
     readonly tagTtl: number

@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises'
 import Koa, { type Context, type Next } from 'koa'
 import Router from '@koa/router'
 import type { Logger } from 'pino'
-import { NameInvalidError, NotFoundError, RegistryError, UnsupportedError } from '../errors.js'
+import { NameInvalidError, NotFoundError, RegistryError, TooManyRequestsError, UnsupportedError } from '../errors.js'
 import type { BlobService } from '../mirror/blobs.js'
 import type { ListingService } from '../mirror/listings.js'
 import { parsePage } from '../mirror/listings.js'
@@ -35,6 +35,8 @@ export interface AppOptions {
   readonly events: Pick<MirrorEvents, 'requestFinished'>
   /** /metrics, /healthz, /readyz on this listener; undefined when they have their own. */
   readonly ops?: OpsOptions | undefined
+  /** Requests under way per client address; more are answered 429 at once. */
+  readonly maxRequestsPerClient?: number | undefined
   /** Takes each blob body chunk once the socket has it (read buffers go back to their pool). */
   readonly sent?: ((chunk: Uint8Array) => void) | undefined
 }
@@ -56,6 +58,7 @@ export function createApp (options: AppOptions): Koa<AppState> {
   })
   app.use(requestLog(options))
   app.use(errors(options.log))
+  if (options.maxRequestsPerClient !== undefined) app.use(perClientLimit(options.maxRequestsPerClient))
 
   const router = new Router<AppState>()
   router.get('/v2/', ctx => {
@@ -82,6 +85,32 @@ export function createApp (options: AppOptions): Koa<AppState> {
   if (options.ops !== undefined) app.use(opsRouter<AppState>(options.ops).routes())
   app.use(distribution(options))
   return app
+}
+
+/** At most `max` requests under way per client address: one client cannot take every answer the mirror can give. */
+function perClientLimit (max: number) {
+  const underWay = new Map<string, number>()
+  return async (ctx: Ctx, next: Next): Promise<void> => {
+    const client = ctx.socket.remoteAddress ?? ''
+    const count = underWay.get(client) ?? 0
+    if (count >= max) throw new TooManyRequestsError(`more than ${max} requests under way from this address`, { limit: max }, { 'retry-after': '1' })
+    underWay.set(client, count + 1)
+    let released = false
+    const release = (): void => {
+      if (released) return
+      released = true
+      const left = (underWay.get(client) ?? 1) - 1
+      if (left <= 0) underWay.delete(client)
+      else underWay.set(client, left)
+    }
+    // A request is under way until its response is done (a streamed blob: until its last byte, or the client leaves).
+    ctx.res.once('close', release)
+    try {
+      await next()
+    } finally {
+      if (ctx.res.writableFinished || ctx.res.destroyed) release()
+    }
+  }
 }
 
 function errors (log: Logger) {

@@ -29,6 +29,7 @@ export interface YamlConfig {
   readonly log?: { readonly level?: MirrorConfig['log']['level'] }
   readonly metrics?: { readonly enabled?: boolean, readonly listen?: string, readonly token?: string, readonly tokenEnv?: string }
   readonly offline?: boolean
+  readonly limits?: { readonly headersTimeout?: string, readonly idleTimeout?: string, readonly maxConnections?: number, readonly maxRequestsPerClient?: number }
 }
 
 export interface YamlUpstream {

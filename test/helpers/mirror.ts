@@ -19,6 +19,8 @@ export interface TestMirrorOptions {
   readonly hooks?: MirrorOptions
   /** The background scrub: bytes per second and ms between passes (off in tests unless asked). */
   readonly scrub?: { readonly rate: number | string, readonly interval: number }
+  /** What clients may hold (milliseconds for the timeouts). */
+  readonly limits?: { readonly headersTimeout?: number, readonly idleTimeout?: number, readonly maxConnections?: number, readonly maxRequestsPerClient?: number }
   readonly metrics?: Partial<MirrorConfig['metrics']>
   /** Eviction bounds; unbounded when not given. */
   readonly eviction?: Partial<Omit<MirrorConfig['storage'], 'path'>>
@@ -96,6 +98,14 @@ function testMirrorYaml (storage: string, options: TestMirrorOptions): YamlConfi
     upstreams,
     cache: { tagTtl: ms(options.tagTtl ?? 300_000), hotEntries: 1000 },
     log: { level: 'debug' },
+    limits: options.limits === undefined
+      ? undefined
+      : {
+          headersTimeout: options.limits.headersTimeout === undefined ? undefined : ms(options.limits.headersTimeout),
+          idleTimeout: options.limits.idleTimeout === undefined ? undefined : ms(options.limits.idleTimeout),
+          maxConnections: options.limits.maxConnections,
+          maxRequestsPerClient: options.limits.maxRequestsPerClient
+        },
     metrics: {
       enabled: metrics.enabled ?? true,
       listen: metrics.listen === undefined ? undefined : listenAddress(metrics.listen),

@@ -1,0 +1,113 @@
+// Floods don't take the process down: connections that send nothing, send
+// slowly or sit idle are closed; open connections and requests per client
+// are capped; the operational listener answers while the main one is full.
+
+import t from 'tap'
+import { once } from 'node:events'
+import { connect, type Socket } from 'node:net'
+import { randomBytes } from 'node:crypto'
+import { Agent, request } from 'undici'
+import { startFakeRegistry } from './helpers/fake-registry.js'
+import { startMirror } from './helpers/mirror.js'
+
+function hostPort (url: string): { host: string, port: number } {
+  const u = new URL(url)
+  return { host: u.hostname, port: Number(u.port) }
+}
+
+async function open (url: string): Promise<Socket> {
+  const socket = connect(hostPort(url))
+  await once(socket, 'connect')
+  return socket
+}
+
+/** Milliseconds until the server closes the socket (or `limit`, if it never does). */
+async function closedWithin (socket: Socket, limit: number): Promise<number> {
+  const started = Date.now()
+  socket.resume()
+  await Promise.race([once(socket, 'close'), new Promise(resolve => setTimeout(resolve, limit))])
+  return socket.destroyed ? Date.now() - started : Infinity
+}
+
+t.test('a connection that sends no request, or its headers too slowly, is closed after headersTimeout', async t => {
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, limits: { headersTimeout: 1000 } })
+  const silent = await open(mirror.url)
+  const slow = await open(mirror.url)
+  slow.write('GET /v2/ HTTP/1.1\r\nHost: x\r\n')
+  const drip = setInterval(() => { if (!slow.destroyed) slow.write('X-Drip: 1\r\n') }, 200)
+  t.teardown(() => clearInterval(drip))
+  const [a, b] = await Promise.all([closedWithin(silent, 10_000), closedWithin(slow, 10_000)])
+  t.ok(a < 10_000, `the silent connection was closed (${a} ms)`)
+  t.ok(b < 10_000, `the slow one too, though it kept sending (${b} ms)`)
+  t.equal((await fetch(`${mirror.url}/v2/`)).status, 200, 'others are served')
+})
+
+t.test('an idle keep-alive connection is closed after idleTimeout', async t => {
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, limits: { idleTimeout: 1000 } })
+  const socket = await open(mirror.url)
+  socket.write('GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n')
+  const idle = await closedWithin(socket, 10_000)
+  t.ok(idle < 10_000, `closed once idle (${idle} ms)`)
+})
+
+t.test('past maxConnections, new connections are refused and the ones open are served', async t => {
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, limits: { maxConnections: 4, headersTimeout: 60_000 } })
+  const agent = new Agent({ connections: 1 })
+  t.teardown(async () => await agent.close())
+  const held = await Promise.all([1, 2, 3].map(async () => await open(mirror.url)))
+  t.teardown(() => { for (const s of held) s.destroy() })
+  // The fourth is the agent's own, kept alive.
+  t.equal((await request(`${mirror.url}/v2/`, { dispatcher: agent })).statusCode, 200)
+  const refused = await open(mirror.url).catch(() => undefined)
+  const refusedIn = refused === undefined ? 0 : await closedWithin(refused, 5_000)
+  t.ok(refusedIn < 5_000, 'a fifth connection is closed at once')
+  held[0]?.destroy()
+  await new Promise(resolve => setTimeout(resolve, 100))
+  const res = await request(`${mirror.url}/v2/`, { dispatcher: new Agent() })
+  t.equal(res.statusCode, 200, 'once one goes, another may come')
+  await res.body.dump()
+})
+
+t.test('past maxRequestsPerClient, a client gets 429 TOOMANYREQUESTS at once; its answers under way go on', async t => {
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, limits: { maxRequestsPerClient: 2 } })
+  const digests = [0, 1].map(() => fake.addBlob('library/app', randomBytes(256 * 1024)))
+  const gates = digests.map(d => fake.gateBlob(d, 1024))
+  const agent = new Agent({ connections: 8 })
+  t.teardown(async () => await agent.close())
+  const held = digests.map(async d => await request(`${mirror.url}/v2/library/app/blobs/${d}`, { dispatcher: agent }))
+  await Promise.all(gates.map(async g => await g.reached))
+  const third = await request(`${mirror.url}/v2/`, { dispatcher: agent })
+  t.equal(third.statusCode, 429)
+  t.equal(third.headers['retry-after'], '1')
+  t.match(await third.body.json(), { errors: [{ code: 'TOOMANYREQUESTS' }] })
+  for (const g of gates) g.release()
+  for (const r of await Promise.all(held)) {
+    t.equal(r.statusCode, 200)
+    await r.body.dump()
+  }
+  const after = await request(`${mirror.url}/v2/`, { dispatcher: agent })
+  t.equal(after.statusCode, 200, 'served again once its answers are done')
+  await after.body.dump()
+})
+
+t.test('with metrics.listen set, /healthz, /readyz and /metrics answer while the main listener is full', async t => {
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, limits: { maxConnections: 3, headersTimeout: 60_000 }, metrics: { listen: { host: '127.0.0.1', port: 0 } } })
+  const held = await Promise.all([1, 2, 3].map(async () => await open(mirror.url)))
+  t.teardown(() => { for (const s of held) s.destroy() })
+  const ops = mirror.opsUrl ?? ''
+  for (const path of ['/healthz', '/readyz', '/metrics']) {
+    const res = await request(ops + path, { dispatcher: new Agent() })
+    t.equal(res.statusCode, 200, path)
+    await res.body.dump()
+  }
+})
