@@ -61,6 +61,7 @@ t.test('a minimal file gets every default', async t => {
       username: undefined,
       password: undefined,
       authHosts: [],
+      maxConcurrentDownloads: 16,
       connectTimeout: 10_000,
       headersTimeout: 30_000,
       bodyTimeout: 60_000
@@ -145,6 +146,7 @@ log:
     username: 'someone',
     password: 'secret',
     authHosts: ['auth.docker.io'],
+    maxConcurrentDownloads: 16,
     connectTimeout: 2000,
     headersTimeout: 60_000,
     bodyTimeout: 90_000

@@ -8,6 +8,7 @@ import { connect, type Socket } from 'node:net'
 import { randomBytes } from 'node:crypto'
 import { Agent, request } from 'undici'
 import { startFakeRegistry } from './helpers/fake-registry.js'
+import { makeImage } from './helpers/images.js'
 import { startMirror } from './helpers/mirror.js'
 
 function hostPort (url: string): { host: string, port: number } {
@@ -109,5 +110,54 @@ t.test('with metrics.listen set, /healthz, /readyz and /metrics answer while the
     const res = await request(ops + path, { dispatcher: new Agent() })
     t.equal(res.statusCode, 200, path)
     await res.body.dump()
+  }
+})
+
+t.test('downloads beyond maxConcurrentDownloads wait their turn', async t => {
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': { url: fake.url, maxConcurrentDownloads: 3 } } })
+  const blobs = Array.from({ length: 6 }, () => randomBytes(200 * 1024))
+  const digests = blobs.map(b => fake.addBlob('library/app', b))
+  const gates = digests.map(d => fake.gateBlob(d, 1024))
+  const agent = new Agent({ connections: 16 })
+  t.teardown(async () => await agent.close())
+  const downloads = digests.map(async d => await request(`${mirror.url}/v2/library/app/blobs/${d}`, { dispatcher: agent }))
+  let reached = 0
+  for (const g of gates) void g.reached.then(() => { reached++ })
+  for (let i = 0; i < 100 && reached < 3; i++) await new Promise(resolve => setTimeout(resolve, 20))
+  await new Promise(resolve => setTimeout(resolve, 300))
+  t.equal(reached, 3, 'three downloads at once; the rest wait')
+
+  for (const g of gates) g.release()
+  const answers = await Promise.all(downloads)
+  for (const [i, r] of answers.entries()) {
+    t.equal(r.statusCode, 200)
+    t.ok(Buffer.from(await r.body.arrayBuffer()).equals(blobs[i] ?? Buffer.alloc(0)), `download ${i} whole: the waiting ones went once slots came free`)
+  }
+})
+
+t.test('a cold tag never queues behind slow blob downloads on the same upstream', async t => {
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url } })
+  // More slow downloads than one connection pool holds.
+  const digests = Array.from({ length: 40 }, () => fake.addBlob('library/app', randomBytes(64 * 1024)))
+  const gates = digests.map(d => fake.gateBlob(d, 1024))
+  const agent = new Agent({ connections: 64 })
+  t.teardown(async () => await agent.close())
+  const downloads = digests.map(async d => await request(`${mirror.url}/v2/library/app/blobs/${d}`, { dispatcher: agent }))
+  let reached = 0
+  for (const g of gates) void g.reached.then(() => { reached++ })
+  for (let i = 0; i < 200 && reached < 16; i++) await new Promise(resolve => setTimeout(resolve, 20))
+  t.ok(reached >= 16, `downloads under way and held (${reached})`)
+  makeImage(fake, 'library/app', 'v1', { layers: [10] })
+  const manifest = await request(`${mirror.url}/v2/library/app/manifests/v1`, { dispatcher: agent, signal: AbortSignal.timeout(4_000) })
+  t.equal(manifest.statusCode, 200, 'the tag is answered at once, not after the downloads')
+  await manifest.body.dump()
+  for (const g of gates) g.release()
+  for (const r of await Promise.all(downloads)) {
+    t.equal(r.statusCode, 200)
+    await r.body.dump()
   }
 })

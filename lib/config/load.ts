@@ -63,7 +63,8 @@ export const DEFAULTS = Object.freeze({
   clientHeadersTimeout: 20 * SECOND,
   idleTimeout: 30 * SECOND,
   maxConnections: 4096,
-  maxRequestsPerClient: 128
+  maxRequestsPerClient: 128,
+  maxConcurrentDownloads: 16
 })
 
 // ---- schema -------------------------------------------------------------
@@ -79,6 +80,7 @@ interface UpstreamEntry {
   password: string | undefined
   passwordEnv: string | undefined
   authHosts: string[]
+  maxConcurrentDownloads: number
   timeouts: { connect: number, headers: number, body: number }
 }
 
@@ -89,6 +91,7 @@ const upstreamEntry = section<UpstreamEntry>({
   password: secret(),
   passwordEnv: parsed(parseEnvName, 'an environment variable name like "HUB_TOKEN"'),
   authHosts: withDefault(list(parsed(parseAuthHost, 'a host like "auth.docker.io"')), []),
+  maxConcurrentDownloads: withDefault(integer({ min: 1 }), DEFAULTS.maxConcurrentDownloads),
   timeouts: section({
     connect: withDefault(duration({ min: 1 }), DEFAULTS.connectTimeout),
     headers: withDefault(duration({ min: 1 }), DEFAULTS.headersTimeout),
@@ -204,6 +207,7 @@ function upstreams (env: NodeJS.ProcessEnv): Field<Map<string, UpstreamConfig>> 
         username: credentials.username,
         password: credentials.password,
         authHosts: entry.authHosts,
+        maxConcurrentDownloads: entry.maxConcurrentDownloads,
         connectTimeout: entry.timeouts.connect,
         headersTimeout: entry.timeouts.headers,
         bodyTimeout: entry.timeouts.body

@@ -16,6 +16,8 @@ export interface UpstreamConfig {
    * manifests, tags and referrers by redirect (Docker Hub: auth.docker.io).
    */
   readonly authHosts?: readonly string[] | undefined
+  /** Blob downloads from this upstream at once; more wait their turn in order. Manifests never wait for them. */
+  readonly maxConcurrentDownloads?: number | undefined
   /** Milliseconds. */
   readonly connectTimeout: number
   readonly headersTimeout: number

@@ -121,7 +121,13 @@ export class BlobService {
       started.claimed = true
       return this.#bypassAnswer(started.body, started.size, started.digest, started.upstream, outcome)
     }
-    // The uncached body went to another client: this one gets its own.
+    // The uncached body went to another client (or this request cannot take it whole): this one
+    // gets its own. Once no one is left to take it, it is let go, with its connection and download slot.
+    setImmediate(() => {
+      if (started.claimed) return
+      started.claimed = true
+      started.body.destroy()
+    })
     return await this.#passThrough(route, started.digest, request)
   }
 

@@ -10,11 +10,17 @@ import { contentLength, header, type HeaderMap } from '../oci/headers.js'
 import { DeniedError, errnoCode, RegistryError, TooManyRequestsError, UnavailableError } from '../errors.js'
 import { MAX_TOKEN_BYTES } from '../oci/limits.js'
 import { readLimited } from '../read-limited.js'
+import { Limiter } from '../limiter.js'
 import { guardedLookup, isLinkLocal } from './address-guard.js'
 import { parseChallenges, type Challenge } from './challenge.js'
 import { DEFAULT_TOKEN_LIFETIME_S, TokenCache } from './token-cache.js'
 
 const MAX_REDIRECTS = 5
+/** Connections for manifests, tags, referrers and tokens, apart from the blob downloads'. */
+const METADATA_CONNECTIONS = 16
+export const DEFAULT_CONCURRENT_DOWNLOADS = 16
+/** Blob connections beyond the downloads: HEADs, and the uncached answers to a full disk's clients. */
+const BLOB_HEADROOM = 8
 const PASSED_THROUGH = ['ratelimit-limit', 'ratelimit-remaining', 'docker-ratelimit-source']
 
 type Headers = HeaderMap
@@ -48,7 +54,11 @@ export interface UpstreamClientOptions {
 export class UpstreamClient {
   readonly name: string
   readonly #config: UpstreamConfig
+  /** Manifests, tags, referrers and tokens: never queued behind blob downloads. */
   readonly #agent: Agent
+  /** Blob downloads, at most maxConcurrentDownloads at once; the rest wait their turn in order. */
+  readonly #blobAgent: Agent
+  readonly #downloads: Limiter
   readonly #log: Logger
   readonly #tokens: TokenCache
   readonly #tokenFetches = new Map<string, Promise<string>>()
@@ -67,13 +77,17 @@ export class UpstreamClient {
     const base = new URL(options.config.url)
     this.#ownHosts = new Set([base.host, ...(options.config.authHosts ?? [])].map(h => h.toLowerCase()))
     this.#plainHttp = base.protocol === 'http:'
-    this.#agent = new Agent({
+    const pool = (connections: number): Agent => new Agent({
       connect: { timeout: options.config.connectTimeout, lookup: guardedLookup },
       headersTimeout: options.config.headersTimeout,
       bodyTimeout: options.config.bodyTimeout,
       keepAliveTimeout: 30_000,
-      connections: 32
+      connections
     })
+    const downloads = options.config.maxConcurrentDownloads ?? DEFAULT_CONCURRENT_DOWNLOADS
+    this.#agent = pool(METADATA_CONNECTIONS)
+    this.#blobAgent = pool(downloads + BLOB_HEADROOM)
+    this.#downloads = new Limiter(downloads)
   }
 
   /**
@@ -94,7 +108,7 @@ export class UpstreamClient {
       if (authorization !== undefined && sameOrigin) headers.authorization = authorization
       let res: Dispatcher.ResponseData
       try {
-        res = await request(url, { method, headers, dispatcher: this.#agent })
+        res = await request(url, { method, headers, dispatcher: options.kind === 'blob' ? this.#blobAgent : this.#agent })
       } catch (err) {
         if (!retried && isRetryable(err)) {
           retried = true
@@ -151,8 +165,22 @@ export class UpstreamClient {
   }
 
   /** The body of a successful GET as a stream, with its announced length. */
+  /**
+   * The body of a blob GET as a stream, with its announced length. It holds one of the
+   * upstream's maxConcurrentDownloads slots until the body has ended or been destroyed.
+   */
   async openBlob (repository: string, digest: string): Promise<{ status: number, body: UpstreamResponse['body'], size: number | undefined, headers: Headers }> {
-    const res = await this.send('GET', `/v2/${repository}/blobs/${digest}`, { repository, kind: 'blob' })
+    const release = await this.#downloads.acquire()
+    let res: UpstreamResponse
+    try {
+      res = await this.send('GET', `/v2/${repository}/blobs/${digest}`, { repository, kind: 'blob' })
+    } catch (err) {
+      release()
+      throw err
+    }
+    res.body.once('close', release)
+    res.body.once('end', release)
+    res.body.once('error', release)
     return { status: res.status, body: res.body, size: contentLength(res.headers), headers: res.headers }
   }
 
@@ -247,10 +275,10 @@ export class UpstreamClient {
   async close (graceMs = 5_000): Promise<void> {
     let timer: NodeJS.Timeout | undefined
     const cut = new Promise<void>(resolve => {
-      timer = setTimeout(() => { this.#agent.destroy().then(resolve, resolve) }, graceMs)
+      timer = setTimeout(() => { Promise.all([this.#agent.destroy(), this.#blobAgent.destroy()]).then(() => resolve(), resolve) }, graceMs)
       timer.unref()
     })
-    await Promise.race([this.#agent.close(), cut])
+    await Promise.race([Promise.all([this.#agent.close(), this.#blobAgent.close()]), cut])
     clearTimeout(timer)
   }
 }

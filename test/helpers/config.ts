@@ -39,6 +39,7 @@ export interface YamlUpstream {
   readonly password?: string
   readonly passwordEnv?: string
   readonly authHosts?: readonly string[]
+  readonly maxConcurrentDownloads?: number
   readonly timeouts?: { readonly connect?: string, readonly headers?: string, readonly body?: string }
 }
 

@@ -74,6 +74,7 @@ function testMirrorYaml (storage: string, options: TestMirrorOptions): YamlConfi
       username: spec.username,
       password: spec.password,
       authHosts: spec.authHosts,
+      maxConcurrentDownloads: spec.maxConcurrentDownloads,
       timeouts: {
         connect: ms(spec.connectTimeout ?? 2_000),
         headers: ms(spec.headersTimeout ?? 5_000),

@@ -10,15 +10,29 @@ export class Limiter {
     this.#max = max
   }
 
-  async run<T> (fn: () => Promise<T>): Promise<T> {
+  /** Tasks waiting for a slot. */
+  get waiting (): number { return this.#waiting.length }
+
+  /** Waits for a slot; the function returned gives it back (once, however often it is called). */
+  async acquire (): Promise<() => void> {
     if (this.#running >= this.#max) await new Promise<void>(resolve => this.#waiting.push(resolve))
     else this.#running++
-    try {
-      return await fn()
-    } finally {
+    let released = false
+    return () => {
+      if (released) return
+      released = true
       const next = this.#waiting.shift()
       if (next !== undefined) next() // the slot passes straight on
       else this.#running--
+    }
+  }
+
+  async run<T> (fn: () => Promise<T>): Promise<T> {
+    const release = await this.acquire()
+    try {
+      return await fn()
+    } finally {
+      release()
     }
   }
 }
