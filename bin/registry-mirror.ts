@@ -275,6 +275,7 @@ function maintenance (command: string, core: MirrorCore, config: MirrorConfig, a
         return 0
       }
       out(`status          ${s.degraded === null ? 'ok' : `degraded: ${s.degraded}`}`)
+      for (const d of s.upstreamsDown) out(`upstream down   ${d.upstream} since ${d.since}`)
       out(`total size      ${formatBytes(s.totalBytes)}${config.storage.maxSize !== undefined ? ` of ${formatBytes(config.storage.maxSize)}` : ''}`)
       out(`blobs           ${s.blobs} (${formatBytes(s.blobBytes)})`)
       out(`manifests       ${s.manifests} (${formatBytes(s.manifestBytes)})`)

@@ -54,6 +54,8 @@ export interface MirrorCore {
   readonly manifests: ManifestService
   readonly listings: ListingService
   readonly routing: RoutingTable
+  /** Each upstream's state: "up", or since when it is down and when it is tried again. */
+  upstreamStates: () => Record<string, string>
   /** What the consistency check found when the data directory was opened. */
   readonly consistency: ConsistencyReport
   close: () => Promise<void>
@@ -61,11 +63,18 @@ export interface MirrorCore {
 
 export async function openCore (config: MirrorConfig, log: Logger, options: CoreOptions = {}): Promise<MirrorCore> {
   const now = options.now ?? Date.now
-  const events = options.events ?? new Events()
+  // A serving mirror notes in the index which upstreams are down, for `registry-mirror stats`.
+  const outer = options.events ?? new Events()
+  let noteState: ((name: string, since: number) => void) | undefined
+  const events = options.owner === true ? new Events([outer, { upstreamState: (name, down) => noteState?.(name, down?.since ?? 0) }]) : outer
   const store = new FsBlobStore({ root: config.storage.path, freeBytes: options.freeBytes })
   await store.init()
   const index = new CacheIndex({ path: join(config.storage.path, 'index.db'), now })
   const cache = new LocalCache({ index, store, hotEntries: config.cache.hotEntries, log, now, events })
+  if (options.owner === true) {
+    noteState = (name, since) => cache.noteUpstreamDown(name, since)
+    for (const name of config.upstreams.keys()) cache.noteUpstreamDown(name, 0)
+  }
   let consistency: ConsistencyReport
   try {
     consistency = await checkConsistency({ cache, log, now, dryRun: options.dryRun, verify: options.verify, tempMinAgeMs: options.owner === true ? 0 : LIVE_TEMP_AGE_MS })
@@ -107,5 +116,9 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
     })()
     await closing
   }
-  return { config, cache, evictor, eviction, blobs, manifests, listings, routing: routingTable(config), consistency, close }
+  const upstreamStates = (): Record<string, string> => Object.fromEntries([...upstreams.values()].map(u => {
+    const down = u.down
+    return [u.name, down === undefined ? 'up' : `down since ${new Date(down.since).toISOString()}, tried again after ${new Date(down.until).toISOString()}`]
+  }))
+  return { config, cache, evictor, eviction, blobs, manifests, listings, routing: routingTable(config), upstreamStates, consistency, close }
 }

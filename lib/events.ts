@@ -55,6 +55,8 @@ export interface MirrorEvents {
   upstreamRetried: (upstream: string) => void
   /** A request the mirror would not make: a token realm or redirect off the upstream's hosts, or to a link-local address. */
   upstreamRefused: (upstream: string, reason: RefusalReason) => void
+  /** An upstream went down (with when it is tried again) or came back (undefined). */
+  upstreamState: (upstream: string, down: { since: number, until: number } | undefined) => void
   downloadStarted: (digest: string, upstream: string) => void
   downloadEnded: (digest: string, upstream: string, result: DownloadResult, bytes: number) => void
   /** A blob is being served straight from upstream, not cached (the disk has no room for it). */
@@ -85,6 +87,7 @@ export class Events implements MirrorEvents {
   tokenFetched (upstream: string): void { for (const s of this.#sinks) s.tokenFetched?.(upstream) }
   upstreamRetried (upstream: string): void { for (const s of this.#sinks) s.upstreamRetried?.(upstream) }
   upstreamRefused (upstream: string, reason: RefusalReason): void { for (const s of this.#sinks) s.upstreamRefused?.(upstream, reason) }
+  upstreamState (upstream: string, down: { since: number, until: number } | undefined): void { for (const s of this.#sinks) s.upstreamState?.(upstream, down) }
   downloadStarted (digest: string, upstream: string): void { for (const s of this.#sinks) s.downloadStarted?.(digest, upstream) }
   downloadEnded (digest: string, upstream: string, result: DownloadResult, bytes: number): void {
     for (const s of this.#sinks) s.downloadEnded?.(digest, upstream, result, bytes)

@@ -29,6 +29,7 @@ export class Metrics implements MirrorEvents {
   readonly #tokens: Counter<'upstream'>
   readonly #retries: Counter<'upstream'>
   readonly #refused: Counter<'upstream' | 'reason'>
+  readonly #upstreamUp: Gauge<'upstream'>
   readonly #mismatches: Counter<'upstream'>
   readonly #evictions: Counter<'reason'>
   readonly #evictedBytes: Counter<'reason'>
@@ -55,6 +56,7 @@ export class Metrics implements MirrorEvents {
     this.#tokens = new Counter({ name: 'registry_mirror_upstream_token_fetches_total', help: 'Bearer tokens fetched from upstream token services', labelNames: ['upstream'], registers })
     this.#retries = new Counter({ name: 'registry_mirror_upstream_retries_total', help: 'Upstream requests retried after a dropped connection', labelNames: ['upstream'], registers })
     this.#refused = new Counter({ name: 'registry_mirror_upstream_refused_total', help: 'Requests the mirror would not make for an upstream: a token realm or redirect off its hosts, or to a link-local address', labelNames: ['upstream', 'reason'], registers })
+    this.#upstreamUp = new Gauge({ name: 'registry_mirror_upstream_up', help: 'Whether an upstream answers (0 while its circuit is open after repeated connect failures or timeouts)', labelNames: ['upstream'], registers })
     this.#mismatches = new Counter({ name: 'registry_mirror_digest_mismatches_total', help: 'Blobs from upstream whose bytes did not match their digest (never cached)', labelNames: ['upstream'], registers })
     this.#evictions = new Counter({ name: 'registry_mirror_evictions_total', help: 'Blobs and manifests evicted, by reason', labelNames: ['reason'], registers })
     this.#evictedBytes = new Counter({ name: 'registry_mirror_evicted_bytes_total', help: 'Bytes evicted, by reason', labelNames: ['reason'], registers })
@@ -117,6 +119,7 @@ export class Metrics implements MirrorEvents {
   tokenFetched (upstream: string): void { this.#tokens.inc({ upstream }) }
   upstreamRetried (upstream: string): void { this.#retries.inc({ upstream }) }
   upstreamRefused (upstream: string, reason: RefusalReason): void { this.#refused.inc({ upstream, reason }) }
+  upstreamState (upstream: string, down: { since: number, until: number } | undefined): void { this.#upstreamUp.set({ upstream }, down === undefined ? 1 : 0) }
   downloadStarted (): void {}
 
   downloadEnded (_digest: string, upstream: string, result: DownloadResult, bytes: number): void {

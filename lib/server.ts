@@ -45,6 +45,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   metrics?.watch({ summary: () => cache.summary(), downloadsInFlight: () => blobs.downloadsInFlight, downloadClients: () => blobs.downloadClients, logLinesDropped: options.logLinesDropped })
   const ops: OpsOptions = {
     metrics,
+    upstreams: core.upstreamStates,
     token: config.metrics.token,
     ready: async () => {
       const problems: string[] = []

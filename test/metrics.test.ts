@@ -125,7 +125,7 @@ t.test('/healthz says the process is up; /readyz checks the index and that stora
   t.same(await health.json(), { status: 'ok' })
   const ready = await fetch(`${mirror.url}/readyz`)
   t.equal(ready.status, 200)
-  t.same(await ready.json(), { status: 'ready' })
+  t.same(await ready.json(), { status: 'ready', upstreams: { 'docker.io': 'up' } }, 'each upstream\'s state shown too')
   rmSync(join(mirror.storage, 'tmp'), { recursive: true, force: true })
   const unready = await fetch(`${mirror.url}/readyz`)
   t.equal(unready.status, 503)

@@ -250,6 +250,21 @@ export class LocalCache {
     this.#write('tag deletion', () => this.index.deleteTag(repository, tag))
   }
 
+  /** Since when (ms) a serving mirror found an upstream down; 0 when it answers. */
+  noteUpstreamDown (upstream: string, since: number): void {
+    this.#write('upstream state', () => this.index.setCounter(`upstream.${upstream}.down_since`, since))
+  }
+
+  /** The upstreams a serving mirror has marked down, with since when. */
+  upstreamsDown (): Array<{ upstream: string, since: number }> {
+    const out: Array<{ upstream: string, since: number }> = []
+    for (const [name, value] of this.index.counters()) {
+      const m = /^upstream\.(.+)\.down_since$/.exec(name)
+      if (m?.[1] !== undefined && value > 0) out.push({ upstream: m[1], since: value })
+    }
+    return out
+  }
+
   /** Why the cache is degraded (its index failed a write, and none has succeeded since), or undefined. */
   get failure (): WriteFailure | undefined {
     return this.#failure

@@ -53,6 +53,8 @@ export interface Stats {
   requests: { hit: number, miss: number, joined: number, stale: number, revalidated: number, error: number }
   /** Null when the index can be written; else why not (the cache is degraded: a full disk, an I/O error). */
   degraded: string | null
+  /** Upstreams the serving mirror has marked down (its circuit open), with since when. */
+  upstreamsDown: Array<{ upstream: string, since: string }>
   /** Share of blob and manifest requests answered from the cache, 0..1; null before any. */
   hitRatio: number | null
   oldestAccess: string | null
@@ -77,6 +79,7 @@ export function stats ({ cache }: MirrorCore): Stats {
     pins: cache.index.pins().length,
     pinnedBytes: pinnedBytes(cache.index, pinnedContent(cache.index)),
     degraded: degradation(cache.probeWrite()),
+    upstreamsDown: cache.upstreamsDown().map(d => ({ upstream: d.upstream, since: new Date(d.since).toISOString() })),
     requests,
     hitRatio: served === 0 ? null : fromCache / served,
     oldestAccess: totals.oldestAccess === null ? null : new Date(totals.oldestAccess).toISOString(),

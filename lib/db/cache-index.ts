@@ -424,6 +424,10 @@ export class CacheIndex {
     })()
   }
 
+  setCounter (name: string, value: number): void {
+    this.#db.prepare('INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value').run(name, value)
+  }
+
   counters (): Map<string, number> {
     return new Map(this.#s.counters.all().map(r => [r.name, r.value]))
   }

@@ -14,6 +14,8 @@ export interface OpsOptions {
   readonly token: string | undefined
   /** Problems that make the mirror unready; empty when ready. */
   readonly ready: () => Promise<string[]>
+  /** Each upstream's state ("up", or down since when), shown by /readyz without making the mirror unready: the cache still answers. */
+  readonly upstreams?: (() => Record<string, string>) | undefined
 }
 
 export function opsRouter<S> (options: OpsOptions): Router<S> {
@@ -23,8 +25,9 @@ export function opsRouter<S> (options: OpsOptions): Router<S> {
   })
   router.get('/readyz', async ctx => {
     const problems = await options.ready()
+    const upstreams = options.upstreams?.()
     ctx.status = problems.length === 0 ? 200 : 503
-    ctx.body = problems.length === 0 ? { status: 'ready' } : { status: 'unready', problems }
+    ctx.body = problems.length === 0 ? { status: 'ready', upstreams } : { status: 'unready', problems, upstreams }
   })
   const metrics = options.metrics
   if (metrics !== undefined) {

@@ -12,6 +12,7 @@ import { MAX_TOKEN_BYTES } from '../oci/limits.js'
 import { readLimited } from '../read-limited.js'
 import { Limiter } from '../limiter.js'
 import { guardedLookup, isLinkLocal } from './address-guard.js'
+import { CircuitBreaker } from './circuit-breaker.js'
 import { parseChallenges, type Challenge } from './challenge.js'
 import { DEFAULT_TOKEN_LIFETIME_S, TokenCache } from './token-cache.js'
 
@@ -42,7 +43,7 @@ export function passedThroughHeaders (headers: Headers): Record<string, string> 
 }
 
 
-type UpstreamEventSink = Pick<MirrorEvents, 'upstreamResponse' | 'tokenFetched' | 'upstreamRetried' | 'upstreamRefused'>
+type UpstreamEventSink = Pick<MirrorEvents, 'upstreamResponse' | 'tokenFetched' | 'upstreamRetried' | 'upstreamRefused' | 'upstreamState'>
 
 export interface UpstreamClientOptions {
   readonly config: UpstreamConfig
@@ -59,6 +60,7 @@ export class UpstreamClient {
   /** Blob downloads, at most maxConcurrentDownloads at once; the rest wait their turn in order. */
   readonly #blobAgent: Agent
   readonly #downloads: Limiter
+  readonly #circuit: CircuitBreaker
   readonly #log: Logger
   readonly #tokens: TokenCache
   readonly #tokenFetches = new Map<string, Promise<string>>()
@@ -88,7 +90,18 @@ export class UpstreamClient {
     this.#agent = pool(METADATA_CONNECTIONS)
     this.#blobAgent = pool(downloads + BLOB_HEADROOM)
     this.#downloads = new Limiter(downloads)
+    this.#circuit = new CircuitBreaker({
+      now: options.now,
+      onChange: down => {
+        if (down === undefined) this.#log.warn('upstream answers again; its circuit is closed')
+        else this.#log.error({ since: new Date(down.since).toISOString(), nextTry: new Date(down.until).toISOString() }, 'upstream marked down after repeated connect failures or timeouts; answering from the cache without asking it')
+        this.#events.upstreamState(this.name, down)
+      }
+    })
   }
+
+  /** Since when this upstream is down, and when it is tried again; undefined while it answers. */
+  get down (): { since: number, until: number } | undefined { return this.#circuit.down }
 
   /**
    * Sends a GET or HEAD for a /v2/ path of this upstream and returns the final
@@ -102,6 +115,10 @@ export class UpstreamClient {
     let authorization = this.#cachedAuthorization(scopeKey)
     let authTried = false
     let retried = false
+    if (!this.#circuit.admit()) {
+      const down = this.#circuit.down
+      throw new UnavailableError(`upstream ${this.name} is down (no answer to repeated requests); it is tried again after ${new Date(down?.until ?? 0).toISOString()}`, { upstream: this.name, reason: 'circuit-open' })
+    }
     for (let hop = 0; ; hop++) {
       const headers = { ...baseHeaders }
       const sameOrigin = url.origin === new URL(this.#config.url).origin
@@ -116,8 +133,10 @@ export class UpstreamClient {
           hop--
           continue
         }
+        if (url.origin === new URL(this.#config.url).origin) this.#circuit.failed()
         throw this.#unavailable(err, url)
       }
+      if (url.origin === new URL(this.#config.url).origin) this.#circuit.succeeded()
       this.#events.upstreamResponse({ upstream: this.name, kind: options.kind, method, status: res.statusCode })
       const status = res.statusCode
       if (status === 401 && sameOrigin && !authTried) {

@@ -6,6 +6,7 @@ export type RecordedEvent =
   | { readonly event: 'upstreamResponse', readonly answer: UpstreamAnswer }
   | { readonly event: 'tokenFetched' | 'upstreamRetried', readonly upstream: string }
   | { readonly event: 'upstreamRefused', readonly upstream: string, readonly reason: RefusalReason }
+  | { readonly event: 'upstreamState', readonly upstream: string, readonly down: { since: number, until: number } | undefined }
   | { readonly event: 'downloadStarted', readonly digest: string, readonly upstream: string }
   | { readonly event: 'downloadEnded', readonly digest: string, readonly upstream: string, readonly result: DownloadResult, readonly bytes: number }
   | { readonly event: 'uncachedStarted', readonly digest: string, readonly upstream: string, readonly reason: string }
@@ -23,6 +24,7 @@ export class EventRecorder implements MirrorEvents {
   tokenFetched (upstream: string): void { this.events.push({ event: 'tokenFetched', upstream }) }
   upstreamRetried (upstream: string): void { this.events.push({ event: 'upstreamRetried', upstream }) }
   upstreamRefused (upstream: string, reason: RefusalReason): void { this.events.push({ event: 'upstreamRefused', upstream, reason }) }
+  upstreamState (upstream: string, down: { since: number, until: number } | undefined): void { this.events.push({ event: 'upstreamState', upstream, down }) }
   downloadStarted (digest: string, upstream: string): void { this.events.push({ event: 'downloadStarted', digest, upstream }) }
   downloadEnded (digest: string, upstream: string, result: DownloadResult, bytes: number): void {
     this.events.push({ event: 'downloadEnded', digest, upstream, result, bytes })
