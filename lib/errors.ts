@@ -49,15 +49,18 @@ export class NotFoundError extends RegistryError { readonly code = 'NOT_FOUND'; 
 
 // --- Inside the mirror ---
 
-/** A stored blob ended before the size its row records: the file was cut (by hand, by a crash, by bit rot). */
-export class ShortFileError extends Error {
-  readonly code = 'SHORT_FILE'
+/** A failure of the mirror's own, with a stable code and its class name as name. */
+export abstract class MirrorFailure extends Error {
+  abstract readonly code: string
 
   constructor (message: string) {
     super(message)
-    this.name = 'ShortFileError'
+    this.name = new.target.name
   }
 }
+
+/** A stored blob ended before the size its row records: the file was cut (by hand, by a crash, by bit rot). */
+export class ShortFileError extends MirrorFailure { readonly code = 'SHORT_FILE' }
 
 /** Bytes from upstream did not match the digest or size they were asked for. */
 export class DigestMismatchError extends Error {
@@ -121,32 +124,16 @@ export class MirrorAnswerError extends Error {
 }
 
 /** A tar stream that cannot be read (truncated, corrupt), or a name too long to write. */
-export class TarError extends Error {
-  readonly code = 'TAR_INVALID'
-}
+export class TarError extends MirrorFailure { readonly code = 'TAR_INVALID' }
 
 /** The bundle could not be written (a cached blob failed its check, the disk is full...); nothing is left under its name. */
-export class ExportFailedError extends Error {
-  readonly code = 'EXPORT_FAILED'
-
-  constructor (message: string) {
-    super(message)
-    this.name = 'ExportFailedError'
-  }
-}
+export class ExportFailedError extends MirrorFailure { readonly code = 'EXPORT_FAILED' }
 
 /** The bundle cannot be imported; the message names the entry and what is wrong with it. */
-export class BundleInvalidError extends Error {
-  readonly code = 'BUNDLE_INVALID'
-
-  constructor (message: string) {
-    super(message)
-    this.name = 'BundleInvalidError'
-  }
-}
+export class BundleInvalidError extends MirrorFailure { readonly code = 'BUNDLE_INVALID' }
 
 /** The command line is wrong: the CLI prints the message and the usage, and exits 2. */
-export class UsageError extends Error {}
+export class UsageError extends MirrorFailure { readonly code = 'USAGE' }
 
 // --- Errors without a class ---
 
