@@ -32,6 +32,7 @@ export class LogSink implements DestinationStream {
   #dropped = 0
   #unreported = 0
   #failure: string | undefined
+  #scheduled = false
 
   constructor (fd: number, options: LogSinkOptions = {}) {
     this.#fd = fd
@@ -51,7 +52,13 @@ export class LogSink implements DestinationStream {
     }
     this.#queue.push(bytes)
     this.#queued += bytes.length
-    this.#pump()
+    // The lines of one turn of the event loop go out in one write.
+    if (this.#scheduled) return
+    this.#scheduled = true
+    setImmediate(() => {
+      this.#scheduled = false
+      this.#pump()
+    })
   }
 
   #drop (lines: number): void {

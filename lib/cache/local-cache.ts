@@ -31,7 +31,8 @@ export interface Manifest { readonly digest: string, readonly mediaType: string,
 export interface TagAnswer { readonly digest: string, readonly confirmedAt: number }
 
 type HotEntry =
-  | { readonly kind: 'manifest', readonly manifest: Manifest }
+  /** `repositories`: those the index is known to list for it (a memo of manifestBelongsTo; gone with the entry). */
+  | { readonly kind: 'manifest', readonly manifest: Manifest, readonly repositories: Set<string> }
   | { readonly kind: 'tag', readonly digest: string, readonly confirmedAt: number }
 
 /** Memory the hot LRU may use, whatever its entry count. */
@@ -185,7 +186,11 @@ export class LocalCache {
 
   /** Whether a cached manifest may be served by digest under a repository: fetched or confirmed there. */
   manifestBelongsTo (digest: string, repository: string): boolean {
-    return this.index.manifestBelongsTo(digest, repository)
+    const hot = this.#hot.get(hotKey.manifest(digest))
+    if (hot?.kind === 'manifest' && hot.repositories.has(repository)) return true
+    const belongs = this.index.manifestBelongsTo(digest, repository)
+    if (belongs && hot?.kind === 'manifest') hot.repositories.add(repository)
+    return belongs
   }
 
   /** Upstream confirmed that the repository has the manifest. */
@@ -208,7 +213,7 @@ export class LocalCache {
     const row = this.index.getManifest(digest)
     if (row === undefined) return undefined
     const manifest: Manifest = { digest: row.digest, mediaType: row.mediaType, content: row.content }
-    this.#hot.set(hotKey.manifest(digest), { kind: 'manifest', manifest })
+    this.#hot.set(hotKey.manifest(digest), { kind: 'manifest', manifest, repositories: new Set() })
     return manifest
   }
 
@@ -231,7 +236,10 @@ export class LocalCache {
     // Bytes the cache has already keep the media type they were first stored with, whichever upstream sends them again.
     const stored = this.manifest(manifest.digest) ?? manifest
     if (!this.#write('manifest', () => this.index.putManifest(repository, stored, tag, blobsOf(stored)))) return false
-    this.#hot.set(hotKey.manifest(manifest.digest), { kind: 'manifest', manifest: stored })
+    const hot = this.#hot.get(hotKey.manifest(manifest.digest))
+    const repositories = hot?.kind === 'manifest' ? hot.repositories : new Set<string>()
+    repositories.add(repository)
+    this.#hot.set(hotKey.manifest(manifest.digest), { kind: 'manifest', manifest: stored, repositories })
     if (tag !== undefined) this.#hot.set(hotKey.tag(repository, tag), { kind: 'tag', digest: manifest.digest, confirmedAt: this.#now() })
     return true
   }
