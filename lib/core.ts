@@ -63,18 +63,14 @@ export interface MirrorCore {
 
 export async function openCore (config: MirrorConfig, log: Logger, options: CoreOptions = {}): Promise<MirrorCore> {
   const now = options.now ?? Date.now
-  // A serving mirror notes in the index which upstreams are down, for `registry-mirror stats`.
   const outer = options.events ?? new Events()
-  let noteState: ((name: string, since: number) => void) | undefined
-  const events = options.owner === true ? new Events([outer, { upstreamState: (name, down) => noteState?.(name, down?.since ?? 0) }]) : outer
   const store = new FsBlobStore({ root: config.storage.path, freeBytes: options.freeBytes })
   await store.init()
   const index = new CacheIndex({ path: join(config.storage.path, 'index.db'), now })
-  const cache = new LocalCache({ index, store, hotEntries: config.cache.hotEntries, log, now, events })
-  if (options.owner === true) {
-    noteState = (name, since) => cache.noteUpstreamDown(name, since)
-    for (const name of config.upstreams.keys()) cache.noteUpstreamDown(name, 0)
-  }
+  const cache = new LocalCache({ index, store, hotEntries: config.cache.hotEntries, log, now, events: outer })
+  // A serving mirror notes in the index which upstreams are down (the cache listens), for `registry-mirror stats`.
+  const events = options.owner === true ? new Events([outer, cache]) : outer
+  if (options.owner === true) for (const name of config.upstreams.keys()) cache.noteUpstreamDown(name, 0)
   let consistency: ConsistencyReport
   try {
     consistency = await checkConsistency({ cache, log, now, dryRun: options.dryRun, verify: options.verify, tempMinAgeMs: options.owner === true ? 0 : LIVE_TEMP_AGE_MS })

@@ -8,7 +8,7 @@ import type { Logger } from 'pino'
 import type { EvictionReason, MirrorEvents } from '../events.js'
 import type { LocalCache } from './local-cache.js'
 import { childrenOf } from '../oci/manifest.js'
-import { pinnedBytes, pinnedContent, type PinnedContent } from './pins.js'
+import { bytesOf, pinnedContent, type PinnedContent } from './pins.js'
 
 export interface EvictionPolicy {
   /** Bytes; undefined = no size bound. */
@@ -96,7 +96,7 @@ export class Evictor {
     const index = this.#o.cache.index
     const t = index.totals()
     const kept = this.#kept(pinnedContent(index), protect)
-    return t.blobBytes + t.manifestBytes - pinnedBytes(index, { digests: kept, tags: new Set() })
+    return t.blobBytes + t.manifestBytes - bytesOf(index, kept)
   }
 
   /** Pinned content, and the manifests in `protect` with everything they name. */
@@ -127,7 +127,7 @@ export class Evictor {
     const byReason: Record<EvictionReason, { count: number, bytes: number }> = {
       age: { count: 0, bytes: 0 }, size: { count: 0, bytes: 0 }, space: { count: 0, bytes: 0 }
     }
-    const pinnedTotal = pinnedBytes(index, pinned)
+    const pinnedTotal = bytesOf(index, pinned.digests)
     const remove = async (c: { kind: 'blob' | 'manifest', digest: string, size: number }, reason: EvictionReason): Promise<void> => {
       let tags: Array<{ repository: string, tag: string }> = []
       if (options.dryRun !== true) {

@@ -24,7 +24,7 @@ import type { BlobStore, TempFile } from '../store/blob-store.js'
 import { AccessRecorder } from './access-recorder.js'
 import { MAX_REFERRERS_ENTRIES } from '../oci/limits.js'
 import { childrenOf } from '../oci/manifest.js'
-import { pinnedBytes, pinnedContent } from './pins.js'
+import { bytesOf, pinnedContent } from './pins.js'
 
 export interface Manifest { readonly digest: string, readonly mediaType: string, readonly content: Buffer }
 
@@ -258,6 +258,11 @@ export class LocalCache {
     this.#write('tag deletion', () => this.index.deleteTag(repository, tag))
   }
 
+  /** As an event sink of a serving mirror: notes in the index which upstreams are down, for `registry-mirror stats`. */
+  upstreamState (upstream: string, down: { since: number } | undefined): void {
+    this.noteUpstreamDown(upstream, down?.since ?? 0)
+  }
+
   /** Since when (ms) a serving mirror found an upstream down; 0 when it answers. */
   noteUpstreamDown (upstream: string, since: number): void {
     this.#write('upstream state', () => this.index.setCounter(`upstream.${upstream}.down_since`, since))
@@ -391,7 +396,7 @@ export class LocalCache {
 
   summary (): CacheSummary {
     const t = this.index.totals()
-    return { bytes: t.blobBytes + t.manifestBytes, blobs: t.blobs, manifests: t.manifests, tags: t.tags, pinnedBytes: pinnedBytes(this.index, pinnedContent(this.index)) }
+    return { bytes: t.blobBytes + t.manifestBytes, blobs: t.blobs, manifests: t.manifests, tags: t.tags, pinnedBytes: bytesOf(this.index, pinnedContent(this.index).digests) }
   }
 
   close (): void {

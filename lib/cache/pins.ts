@@ -38,9 +38,9 @@ export function pinnedContent (index: CacheIndex): PinnedContent {
   return { digests, tags }
 }
 
-/** Bytes the cache holds of pinned content. */
-export function pinnedBytes (index: CacheIndex, pinned: PinnedContent): number {
+/** Bytes the cache holds of these blobs and manifests (pinned content, say). */
+export function bytesOf (index: CacheIndex, digests: Iterable<string>): number {
   let bytes = 0
-  for (const digest of pinned.digests) bytes += index.getBlob(digest)?.size ?? index.getManifest(digest)?.size ?? 0
+  for (const digest of digests) bytes += index.getBlob(digest)?.size ?? index.getManifest(digest)?.size ?? 0
   return bytes
 }

@@ -6,7 +6,7 @@ import type { Logger } from 'pino'
 import type { ConsistencyReport } from '../cache/consistency.js'
 import type { EvictionResult } from '../cache/eviction.js'
 import type { WriteFailure } from '../cache/local-cache.js'
-import { pinnedBytes, pinnedContent } from '../cache/pins.js'
+import { bytesOf, pinnedContent } from '../cache/pins.js'
 import type { MirrorConfig } from '../config/types.js'
 import { openCore, type MirrorCore } from '../core.js'
 import { formatImageReference, parseImageReference } from '../image-ref.js'
@@ -77,7 +77,7 @@ export function stats ({ cache }: MirrorCore): Stats {
     tags: totals.tags,
     repositories: totals.repositories,
     pins: cache.index.pins().length,
-    pinnedBytes: pinnedBytes(cache.index, pinnedContent(cache.index)),
+    pinnedBytes: bytesOf(cache.index, pinnedContent(cache.index).digests),
     degraded: degradation(cache.probeWrite()),
     upstreamsDown: cache.upstreamsDown().map(d => ({ upstream: d.upstream, since: new Date(d.since).toISOString() })),
     requests,
