@@ -69,7 +69,7 @@ export class ManifestService {
       return { ...local, outcome: 'hit', headers: {} }
     }
     if (this.#o.offline === true) throw new ManifestUnknownError('manifest not in the cache, and this mirror is offline', { digest })
-    const { promise, joined } = this.#flights.run(`d:${route.upstream}:${digest}`, async () => {
+    const { promise, joined } = this.#flights.run(`d:${route.repository}:${digest}`, async () => {
       const fetched = await this.#fetch(route, digest, mergeAccept(accept))
       this.#store(route, fetched.manifest)
       return { ...fetched, outcome: 'miss' }
