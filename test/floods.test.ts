@@ -161,3 +161,53 @@ t.test('a cold tag never queues behind slow blob downloads on the same upstream'
     await r.body.dump()
   }
 })
+
+t.test('a slow reader of a cached blob holds one read buffer of the mirror\'s memory, and others are served meanwhile', async t => {
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url } })
+  const bytes = randomBytes(8 * 1024 * 1024)
+  const digest = fake.addBlob('library/app', bytes)
+  const path = `/v2/library/app/blobs/${digest}`
+  const first = await request(mirror.url + path)
+  await first.body.dump()
+  // Until the download is committed, so that the slow readers read the cached file.
+  for (let i = 0; i < 100 && mirror.cache.index.getBlob(digest) === undefined; i++) await new Promise(resolve => setTimeout(resolve, 20))
+  const pool = mirror.cache.store.readBuffers
+  const before = pool.allocated
+
+  const SLOW = 20
+  const readers = await Promise.all(Array.from({ length: SLOW }, async () => {
+    const socket = await open(mirror.url)
+    const received: Buffer[] = []
+    socket.once('data', () => socket.pause()) // then reads nothing more until resumed
+    socket.on('data', (chunk: Buffer) => received.push(chunk))
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: mirror\r\n\r\n`)
+    return { socket, received }
+  }))
+  t.teardown(() => { for (const r of readers) r.socket.destroy() })
+  await Promise.all(readers.map(async r => {
+    for (let i = 0; i < 200 && r.received.length === 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+    t.match(r.received[0]?.toString('latin1') ?? '', /^HTTP\/1.1 200 OK\r\n[^]*X-Mirror-Cache: hit\r\n/, 'served from the cached file')
+  }))
+  // Until the kernel's buffers are full and every response waits on its client.
+  let last = -1
+  for (let i = 0; i < 100 && pool.allocated !== last; i++) {
+    last = pool.allocated
+    await new Promise(resolve => setTimeout(resolve, 200))
+  }
+  const held = (pool.allocated - before) * pool.size
+  t.ok(held <= SLOW * 256 * 1024 + 8 * 1024 * 1024, `${SLOW} stalled responses took ${held} bytes of read buffers in all`)
+
+  const other = await request(mirror.url + path, { dispatcher: new Agent(), signal: AbortSignal.timeout(5_000) })
+  t.ok(Buffer.from(await other.body.arrayBuffer()).equals(bytes), 'another client gets the whole blob meanwhile')
+
+  for (const r of readers) r.socket.resume()
+  await Promise.all(readers.map(async r => {
+    const length = (): number => r.received.reduce((n, c) => n + c.length, 0)
+    for (let i = 0; i < 200 && !Buffer.concat(r.received).includes('\r\n\r\n'); i++) await new Promise(resolve => setTimeout(resolve, 10))
+    const headerEnd = Buffer.concat(r.received).indexOf('\r\n\r\n') + 4
+    for (let i = 0; i < 500 && length() < headerEnd + bytes.length; i++) await new Promise(resolve => setTimeout(resolve, 10))
+    t.ok(Buffer.concat(r.received).subarray(headerEnd).equals(bytes), 'each slow reader, once it reads again, gets every byte in order')
+  }))
+})

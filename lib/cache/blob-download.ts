@@ -14,7 +14,7 @@ import type { FileHandle } from 'node:fs/promises'
 import { DigestMismatchError } from '../errors.js'
 import { parseDigest } from '../oci/reference.js'
 import type { BufferPool } from '../store/buffer-pool.js'
-import { readPooled } from '../store/file-reader.js'
+import { READ_RUN, readPooledRun } from '../store/file-reader.js'
 import type { FileHashJob, FileHasher } from './file-hasher.js'
 
 /**
@@ -194,14 +194,16 @@ export class BlobDownload {
             this.#waiters.push(arrived)
             return
           }
-          readPooled(this.#temp.handle, buffers, position, available).then(chunk => {
+          readPooledRun(this.#temp.handle, buffers, position, available, READ_RUN).then(chunks => {
             if (reader.destroyed) return
-            if (chunk === undefined) {
+            if (chunks === undefined) {
               reader.destroy(new Error(`short read from the download of ${this.digest}`))
               return
             }
-            position += chunk.length
-            reader.push(chunk)
+            for (const chunk of chunks) {
+              position += chunk.length
+              reader.push(chunk)
+            }
           }, (err: Error) => reader.destroy(err))
         }
         // A reader that has caught up takes new bytes straight from memory as they are

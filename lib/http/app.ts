@@ -2,7 +2,6 @@
 // mirror's services. It parses and validates, picks the upstream, and turns
 // answers and errors into HTTP; the caching policy lives in lib/mirror/.
 
-import { pipeline } from 'node:stream/promises'
 import Koa, { type Context, type Next } from 'koa'
 import Router from '@koa/router'
 import type { Logger } from 'pino'
@@ -16,7 +15,7 @@ import { parseDigest, parseManifestReference } from '../oci/reference.js'
 import { MediaTypes } from '../oci/media-types.js'
 import { route, type Route, type RoutingTable } from '../upstream/routing.js'
 import { sendError } from './envelope.js'
-import { ResponseSink } from './response-sink.js'
+import { sendBody } from './response-sink.js'
 import { opsRouter, type OpsOptions } from './ops.js'
 
 export interface AppState {
@@ -247,13 +246,14 @@ async function blob (ctx: Ctx, options: AppOptions, r: Route, ref: string): Prom
     ctx.length = answer.size
   }
   if (answer.body === undefined) return
-  // The body goes out through our own sink rather than Koa's pipeline, so that read buffers
-  // return to their pool once the socket has taken them. A client that goes away stops
-  // reading; the download it may have started goes on. A body that fails part way cuts
-  // the connection, so the client never takes it for complete.
+  // The body goes out through sendBody rather than Koa's pipeline, so that read buffers
+  // return to their pool once the socket has taken them and a slow client holds one of
+  // them at most. A client that goes away stops reading; the download it may have started
+  // goes on. A body that fails part way cuts the connection, so the client never takes it
+  // for complete.
   ctx.respond = false
   try {
-    await pipeline(answer.body, new ResponseSink(ctx.res, options.sent ?? noop))
+    await sendBody(ctx.res, answer.body, options.sent ?? noop)
   } catch (err) {
     options.log.debug({ err: err instanceof Error ? err.message : String(err), digest }, 'blob response ended early')
   }

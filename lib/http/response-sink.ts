@@ -4,8 +4,10 @@
 // pipeline to the response cannot tell when a chunk has been sent.
 
 import type { ServerResponse } from 'node:http'
-import { Writable } from 'node:stream'
+import { type Readable, Writable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
 import { ResponseGoneError } from '../errors.js'
+import { isSendable } from '../store/blob-store.js'
 
 /** Bytes the sink queues behind the write under way before its source has to wait. */
 const QUEUED_BYTES = 1024 * 1024
@@ -55,5 +57,32 @@ export class ResponseSink extends Writable {
     // A body that failed part way must not look complete to the client: cut the connection.
     if (err !== null && !this.#res.writableFinished) this.#res.destroy()
     callback(err)
+  }
+}
+
+/**
+ * Sends a blob body to the response: a body that can write itself (a cached file) does so,
+ * any other goes through a ResponseSink. A body that fails part way, or a client that goes
+ * away, cuts the connection; the promise rejects then.
+ */
+export async function sendBody (res: ServerResponse, body: Readable, written: (chunk: Uint8Array) => void): Promise<void> {
+  if (!isSendable(body)) {
+    await pipeline(body, new ResponseSink(res, written))
+    return
+  }
+  const gone = new AbortController()
+  const closed = (): void => { if (!res.writableFinished) gone.abort(new ResponseGoneError()) }
+  res.once('close', closed)
+  try {
+    await body.sendTo({ write: (chunk, done) => res.write(chunk, done) }, gone.signal)
+    await new Promise<void>((resolve, reject) => {
+      gone.signal.addEventListener('abort', () => reject(gone.signal.reason), { once: true })
+      res.end(resolve)
+    })
+  } catch (err) {
+    if (!res.writableFinished) res.destroy()
+    throw err
+  } finally {
+    res.off('close', closed)
   }
 }

@@ -8,6 +8,19 @@
 import type { Readable } from 'node:stream'
 import type { FileHandle } from 'node:fs/promises'
 import type { BufferPool } from './buffer-pool.js'
+import type { ByteOutput } from './file-reader.js'
+
+/**
+ * A body that can also write itself to an output without being streamed (FileReader does),
+ * holding little memory for a client that reads slowly. Stream it, or call sendTo once.
+ */
+export interface SendableBody extends Readable {
+  readonly sendTo: (out: ByteOutput, signal: AbortSignal) => Promise<void>
+}
+
+export function isSendable (body: Readable): body is SendableBody {
+  return typeof (body as Partial<SendableBody>).sendTo === 'function'
+}
 
 export interface TempFile { readonly path: string, readonly handle: FileHandle }
 

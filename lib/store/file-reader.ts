@@ -1,12 +1,20 @@
-// A byte range of an open file as a stream, read into buffers from a pool.
-// Whoever consumes the chunks may give them back to the pool once it is done
-// with them (the HTTP response sink does, after the socket took the bytes);
-// chunks never given back are simply garbage collected.
+// A byte range of an open file, read into buffers from a pool, consumed in one
+// of two ways:
+//  - as a stream (scrub, the consistency check, any stream consumer): each read
+//    fills up to READ_RUN buffers in one readv and pushes them as chunks;
+//    whoever consumes them may give them back to the pool;
+//  - by `sendTo(out)`, for an HTTP response: the reader writes to the output
+//    itself, one buffer at a time, and holds at most one buffer for a client
+//    that stops reading (see sendTo).
 
 import { Readable } from 'node:stream'
 import type { FileHandle } from 'node:fs/promises'
 import { ShortFileError } from '../errors.js'
+import type { Limiter } from '../limiter.js'
 import type { BufferPool } from './buffer-pool.js'
+
+/** Buffers filled by one read: a run of them costs one trip to the thread pool. */
+export const READ_RUN = 4
 
 export interface FileReaderOptions {
   /** First byte; 0 unless given. */
@@ -14,8 +22,24 @@ export interface FileReaderOptions {
   /** One past the last byte. */
   readonly end: number
   readonly buffers: BufferPool
+  /**
+   * Reads of `sendTo` under way at once, shared by every reader of a store: a read takes its
+   * buffers only once its turn comes, so a thousand clients arriving at once hold the buffers
+   * of the reads under way, not a thousand runs of them.
+   */
+  readonly reads: Limiter
   /** Names the file in errors. */
   readonly what: string
+}
+
+/** Where `sendTo` writes: an HTTP response, or anything that calls back once a chunk is out of its hands. */
+export interface ByteOutput {
+  /** Writes a chunk; `done` runs once the output no longer needs the chunk (sent, or failed). */
+  write: (chunk: Uint8Array, done: (err?: Error | null) => void) => unknown
+}
+
+function giveAll (buffers: BufferPool, chunks: readonly Buffer[]): void {
+  for (const chunk of chunks) buffers.give(chunk)
 }
 
 export class FileReader extends Readable {
@@ -23,16 +47,21 @@ export class FileReader extends Readable {
   readonly #end: number
   readonly #buffers: BufferPool
   readonly #what: string
+  readonly #reads: Limiter
   #position: number
+  #sending = false
 
   /** Takes ownership of the handle: it is closed when the stream ends or is destroyed. */
   constructor (handle: FileHandle, options: FileReaderOptions) {
-    // One chunk read ahead of the consumer: more would only hold more buffers.
-    super({ highWaterMark: 1 })
+    // Chunks are objects, one pooled buffer each, so that an async iterator is handed the
+    // buffers themselves (a byte stream would join them) and can give them back. One run is
+    // read ahead of the consumer: more would only hold more buffers.
+    super({ objectMode: true, highWaterMark: 1 })
     this.#handle = handle
     this.#end = options.end
     this.#buffers = options.buffers
     this.#what = options.what
+    this.#reads = options.reads
     this.#position = options.start ?? 0
   }
 
@@ -41,15 +70,73 @@ export class FileReader extends Readable {
       this.push(null)
       return
     }
-    readPooled(this.#handle, this.#buffers, this.#position, this.#end - this.#position).then(chunk => {
-      if (this.destroyed) return
-      if (chunk === undefined) {
-        this.destroy(new ShortFileError(`${this.#what} ended at byte ${this.#position}, short of ${this.#end}`))
+    this.#readAt(this.#position, READ_RUN).then(chunks => {
+      if (this.destroyed) {
+        giveAll(this.#buffers, chunks)
         return
       }
-      this.#position += chunk.length
-      this.push(chunk)
+      for (const chunk of chunks) {
+        this.#position += chunk.length
+        this.push(chunk)
+      }
     }, (err: Error) => this.destroy(err))
+  }
+
+  /** Up to `count` buffers' worth at `position`; a file that ends early is a ShortFileError. */
+  async #readAt (position: number, count: number): Promise<Buffer[]> {
+    const chunks = await readPooledRun(this.#handle, this.#buffers, position, this.#end - position, count)
+    if (chunks === undefined) throw new ShortFileError(`${this.#what} ended at byte ${position}, short of ${this.#end}`)
+    return chunks
+  }
+
+  /**
+   * Writes the range to `out` instead of streaming it (call it once, on a reader nobody reads).
+   * One buffer is written at a time, the next once the output has taken it. A run of buffers
+   * is read at once while the output takes each buffer within the event-loop turn it was
+   * written in (the kernel had room for it); when one is still pending by the next turn,
+   * the buffers not yet written go back to the pool at once, to be read again later, and
+   * runs shrink to one buffer until the output keeps up again. So a client that stops
+   * reading holds one pooled buffer of the mirror's memory however long it stalls, while
+   * one that keeps up costs a read per run of buffers. Resolves when all was written;
+   * rejects on a read or write failure, or when `signal` aborts. The reader is destroyed
+   * either way (a ShortFileError is emitted as its 'error').
+   */
+  async sendTo (out: ByteOutput, signal: AbortSignal): Promise<void> {
+    if (this.#sending) throw new Error('FileReader.sendTo called twice')
+    this.#sending = true
+    let run = 1
+    let position = this.#position
+    try {
+      while (position < this.#end) {
+        signal.throwIfAborted()
+        const at = position
+        const chunks = await this.#reads.run(async () => await this.#readAt(at, run))
+        const written = await this.#writeRun(out, chunks, signal)
+        position += written.bytes
+        run = written.lagged ? 1 : Math.min(run * 2, READ_RUN)
+      }
+      this.destroy()
+    } catch (err) {
+      this.destroy(err instanceof ShortFileError ? err : undefined)
+      throw err
+    }
+  }
+
+  /**
+   * Writes the chunks one after the other, until one lags: had not been taken by the next
+   * event-loop turn. The chunks after that one go back to the pool when it lags, and the
+   * promise resolves once it has been written, with the bytes written.
+   */
+  async #writeRun (out: ByteOutput, chunks: Buffer[], signal: AbortSignal): Promise<{ bytes: number, lagged: boolean }> {
+    // Each chunk leaves the array as it is written, the rest when a write lags: an array
+    // holding them would keep them alive (pool or not) while that write waits.
+    let bytes = 0
+    for (let chunk = chunks.shift(); chunk !== undefined; chunk = chunks.shift()) {
+      const lagged = await writeOne(out, chunk, this.#buffers, signal, () => giveAll(this.#buffers, chunks.splice(0)))
+      bytes += chunk.length
+      if (lagged) return { bytes, lagged }
+    }
+    return { bytes, lagged: false }
   }
 
   override _destroy (err: Error | null, callback: (error?: Error | null) => void): void {
@@ -59,21 +146,61 @@ export class FileReader extends Readable {
 }
 
 /**
- * Reads up to `length` bytes at `position` into a buffer from the pool. Resolves with the
- * bytes read (the buffer, or a view of it), or undefined at the end of the file; a buffer
- * that ends up holding nothing goes back to the pool.
+ * Writes one pooled chunk; resolves with whether the output lagged, that is, had not
+ * taken it by the next event-loop turn (`onLag` runs then). The chunk goes back to the
+ * pool once the output is done with it.
  */
-export async function readPooled (handle: FileHandle, buffers: BufferPool, position: number, length: number): Promise<Buffer | undefined> {
-  const buffer = buffers.take()
-  try {
-    const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, length), position)
-    if (bytesRead === 0) {
-      buffers.give(buffer)
-      return undefined
+async function writeOne (out: ByteOutput, chunk: Buffer, buffers: BufferPool, signal: AbortSignal, onLag: () => void): Promise<boolean> {
+  return await new Promise<boolean>((resolve, reject) => {
+    let done = false
+    let lagged = false
+    let check: NodeJS.Immediate | undefined
+    const aborted = (): void => {
+      clearImmediate(check)
+      reject(signal.reason)
     }
-    return bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead)
+    out.write(chunk, err => {
+      done = true
+      clearImmediate(check)
+      signal.removeEventListener('abort', aborted)
+      buffers.give(chunk)
+      if (err !== null && err !== undefined) reject(err)
+      else resolve(lagged)
+    })
+    if (done) return
+    check = setImmediate(() => {
+      lagged = true
+      onLag()
+    })
+    signal.addEventListener('abort', aborted, { once: true })
+  })
+}
+
+/**
+ * Reads up to `length` bytes at `position` into up to `count` buffers from the pool, in one
+ * readv. Resolves with the buffers that hold bytes (the last may be a view of its buffer), or
+ * undefined at the end of the file; buffers left empty go back to the pool.
+ */
+export async function readPooledRun (handle: FileHandle, buffers: BufferPool, position: number, length: number, count: number): Promise<Buffer[] | undefined> {
+  const wanted = Math.max(1, Math.min(count, Math.ceil(length / buffers.size)))
+  const taken: Buffer[] = []
+  for (let i = 0; i < wanted; i++) taken.push(buffers.take())
+  const last = taken[taken.length - 1] as Buffer
+  const tail = length - (wanted - 1) * buffers.size
+  if (tail < last.length) taken[taken.length - 1] = last.subarray(0, tail)
+  let bytesRead
+  try {
+    bytesRead = (await handle.readv(taken, position)).bytesRead
   } catch (err) {
-    buffers.give(buffer)
+    for (const buffer of taken) buffers.give(buffer)
     throw err
   }
+  const full: Buffer[] = []
+  let left = bytesRead
+  for (const buffer of taken) {
+    if (left <= 0) buffers.give(buffer)
+    else full.push(left >= buffer.length ? buffer : buffer.subarray(0, left))
+    left -= buffer.length
+  }
+  return full.length === 0 ? undefined : full
 }

@@ -7,16 +7,23 @@ import { constants } from 'node:fs'
 import { access, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { errnoCode } from '../errors.js'
+import { Limiter } from '../limiter.js'
 import { DIGEST_ALGORITHMS, parseDigest } from '../oci/reference.js'
 import type { BlobStore, StoredFile, TempFile } from './blob-store.js'
 import { BufferPool } from './buffer-pool.js'
 import { freeBytes } from './disk-space.js'
 import { FileReader } from './file-reader.js'
 
-/** Bytes per read when serving a blob. */
-const READ_CHUNK = 1024 * 1024
-/** Read buffers kept for reuse between responses (each response has up to three in use). */
-const FREE_READ_BUFFERS = 8
+/**
+ * Bytes per read buffer. A client that stops reading holds one (file-reader.ts sendTo), so this
+ * is the most of the mirror's memory a slow reader of a cached blob can hold; one that keeps up
+ * gets READ_RUN of them per read.
+ */
+const READ_CHUNK = 256 * 1024
+/** Read buffers kept for reuse between responses. */
+const FREE_READ_BUFFERS = 32
+/** Reads for responses under way at once (file-reader.ts); libuv's thread pool has four threads. */
+const READS_AT_ONCE = 8
 
 export interface FsBlobStoreOptions {
   readonly root: string
@@ -31,6 +38,7 @@ export class FsBlobStore implements BlobStore {
   readonly tmpDir: string
   readonly #blobs: string
   readonly #freeBytes: (path: string) => Promise<number>
+  readonly #reads = new Limiter(READS_AT_ONCE)
 
   constructor (options: FsBlobStoreOptions) {
     this.root = options.root
@@ -90,7 +98,7 @@ export class FsBlobStore implements BlobStore {
       if (errnoCode(err) === 'ENOENT') return undefined
       throw err
     }
-    return new FileReader(handle, { start: range.start, end: range.end + 1, buffers: this.readBuffers, what: `blob file ${digest}` })
+    return new FileReader(handle, { start: range.start, end: range.end + 1, buffers: this.readBuffers, reads: this.#reads, what: `blob file ${digest}` })
   }
 
   async delete (digest: string): Promise<void> {
