@@ -5,6 +5,7 @@
 
 import { once } from 'node:events'
 import { createServer, type RequestListener, type Server } from 'node:http'
+import { createServer as createTlsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
 import type { Evictor } from './cache/eviction.js'
@@ -14,6 +15,7 @@ import { openCore, type CoreOptions } from './core.js'
 import { Events, type EventSink } from './events.js'
 import { createApp } from './http/app.js'
 import { createOpsApp, type OpsOptions } from './http/ops.js'
+import { TlsFiles } from './http/tls.js'
 import { Metrics } from './metrics.js'
 
 export interface MirrorOptions extends Pick<CoreOptions, 'now' | 'freeBytes'> {
@@ -25,7 +27,7 @@ export interface MirrorOptions extends Pick<CoreOptions, 'now' | 'freeBytes'> {
 
 export interface Mirror {
   readonly server: Server
-  /** `http://host:port` once listening. */
+  /** `http(s)://host:port` once listening. */
   readonly url: string
   /** The separate metrics listener, when metrics.listen is set. */
   readonly opsUrl: string | undefined
@@ -38,6 +40,8 @@ export interface Mirror {
 
 /** Opens the cache and starts serving on the configured address. */
 export async function createMirror (config: MirrorConfig, log: Logger, options: MirrorOptions = {}): Promise<Mirror> {
+  // Bad TLS files stop the start before the data directory is opened.
+  const tls = config.tls === undefined ? undefined : await TlsFiles.load(config.tls, log, config.source)
   const metrics = config.metrics.enabled ? new Metrics() : undefined
   const sinks = [metrics, ...options.events ?? []]
   const core = await openCore(config, log, { events: new Events(sinks), now: options.now, freeBytes: options.freeBytes, owner: true })
@@ -70,22 +74,24 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   const events = new Events([...sinks, cache.access])
   const app = createApp({ blobs, manifests, listings, routing, log, events, maxRequestsPerClient: config.limits.maxRequestsPerClient, ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk) })
 
-  const server = listener(app.callback(), config.limits)
+  const server = listener(app.callback(), config.limits, tls)
   server.listen(config.listen.port, config.listen.host)
   try {
     await once(server, 'listening')
   } catch (err) {
+    tls?.stop()
     await core.close()
     throw err
   }
-  const url = urlOf(server)
+  const url = urlOf(server, tls !== undefined)
   let opsServer: Server | undefined
   if (config.metrics.listen !== undefined) {
-    opsServer = listener(createOpsApp(ops).callback(), config.limits)
+    opsServer = listener(createOpsApp(ops).callback(), config.limits, tls)
     opsServer.listen(config.metrics.listen.port, config.metrics.listen.host)
     try {
       await once(opsServer, 'listening')
     } catch (err) {
+      tls?.stop()
       await stopServer(server)
       await core.close()
       throw err
@@ -95,6 +101,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   let closing: Promise<void> | undefined
   const close = async (): Promise<void> => {
     closing ??= (async () => {
+      tls?.stop()
       await Promise.all([stopServer(server), opsServer === undefined ? undefined : stopServer(opsServer)])
       await core.close()
     })()
@@ -103,7 +110,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   return {
     server,
     url,
-    opsUrl: opsServer === undefined ? undefined : urlOf(opsServer),
+    opsUrl: opsServer === undefined ? undefined : urlOf(opsServer, tls !== undefined),
     cache,
     evictor: core.evictor,
     flushAccess: () => cache.access.flush(),
@@ -113,22 +120,39 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
 
 
 /**
- * An HTTP listener that bounds what clients can hold: request headers within
- * headersTimeout (checked every second, so a silent connection goes then, not a
- * check interval later), idle keep-alive connections for idleTimeout, at most
- * maxConnections open. A request itself takes as long as it takes: large blobs do.
+ * An HTTP listener that bounds what clients can hold: the TLS handshake and the
+ * request headers each within headersTimeout (checked every second, so a silent
+ * connection goes then, not a check interval later), idle keep-alive connections
+ * for idleTimeout, at most maxConnections open. A request itself takes as long as
+ * it takes: large blobs do. With TLS: 1.2 and later, the files' renewals taken
+ * as they come, and a client certificate required when there is a client CA.
  */
-function listener (handle: RequestListener, limits: MirrorConfig['limits']): Server {
-  const server = createServer({ headersTimeout: limits.headersTimeout, requestTimeout: 0, connectionsCheckingInterval: Math.min(1000, limits.headersTimeout) }, handle)
+function listener (handle: RequestListener, limits: MirrorConfig['limits'], tls: TlsFiles | undefined): Server {
+  const http = { headersTimeout: limits.headersTimeout, requestTimeout: 0, connectionsCheckingInterval: Math.min(1000, limits.headersTimeout) }
+  let server: Server
+  if (tls === undefined) {
+    server = createServer(http, handle)
+  } else {
+    const secure = createTlsServer({
+      ...http,
+      ...tls.options,
+      minVersion: 'TLSv1.2',
+      handshakeTimeout: limits.headersTimeout,
+      requestCert: tls.clientCertificates,
+      rejectUnauthorized: tls.clientCertificates
+    }, handle)
+    tls.serve(secure)
+    server = secure
+  }
   server.keepAliveTimeout = limits.idleTimeout
   server.maxConnections = limits.maxConnections
   return server
 }
 
-function urlOf (server: Server): string {
+function urlOf (server: Server, secure: boolean): string {
   const address = server.address() as AddressInfo
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
-  return `http://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${address.port}`
+  return `${secure ? 'https' : 'http'}://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${address.port}`
 }
 
 /** Stops accepting, lets answers under way finish for up to 5 s, then cuts them. */

@@ -491,8 +491,8 @@ ofline: true
     'log.format: unknown key (expected level)',
     'lisen: unknown key, did you mean "listen"?',
     'ofline: unknown key, did you mean "offline"?',
-    '1: unknown key (expected one of listen, storage, upstreams, cache, log, metrics, limits, offline)',
-    '~: unknown key (expected one of listen, storage, upstreams, cache, log, metrics, limits, offline)'
+    '1: unknown key (expected one of listen, storage, upstreams, cache, log, metrics, limits, tls, offline)',
+    '~: unknown key (expected one of listen, storage, upstreams, cache, log, metrics, limits, tls, offline)'
   ])
 })
 
@@ -601,4 +601,15 @@ t.test('loadConfig', async t => {
       message: `${file}: upstreams.ghcr.io.url: expected an http(s) URL, got "ghcr.io"`
     })
   })
+})
+
+t.test('tls: cert and key together, paths against the file\'s directory, clientCA only with them', async t => {
+  const config = parse(`${HUB}tls: { cert: certs/tls.crt, key: /etc/keys/tls.key, clientCA: ca.crt, reloadInterval: 1m }`)
+  t.same(config.tls, { cert: '/srv/mirror/certs/tls.crt', key: '/etc/keys/tls.key', clientCA: '/srv/mirror/ca.crt', reloadInterval: 60_000 })
+  t.equal(parse(HUB).tls, undefined, 'no tls section: plain HTTP')
+  t.equal(parse(`${HUB}tls: { cert: a.crt, key: a.key }`).tls?.reloadInterval, 10_000, 'renewals are looked for every 10 s unless told')
+  t.same(problemsOf(`${HUB}tls: { cert: a.crt }`), ['tls.key: missing: tls.cert is set, and TLS needs both'])
+  t.same(problemsOf(`${HUB}tls: { key: a.key }`), ['tls.cert: missing: tls.key is set, and TLS needs both'])
+  t.same(problemsOf(`${HUB}tls: { clientCA: ca.crt }`), ['tls.clientCA: needs tls.cert and tls.key: client certificates are checked only over TLS'])
+  t.same(problemsOf(`${HUB}tls: { cert: a.crt, key: a.key, certs: b }`).length, 1, 'an unknown key is a problem')
 })

@@ -20,7 +20,7 @@ import {
   required, secret, section, withDefault, type Field
 } from './fields.js'
 import { deepFreeze } from './freeze.js'
-import type { MirrorConfig, UpstreamConfig } from './types.js'
+import type { MirrorConfig, TlsConfig, UpstreamConfig } from './types.js'
 
 export type LogLevel = MirrorConfig['log']['level']
 export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
@@ -64,7 +64,9 @@ export const DEFAULTS = Object.freeze({
   idleTimeout: 30 * SECOND,
   maxConnections: 4096,
   maxRequestsPerClient: 128,
-  maxConcurrentDownloads: 16
+  maxConcurrentDownloads: 16,
+  /** How often the TLS files are checked for a renewal. */
+  tlsReloadInterval: 10 * SECOND
 })
 
 // ---- schema -------------------------------------------------------------
@@ -107,6 +109,7 @@ interface FileConfig {
   log: { level: LogLevel }
   metrics: { enabled: boolean, listen: ListenAddress | undefined, token: string | undefined, tokenEnv: string | undefined }
   limits: { headersTimeout: number, idleTimeout: number, maxConnections: number, maxRequestsPerClient: number }
+  tls: { cert: string | undefined, key: string | undefined, clientCA: string | undefined, reloadInterval: number }
   offline: boolean
 }
 
@@ -142,6 +145,12 @@ function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
       idleTimeout: withDefault(duration({ min: 1000 }), DEFAULTS.idleTimeout),
       maxConnections: withDefault(integer({ min: 1 }), DEFAULTS.maxConnections),
       maxRequestsPerClient: withDefault(integer({ min: 1 }), DEFAULTS.maxRequestsPerClient)
+    }),
+    tls: section({
+      cert: nonEmptyString(),
+      key: nonEmptyString(),
+      clientCA: nonEmptyString(),
+      reloadInterval: withDefault(duration({ min: 100 }), DEFAULTS.tlsReloadInterval)
     }),
     offline: withDefault(flag(), false)
   })
@@ -313,6 +322,8 @@ export function parseConfig (
     metricsToken ??= fromVariable
   }
 
+  const tls = tlsConfig(file.tls, dirname(resolve(source)), problems)
+
   if (problems.list.length > 0) throw new ConfigError(source, problems.list)
 
   const config: MirrorConfig = {
@@ -337,12 +348,30 @@ export function parseConfig (
       token: metricsToken
     },
     limits: { ...file.limits },
+    tls,
     offline: overrides.offline === true || file.offline
   }
   return deepFreeze(config)
 }
 
 // ---- helpers ------------------------------------------------------------
+
+/** cert and key go together; clientCA needs them. Paths resolve against the config file's directory. */
+function tlsConfig (tls: FileConfig['tls'], base: string, problems: Problems): TlsConfig | undefined {
+  if (tls.cert === undefined && tls.key === undefined) {
+    if (tls.clientCA !== undefined) problems.add('tls.clientCA', 'needs tls.cert and tls.key: client certificates are checked only over TLS')
+    return undefined
+  }
+  if (tls.cert === undefined) problems.add('tls.cert', 'missing: tls.key is set, and TLS needs both')
+  if (tls.key === undefined) problems.add('tls.key', 'missing: tls.cert is set, and TLS needs both')
+  if (tls.cert === undefined || tls.key === undefined) return undefined
+  return {
+    cert: resolve(base, tls.cert),
+    key: resolve(base, tls.key),
+    clientCA: tls.clientCA === undefined ? undefined : resolve(base, tls.clientCA),
+    reloadInterval: tls.reloadInterval
+  }
+}
 
 /** 0.9 or "90%": a fraction in (0, 1]. */
 function parseFraction (text: string): number {

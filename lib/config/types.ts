@@ -24,6 +24,17 @@ export interface UpstreamConfig {
   readonly bodyTimeout: number
 }
 
+export interface TlsConfig {
+  /** PEM certificate, the chain after it. */
+  readonly cert: string
+  /** PEM private key of the certificate. */
+  readonly key: string
+  /** PEM CA certificates; when set, clients must present a certificate one of them signed. */
+  readonly clientCA: string | undefined
+  /** Milliseconds between checks of the files for a change (renewals are taken without a restart). */
+  readonly reloadInterval: number
+}
+
 export interface MirrorConfig {
   /** Where the config was read from, for messages; undefined when built in code. */
   readonly source?: string | undefined
@@ -72,6 +83,11 @@ export interface MirrorConfig {
     /** When set, /metrics requires `Authorization: Bearer <token>`. */
     readonly token: string | undefined
   }
+  /**
+   * TLS on the main listener, and on the metrics listener when it has its own
+   * address; undefined = plain HTTP. Paths are absolute.
+   */
+  readonly tls?: TlsConfig | undefined
   /**
    * Never contact an upstream: serve what the cache holds (tags whatever their
    * age) and answer the OCI 404 for the rest. loadConfig always sets it;

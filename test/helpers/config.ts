@@ -29,6 +29,7 @@ export interface YamlConfig {
   readonly log?: { readonly level?: MirrorConfig['log']['level'] }
   readonly metrics?: { readonly enabled?: boolean, readonly listen?: string, readonly token?: string, readonly tokenEnv?: string }
   readonly offline?: boolean
+  readonly tls?: { readonly cert?: string, readonly key?: string, readonly clientCA?: string, readonly reloadInterval?: string }
   readonly limits?: { readonly headersTimeout?: string, readonly idleTimeout?: string, readonly maxConnections?: number, readonly maxRequestsPerClient?: number }
 }
 

@@ -22,6 +22,8 @@ export interface TestMirrorOptions {
   /** What clients may hold (milliseconds for the timeouts). */
   readonly limits?: { readonly headersTimeout?: number, readonly idleTimeout?: number, readonly maxConnections?: number, readonly maxRequestsPerClient?: number }
   readonly metrics?: Partial<MirrorConfig['metrics']>
+  /** PEM file paths; reloadInterval in milliseconds. */
+  readonly tls?: { readonly cert: string, readonly key: string, readonly clientCA?: string, readonly reloadInterval?: number }
   /** Eviction bounds; unbounded when not given. */
   readonly eviction?: Partial<Omit<MirrorConfig['storage'], 'path'>>
 }
@@ -107,6 +109,7 @@ function testMirrorYaml (storage: string, options: TestMirrorOptions): YamlConfi
           maxConnections: options.limits.maxConnections,
           maxRequestsPerClient: options.limits.maxRequestsPerClient
         },
+    tls: options.tls === undefined ? undefined : { ...options.tls, reloadInterval: options.tls.reloadInterval === undefined ? undefined : ms(options.tls.reloadInterval) },
     metrics: {
       enabled: metrics.enabled ?? true,
       listen: metrics.listen === undefined ? undefined : listenAddress(metrics.listen),

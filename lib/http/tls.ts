@@ -1,0 +1,165 @@
+// TLS for the listeners: the certificate (its chain after it), the key and
+// the optional client CA, read from PEM files at start and read again when
+// they change, so that a renewal (cert-manager swapping a Secret's files,
+// an ACME client rewriting them) is taken without a restart: new connections
+// get the new certificate, the ones open keep theirs until they close.
+//
+// Files are checked every reloadInterval by stat (a watch misses the symlink
+// swaps Kubernetes does). A renewal can be seen half written (the certificate
+// replaced, the key not yet): a set that does not load is logged and the old
+// one kept, and it is tried again at the next change.
+
+import { X509Certificate } from 'node:crypto'
+import { readFile, stat } from 'node:fs/promises'
+import { createSecureContext, type SecureContextOptions } from 'node:tls'
+import type { Logger } from 'pino'
+import type { TlsConfig } from '../config/types.js'
+import { ConfigError, errnoCode } from '../errors.js'
+
+/** What a listener is given, and given again on a renewal (tls.Server setSecureContext). */
+export interface SecureOptions extends SecureContextOptions {
+  readonly cert: Buffer
+  readonly key: Buffer
+  readonly ca?: Buffer | undefined
+}
+
+/** Something serving TLS: tls.Server and https.Server are. */
+export interface SecureServer {
+  setSecureContext: (options: SecureContextOptions) => void
+}
+
+type Key = 'cert' | 'key' | 'clientCA'
+
+class TlsFileError extends Error {
+  readonly key: Key
+  constructor (key: Key, message: string) {
+    super(message)
+    this.key = key
+  }
+}
+
+/** Reads the files and checks they make a working context; throws a TlsFileError naming the key at fault. */
+async function readSet (config: TlsConfig): Promise<SecureOptions> {
+  const read = async (key: Key, path: string): Promise<Buffer> => {
+    try {
+      return await readFile(path)
+    } catch (err) {
+      throw new TlsFileError(key, `cannot read ${path}: ${errnoCode(err) ?? String(err)}`)
+    }
+  }
+  const cert = await read('cert', config.cert)
+  const key = await read('key', config.key)
+  const ca = config.clientCA === undefined ? undefined : await read('clientCA', config.clientCA)
+  certificate('cert', config.cert, cert)
+  if (ca !== undefined) certificate('clientCA', config.clientCA ?? '', ca)
+  try {
+    createSecureContext({ cert, key, ca })
+  } catch (err) {
+    throw new TlsFileError('key', `${config.key} does not go with ${config.cert}: ${(err as Error).message}`)
+  }
+  return { cert, key, ca }
+}
+
+function certificate (key: Key, path: string, pem: Buffer): X509Certificate {
+  try {
+    return new X509Certificate(pem)
+  } catch (err) {
+    throw new TlsFileError(key, `${path} holds no PEM certificate (${(err as Error).message})`)
+  }
+}
+
+/** What changes when a file is replaced, however it is replaced (rewritten, renamed over, a symlink swapped). */
+async function signature (config: TlsConfig): Promise<string> {
+  const paths = [config.cert, config.key, config.clientCA].filter((p): p is string => p !== undefined)
+  const parts = await Promise.all(paths.map(async path => {
+    const s = await stat(path).catch(() => undefined)
+    return s === undefined ? `${path}:missing` : `${path}:${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`
+  }))
+  return parts.join('|')
+}
+
+function describeCert (cert: Buffer): { subject: string, validTo: string, fingerprint: string } {
+  const x = new X509Certificate(cert)
+  return { subject: x.subject.replace(/\n/g, ', '), validTo: x.validTo, fingerprint: x.fingerprint256 }
+}
+
+export class TlsFiles {
+  readonly #config: TlsConfig
+  readonly #log: Logger
+  readonly #servers: SecureServer[] = []
+  #options: SecureOptions
+  #seen: string
+  #timer: NodeJS.Timeout | undefined
+  #checking: Promise<void> | undefined
+
+  private constructor (config: TlsConfig, log: Logger, options: SecureOptions, seen: string) {
+    this.#config = config
+    this.#log = log
+    this.#options = options
+    this.#seen = seen
+  }
+
+  /** Reads the files; a problem is a ConfigError naming the key (`tls.key: ... does not go with ...`). */
+  static async load (config: TlsConfig, log: Logger, source?: string): Promise<TlsFiles> {
+    const seen = await signature(config)
+    let options
+    try {
+      options = await readSet(config)
+    } catch (err) {
+      if (err instanceof TlsFileError) throw new ConfigError(source ?? 'config', [`tls.${err.key}: ${err.message}`])
+      throw err
+    }
+    const files = new TlsFiles(config, log, options, seen)
+    files.#warnIfNotValid()
+    return files
+  }
+
+  /** The current set, for a listener being created. */
+  get options (): SecureOptions { return this.#options }
+
+  /** Whether clients must present a certificate. */
+  get clientCertificates (): boolean { return this.#config.clientCA !== undefined }
+
+  /** Gives `server` every renewal from now on, and starts checking the files. */
+  serve (server: SecureServer): void {
+    this.#servers.push(server)
+    this.#timer ??= setInterval(() => { void this.check() }, this.#config.reloadInterval).unref()
+  }
+
+  /** Looks for a change now (the timer calls it); resolves once a change found is applied or refused. */
+  async check (): Promise<void> {
+    this.#checking ??= this.#check().finally(() => { this.#checking = undefined })
+    await this.#checking
+  }
+
+  async #check (): Promise<void> {
+    const now = await signature(this.#config)
+    if (now === this.#seen) return
+    this.#seen = now
+    let options
+    try {
+      options = await readSet(this.#config)
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err)
+      const key = err instanceof TlsFileError ? `tls.${err.key}` : 'tls'
+      this.#log.warn({ key, err: message }, 'TLS files changed but do not load; keeping the certificate in use (tried again at the next change)')
+      return
+    }
+    for (const server of this.#servers) server.setSecureContext(options)
+    this.#options = options
+    this.#log.info(describeCert(options.cert), 'TLS certificate reloaded')
+    this.#warnIfNotValid()
+  }
+
+  #warnIfNotValid (): void {
+    const x = new X509Certificate(this.#options.cert)
+    const now = Date.now()
+    if (Date.parse(x.validTo) < now) this.#log.warn({ validTo: x.validTo, subject: x.subject }, 'the TLS certificate has expired: clients will refuse it')
+    else if (Date.parse(x.validFrom) > now) this.#log.warn({ validFrom: x.validFrom, subject: x.subject }, 'the TLS certificate is not valid yet: clients will refuse it')
+  }
+
+  stop (): void {
+    clearInterval(this.#timer)
+    this.#timer = undefined
+  }
+}
