@@ -5,7 +5,7 @@ import { parseArgs } from 'node:util'
 import { formatBytes, gc, pin, stats, unpin } from '../lib/cli/maintenance.js'
 import { loadConfig } from '../lib/config/load.js'
 import type { MirrorConfig } from '../lib/config/types.js'
-import { BundleInvalidError, ConfigError, ExportFailedError, ImageListError, RegistryError, UsageError } from '../lib/errors.js'
+import { BundleInvalidError, ConfigError, ExportFailedError, HtpasswdError, ImageListError, RegistryError, UsageError } from '../lib/errors.js'
 import { createLogger } from '../lib/log.js'
 import { LogSink } from '../lib/log-sink.js'
 import { openCore, type MirrorCore } from '../lib/core.js'
@@ -17,6 +17,7 @@ import { createProgress } from '../lib/warm/progress.js'
 import { DEFAULT_CONCURRENCY, summarize, warm } from '../lib/warm/warm-command.js'
 import { exportBundle } from '../lib/warm/export.js'
 import { importBundle } from '../lib/warm/import.js'
+import { setUser } from '../lib/auth/htpasswd.js'
 
 const USAGE = `usage: registry-mirror <command> [options]
 
@@ -37,6 +38,8 @@ commands:
                         what is missing first, or with --offline reporting it)
   import BUNDLE.tar     add a bundle's images to the cache; every blob is verified first, and
                         a corrupt or truncated bundle changes nothing
+  htpasswd FILE USER    add USER to an htpasswd file (auth.htpasswd) or change its password,
+                        read from stdin (bcrypt); the mirror takes the change without a restart
 
 options:
   -c, --config FILE       configuration file (default: ./mirror.config.yml)
@@ -90,8 +93,12 @@ async function main (argv: string[]): Promise<number> {
     return 0
   }
   if (command === undefined) throw new UsageError('no command given')
-  const commands = ['serve', 'gc', 'pin', 'unpin', 'stats', 'warm', 'export', 'import']
+  const commands = ['serve', 'gc', 'pin', 'unpin', 'stats', 'warm', 'export', 'import', 'htpasswd']
   if (!commands.includes(command)) throw new UsageError(`unknown command "${command}"`)
+  if (command === 'htpasswd') {
+    if (args.length !== 2) throw new UsageError('htpasswd takes a file and a user, e.g. htpasswd /etc/registry-mirror/htpasswd alice (the password on stdin)')
+    return await htpasswdCommand(args[0] ?? '', args[1] ?? '')
+  }
   const onlyFor = (flag: string, given: boolean, allowed: readonly string[]): void => {
     if (given && !allowed.includes(command)) throw new UsageError(`${flag} is for ${allowed.join(', ')} only`)
   }
@@ -153,6 +160,20 @@ async function main (argv: string[]): Promise<number> {
   } finally {
     await core.close()
   }
+}
+
+/** The password is the first line of stdin (a terminal, a pipe, or a file), without its line ending. */
+async function htpasswdCommand (file: string, user: string): Promise<number> {
+  if (process.stdin.isTTY) process.stderr.write(`password for ${user}: `)
+  const chunks: Buffer[] = []
+  for await (const chunk of process.stdin) {
+    chunks.push(chunk as Buffer)
+    if ((chunk as Buffer).includes(10) || Buffer.concat(chunks).length > 4096) break
+  }
+  const password = (Buffer.concat(chunks).toString('utf8').split('\n')[0] ?? '').replace(/\r$/, '')
+  const result = await setUser(file, user, password)
+  process.stdout.write(`${result === 'added' ? 'added' : 'changed the password of'} ${user} in ${file}\n`)
+  return 0
 }
 
 async function serve (config: MirrorConfig): Promise<number> {
@@ -305,7 +326,7 @@ main(process.argv.slice(2)).then(code => {
   } else if (err instanceof ConfigError) {
     process.stderr.write(`registry-mirror: invalid configuration\n${err.message}\n`)
     process.exitCode = 78 // EX_CONFIG
-  } else if (err instanceof RegistryError) {
+  } else if (err instanceof RegistryError || err instanceof HtpasswdError) {
     process.stderr.write(`registry-mirror: ${err.message}\n`)
     process.exitCode = 1
   } else {

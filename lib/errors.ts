@@ -145,3 +145,11 @@ export function errnoCode (err: unknown): string | undefined {
   if (typeof err !== 'object' || err === null || !('code' in err)) return undefined
   return typeof err.code === 'string' ? err.code : undefined
 }
+
+/** An htpasswd file that cannot be read or parsed, or an entry that cannot be added; the message names the file and line. */
+export class HtpasswdError extends Error {
+  constructor (message: string) {
+    super(message)
+    this.name = 'HtpasswdError'
+  }
+}

@@ -30,6 +30,12 @@ export interface UpstreamAnswer {
 
 export type RefusalReason = 'realm-host' | 'redirect-host' | 'link-local'
 
+/** Why a client's login failed, or why it was not tried (too many failures before). */
+export type AuthFailureReason = 'bad-credentials' | 'malformed' | 'unsupported-scheme' | 'rate-limited'
+
+/** Why a client was not let read what it asked for. */
+export type DenialReason = 'login-required' | 'not-allowed' | 'anonymous-network'
+
 /** How a download into the cache ended. */
 export type DownloadResult = 'ok' | 'mismatch' | 'error' | 'disk-full'
 
@@ -69,6 +75,10 @@ export interface MirrorEvents {
   corruptRemoved: (kind: 'blob' | 'manifest', digest: string) => void
   /** An index write an answer did not depend on failed (disk full, I/O error); the answer was served anyway. */
   indexWriteFailed: (operation: string) => void
+  /** A client's credentials were refused (or not checked: too many failures from its address). */
+  authFailed: (reason: AuthFailureReason) => void
+  /** A client was refused a repository by the access rules (or, anonymous, by its network). */
+  accessDenied: (reason: DenialReason) => void
   requestFinished: (record: RequestRecord) => void
 }
 
@@ -102,5 +112,7 @@ export class Events implements MirrorEvents {
   scrubbed (bytes: number): void { for (const s of this.#sinks) s.scrubbed?.(bytes) }
   corruptRemoved (kind: 'blob' | 'manifest', digest: string): void { for (const s of this.#sinks) s.corruptRemoved?.(kind, digest) }
   indexWriteFailed (operation: string): void { for (const s of this.#sinks) s.indexWriteFailed?.(operation) }
+  authFailed (reason: AuthFailureReason): void { for (const s of this.#sinks) s.authFailed?.(reason) }
+  accessDenied (reason: DenialReason): void { for (const s of this.#sinks) s.accessDenied?.(reason) }
   requestFinished (record: RequestRecord): void { for (const s of this.#sinks) s.requestFinished?.(record) }
 }

@@ -2,7 +2,7 @@
 // how the cache answered, what it cost upstream, and what the cache holds.
 
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
-import type { DownloadResult, EvictedItem, MirrorEvents, RefusalReason, RequestRecord, UncachedResult, UpstreamAnswer } from './events.js'
+import type { DownloadResult, EvictedItem, MirrorEvents, RefusalReason, AuthFailureReason, DenialReason, RequestRecord, UncachedResult, UpstreamAnswer } from './events.js'
 
 /** What the gauges read, when Prometheus scrapes. */
 export interface CacheState {
@@ -29,6 +29,8 @@ export class Metrics implements MirrorEvents {
   readonly #tokens: Counter<'upstream'>
   readonly #retries: Counter<'upstream'>
   readonly #refused: Counter<'upstream' | 'reason'>
+  readonly #authFailures: Counter<'reason'>
+  readonly #denied: Counter<'reason'>
   readonly #upstreamUp: Gauge<'upstream'>
   readonly #mismatches: Counter<'upstream'>
   readonly #evictions: Counter<'reason'>
@@ -55,6 +57,8 @@ export class Metrics implements MirrorEvents {
     this.#upstreamRequests = new Counter({ name: 'registry_mirror_upstream_requests_total', help: 'Requests answered by upstreams, by upstream, kind and HTTP status', labelNames: ['upstream', 'kind', 'status'], registers })
     this.#tokens = new Counter({ name: 'registry_mirror_upstream_token_fetches_total', help: 'Bearer tokens fetched from upstream token services', labelNames: ['upstream'], registers })
     this.#retries = new Counter({ name: 'registry_mirror_upstream_retries_total', help: 'Upstream requests retried after a dropped connection', labelNames: ['upstream'], registers })
+    this.#authFailures = new Counter({ name: 'registry_mirror_auth_failures_total', help: 'Client logins refused: bad or unreadable credentials, or not checked because the address failed too often', labelNames: ['reason'], registers })
+    this.#denied = new Counter({ name: 'registry_mirror_access_denied_total', help: 'Requests refused by the access rules: a login required, a user not allowed, or an anonymous caller outside the allowed networks', labelNames: ['reason'], registers })
     this.#refused = new Counter({ name: 'registry_mirror_upstream_refused_total', help: 'Requests the mirror would not make for an upstream: a token realm or redirect off its hosts, or to a link-local address', labelNames: ['upstream', 'reason'], registers })
     this.#upstreamUp = new Gauge({ name: 'registry_mirror_upstream_up', help: 'Whether an upstream answers (0 while its circuit is open after repeated connect failures or timeouts)', labelNames: ['upstream'], registers })
     this.#mismatches = new Counter({ name: 'registry_mirror_digest_mismatches_total', help: 'Blobs from upstream whose bytes did not match their digest (never cached)', labelNames: ['upstream'], registers })
@@ -119,6 +123,8 @@ export class Metrics implements MirrorEvents {
   tokenFetched (upstream: string): void { this.#tokens.inc({ upstream }) }
   upstreamRetried (upstream: string): void { this.#retries.inc({ upstream }) }
   upstreamRefused (upstream: string, reason: RefusalReason): void { this.#refused.inc({ upstream, reason }) }
+  authFailed (reason: AuthFailureReason): void { this.#authFailures.inc({ reason }) }
+  accessDenied (reason: DenialReason): void { this.#denied.inc({ reason }) }
   upstreamState (upstream: string, down: { since: number, until: number } | undefined): void { this.#upstreamUp.set({ upstream }, down === undefined ? 1 : 0) }
   downloadStarted (): void {}
 

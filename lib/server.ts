@@ -16,6 +16,10 @@ import { Events, type EventSink } from './events.js'
 import { createApp } from './http/app.js'
 import { createOpsApp, type OpsOptions } from './http/ops.js'
 import { TlsFiles } from './http/tls.js'
+import { AccessRules } from './auth/access-rules.js'
+import { Authenticator } from './auth/authenticator.js'
+import { HtpasswdFile } from './auth/htpasswd.js'
+import { ConfigError, HtpasswdError } from './errors.js'
 import { Metrics } from './metrics.js'
 
 export interface MirrorOptions extends Pick<CoreOptions, 'now' | 'freeBytes'> {
@@ -42,6 +46,7 @@ export interface Mirror {
 export async function createMirror (config: MirrorConfig, log: Logger, options: MirrorOptions = {}): Promise<Mirror> {
   // Bad TLS files stop the start before the data directory is opened.
   const tls = config.tls === undefined ? undefined : await TlsFiles.load(config.tls, log, config.source)
+  const users = config.auth === undefined ? undefined : await loadUsers(config, log)
   const metrics = config.metrics.enabled ? new Metrics() : undefined
   const sinks = [metrics, ...options.events ?? []]
   const core = await openCore(config, log, { events: new Events(sinks), now: options.now, freeBytes: options.freeBytes, owner: true })
@@ -72,7 +77,14 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   const separateOps = config.metrics.listen !== undefined
   // Finished requests also go to the counters `registry-mirror stats` reports.
   const events = new Events([...sinks, cache.access])
-  const app = createApp({ blobs, manifests, listings, routing, log, events, maxRequestsPerClient: config.limits.maxRequestsPerClient, ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk) })
+  const auth = config.auth === undefined || users === undefined
+    ? undefined
+    : {
+        authenticator: new Authenticator({ ...config.auth, users, events, log }),
+        rules: new AccessRules({ rules: config.auth.rules, defaultPull: config.auth.defaultPull })
+      }
+  if (auth !== undefined && tls === undefined) log.warn('auth is set without tls: passwords cross the network in clear text')
+  const app = createApp({ blobs, manifests, listings, routing, log, events, maxRequestsPerClient: config.limits.maxRequestsPerClient, ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk), auth, authEvents: events })
 
   const server = listener(app.callback(), config.limits, tls)
   server.listen(config.listen.port, config.listen.host)
@@ -80,6 +92,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
     await once(server, 'listening')
   } catch (err) {
     tls?.stop()
+    users?.stop()
     await core.close()
     throw err
   }
@@ -92,6 +105,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
       await once(opsServer, 'listening')
     } catch (err) {
       tls?.stop()
+      users?.stop()
       await stopServer(server)
       await core.close()
       throw err
@@ -102,6 +116,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   const close = async (): Promise<void> => {
     closing ??= (async () => {
       tls?.stop()
+      users?.stop()
       await Promise.all([stopServer(server), opsServer === undefined ? undefined : stopServer(opsServer)])
       await core.close()
     })()
@@ -118,6 +133,17 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   }
 }
 
+
+/** The htpasswd file of auth; a problem with it stops the start, named as config problems are. */
+async function loadUsers (config: MirrorConfig, log: Logger): Promise<HtpasswdFile | undefined> {
+  if (config.auth === undefined) return undefined
+  try {
+    return await HtpasswdFile.load(config.auth.htpasswd, log, config.auth.reloadInterval)
+  } catch (err) {
+    if (err instanceof HtpasswdError) throw new ConfigError(config.source ?? 'config', [`auth.htpasswd: ${err.message}`])
+    throw err
+  }
+}
 
 /**
  * An HTTP listener that bounds what clients can hold: the TLS handshake and the

@@ -491,8 +491,8 @@ ofline: true
     'log.format: unknown key (expected level)',
     'lisen: unknown key, did you mean "listen"?',
     'ofline: unknown key, did you mean "offline"?',
-    '1: unknown key (expected one of listen, storage, upstreams, cache, log, metrics, limits, tls, offline)',
-    '~: unknown key (expected one of listen, storage, upstreams, cache, log, metrics, limits, tls, offline)'
+    '1: unknown key (expected one of listen, storage, upstreams, cache, log, metrics, limits, tls, auth, access, offline)',
+    '~: unknown key (expected one of listen, storage, upstreams, cache, log, metrics, limits, tls, auth, access, offline)'
   ])
 })
 
@@ -612,4 +612,51 @@ t.test('tls: cert and key together, paths against the file\'s directory, clientC
   t.same(problemsOf(`${HUB}tls: { key: a.key }`), ['tls.cert: missing: tls.key is set, and TLS needs both'])
   t.same(problemsOf(`${HUB}tls: { clientCA: ca.crt }`), ['tls.clientCA: needs tls.cert and tls.key: client certificates are checked only over TLS'])
   t.same(problemsOf(`${HUB}tls: { cert: a.crt, key: a.key, certs: b }`).length, 1, 'an unknown key is a problem')
+})
+
+t.test('auth and access: paths, defaults, rules checked, and what they need', async t => {
+  const config = parse(`${HUB}auth: { htpasswd: users/htpasswd, anonymousNetworks: [10.0.0.0/8, "fd00::/8"] }
+access:
+  rules:
+    - { repositories: ["docker.io/library/*"], users: [anonymous, "*"], pull: true }
+    - { repositories: ["ghcr.io/acme/**"], users: [alice], pull: true }
+  default: deny
+metrics: { token: t0ken }`)
+  t.same(config.auth, {
+    htpasswd: '/srv/mirror/users/htpasswd',
+    realm: 'registry-mirror',
+    remember: 300_000,
+    reloadInterval: 10_000,
+    anonymousNetworks: ['10.0.0.0/8', 'fd00::/8'],
+    maxFailures: 10,
+    failureWindow: 60_000,
+    rules: [
+      { repositories: ['docker.io/library/*'], users: ['anonymous', '*'], pull: true },
+      { repositories: ['ghcr.io/acme/**'], users: ['alice'], pull: true }
+    ],
+    defaultPull: false
+  })
+  t.same(parse(`${HUB}auth: { htpasswd: h }\nmetrics: { enabled: false }`).auth?.rules, [{ repositories: ['**'], users: ['*'], pull: true }], 'no access section: users pull everything')
+  t.equal(parse(HUB).auth, undefined, 'no auth: open, as before')
+  t.same(problemsOf(`${HUB}access: { default: pull }`), ['access: needs auth.htpasswd: rules name users, and users log in'])
+  t.same(problemsOf(`${HUB}auth: { htpasswd: h }`), ['metrics.token: with auth set, /metrics on the main listener needs a token (or give metrics.listen an address of its own, or set metrics.enabled: false)'])
+  t.same(problemsOf(`${HUB}auth: { htpasswd: h }\nmetrics: { enabled: false }\naccess: { rules: [] }`), ['access.default: is required with rules: "deny" or "pull", for a repository no rule matches'])
+  t.same(problemsOf(`${HUB}auth: { htpasswd: h, anonymousNetworks: [10.0.0.0/33, nowhere] }\nmetrics: { enabled: false }`), [
+    'auth.anonymousNetworks[0]: expected a CIDR network like "10.0.0.0/8" or "fd00::/8", got "10.0.0.0/33"',
+    'auth.anonymousNetworks[1]: expected a CIDR network like "10.0.0.0/8" or "fd00::/8", got "nowhere"'
+  ])
+  t.same(problemsOf(`${HUB}auth: { htpasswd: h }\nmetrics: { enabled: false }\naccess:
+  default: deny
+  rules:
+    - { repositories: ["ghcr.io/a**"], users: [alice], pull: true }
+    - { repositories: [], users: [], pull: yes }
+    - { repositories: ["Docker.io/x"], users: ["a b"] }`), [
+    'access.rules[0].repositories[0]: "ghcr.io/a**": ** must be a whole path segment',
+    'access.rules[1].pull: expected true or false, got "yes"',
+    'access.rules[1].repositories: lists no pattern',
+    'access.rules[1].users: lists no user',
+    'access.rules[2].repositories[0]: "Docker.io/x" has characters no repository has (lower-case letters, digits, . _ - : / and * only)',
+    'access.rules[2].users[0]: expected a user name, "anonymous" or "*", got "a b"',
+    'access.rules[2].pull: is required (true lets the users pull, false refuses them)'
+  ])
 })

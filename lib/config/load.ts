@@ -12,7 +12,9 @@
 
 import { readFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
+import { isIP } from 'node:net'
 import { parseDocument, type YAMLError } from 'yaml'
+import { patternProblem } from '../auth/access-rules.js'
 import { ConfigError } from '../errors.js'
 import { parseAuthHost, parseEnvName, parseListen, parseRegistryHost, parseUpstreamUrl, type ListenAddress } from './addresses.js'
 import {
@@ -20,7 +22,7 @@ import {
   required, secret, section, withDefault, type Field
 } from './fields.js'
 import { deepFreeze } from './freeze.js'
-import type { MirrorConfig, TlsConfig, UpstreamConfig } from './types.js'
+import type { AccessRuleConfig, AuthConfig, MirrorConfig, TlsConfig, UpstreamConfig } from './types.js'
 
 export type LogLevel = MirrorConfig['log']['level']
 export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
@@ -66,7 +68,12 @@ export const DEFAULTS = Object.freeze({
   maxRequestsPerClient: 128,
   maxConcurrentDownloads: 16,
   /** How often the TLS files are checked for a renewal. */
-  tlsReloadInterval: 10 * SECOND
+  tlsReloadInterval: 10 * SECOND,
+  /** How long verified client credentials are trusted without another bcrypt check. */
+  authRemember: 5 * MINUTE,
+  authReloadInterval: 10 * SECOND,
+  authMaxFailures: 10,
+  authFailureWindow: MINUTE
 })
 
 // ---- schema -------------------------------------------------------------
@@ -110,6 +117,8 @@ interface FileConfig {
   metrics: { enabled: boolean, listen: ListenAddress | undefined, token: string | undefined, tokenEnv: string | undefined }
   limits: { headersTimeout: number, idleTimeout: number, maxConnections: number, maxRequestsPerClient: number }
   tls: { cert: string | undefined, key: string | undefined, clientCA: string | undefined, reloadInterval: number }
+  auth: { htpasswd: string | undefined, realm: string, remember: number, reloadInterval: number, anonymousNetworks: string[] | undefined, maxFailures: number, failureWindow: number }
+  access: { default: 'deny' | 'pull' | undefined, rules: AccessRuleConfig[] | undefined }
   offline: boolean
 }
 
@@ -152,8 +161,37 @@ function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
       clientCA: nonEmptyString(),
       reloadInterval: withDefault(duration({ min: 100 }), DEFAULTS.tlsReloadInterval)
     }),
+    auth: section({
+      htpasswd: nonEmptyString(),
+      realm: withDefault(parsed(parseRealm, 'a realm name of printable characters without quotes'), 'registry-mirror'),
+      remember: withDefault(duration({ min: 1000 }), DEFAULTS.authRemember),
+      reloadInterval: withDefault(duration({ min: 100 }), DEFAULTS.authReloadInterval),
+      anonymousNetworks: list(parsed(parseNetwork, 'a CIDR network like "10.0.0.0/8" or "fd00::/8"')),
+      maxFailures: withDefault(integer({ min: 1 }), DEFAULTS.authMaxFailures),
+      failureWindow: withDefault(duration({ min: 1000 }), DEFAULTS.authFailureWindow)
+    }),
+    access: section({
+      default: oneOf(['deny', 'pull'] as const),
+      rules: list(accessRule())
+    }),
     offline: withDefault(flag(), false)
   })
+}
+
+function accessRule (): Field<AccessRuleConfig | undefined> {
+  const fields = section({
+    repositories: required(list(parsed(parsePattern, 'a repository pattern like "docker.io/library/*"')), []),
+    users: required(list(parsed(parseRuleUser, 'a user name, "anonymous" or "*"')), []),
+    pull: required(flag(), false, 'true lets the users pull, false refuses them')
+  })
+  return (value, path, problems) => {
+    const rule = fields(value, path, problems)
+    // An empty list, not one whose items were all refused (those are named already).
+    const named = (key: string): boolean => problems.list.some(p => p.startsWith(join(path, key)))
+    if (rule.repositories.length === 0 && !named('repositories')) problems.add(join(path, 'repositories'), 'lists no pattern')
+    if (rule.users.length === 0 && !named('users')) problems.add(join(path, 'users'), 'lists no user')
+    return rule
+  }
 }
 
 /**
@@ -323,6 +361,10 @@ export function parseConfig (
   }
 
   const tls = tlsConfig(file.tls, dirname(resolve(source)), problems)
+  const auth = authConfig(file, dirname(resolve(source)), problems)
+  if (auth !== undefined && file.metrics.enabled && file.metrics.listen === undefined && metricsToken === undefined) {
+    problems.add('metrics.token', 'with auth set, /metrics on the main listener needs a token (or give metrics.listen an address of its own, or set metrics.enabled: false)')
+  }
 
   if (problems.list.length > 0) throw new ConfigError(source, problems.list)
 
@@ -349,12 +391,36 @@ export function parseConfig (
     },
     limits: { ...file.limits },
     tls,
+    auth,
     offline: overrides.offline === true || file.offline
   }
   return deepFreeze(config)
 }
 
 // ---- helpers ------------------------------------------------------------
+
+/** auth needs its htpasswd file; access rules need auth. Without an access section, users pull everything and anonymous callers nothing. */
+function authConfig (file: FileConfig, base: string, problems: Problems): AuthConfig | undefined {
+  const { auth, access } = file
+  const accessGiven = access.default !== undefined || access.rules !== undefined
+  if (auth.htpasswd === undefined) {
+    if (accessGiven) problems.add('access', 'needs auth.htpasswd: rules name users, and users log in')
+    if (auth.anonymousNetworks !== undefined) problems.add('auth.htpasswd', 'missing: auth.anonymousNetworks is set, and auth needs its users')
+    return undefined
+  }
+  if (access.rules !== undefined && access.default === undefined) problems.add('access.default', 'is required with rules: "deny" or "pull", for a repository no rule matches')
+  return {
+    htpasswd: resolve(base, auth.htpasswd),
+    realm: auth.realm,
+    remember: auth.remember,
+    reloadInterval: auth.reloadInterval,
+    anonymousNetworks: auth.anonymousNetworks,
+    maxFailures: auth.maxFailures,
+    failureWindow: auth.failureWindow,
+    rules: access.rules ?? [{ repositories: ['**'], users: ['*'], pull: true }],
+    defaultPull: access.default === 'pull'
+  }
+}
 
 /** cert and key go together; clientCA needs them. Paths resolve against the config file's directory. */
 function tlsConfig (tls: FileConfig['tls'], base: string, problems: Problems): TlsConfig | undefined {
@@ -374,6 +440,32 @@ function tlsConfig (tls: FileConfig['tls'], base: string, problems: Problems): T
 }
 
 /** 0.9 or "90%": a fraction in (0, 1]. */
+function parseRealm (text: string): string {
+  if (!/^[\x20-\x7e]{1,100}$/.test(text) || text.includes('"') || text.includes('\\')) throw new Error(`expected a realm name of printable characters without quotes, got "${text}"`)
+  return text
+}
+
+function parseNetwork (text: string): string {
+  const [address = '', bits, extra] = text.split('/')
+  const family = isIP(address)
+  const max = family === 4 ? 32 : 128
+  if (family === 0 || bits === undefined || extra !== undefined || !/^\d{1,3}$/.test(bits) || Number(bits) > max) {
+    throw new Error(`expected a CIDR network like "10.0.0.0/8" or "fd00::/8", got "${text}"`)
+  }
+  return text
+}
+
+function parsePattern (text: string): string {
+  const problem = patternProblem(text)
+  if (problem !== undefined) throw new Error(problem)
+  return text
+}
+
+function parseRuleUser (text: string): string {
+  if (!/^[^:\s\p{Cc}]{1,256}$/u.test(text)) throw new Error(`expected a user name, "anonymous" or "*", got "${text}"`)
+  return text
+}
+
 function parseFraction (text: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$/.exec(text)
   if (m === null) throw new Error(`expected a fraction like 0.9 or "90%", got "${text}"`)

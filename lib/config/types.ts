@@ -35,6 +35,34 @@ export interface TlsConfig {
   readonly reloadInterval: number
 }
 
+export interface AccessRuleConfig {
+  /** Patterns over `<upstream>/<repository>`: `*` within a segment, `**` whole segments. */
+  readonly repositories: readonly string[]
+  /** htpasswd users, `anonymous`, or `*` (any authenticated user). */
+  readonly users: readonly string[]
+  readonly pull: boolean
+}
+
+export interface AuthConfig {
+  /** Absolute path of the htpasswd file (bcrypt entries only). */
+  readonly htpasswd: string
+  /** The realm of the Basic challenge. */
+  readonly realm: string
+  /** Milliseconds a verified user:password is trusted without another bcrypt check. */
+  readonly remember: number
+  /** Milliseconds between checks of the htpasswd file for a change. */
+  readonly reloadInterval: number
+  /** CIDR networks anonymous callers must come from; undefined = any. */
+  readonly anonymousNetworks: readonly string[] | undefined
+  /** Failed logins per client address within failureWindow before it is refused for the rest of it. */
+  readonly maxFailures: number
+  readonly failureWindow: number
+  /** In order; the first that matches the repository and the caller decides. */
+  readonly rules: readonly AccessRuleConfig[]
+  /** When no rule matches. */
+  readonly defaultPull: boolean
+}
+
 export interface MirrorConfig {
   /** Where the config was read from, for messages; undefined when built in code. */
   readonly source?: string | undefined
@@ -88,6 +116,8 @@ export interface MirrorConfig {
    * address; undefined = plain HTTP. Paths are absolute.
    */
   readonly tls?: TlsConfig | undefined
+  /** Client authentication and access rules; undefined = anyone who reaches the mirror pulls anything. */
+  readonly auth?: AuthConfig | undefined
   /**
    * Never contact an upstream: serve what the cache holds (tags whatever their
    * age) and answer the OCI 404 for the rest. loadConfig always sets it;

@@ -5,7 +5,9 @@
 import Koa, { type Context, type Next } from 'koa'
 import Router from '@koa/router'
 import type { Logger } from 'pino'
-import { NameInvalidError, NotFoundError, RegistryError, TooManyRequestsError, UnsupportedError } from '../errors.js'
+import { DeniedError, NameInvalidError, NotFoundError, RegistryError, TooManyRequestsError, UnauthorizedError, UnsupportedError } from '../errors.js'
+import type { AccessRules } from '../auth/access-rules.js'
+import type { Authenticator } from '../auth/authenticator.js'
 import type { BlobService } from '../mirror/blobs.js'
 import type { ListingService } from '../mirror/listings.js'
 import { parsePage } from '../mirror/listings.js'
@@ -22,6 +24,14 @@ export interface AppState {
   cache?: CacheOutcome
   kind?: RequestKind
   upstream?: string
+  /** The authenticated user; undefined for anonymous callers (and when there is no auth). */
+  user?: string
+}
+
+/** Client authentication and the access rules, when auth is configured. */
+export interface AppAuth {
+  readonly authenticator: Authenticator
+  readonly rules: AccessRules
 }
 
 export interface AppOptions {
@@ -38,6 +48,9 @@ export interface AppOptions {
   readonly maxRequestsPerClient?: number | undefined
   /** Takes each blob body chunk once the socket has it (read buffers go back to their pool). */
   readonly sent?: ((chunk: Uint8Array) => void) | undefined
+  readonly auth?: AppAuth | undefined
+  /** Told of refused logins and denied repositories. */
+  readonly authEvents?: Pick<MirrorEvents, 'authFailed' | 'accessDenied'> | undefined
 }
 
 type Ctx = Context & { state: AppState }
@@ -58,20 +71,28 @@ export function createApp (options: AppOptions): Koa<AppState> {
   app.use(requestLog(options))
   app.use(errors(options.log))
   if (options.maxRequestsPerClient !== undefined) app.use(perClientLimit(options.maxRequestsPerClient))
+  const auth = options.auth
+  if (auth !== undefined) app.use(authenticate(auth))
 
   const router = new Router<AppState>()
-  router.get('/v2/', ctx => {
+  const base = (ctx: Ctx): void => {
     ctx.set('Docker-Distribution-API-Version', API_VERSION)
+    // With auth, /v2/ is where clients learn to log in (docker login checks it), so it
+    // challenges every caller without credentials; anonymous pulls go on regardless.
+    if (auth !== undefined && ctx.state.user === undefined) throw loginRequired(auth, 'authentication required')
     ctx.body = {}
-  })
-  router.get('/v2', ctx => {
-    ctx.set('Docker-Distribution-API-Version', API_VERSION)
-    ctx.body = {}
-  })
+  }
+  router.get('/v2/', base)
+  router.get('/v2', base)
   router.get('/v2/_catalog', ctx => {
     ctx.state.kind = 'catalog'
     const page = parsePage(single(ctx.query.n), single(ctx.query.last))
-    const { repositories, next } = options.listings.catalog(page)
+    if (auth !== undefined && ctx.state.user === undefined && !auth.authenticator.anonymousAllowed(ctx.socket.remoteAddress ?? '')) {
+      throw loginRequired(auth, 'log in: anonymous access is not allowed from this network')
+    }
+    const user = ctx.state.user
+    const visible = auth === undefined ? undefined : (repository: string): boolean => auth.rules.mayPull(user, repository)
+    const { repositories, next } = options.listings.catalog(page, visible)
     if (next !== undefined) {
       const q = new URLSearchParams()
       if (page.n !== undefined) q.set('n', String(page.n))
@@ -110,6 +131,47 @@ function perClientLimit (max: number) {
       if (ctx.res.writableFinished || ctx.res.destroyed) release()
     }
   }
+}
+
+/** Who is asking, for requests of the distribution API (the ops endpoints have their own token). */
+function authenticate (auth: AppAuth) {
+  return async (ctx: Ctx, next: Next): Promise<void> => {
+    if (ctx.path === '/v2' || ctx.path.startsWith('/v2/')) {
+      const user = await auth.authenticator.identify(ctx.get('authorization') || undefined, ctx.socket.remoteAddress ?? '')
+      if (user !== undefined) ctx.state.user = user
+    }
+    await next()
+  }
+}
+
+function loginRequired (auth: AppAuth, message: string): UnauthorizedError {
+  return new UnauthorizedError(message, undefined, { 'www-authenticate': auth.authenticator.challenge, 'docker-distribution-api-version': API_VERSION })
+}
+
+/**
+ * Whether the caller may pull the repository: an anonymous caller outside the
+ * allowed networks, or one the rules do not let in, is asked to log in (401);
+ * a user the rules do not let in is refused (403). Each refusal is logged and counted.
+ */
+function authorize (ctx: Ctx, options: AppOptions, repository: string): void {
+  const auth = options.auth
+  if (auth === undefined) return
+  const user = ctx.state.user
+  const address = ctx.socket.remoteAddress ?? ''
+  if (user === undefined && !auth.authenticator.anonymousAllowed(address)) {
+    options.authEvents?.accessDenied('anonymous-network')
+    options.log.info({ address, repository }, 'anonymous pull refused: not from an allowed network')
+    throw loginRequired(auth, 'log in: anonymous access is not allowed from this network')
+  }
+  if (auth.rules.mayPull(user, repository)) return
+  if (user === undefined) {
+    options.authEvents?.accessDenied('login-required')
+    options.log.info({ address, repository }, 'anonymous pull refused: the repository needs a login')
+    throw loginRequired(auth, `authentication required to pull ${repository}`)
+  }
+  options.authEvents?.accessDenied('not-allowed')
+  options.log.warn({ user, address, repository }, 'pull denied by the access rules')
+  throw new DeniedError(`${user} may not pull ${repository}`, { repository })
 }
 
 function errors (log: Logger) {
@@ -160,7 +222,8 @@ function requestLog (options: AppOptions) {
         bytes: bodyBytes,
         ms: Math.round(seconds * 1000),
         cache: ctx.state.cache,
-        upstream: ctx.state.upstream
+        upstream: ctx.state.upstream,
+        user: ctx.state.user
       }, 'request')
       options.events.requestFinished({ method: ctx.method, kind: ctx.state.kind ?? 'other', status, outcome, seconds, bytes: bodyBytes })
     })
@@ -198,6 +261,7 @@ function distribution (options: AppOptions) {
     const ns = single(ctx.query.ns)
     const r = route(options.routing, rawName, ns)
     ctx.state.upstream = r.upstream
+    authorize(ctx, options, r.repository)
     ctx.set('Docker-Distribution-API-Version', API_VERSION)
     // The spec's "Registry Proxying": a registry that scopes a request by `ns` says so.
     if (ns !== undefined && ns === r.upstream) ctx.set('OCI-Namespace', ns)

@@ -4,17 +4,17 @@
 // an ACME client rewriting them) is taken without a restart: new connections
 // get the new certificate, the ones open keep theirs until they close.
 //
-// Files are checked every reloadInterval by stat (a watch misses the symlink
-// swaps Kubernetes does). A renewal can be seen half written (the certificate
+// Files are checked every reloadInterval by stat (file-signature.ts). A renewal can be seen half written (the certificate
 // replaced, the key not yet): a set that does not load is logged and the old
 // one kept, and it is tried again at the next change.
 
 import { X509Certificate } from 'node:crypto'
-import { readFile, stat } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { createSecureContext, type SecureContextOptions } from 'node:tls'
 import type { Logger } from 'pino'
 import type { TlsConfig } from '../config/types.js'
 import { ConfigError, errnoCode } from '../errors.js'
+import { fileSignature } from '../file-signature.js'
 
 /** What a listener is given, and given again on a renewal (tls.Server setSecureContext). */
 export interface SecureOptions extends SecureContextOptions {
@@ -68,14 +68,8 @@ function certificate (key: Key, path: string, pem: Buffer): X509Certificate {
   }
 }
 
-/** What changes when a file is replaced, however it is replaced (rewritten, renamed over, a symlink swapped). */
-async function signature (config: TlsConfig): Promise<string> {
-  const paths = [config.cert, config.key, config.clientCA].filter((p): p is string => p !== undefined)
-  const parts = await Promise.all(paths.map(async path => {
-    const s = await stat(path).catch(() => undefined)
-    return s === undefined ? `${path}:missing` : `${path}:${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}`
-  }))
-  return parts.join('|')
+function paths (config: TlsConfig): string[] {
+  return [config.cert, config.key, config.clientCA].filter((p): p is string => p !== undefined)
 }
 
 function describeCert (cert: Buffer): { subject: string, validTo: string, fingerprint: string } {
@@ -101,7 +95,7 @@ export class TlsFiles {
 
   /** Reads the files; a problem is a ConfigError naming the key (`tls.key: ... does not go with ...`). */
   static async load (config: TlsConfig, log: Logger, source?: string): Promise<TlsFiles> {
-    const seen = await signature(config)
+    const seen = await fileSignature(paths(config))
     let options
     try {
       options = await readSet(config)
@@ -133,7 +127,7 @@ export class TlsFiles {
   }
 
   async #check (): Promise<void> {
-    const now = await signature(this.#config)
+    const now = await fileSignature(paths(this.#config))
     if (now === this.#seen) return
     this.#seen = now
     let options

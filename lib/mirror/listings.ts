@@ -148,10 +148,10 @@ export class ListingService {
     return { schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests: [] }
   }
 
-  /** A page of the repositories the cache holds: at most MAX_CATALOG_PAGE, whatever `n` asks. */
-  catalog (page: Page): { repositories: string[], next: string | undefined } {
+  /** A page of the repositories the cache holds that `visible` lets the caller see: at most MAX_CATALOG_PAGE, whatever `n` asks. */
+  catalog (page: Page, visible: (repository: string) => boolean = () => true): { repositories: string[], next: string | undefined } {
     const n = Math.min(page.n ?? MAX_CATALOG_PAGE, MAX_CATALOG_PAGE)
-    const { items, next } = paginate(this.#o.cache.repositories(), { n, last: page.last })
+    const { items, next } = paginate(this.#o.cache.repositories().filter(visible), { n, last: page.last })
     return { repositories: items, next }
   }
 }

@@ -30,7 +30,24 @@ export interface YamlConfig {
   readonly metrics?: { readonly enabled?: boolean, readonly listen?: string, readonly token?: string, readonly tokenEnv?: string }
   readonly offline?: boolean
   readonly tls?: { readonly cert?: string, readonly key?: string, readonly clientCA?: string, readonly reloadInterval?: string }
+  readonly auth?: YamlAuth
+  readonly access?: YamlAccess
   readonly limits?: { readonly headersTimeout?: string, readonly idleTimeout?: string, readonly maxConnections?: number, readonly maxRequestsPerClient?: number }
+}
+
+export interface YamlAuth {
+  readonly htpasswd?: string
+  readonly realm?: string
+  readonly remember?: string
+  readonly reloadInterval?: string
+  readonly anonymousNetworks?: readonly string[]
+  readonly maxFailures?: number
+  readonly failureWindow?: string
+}
+
+export interface YamlAccess {
+  readonly default?: 'deny' | 'pull'
+  readonly rules?: ReadonlyArray<{ readonly repositories: readonly string[], readonly users: readonly string[], readonly pull: boolean }>
 }
 
 export interface YamlUpstream {

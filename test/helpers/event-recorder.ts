@@ -1,11 +1,13 @@
 // A test's listener for the mirror's events: every event, in order, as data.
 
-import type { DownloadResult, EvictedItem, MirrorEvents, RefusalReason, RequestRecord, UncachedResult, UpstreamAnswer } from '../../lib/events.js'
+import type { DownloadResult, EvictedItem, MirrorEvents, RefusalReason, AuthFailureReason, DenialReason, RequestRecord, UncachedResult, UpstreamAnswer } from '../../lib/events.js'
 
 export type RecordedEvent =
   | { readonly event: 'upstreamResponse', readonly answer: UpstreamAnswer }
   | { readonly event: 'tokenFetched' | 'upstreamRetried', readonly upstream: string }
   | { readonly event: 'upstreamRefused', readonly upstream: string, readonly reason: RefusalReason }
+  | { readonly event: 'authFailed', readonly reason: AuthFailureReason }
+  | { readonly event: 'accessDenied', readonly reason: DenialReason }
   | { readonly event: 'upstreamState', readonly upstream: string, readonly down: { since: number, until: number } | undefined }
   | { readonly event: 'downloadStarted', readonly digest: string, readonly upstream: string }
   | { readonly event: 'downloadEnded', readonly digest: string, readonly upstream: string, readonly result: DownloadResult, readonly bytes: number }
@@ -24,6 +26,8 @@ export class EventRecorder implements MirrorEvents {
   tokenFetched (upstream: string): void { this.events.push({ event: 'tokenFetched', upstream }) }
   upstreamRetried (upstream: string): void { this.events.push({ event: 'upstreamRetried', upstream }) }
   upstreamRefused (upstream: string, reason: RefusalReason): void { this.events.push({ event: 'upstreamRefused', upstream, reason }) }
+  authFailed (reason: AuthFailureReason): void { this.events.push({ event: 'authFailed', reason }) }
+  accessDenied (reason: DenialReason): void { this.events.push({ event: 'accessDenied', reason }) }
   upstreamState (upstream: string, down: { since: number, until: number } | undefined): void { this.events.push({ event: 'upstreamState', upstream, down }) }
   downloadStarted (digest: string, upstream: string): void { this.events.push({ event: 'downloadStarted', digest, upstream }) }
   downloadEnded (digest: string, upstream: string, result: DownloadResult, bytes: number): void {

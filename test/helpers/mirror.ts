@@ -8,7 +8,7 @@ import { Writable } from 'node:stream'
 import type { MirrorConfig, UpstreamConfig } from '../../lib/config/types.js'
 import { createLogger } from '../../lib/log.js'
 import { createMirror, type Mirror, type MirrorOptions } from '../../lib/server.js'
-import { listenAddress, loadYamlConfig, ms, type YamlConfig, type YamlUpstream } from './config.js'
+import { listenAddress, loadYamlConfig, ms, type YamlAccess, type YamlAuth, type YamlConfig, type YamlUpstream } from './config.js'
 
 export interface TestMirrorOptions {
   /** registry host -> upstream URL; the first is the default unless `defaultUpstream` says otherwise */
@@ -22,6 +22,9 @@ export interface TestMirrorOptions {
   /** What clients may hold (milliseconds for the timeouts). */
   readonly limits?: { readonly headersTimeout?: number, readonly idleTimeout?: number, readonly maxConnections?: number, readonly maxRequestsPerClient?: number }
   readonly metrics?: Partial<MirrorConfig['metrics']>
+  /** The auth and access sections as written in the file. */
+  readonly auth?: YamlAuth
+  readonly access?: YamlAccess
   /** PEM file paths; reloadInterval in milliseconds. */
   readonly tls?: { readonly cert: string, readonly key: string, readonly clientCA?: string, readonly reloadInterval?: number }
   /** Eviction bounds; unbounded when not given. */
@@ -109,6 +112,8 @@ function testMirrorYaml (storage: string, options: TestMirrorOptions): YamlConfi
           maxConnections: options.limits.maxConnections,
           maxRequestsPerClient: options.limits.maxRequestsPerClient
         },
+    auth: options.auth,
+    access: options.access,
     tls: options.tls === undefined ? undefined : { ...options.tls, reloadInterval: options.tls.reloadInterval === undefined ? undefined : ms(options.tls.reloadInterval) },
     metrics: {
       enabled: metrics.enabled ?? true,

@@ -1,0 +1,137 @@
+// Users from an htpasswd file, bcrypt entries only (as the reference registry
+// accepts: `htpasswd -B`, or `registry-mirror htpasswd`). The file is read at
+// start and again when it changes; a changed file that does not parse is
+// logged and the users in use kept.
+
+import { readFile, rename, stat, writeFile } from 'node:fs/promises'
+import bcrypt from 'bcryptjs'
+import type { Logger } from 'pino'
+import { errnoCode, HtpasswdError } from '../errors.js'
+import { fileSignature } from '../file-signature.js'
+
+const BCRYPT = /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/
+/** A user name as htpasswd and the Basic scheme allow it: no colon, no control characters. */
+const USER = /^[^:\s\p{Cc}]{1,256}$/u
+/** Compared against when the user is unknown, so that an unknown user costs what a known one does. */
+const DUMMY_HASH = '$2b$10$MvqeKahSe4EIeXEM7na9FO30rf0A8BBgGKIu5lwhJxY2wN7MRqxVm'
+
+/** Parses htpasswd text: `user:$2y$...` per line; blank lines and # comments are skipped. */
+export function parseHtpasswd (text: string, path: string): Map<string, string> {
+  const users = new Map<string, string>()
+  for (const [i, raw] of text.split('\n').entries()) {
+    const line = raw.replace(/\r$/, '')
+    if (line.trim() === '' || line.startsWith('#')) continue
+    const colon = line.indexOf(':')
+    const where = `${path} line ${i + 1}`
+    if (colon <= 0) throw new HtpasswdError(`${where}: expected user:hash`)
+    const user = line.slice(0, colon)
+    const hash = line.slice(colon + 1)
+    if (!USER.test(user)) throw new HtpasswdError(`${where}: "${user}" is not a user name (no spaces, colons or control characters)`)
+    if (!BCRYPT.test(hash)) throw new HtpasswdError(`${where}: the entry for ${user} is not bcrypt; only bcrypt entries are accepted (htpasswd -B, or registry-mirror htpasswd)`)
+    if (users.has(user)) throw new HtpasswdError(`${where}: ${user} is listed twice`)
+    users.set(user, hash)
+  }
+  return users
+}
+
+async function readUsers (path: string): Promise<Map<string, string>> {
+  let text
+  try {
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    throw new HtpasswdError(`cannot read ${path}: ${errnoCode(err) ?? String(err)}`)
+  }
+  return parseHtpasswd(text, path)
+}
+
+export class HtpasswdFile {
+  readonly #path: string
+  readonly #log: Logger
+  #users: Map<string, string>
+  #seen: string
+  #timer: NodeJS.Timeout | undefined
+  #checking: Promise<void> | undefined
+  /** Bumped whenever the users change, so that remembered verifications of the old file are not trusted. */
+  generation = 0
+
+  private constructor (path: string, log: Logger, users: Map<string, string>, seen: string) {
+    this.#path = path
+    this.#log = log
+    this.#users = users
+    this.#seen = seen
+  }
+
+  /** Reads the file; throws an HtpasswdError naming the problem. */
+  static async load (path: string, log: Logger, reloadInterval: number): Promise<HtpasswdFile> {
+    const seen = await fileSignature([path])
+    const file = new HtpasswdFile(path, log, await readUsers(path), seen)
+    if (file.#users.size === 0) log.warn({ path }, 'the htpasswd file lists no user: only anonymous access is possible')
+    file.#timer = setInterval(() => { void file.check() }, reloadInterval).unref()
+    return file
+  }
+
+  get users (): number { return this.#users.size }
+
+  /** Whether the password is the user's. Takes a bcrypt comparison (tens of milliseconds), off the event loop's hot path in slices. */
+  async verify (user: string, password: string): Promise<boolean> {
+    const hash = this.#users.get(user)
+    const matched = await bcrypt.compare(password, hash ?? DUMMY_HASH)
+    return hash !== undefined && matched
+  }
+
+  /** Looks for a change now (the timer calls it). */
+  async check (): Promise<void> {
+    this.#checking ??= this.#check().finally(() => { this.#checking = undefined })
+    await this.#checking
+  }
+
+  async #check (): Promise<void> {
+    const now = await fileSignature([this.#path])
+    if (now === this.#seen) return
+    this.#seen = now
+    try {
+      this.#users = await readUsers(this.#path)
+    } catch (err) {
+      this.#log.warn({ err: err instanceof Error ? err.message : String(err) }, 'the htpasswd file changed but does not load; keeping the users in use')
+      return
+    }
+    this.generation++
+    this.#log.info({ path: this.#path, users: this.#users.size }, 'htpasswd file reloaded')
+  }
+
+  stop (): void {
+    clearInterval(this.#timer)
+  }
+}
+
+/** bcrypt's cost for new entries: the reference registry's htpasswd -B uses 5 by default; 10 is what bcrypt libraries pick. */
+const NEW_ENTRY_COST = 10
+
+/**
+ * Adds a user to an htpasswd file, or changes its password (`registry-mirror htpasswd FILE USER`).
+ * The other entries stay as they are; the file is replaced whole (a temp file renamed over it),
+ * so a mirror reading it never sees half of it. A new file is readable by its owner only.
+ */
+export async function setUser (path: string, user: string, password: string): Promise<'added' | 'changed'> {
+  if (!USER.test(user)) throw new HtpasswdError(`"${user}" is not a user name (no spaces, colons or control characters)`)
+  if (password === '') throw new HtpasswdError('the password is empty')
+  let text = ''
+  let mode = 0o600
+  try {
+    text = await readFile(path, 'utf8')
+    mode = (await stat(path)).mode & 0o777
+  } catch (err) {
+    if (errnoCode(err) !== 'ENOENT') throw new HtpasswdError(`cannot read ${path}: ${errnoCode(err) ?? String(err)}`)
+  }
+  const users = parseHtpasswd(text, path)
+  const existed = users.has(user)
+  const entry = `${user}:${await bcrypt.hash(password, NEW_ENTRY_COST)}`
+  const lines = text.split('\n').filter(line => line !== '')
+  const at = lines.findIndex(line => line.startsWith(`${user}:`))
+  if (at >= 0) lines[at] = entry
+  else lines.push(entry)
+  const temp = `${path}.${process.pid}.tmp`
+  await writeFile(temp, lines.join('\n') + '\n', { mode })
+  await rename(temp, path)
+  return existed ? 'changed' : 'added'
+}
