@@ -5,11 +5,15 @@
 // referrers and the catalog, with the OCI error envelope.
 
 import t from 'tap'
-import { copyFile, mkdtemp, rename, rm } from 'node:fs/promises'
+import { copyFile, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { request } from 'undici'
-import { setUser } from '../lib/auth/htpasswd.js'
+import { HtpasswdFile, parseHtpasswd, setUser } from '../lib/auth/htpasswd.js'
+import { ConfigError } from '../lib/errors.js'
+import { createLogger } from '../lib/log.js'
+import { runCli } from './helpers/child-mirror.js'
+import { rejectedBy } from './helpers/throws.js'
 import { AccessRules } from '../lib/auth/access-rules.js'
 import { startFakeRegistry } from './helpers/fake-registry.js'
 import { makeImage } from './helpers/images.js'
@@ -208,4 +212,53 @@ t.test('without an access section, users pull everything and anonymous callers n
   makeImage(hub, 'library/alpine', 'v1', { layers: [100] })
   t.equal((await get('/v2/library/alpine/manifests/v1')).status, 401)
   t.equal((await get('/v2/library/alpine/manifests/v1', BOB)).status, 200)
+})
+
+t.test('registry-mirror htpasswd adds a user or changes a password, read from stdin, and refuses what it cannot take', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'mirror-htpasswd-'))
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const file = join(dir, 'htpasswd')
+  const added = await runCli(['htpasswd', file, 'alice'], 'first password\n')
+  t.equal(added.code, 0, added.stderr)
+  t.equal(added.stdout, `added alice in ${file}\n`)
+  t.equal((await stat(file)).mode & 0o777, 0o600, 'a new file is its owner\'s only')
+  t.equal((await runCli(['htpasswd', file, 'bob'], 'bob password')).code, 0, 'no line ending needed')
+  const changed = await runCli(['htpasswd', file, 'alice'], 'second password\r\nignored\n')
+  t.equal(changed.stdout, `changed the password of alice in ${file}\n`)
+  const users = parseHtpasswd(await readFile(file, 'utf8'), file)
+  t.same([...users.keys()], ['alice', 'bob'], 'one entry per user, in order')
+  const log = createLogger('silent', process.stderr)
+  const loaded = await HtpasswdFile.load(file, log, 60_000)
+  t.teardown(() => loaded.stop())
+  t.ok(await loaded.verify('alice', 'second password'), 'the new password, without its CR')
+  t.notOk(await loaded.verify('alice', 'first password'))
+  t.ok(await loaded.verify('bob', 'bob password'))
+  t.notOk(await loaded.verify('nobody', 'bob password'))
+  t.notMatch(await readFile(file, 'utf8'), /password/, 'only hashes on disk')
+
+  const empty = await runCli(['htpasswd', file, 'carol'], '')
+  t.equal(empty.code, 1)
+  t.equal(empty.stderr, 'registry-mirror: the password is empty\n')
+  t.match((await runCli(['htpasswd', file, 'a:b'], 'pw\n')).stderr, /"a:b" is not a user name/)
+  t.match((await runCli(['htpasswd', file], 'pw\n')).stderr, /htpasswd takes a file and a user/)
+  await writeFile(join(dir, 'md5'), 'dave:$apr1$abc$def\n')
+  t.match((await runCli(['htpasswd', join(dir, 'md5'), 'erin'], 'pw\n')).stderr, /md5 line 1: the entry for dave is not bcrypt; only bcrypt entries are accepted/)
+  t.equal(await readFile(join(dir, 'md5'), 'utf8'), 'dave:$apr1$abc$def\n', 'a file it cannot parse is left as it was')
+})
+
+t.test('a bad htpasswd file stops the start with auth.htpasswd named', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'mirror-htpasswd-'))
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const cases: Array<[string, string | undefined, RegExp]> = [
+    ['a missing file', undefined, /auth\.htpasswd: cannot read .*htpasswd: ENOENT/],
+    ['a plain-text password', 'alice:secret\n', /auth\.htpasswd: .*htpasswd line 1: the entry for alice is not bcrypt/],
+    ['a line without a colon', '# users\nalice\n', /auth\.htpasswd: .*htpasswd line 2: expected user:hash/]
+  ]
+  for (const [what, text, message] of cases) {
+    const file = join(dir, 'htpasswd')
+    await rm(file, { force: true })
+    if (text !== undefined) await writeFile(file, text)
+    const err = await rejectedBy(t, startMirror(t, { upstreams: { 'docker.io': 'http://127.0.0.1:9' }, auth: { htpasswd: file }, metrics: { enabled: false } }), ConfigError, what)
+    t.match(err?.message, message, what)
+  }
 })
