@@ -32,7 +32,7 @@ commands:
   stats [--json]        what the cache holds and how well it serves
   warm IMAGE...         fetch images (manifests and every blob, verified) into the cache, as a
                         pull through the mirror would; what is cached already is skipped
-       [--file LIST] [--platform OS/ARCH[/VARIANT]]... [--concurrency N] [--pin] [--server URL]
+       [--file LIST] [--platform OS/ARCH[/VARIANT]]... [--concurrency N] [--pin] [--server URL [--user USER]]
   export IMAGE... -o BUNDLE.tar [--file LIST] [--offline]
                         write images from the cache as an OCI image layout tar (fetching
                         what is missing first, or with --offline reporting it)
@@ -51,6 +51,8 @@ options:
       --concurrency N     blob downloads at once (warm, export; default ${DEFAULT_CONCURRENCY})
       --pin               pin each image warmed, so eviction never removes it (warm)
       --server URL        warm through a running mirror at URL instead of the data directory
+      --user USER         log in to the --server mirror as USER; the password from MIRROR_PASSWORD,
+                          else the first line of stdin
   -o, --output FILE       the bundle to write (export)
   -h, --help              show this help
 
@@ -79,6 +81,7 @@ async function main (argv: string[]): Promise<number> {
         concurrency: { type: 'string' },
         pin: { type: 'boolean' },
         server: { type: 'string' },
+        user: { type: 'string' },
         output: { type: 'string', short: 'o' },
         help: { type: 'boolean', short: 'h' }
       }
@@ -109,6 +112,7 @@ async function main (argv: string[]): Promise<number> {
   onlyFor('--output', values.output !== undefined, ['export'])
   onlyFor('--pin', values.pin === true, ['warm'])
   onlyFor('--server', values.server !== undefined, ['warm'])
+  if (values.user !== undefined && values.server === undefined) throw new UsageError('--user is for warm --server only: the data directory needs no login')
   if (values.listen !== undefined && command !== 'serve') throw new UsageError('--listen is for serve only')
   if (values['dry-run'] === true && command !== 'gc') throw new UsageError('--dry-run is for gc only')
   if (values.verify === true && command !== 'gc') throw new UsageError('--verify is for gc only')
@@ -150,7 +154,8 @@ async function main (argv: string[]): Promise<number> {
   if (command === 'export') return await exportCommand(config, args, values.file ?? [], values.output ?? '', concurrency)
   if (command === 'import') return await importCommand(config, args[0] ?? '')
   if (command === 'warm') {
-    return await warmCommand(config, args, values.file ?? [], platforms, concurrency, values.pin === true, values.server)
+    const credentials = values.user === undefined ? undefined : { user: values.user, password: process.env.MIRROR_PASSWORD ?? await firstLineOfStdin(`password for ${values.user}: `) }
+    return await warmCommand(config, args, values.file ?? [], platforms, concurrency, values.pin === true, values.server, credentials)
   }
 
   if (command === 'gc') return await gcCommand(config, values['dry-run'] === true, values.verify === true)
@@ -162,16 +167,19 @@ async function main (argv: string[]): Promise<number> {
   }
 }
 
-/** The password is the first line of stdin (a terminal, a pipe, or a file), without its line ending. */
-async function htpasswdCommand (file: string, user: string): Promise<number> {
-  if (process.stdin.isTTY) process.stderr.write(`password for ${user}: `)
+/** The first line of stdin (a terminal, a pipe, or a file), without its line ending: a password. */
+async function firstLineOfStdin (prompt: string): Promise<string> {
+  if (process.stdin.isTTY) process.stderr.write(prompt)
   const chunks: Buffer[] = []
   for await (const chunk of process.stdin) {
     chunks.push(chunk as Buffer)
     if ((chunk as Buffer).includes(10) || Buffer.concat(chunks).length > 4096) break
   }
-  const password = (Buffer.concat(chunks).toString('utf8').split('\n')[0] ?? '').replace(/\r$/, '')
-  const result = await setUser(file, user, password)
+  return (Buffer.concat(chunks).toString('utf8').split('\n')[0] ?? '').replace(/\r$/, '')
+}
+
+async function htpasswdCommand (file: string, user: string): Promise<number> {
+  const result = await setUser(file, user, await firstLineOfStdin(`password for ${user}: `))
   process.stdout.write(`${result === 'added' ? 'added' : 'changed the password of'} ${user} in ${file}\n`)
   return 0
 }
@@ -194,11 +202,11 @@ async function serve (config: MirrorConfig): Promise<number> {
   return 0
 }
 
-async function warmCommand (config: MirrorConfig, args: string[], files: string[], platforms: PlatformSpec[], concurrency: number, pinImages: boolean, server: string | undefined): Promise<number> {
+async function warmCommand (config: MirrorConfig, args: string[], files: string[], platforms: PlatformSpec[], concurrency: number, pinImages: boolean, server: string | undefined, credentials: { user: string, password: string } | undefined): Promise<number> {
   const images = await resolveImages(args, files, routingTable(config))
   const log = createLogger('warn', process.stderr)
   const progress = createProgress(process.stderr, server === undefined ? 'warming' : `warming through ${server}:`)
-  const report = await warm({ config, log, images, platforms, concurrency, pin: pinImages, server, progress })
+  const report = await warm({ config, log, images, platforms, concurrency, pin: pinImages, server, credentials, progress })
   for (const line of summarize('warmed', report.results)) process.stdout.write(`${line}\n`)
   for (const name of report.pinned) process.stdout.write(`pinned ${name}\n`)
   return report.results.every(r => r.ok) ? 0 : 1

@@ -3,11 +3,12 @@
 
 import t, { type Test } from 'tap'
 import { existsSync } from 'node:fs'
-import { writeFile } from 'node:fs/promises'
+import { rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { CacheIndex } from '../lib/db/cache-index.js'
+import { setUser } from '../lib/auth/htpasswd.js'
 import { pinnedContent } from '../lib/cache/pins.js'
 import { ImageListError } from '../lib/errors.js'
 import { parseImageList, resolveImages } from '../lib/warm/image-list.js'
@@ -203,6 +204,27 @@ t.test('--server warms through a running mirror, whose cache then serves a secon
   const refused = await runCli(['warm', '--config', config, '--server', mirror.url, '--pin', 'ghcr.io/org/app:v1'])
   t.equal(refused.code, 2)
   t.match(refused.stderr, /--pin works on the data directory/)
+})
+
+t.test('--server with --user logs in to a mirror with auth; without it, or with a wrong password, the warm is refused', async t => {
+  const { fake, config, storage } = await site(t)
+  const image = makeImage(fake, 'org/app', 'v1', { layers: [3000] })
+  const htpasswd = join(storage, '..', `htpasswd-${process.pid}`)
+  await setUser(htpasswd, 'ops', 'ops password')
+  t.teardown(async () => await rm(htpasswd, { force: true }))
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url, 'ghcr.io': fake.url }, auth: { htpasswd }, metrics: { enabled: false } })
+  const anonymous = await runCli(['warm', '--config', config, '--server', mirror.url, 'ghcr.io/org/app:v1'])
+  t.equal(anonymous.code, 1)
+  t.match(anonymous.stdout, /authentication required to pull ghcr\.io\/org\/app \(the mirror answered HTTP 401 UNAUTHORIZED\)/)
+  const wrong = await runCli(['warm', '--config', config, '--server', mirror.url, '--user', 'ops', 'ghcr.io/org/app:v1'], 'guess\n')
+  t.equal(wrong.code, 1)
+  t.match(wrong.stdout, /the user name or password is wrong/)
+  const ok = await runCli(['warm', '--config', config, '--server', mirror.url, '--user', 'ops', 'ghcr.io/org/app:v1'], 'ops password\n')
+  t.equal(ok.code, 0, ok.stdout + ok.stderr)
+  t.equal(mirror.cache.index.getTag('ghcr.io/org/app', 'v1')?.digest, image.manifestDigest)
+  const stray = await runCli(['warm', '--config', config, '--user', 'ops', 'ghcr.io/org/app:v1'], 'ops password\n')
+  t.equal(stray.code, 2)
+  t.match(stray.stderr, /--user is for warm --server only/)
 })
 
 t.test('--pin pins each image warmed', async t => {

@@ -53,8 +53,10 @@ export function coreSource (core: { readonly manifests: ManifestService, readonl
 
 
 /** A running mirror at `base` (http://host:port), by the path-prefix form `/v2/<registry>/<name>/...`. */
-export function serverSource (base: string): ContentSource {
+/** `credentials` (user and password) go with every request, for a mirror with auth. */
+export function serverSource (base: string, credentials?: { readonly user: string, readonly password: string }): ContentSource {
   const root = base.replace(/\/+$/, '')
+  const login: Record<string, string> = credentials === undefined ? {} : { authorization: `Basic ${Buffer.from(`${credentials.user}:${credentials.password}`).toString('base64')}` }
   const agent = new Agent({ connections: 32, headersTimeout: 300_000, bodyTimeout: 300_000 })
   const url = (route: Route, what: 'manifests' | 'blobs', reference: string): string =>
     `${root}/v2/${route.upstream}/${route.name}/${what}/${reference}`
@@ -75,7 +77,7 @@ export function serverSource (base: string): ContentSource {
 
   return {
     manifest: async (route, reference) => {
-      const res = await request(url(route, 'manifests', reference), { headers: { accept: MANIFEST_ACCEPT }, dispatcher: agent })
+      const res = await request(url(route, 'manifests', reference), { headers: { accept: MANIFEST_ACCEPT, ...login }, dispatcher: agent })
       if (res.statusCode !== 200) return await fail(res, `manifest ${reference}`)
       const content = await readLimited(res.body, MAX_MANIFEST_BYTES)
       if (content === undefined) throw new Error(`manifest ${reference} is larger than ${MAX_MANIFEST_BYTES} bytes`)
@@ -89,7 +91,7 @@ export function serverSource (base: string): ContentSource {
       return { digest, mediaType, content }
     },
     blob: async (route, digest) => {
-      const res = await request(url(route, 'blobs', digest), { dispatcher: agent })
+      const res = await request(url(route, 'blobs', digest), { headers: login, dispatcher: agent })
       if (res.statusCode !== 200) return await fail(res, `blob ${digest}`)
       return {
         cached: header(res.headers, 'x-mirror-cache') === 'hit',

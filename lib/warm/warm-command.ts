@@ -23,6 +23,8 @@ export interface WarmOptions {
   readonly pin?: boolean
   /** A running mirror's base URL; undefined = the data directory. */
   readonly server?: string | undefined
+  /** For a server with auth. */
+  readonly credentials?: { readonly user: string, readonly password: string } | undefined
   readonly progress: Progress
 }
 
@@ -36,7 +38,7 @@ export async function warm (options: WarmOptions): Promise<WarmReport> {
   const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY
   if (options.server !== undefined) {
     if (options.pin === true) throw new Error('--pin works on the data directory; run registry-mirror pin on the mirror\'s host')
-    const source = serverSource(options.server)
+    const source = serverSource(options.server, options.credentials)
     try {
       const warmer = new Warmer({ source, platforms: options.platforms, concurrency, verifyCached: true, progress: options.progress })
       return { results: await warmer.run(options.images), pinned: [] }
