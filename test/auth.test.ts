@@ -262,3 +262,14 @@ t.test('a bad htpasswd file stops the start with auth.htpasswd named', async t =
     t.match(err?.message, message, what)
   }
 })
+
+t.test('a flood of logins from many addresses gets 429 past the bcrypt checks that can wait, and the right login still works after', async t => {
+  const { get, mirror } = await scene(t, { maxFailures: 1000 })
+  // 200 made-up logins at once: two are checked at a time, 64 may wait, the rest are turned away at once.
+  const answers = await Promise.all(Array.from({ length: 200 }, async (_, i) => (await get('/v2/', basic(`user${i}`, 'guess'))).status))
+  const limited = answers.filter(s => s === 429).length
+  t.ok(limited > 0 && answers.every(s => s === 401 || s === 429), `${limited} turned away with 429, the rest refused with 401`)
+  t.ok(answers.filter(s => s === 401).length <= 2 + 64 + 40, 'no more checked than run and wait, give or take those that finished meanwhile')
+  t.equal((await get('/v2/', ALICE)).status, 200)
+  t.notMatch(mirror.logText(), /guess/)
+})

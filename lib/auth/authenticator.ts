@@ -10,6 +10,7 @@ import { BlockList, isIPv4 } from 'node:net'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
 import { TooManyRequestsError, UnauthorizedError } from '../errors.js'
+import { Limiter } from '../limiter.js'
 import type { AuthFailureReason, MirrorEvents } from '../events.js'
 import type { HtpasswdFile } from './htpasswd.js'
 import type { Caller } from './access-rules.js'
@@ -32,6 +33,13 @@ export interface AuthenticatorOptions {
 /** Remembered verifications and failure counts are bounded: a flood of made-up names cannot grow them. */
 const REMEMBERED = 10_000
 const COUNTED_ADDRESSES = 10_000
+/**
+ * bcrypt checks under way at once, and waiting: each takes tens of milliseconds of a
+ * core on libuv's thread pool, which blob reads share, so a flood of made-up logins
+ * from many addresses gets 429s past these rather than the threads and CPU pulls need.
+ */
+const CHECKS_AT_ONCE = 2
+const CHECKS_WAITING = 64
 
 /** An IPv4 client on a dual-stack socket appears as ::ffff:a.b.c.d; rules name it as a.b.c.d. */
 function plainAddress (address: string): string {
@@ -56,6 +64,7 @@ export class Authenticator {
   readonly #failures: LRUCache<string, { count: number, since: number }>
   readonly #anonymous: BlockList | undefined
   readonly #now: () => number
+  readonly #checks = new Limiter(CHECKS_AT_ONCE)
 
   constructor (options: AuthenticatorOptions) {
     this.#o = options
@@ -88,7 +97,11 @@ export class Authenticator {
     const key = createHmac('sha256', this.#secret).update(user).update('\0').update(password).digest('base64')
     const generation = this.#o.users.generation
     if (this.#verified.get(key)?.generation === generation) return user
-    if (await this.#o.users.verify(user, password)) {
+    if (this.#checks.waiting >= CHECKS_WAITING) {
+      this.#o.events.authFailed('rate-limited')
+      throw new TooManyRequestsError('too many logins are being checked; try again in a moment', undefined, { 'retry-after': '1' })
+    }
+    if (await this.#checks.run(async () => await this.#o.users.verify(user, password))) {
       this.#verified.set(key, { generation })
       return user
     }

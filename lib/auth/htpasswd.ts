@@ -4,7 +4,7 @@
 // logged and the users in use kept.
 
 import { readFile, rename, stat, writeFile } from 'node:fs/promises'
-import bcrypt from 'bcryptjs'
+import { compare, hash } from '@node-rs/bcrypt'
 import type { Logger } from 'pino'
 import { errnoCode, HtpasswdError } from '../errors.js'
 import { fileSignature } from '../file-signature.js'
@@ -72,11 +72,11 @@ export class HtpasswdFile {
 
   get users (): number { return this.#users.size }
 
-  /** Whether the password is the user's. Takes a bcrypt comparison (tens of milliseconds), off the event loop's hot path in slices. */
+  /** Whether the password is the user's: a bcrypt comparison (tens of milliseconds) on the libuv thread pool, off the event loop. */
   async verify (user: string, password: string): Promise<boolean> {
-    const hash = this.#users.get(user)
-    const matched = await bcrypt.compare(password, hash ?? DUMMY_HASH)
-    return hash !== undefined && matched
+    const known = this.#users.get(user)
+    const matched = await compare(password, known ?? DUMMY_HASH)
+    return known !== undefined && matched
   }
 
   /** Looks for a change now (the timer calls it). */
@@ -125,7 +125,7 @@ export async function setUser (path: string, user: string, password: string): Pr
   }
   const users = parseHtpasswd(text, path)
   const existed = users.has(user)
-  const entry = `${user}:${await bcrypt.hash(password, NEW_ENTRY_COST)}`
+  const entry = `${user}:${await hash(password, NEW_ENTRY_COST)}`
   const lines = text.split('\n').filter(line => line !== '')
   const at = lines.findIndex(line => line.startsWith(`${user}:`))
   if (at >= 0) lines[at] = entry
