@@ -5,7 +5,7 @@
 // referrers and the catalog, with the OCI error envelope.
 
 import t from 'tap'
-import { copyFile, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { copyFile, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { request } from 'undici'
@@ -272,4 +272,33 @@ t.test('a flood of logins from many addresses gets 429 past the bcrypt checks th
   t.ok(answers.filter(s => s === 401).length <= 2 + 64 + 40, 'no more checked than run and wait, give or take those that finished meanwhile')
   t.equal((await get('/v2/', ALICE)).status, 200)
   t.notMatch(mirror.logText(), /guess/)
+})
+
+t.test('no client credential reaches the disk or the logs', async t => {
+  const { hub, ghcr, mirror, get } = await scene(t)
+  makeImage(hub, 'library/alpine', 'v1', { layers: [1000] })
+  const priv = makeImage(ghcr, 'acme/app', 'v1', { layers: [2000] })
+  for (const authorization of [ALICE, BOB, basic('alice', 'wrong guess')]) {
+    await get('/v2/', authorization)
+    await get('/v2/ghcr.io/acme/app/manifests/v1', authorization)
+    await get(`/v2/ghcr.io/acme/app/blobs/${priv.layerDigests[0] ?? ''}`, authorization)
+    await get('/v2/library/alpine/manifests/v1', authorization)
+  }
+  mirror.flushAccess()
+  const secrets = ['alice password', 'bob password', 'wrong guess', ALICE.slice(6), BOB.slice(6)]
+  const files: string[] = []
+  const walk = async (dir: string): Promise<void> => {
+    for (const entry of await readdir(dir, { withFileTypes: true })) {
+      const path = join(dir, entry.name)
+      if (entry.isDirectory()) await walk(path)
+      else files.push(path)
+    }
+  }
+  await walk(mirror.storage)
+  t.ok(files.some(f => f.endsWith('index.db')), 'the index is among the files searched')
+  for (const file of files) {
+    const bytes = await readFile(file)
+    for (const secret of secrets) t.notOk(bytes.includes(secret), `${secret.slice(0, 5)}… is not in ${file.slice(mirror.storage.length)}`)
+  }
+  for (const secret of secrets) t.notOk(mirror.logText().includes(secret), `${secret.slice(0, 5)}… is not in the logs`)
 })
