@@ -15,6 +15,10 @@ export interface HostsEntry {
   readonly host: string
   /** The registry itself, tried after the mirror (default: the real one). */
   readonly server?: string
+  /** A CA certificate (PEM path) to verify an https:// host with, instead of the system's. */
+  readonly ca?: string
+  /** A client certificate and its key (PEM paths), for a host that requires one. */
+  readonly client?: readonly [cert: string, key: string]
 }
 
 export interface PulledImage {
@@ -92,17 +96,22 @@ export class Containerd {
     return await run('ctr', ['--address', this.socket, '--namespace', namespace, ...args], { timeoutMs })
   }
 
-  /** Writes certs.d/<registry>/hosts.toml sending pulls and tag resolution to host. */
+  /**
+   * Writes certs.d/<registry>/hosts.toml sending pulls and tag resolution to
+   * host (replacing what was there), with its ca and client certificate if given.
+   */
   async addHost (entry: HostsEntry): Promise<void> {
     const dir = join(this.hostsDir, entry.registry)
     await mkdir(dir, { recursive: true })
-    await writeFile(join(dir, 'hosts.toml'), [
+    const lines = [
       `server = "${entry.server ?? upstreamServer(entry.registry)}"`,
       '',
       `[host."${entry.host}"]`,
-      '  capabilities = ["pull", "resolve"]',
-      ''
-    ].join('\n'))
+      '  capabilities = ["pull", "resolve"]'
+    ]
+    if (entry.ca !== undefined) lines.push(`  ca = ${JSON.stringify(entry.ca)}`)
+    if (entry.client !== undefined) lines.push(`  client = [[${entry.client.map(path => JSON.stringify(path)).join(', ')}]]`)
+    await writeFile(join(dir, 'hosts.toml'), [...lines, ''].join('\n'))
   }
 
   /**

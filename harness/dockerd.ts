@@ -3,7 +3,8 @@
 // the docker CLI as its client. vfs storage and no networking: it only has to
 // pull, which needs neither overlayfs nor iptables.
 
-import { mkdir, writeFile, access } from 'node:fs/promises'
+import { mkdir, writeFile, access, rm, rmdir } from 'node:fs/promises'
+import { existsSync, rmSync, rmdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { Daemon, run, type CommandResult } from './process.js'
 import { Containerd } from './containerd.js'
@@ -11,8 +12,49 @@ import { makeTempDir, removeTempDir } from './temp.js'
 import { digestsFor, parseRepoDigests } from './references.js'
 import { waitFor, WaitAborted } from './wait.js'
 
+/** Where dockerd looks for the CA (and client certificate) of a registry or mirror: <dir>/<host:port>/. */
+export const dockerCertsDir = '/etc/docker/certs.d'
+
+// A fixed path outside every temp dir: what the tests wrote there is removed
+// on the way out too, when no teardown ran.
+const certsWritten = new Set<string>()
+let madeCertsDir = false
+process.on('exit', () => {
+  for (const dir of certsWritten) rmSync(dir, { recursive: true, force: true })
+  try {
+    if (madeCertsDir) rmdirSync(dockerCertsDir) // only if empty
+  } catch {}
+})
+
+/**
+ * Writes /etc/docker/certs.d/<host>/ca.crt (and client.cert, client.key),
+ * replacing what the tests wrote there before. dockerd reads it at each pull.
+ */
+export async function writeDockerCerts (host: string, files: { ca: Buffer, client?: { cert: Buffer, key: Buffer } }): Promise<void> {
+  const dir = join(dockerCertsDir, host)
+  certsWritten.add(dir)
+  if (!existsSync(dockerCertsDir)) madeCertsDir = true
+  await mkdir(dir, { recursive: true })
+  await writeFile(join(dir, 'ca.crt'), files.ca)
+  if (files.client !== undefined) {
+    await writeFile(join(dir, 'client.cert'), files.client.cert)
+    await writeFile(join(dir, 'client.key'), files.client.key, { mode: 0o600 })
+  }
+}
+
+/** Removes /etc/docker/certs.d/<host>, and certs.d itself if the tests made it and it is empty. */
+export async function removeDockerCerts (host: string): Promise<void> {
+  const dir = join(dockerCertsDir, host)
+  await rm(dir, { recursive: true, force: true })
+  certsWritten.delete(dir)
+  if (madeCertsDir && certsWritten.size === 0) {
+    await rmdir(dockerCertsDir).catch(() => {}) // something else went in: leave it
+    madeCertsDir = false
+  }
+}
+
 export interface DockerdOptions {
-  /** registry-mirrors: http://127.0.0.1:PORT; used for docker.io images only. */
+  /** registry-mirrors: http://127.0.0.1:PORT, or https://HOST:PORT with certs.d (writeDockerCerts); used for docker.io images only. */
   readonly mirrors?: readonly string[]
   /** host:port pairs dockerd may talk plain HTTP to. */
   readonly insecureRegistries?: readonly string[]

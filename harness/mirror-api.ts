@@ -9,7 +9,7 @@ export interface UpstreamEntry {
 }
 
 export interface Mirror {
-  /** http://127.0.0.1:PORT */
+  /** http://127.0.0.1:PORT, or https:// for a mirror serving TLS */
   readonly url: string
   /** 127.0.0.1:PORT */
   readonly host: string

@@ -45,9 +45,20 @@ class LineWatcher extends Transform {
   }
 }
 
+/** The config's tls: section: PEM file paths (the mirror then serves HTTPS only). */
+export interface MirrorTls {
+  readonly cert: string
+  readonly key: string
+  /** Require client certificates signed by this CA. */
+  readonly clientCA?: string
+}
+
 export interface MirrorProcessOptions {
   readonly upstreams: readonly UpstreamEntry[]
   readonly tagTtl?: string
+  readonly tls?: MirrorTls
+  /** The address to listen on (default 127.0.0.1); the port is the system's choice. */
+  readonly address?: string
   readonly startTimeoutMs?: number
 }
 
@@ -85,7 +96,8 @@ export class MirrorProcess implements Mirror {
   }
 
   get url (): string { return this.#url }
-  get host (): string { return this.#url.replace(/^http:\/\//, '') }
+  /** 127.0.0.1:PORT, whether the url is http:// or https:// */
+  get host (): string { return this.#url.replace(/^https?:\/\//, '') }
   get configPath (): string { return join(this.dir, 'mirror.config.yml') }
   get logPath (): string { return join(this.dir, 'mirror.log') }
   get stderrPath (): string { return join(this.dir, 'mirror.stderr.log') }
@@ -96,12 +108,16 @@ export class MirrorProcess implements Mirror {
 
   async #start (entry: string, options: MirrorProcessOptions): Promise<void> {
     await mkdir(join(this.dir, 'data'))
-    const lines = ['listen: 127.0.0.1:0', 'storage:', `  path: ${join(this.dir, 'data')}`, 'upstreams:']
+    const lines = [`listen: ${options.address ?? '127.0.0.1'}:0`, 'storage:', `  path: ${join(this.dir, 'data')}`, 'upstreams:']
     for (const upstream of options.upstreams) {
       lines.push(`  ${upstream.name}:`, `    url: ${upstream.url}`)
       if (upstream.default === true) lines.push('    default: true')
     }
     lines.push('cache:', `  tagTtl: ${options.tagTtl ?? '5m'}`)
+    if (options.tls !== undefined) {
+      lines.push('tls:', `  cert: ${options.tls.cert}`, `  key: ${options.tls.key}`)
+      if (options.tls.clientCA !== undefined) lines.push(`  clientCA: ${options.tls.clientCA}`)
+    }
     await writeFile(this.configPath, lines.join('\n') + '\n')
 
     const { daemon, url } = await startMirrorDaemon({

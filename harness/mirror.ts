@@ -4,13 +4,14 @@
 
 import { ReferenceRegistry } from './reference-registry.js'
 import type { Mirror, UpstreamEntry } from './mirror-api.js'
-import { MirrorProcess } from './mirror-process.js'
+import { MirrorProcess, type MirrorTls } from './mirror-process.js'
 import { TrafficRecorder, type SeenRequest } from './traffic-recorder.js'
 
 /** Short, so tests can let tags go stale and see the mirror revalidate or serve them stale. */
 export const E2E_TAG_TTL = '1s'
 
 export type { Mirror, UpstreamEntry } from './mirror-api.js'
+export type { MirrorTls } from './mirror-process.js'
 
 export type MirrorKind = 'registry-mirror' | 'reference'
 
@@ -20,14 +21,31 @@ export function mirrorKind (): MirrorKind {
 
 /** A mirror whose clients' requests are on record. */
 export interface ObservedMirror extends Mirror {
-  /** Every request line clients sent, oldest first. */
+  /** Every request line clients sent, oldest first. Throws for a TLS mirror, which clients reach directly. */
   requests: () => SeenRequest[]
 }
 
-export async function startMirror (upstreams: readonly UpstreamEntry[]): Promise<ObservedMirror> {
+export interface StartMirrorOptions {
+  /**
+   * Serve HTTPS with these files. Clients then reach the mirror directly:
+   * the TrafficRecorder reads request lines off plain HTTP and cannot see
+   * inside TLS, so requests() is not available.
+   */
+  readonly tls?: MirrorTls
+  /** The address the mirror listens on (default 127.0.0.1). */
+  readonly address?: string
+}
+
+export async function startMirror (upstreams: readonly UpstreamEntry[], options: StartMirrorOptions = {}): Promise<ObservedMirror> {
+  if (mirrorKind() === 'reference' && (options.tls !== undefined || options.address !== undefined)) {
+    throw new Error('E2E_MIRROR=reference: the reference proxy is started on 127.0.0.1 without TLS')
+  }
+  if (options.tls !== undefined) {
+    return new UnrecordedMirror(await MirrorProcess.start({ upstreams, tagTtl: E2E_TAG_TTL, tls: options.tls, address: options.address }))
+  }
   const mirror = mirrorKind() === 'reference'
     ? await ReferenceProxy.start(upstreams)
-    : await MirrorProcess.start({ upstreams, tagTtl: E2E_TAG_TTL })
+    : await MirrorProcess.start({ upstreams, tagTtl: E2E_TAG_TTL, address: options.address })
   try {
     return new RecordedMirror(mirror, await TrafficRecorder.start(mirror.host))
   } catch (err) {
@@ -61,6 +79,35 @@ class RecordedMirror implements ObservedMirror {
 
   async close (): Promise<void> {
     await this.#recorder.close()
+    await this.#mirror.close()
+  }
+
+  tail (): string {
+    return this.#mirror.tail()
+  }
+}
+
+/** A mirror clients reach directly (over TLS): nothing records their requests. */
+class UnrecordedMirror implements ObservedMirror {
+  readonly #mirror: Mirror
+
+  constructor (mirror: Mirror) {
+    this.#mirror = mirror
+  }
+
+  get url (): string { return this.#mirror.url }
+  get host (): string { return this.#mirror.host }
+  get registries (): readonly string[] { return this.#mirror.registries }
+
+  locationFor (registry: string): string {
+    return this.#mirror.locationFor(registry)
+  }
+
+  requests (): SeenRequest[] {
+    throw new Error(`the mirror at ${this.url} serves TLS, which the TrafficRecorder cannot relay: its clients' requests are not recorded`)
+  }
+
+  async close (): Promise<void> {
     await this.#mirror.close()
   }
 

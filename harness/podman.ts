@@ -11,19 +11,31 @@ import { digestsFor, parseRepoDigests } from './references.js'
 export interface PodmanMirror {
   /** The registry images are named by, e.g. ghcr.io. */
   readonly registry: string
-  /** host:port[/path] podman should ask instead (plain HTTP). */
+  /** host:port[/path] podman should ask instead. */
   readonly location: string
+  /** It serves HTTPS, verified (no `insecure = true`): give Podman.create a certDir. */
+  readonly tls?: boolean
+}
+
+export interface PodmanOptions {
+  /**
+   * `podman pull --cert-dir DIR`: ca.crt (and client.cert, client.key) for
+   * every registry and mirror it connects to.
+   */
+  readonly certDir?: string
 }
 
 export class Podman {
   readonly dir: string
+  readonly #certDir: string | undefined
 
-  private constructor (dir: string) {
+  private constructor (dir: string, options: PodmanOptions) {
     this.dir = dir
+    this.#certDir = options.certDir
   }
 
-  static async create (mirrors: readonly PodmanMirror[]): Promise<Podman> {
-    const podman = new Podman(await makeTempDir('podman'))
+  static async create (mirrors: readonly PodmanMirror[], options: PodmanOptions = {}): Promise<Podman> {
+    const podman = new Podman(await makeTempDir('podman'), options)
     try {
       await podman.#writeConfigs(mirrors)
     } catch (err) {
@@ -43,7 +55,7 @@ export class Podman {
         `location = "${mirror.registry}"`,
         '[[registry.mirror]]',
         `location = "${mirror.location}"`,
-        'insecure = true',
+        ...mirror.tls === true ? [] : ['insecure = true'],
         ''
       )
     }
@@ -90,7 +102,8 @@ export class Podman {
 
   /** Pulls a fully qualified reference (ghcr.io/org/app:v1) for the machine's platform. */
   async pull (reference: string): Promise<void> {
-    await this.podman(['pull', '--quiet', '--signature-policy', join(this.dir, 'policy.json'), reference])
+    const certDir = this.#certDir === undefined ? [] : ['--cert-dir', this.#certDir]
+    await this.podman(['pull', '--quiet', '--signature-policy', join(this.dir, 'policy.json'), ...certDir, reference])
   }
 
   async remove (reference: string): Promise<void> {

@@ -31,7 +31,8 @@ async function pullOrExplain (world: World, client: PullingClient, reference: st
   }
 }
 
-async function pullAndCheck (t: Test, world: World, client: PullingClient, image: TestImage, by: 'tag' | 'digest'): Promise<void> {
+/** Pulls the image as client names it, and checks the client recorded the upstream's digest. */
+export async function pullAndCheck (t: Test, world: World, client: PullingClient, image: TestImage, by: 'tag' | 'digest'): Promise<void> {
   const reference = client.reference(image, by)
   await pullOrExplain(world, client, reference)
   const digests = await client.digestsOf(reference)

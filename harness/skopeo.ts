@@ -1,10 +1,20 @@
 // skopeo as an uploader (OCI layout -> upstream registry) and as a client of
-// the mirror. Always plain HTTP on 127.0.0.1, never a signature policy.
+// the mirror. Plain HTTP (or TLS unverified) unless a pull names a cert dir,
+// then HTTPS, verified; never a signature policy.
 
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { run, type CommandResult } from './process.js'
 import { sha256 } from './digest.js'
+
+export interface SourceTls {
+  /**
+   * Speak HTTPS to the source and verify it with the files in this directory:
+   * ca.crt (the CA to trust), and client.cert with client.key for a registry
+   * that asks for a client certificate. Without it: plain HTTP, or TLS unverified.
+   */
+  readonly certDir?: string
+}
 
 export class Skopeo {
   readonly #env: NodeJS.ProcessEnv
@@ -36,8 +46,9 @@ export class Skopeo {
    * Copies every platform into a dir: layout without conversion, so the
    * digest of dir/manifest.json is the digest the registry served.
    */
-  async pullToDir (reference: string, dir: string): Promise<{ digest: string }> {
-    await this.run(['copy', '--all', '--src-tls-verify=false', `docker://${reference}`, `dir:${dir}`])
+  async pullToDir (reference: string, dir: string, options: SourceTls = {}): Promise<{ digest: string }> {
+    const tls = options.certDir === undefined ? ['--src-tls-verify=false'] : ['--src-cert-dir', options.certDir]
+    await this.run(['copy', '--all', ...tls, `docker://${reference}`, `dir:${dir}`])
     return { digest: sha256(await readFile(join(dir, 'manifest.json'))) }
   }
 }

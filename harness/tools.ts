@@ -14,7 +14,8 @@ const packages: Readonly<Record<string, string>> = {
   ctr: 'containerd',
   dockerd: 'docker.io',
   docker: 'docker.io',
-  podman: 'podman'
+  podman: 'podman',
+  openssl: 'openssl'
 }
 
 export function findOnPath (tool: string): string | undefined {

@@ -11,7 +11,7 @@ import { writeOciLayout, amd64, arm64, type Platform } from './oci-layout.js'
 import { getManifest } from './registry-api.js'
 import { freshSeed } from './random.js'
 import { makeTempDir, removeTempDir } from './temp.js'
-import { startMirror, type ObservedMirror } from './mirror.js'
+import { startMirror, type MirrorTls, type ObservedMirror } from './mirror.js'
 import type { RegistryRequest } from './access-log.js'
 
 export type Registry = 'docker.io' | 'ghcr.io'
@@ -66,6 +66,10 @@ export interface WorldOptions {
   readonly big?: boolean
   /** Push images to the ghcr.io upstream too (default true). */
   readonly ghcr?: boolean
+  /** Run the mirror with HTTPS only, reached directly: world.mirror.requests() is then unavailable. */
+  readonly tls?: MirrorTls
+  /** The address the mirror listens on (default 127.0.0.1). */
+  readonly address?: string
 }
 
 export class World {
@@ -118,7 +122,8 @@ export class World {
       })
     }
 
-    const mirror = await startMirror([...upstreams].map(([name, upstream]) => ({ name, url: upstream.url, default: name === 'docker.io' })))
+    const entries = [...upstreams].map(([name, upstream]) => ({ name, url: upstream.url, default: name === 'docker.io' }))
+    const mirror = await startMirror(entries, { tls: options.tls, address: options.address })
     t.teardown(() => mirror.close())
     t.comment(`mirror at ${mirror.url}; upstreams ${[...upstreams].map(([name, upstream]) => `${name}=${upstream.url}`).join(', ')}`)
     return new World(upstreams, mirror, images.filter(image => mirror.registries.includes(image.registry)), seed)
