@@ -86,7 +86,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   if (auth !== undefined && tls === undefined) log.warn('auth is set without tls: passwords cross the network in clear text')
   const app = createApp({ blobs, manifests, listings, routing, log, events, maxRequestsPerClient: config.limits.maxRequestsPerClient, ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk), auth, authEvents: events })
 
-  const server = listener(app.callback(), config.limits, tls)
+  const server = listener(app.callback(), config.limits, tls, log)
   server.listen(config.listen.port, config.listen.host)
   try {
     await once(server, 'listening')
@@ -99,7 +99,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   const url = urlOf(server, tls !== undefined)
   let opsServer: Server | undefined
   if (config.metrics.listen !== undefined) {
-    opsServer = listener(createOpsApp(ops).callback(), config.limits, tls)
+    opsServer = listener(createOpsApp(ops).callback(), config.limits, tls, log)
     opsServer.listen(config.metrics.listen.port, config.metrics.listen.host)
     try {
       await once(opsServer, 'listening')
@@ -153,7 +153,7 @@ async function loadUsers (config: MirrorConfig, log: Logger): Promise<HtpasswdFi
  * it takes: large blobs do. With TLS: 1.2 and later, the files' renewals taken
  * as they come, and a client certificate required when there is a client CA.
  */
-function listener (handle: RequestListener, limits: MirrorConfig['limits'], tls: TlsFiles | undefined): Server {
+function listener (handle: RequestListener, limits: MirrorConfig['limits'], tls: TlsFiles | undefined, log: Logger): Server {
   const http = { headersTimeout: limits.headersTimeout, requestTimeout: 0, connectionsCheckingInterval: Math.min(1000, limits.headersTimeout) }
   let server: Server
   if (tls === undefined) {
@@ -168,6 +168,11 @@ function listener (handle: RequestListener, limits: MirrorConfig['limits'], tls:
       rejectUnauthorized: tls.clientCertificates
     }, handle)
     tls.serve(secure)
+    // A refused handshake (no client certificate, one another CA signed, an old protocol) is
+    // the client's failure to see; the operator sees it here.
+    secure.on('tlsClientError', (err: Error & { code?: string }, socket) => {
+      log.info({ address: socket.remoteAddress, reason: err.code ?? err.message }, 'TLS handshake refused')
+    })
     server = secure
   }
   server.keepAliveTimeout = limits.idleTimeout

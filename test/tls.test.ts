@@ -178,6 +178,7 @@ t.test('with a client CA, a client must present a certificate that CA signed', a
   t.equal(await get({ cert: good.cert, key: good.key }), 200, 'a certificate the client CA signed is let in')
   t.type(await get({}), Error, 'no certificate: refused')
   t.type(await get({ cert: bad.cert, key: bad.key }), Error, 'a certificate another CA signed: refused')
+  t.ok(mirror.logs.some(l => l.msg === 'TLS handshake refused' && l.address === '127.0.0.1'), 'a refused handshake is logged, with the address')
 })
 
 t.test('the metrics listener, on its own address, is served over TLS too', async t => {
