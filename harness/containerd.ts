@@ -92,8 +92,8 @@ export class Containerd {
     return this.#daemon?.tail() ?? '(never started)'
   }
 
-  async ctr (args: readonly string[], timeoutMs = 600_000): Promise<CommandResult> {
-    return await run('ctr', ['--address', this.socket, '--namespace', namespace, ...args], { timeoutMs })
+  async ctr (args: readonly string[], timeoutMs = 600_000, secrets: readonly string[] = []): Promise<CommandResult> {
+    return await run('ctr', ['--address', this.socket, '--namespace', namespace, ...args], { timeoutMs, secrets })
   }
 
   /**
@@ -118,8 +118,11 @@ export class Containerd {
    * Pulls (and unpacks, which checks every layer against the config's
    * diff_ids) a fully qualified reference: docker.io/library/x:tag.
    */
-  async pull (reference: string): Promise<PulledImage> {
-    await this.ctr(['images', 'pull', '--hosts-dir', this.hostsDir, '--snapshotter', 'native', reference])
+  async pull (reference: string, options: { user?: { readonly name: string, readonly password: string } } = {}): Promise<PulledImage> {
+    // --user USER:PASSWORD: ctr offers it to every host in hosts.toml that challenges it.
+    const user = options.user === undefined ? [] : ['--user', `${options.user.name}:${options.user.password}`]
+    await this.ctr(['images', 'pull', '--hosts-dir', this.hostsDir, '--snapshotter', 'native', ...user, reference], 600_000,
+      options.user === undefined ? [] : [options.user.password])
     return await this.image(reference)
   }
 

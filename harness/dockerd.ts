@@ -6,7 +6,7 @@
 import { mkdir, writeFile, access, rm, rmdir } from 'node:fs/promises'
 import { existsSync, rmSync, rmdirSync } from 'node:fs'
 import { join } from 'node:path'
-import { Daemon, run, type CommandResult } from './process.js'
+import { Daemon, run, type CommandResult, type CommandOptions } from './process.js'
 import { Containerd } from './containerd.js'
 import { makeTempDir, removeTempDir } from './temp.js'
 import { digestsFor, parseRepoDigests } from './references.js'
@@ -90,6 +90,8 @@ export class Dockerd {
   }
 
   get socket (): string { return join(this.dir, 'docker.sock') }
+  /** The docker CLI's config dir (DOCKER_CONFIG, as `docker --config DIR`): config.json keeps the logins. */
+  get cliConfigDir (): string { return join(this.dir, 'cli') }
 
   async #start (options: DockerdOptions): Promise<void> {
     await mkdir(join(this.dir, 'cli'))
@@ -134,11 +136,25 @@ export class Dockerd {
     return this.#daemon?.tail() ?? '(never started)'
   }
 
-  async docker (args: readonly string[], timeoutMs = 600_000): Promise<CommandResult> {
+  async docker (args: readonly string[], timeoutMs = 600_000, options: Pick<CommandOptions, 'input' | 'secrets'> = {}): Promise<CommandResult> {
     return await run('docker', ['--host', `unix://${this.socket}`, ...args], {
-      env: { ...process.env, DOCKER_CONFIG: join(this.dir, 'cli') },
-      timeoutMs
+      env: { ...process.env, DOCKER_CONFIG: this.cliConfigDir },
+      timeoutMs,
+      ...options
     })
+  }
+
+  /**
+   * `docker login HOST:PORT -u USER --password-stdin`: dockerd checks the password
+   * against the registry's /v2/ (with certs.d for TLS), and the CLI keeps it in
+   * its config dir for pulls of HOST:PORT/... references.
+   */
+  async login (host: string, user: string, password: string): Promise<CommandResult> {
+    return await this.docker(['login', host, '--username', user, '--password-stdin'], 60_000, { input: password, secrets: [password] })
+  }
+
+  async logout (host: string): Promise<void> {
+    await this.docker(['logout', host], 60_000)
   }
 
   /** docker pull; the error carries dockerd's log, which says why a mirror was skipped. */

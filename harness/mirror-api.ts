@@ -17,6 +17,8 @@ export interface Mirror {
   readonly registries: readonly string[]
   /** host[/prefix] under which a registry's repositories are found (podman, skopeo). */
   locationFor: (registry: string) => string
+  /** Its data directory and log files, for a test that looks into them (registry-mirror only). */
+  readonly files?: { readonly data: string, readonly logs: readonly string[] } | undefined
   close: () => Promise<void>
   tail: () => string
 }

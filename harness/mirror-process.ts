@@ -53,10 +53,35 @@ export interface MirrorTls {
   readonly clientCA?: string
 }
 
+/** The config's auth: section: clients log in with users from an htpasswd file (bcrypt). */
+export interface MirrorAuth {
+  readonly htpasswd: string
+  /** Failed logins per client address per failureWindow before it gets 429 (the mirror's default: 10). */
+  readonly maxFailures?: number
+}
+
+/** One of access.rules: the first whose repository pattern and user match decides. */
+export interface MirrorAccessRule {
+  /** Upstream-first patterns: docker.io/library/*, ghcr.io/org/** */
+  readonly repositories: readonly string[]
+  /** htpasswd names, "anonymous", or "*" for any user who logged in. */
+  readonly users: readonly string[]
+  readonly pull: boolean
+}
+
+/** The config's access: section. */
+export interface MirrorAccess {
+  readonly rules: readonly MirrorAccessRule[]
+  readonly default?: 'deny' | 'pull'
+}
+
 export interface MirrorProcessOptions {
   readonly upstreams: readonly UpstreamEntry[]
   readonly tagTtl?: string
   readonly tls?: MirrorTls
+  /** Client authentication; metrics are then turned off (on the main listener they would need a token). */
+  readonly auth?: MirrorAuth
+  readonly access?: MirrorAccess
   /** The address to listen on (default 127.0.0.1); the port is the system's choice. */
   readonly address?: string
   readonly startTimeoutMs?: number
@@ -101,6 +126,7 @@ export class MirrorProcess implements Mirror {
   get configPath (): string { return join(this.dir, 'mirror.config.yml') }
   get logPath (): string { return join(this.dir, 'mirror.log') }
   get stderrPath (): string { return join(this.dir, 'mirror.stderr.log') }
+  get files (): { data: string, logs: string[] } { return { data: join(this.dir, 'data'), logs: [this.logPath, this.stderrPath] } }
 
   locationFor (registry: string): string {
     return `${this.host}/${registry}`
@@ -117,6 +143,17 @@ export class MirrorProcess implements Mirror {
     if (options.tls !== undefined) {
       lines.push('tls:', `  cert: ${options.tls.cert}`, `  key: ${options.tls.key}`)
       if (options.tls.clientCA !== undefined) lines.push(`  clientCA: ${options.tls.clientCA}`)
+    }
+    // JSON is YAML: patterns such as docker.io/library/* need quoting there anyway.
+    if (options.auth !== undefined) {
+      lines.push('auth:', `  htpasswd: ${JSON.stringify(options.auth.htpasswd)}`)
+      if (options.auth.maxFailures !== undefined) lines.push(`  maxFailures: ${options.auth.maxFailures}`)
+      lines.push('metrics:', '  enabled: false')
+    }
+    if (options.access !== undefined) {
+      lines.push('access:', '  rules:')
+      for (const rule of options.access.rules) lines.push(`    - ${JSON.stringify(rule)}`)
+      if (options.access.default !== undefined) lines.push(`  default: ${options.access.default}`)
     }
     await writeFile(this.configPath, lines.join('\n') + '\n')
 

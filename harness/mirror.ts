@@ -4,14 +4,14 @@
 
 import { ReferenceRegistry } from './reference-registry.js'
 import type { Mirror, UpstreamEntry } from './mirror-api.js'
-import { MirrorProcess, type MirrorTls } from './mirror-process.js'
+import { MirrorProcess, type MirrorTls, type MirrorAuth, type MirrorAccess } from './mirror-process.js'
 import { TrafficRecorder, type SeenRequest } from './traffic-recorder.js'
 
 /** Short, so tests can let tags go stale and see the mirror revalidate or serve them stale. */
 export const E2E_TAG_TTL = '1s'
 
 export type { Mirror, UpstreamEntry } from './mirror-api.js'
-export type { MirrorTls } from './mirror-process.js'
+export type { MirrorTls, MirrorAuth, MirrorAccess, MirrorAccessRule } from './mirror-process.js'
 
 export type MirrorKind = 'registry-mirror' | 'reference'
 
@@ -34,18 +34,22 @@ export interface StartMirrorOptions {
   readonly tls?: MirrorTls
   /** The address the mirror listens on (default 127.0.0.1). */
   readonly address?: string
+  /** Client authentication (htpasswd users) and the access rules. */
+  readonly auth?: MirrorAuth
+  readonly access?: MirrorAccess
 }
 
 export async function startMirror (upstreams: readonly UpstreamEntry[], options: StartMirrorOptions = {}): Promise<ObservedMirror> {
-  if (mirrorKind() === 'reference' && (options.tls !== undefined || options.address !== undefined)) {
-    throw new Error('E2E_MIRROR=reference: the reference proxy is started on 127.0.0.1 without TLS')
+  if (mirrorKind() === 'reference' && (options.tls !== undefined || options.address !== undefined || options.auth !== undefined || options.access !== undefined)) {
+    throw new Error('E2E_MIRROR=reference: the reference proxy is started on 127.0.0.1 without TLS or auth')
   }
+  const processOptions = { upstreams, tagTtl: E2E_TAG_TTL, tls: options.tls, address: options.address, auth: options.auth, access: options.access }
   if (options.tls !== undefined) {
-    return new UnrecordedMirror(await MirrorProcess.start({ upstreams, tagTtl: E2E_TAG_TTL, tls: options.tls, address: options.address }))
+    return new UnrecordedMirror(await MirrorProcess.start(processOptions))
   }
   const mirror = mirrorKind() === 'reference'
     ? await ReferenceProxy.start(upstreams)
-    : await MirrorProcess.start({ upstreams, tagTtl: E2E_TAG_TTL, address: options.address })
+    : await MirrorProcess.start(processOptions)
   try {
     return new RecordedMirror(mirror, await TrafficRecorder.start(mirror.host))
   } catch (err) {
@@ -67,6 +71,7 @@ class RecordedMirror implements ObservedMirror {
   get url (): string { return `http://${this.host}` }
   get host (): string { return this.#recorder.host }
   get registries (): readonly string[] { return this.#mirror.registries }
+  get files (): Mirror['files'] { return this.#mirror.files }
 
   locationFor (registry: string): string {
     const location = this.#mirror.locationFor(registry)
@@ -98,6 +103,7 @@ class UnrecordedMirror implements ObservedMirror {
   get url (): string { return this.#mirror.url }
   get host (): string { return this.#mirror.host }
   get registries (): readonly string[] { return this.#mirror.registries }
+  get files (): Mirror['files'] { return this.#mirror.files }
 
   locationFor (registry: string): string {
     return this.#mirror.locationFor(registry)

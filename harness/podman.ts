@@ -4,7 +4,7 @@
 
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { run, type CommandResult } from './process.js'
+import { run, type CommandResult, type CommandOptions } from './process.js'
 import { makeTempDir, removeTempDir } from './temp.js'
 import { digestsFor, parseRepoDigests } from './references.js'
 
@@ -74,6 +74,8 @@ export class Podman {
       `tmp_dir = "${join(this.dir, 'libpod-tmp')}"`,
       ''
     ].join('\n'))
+    // Its own auth file (podman login writes it, pulls read it): none of the machine's logins count.
+    await writeFile(this.authFile, JSON.stringify({ auths: {} }), { mode: 0o600 })
     await writeFile(join(this.dir, 'policy.json'), JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }))
   }
 
@@ -81,7 +83,20 @@ export class Podman {
     await removeTempDir(this.dir)
   }
 
-  async podman (args: readonly string[], timeoutMs = 600_000): Promise<CommandResult> {
+  /** Where `podman login` keeps credentials, and `podman pull` finds them (--authfile). */
+  get authFile (): string { return join(this.dir, 'auth.json') }
+
+  /** `podman login --authfile F [--cert-dir D] -u USER --password-stdin HOST:PORT`: checks the password at /v2/, then keeps it. */
+  async login (host: string, user: string, password: string): Promise<CommandResult> {
+    const certDir = this.#certDir === undefined ? [] : ['--cert-dir', this.#certDir]
+    return await this.podman(['login', '--authfile', this.authFile, ...certDir, '--username', user, '--password-stdin', host], 60_000, { input: password, secrets: [password] })
+  }
+
+  async logout (host: string): Promise<void> {
+    await this.podman(['logout', '--authfile', this.authFile, host], 60_000)
+  }
+
+  async podman (args: readonly string[], timeoutMs = 600_000, options: Pick<CommandOptions, 'input' | 'secrets'> = {}): Promise<CommandResult> {
     return await run('podman', [
       '--root', join(this.dir, 'root'),
       '--runroot', join(this.dir, 'run'),
@@ -96,14 +111,15 @@ export class Podman {
         CONTAINERS_CONF: join(this.dir, 'containers.conf'),
         TMPDIR: join(this.dir, 'tmp')
       },
-      timeoutMs
+      timeoutMs,
+      ...options
     })
   }
 
   /** Pulls a fully qualified reference (ghcr.io/org/app:v1) for the machine's platform. */
   async pull (reference: string): Promise<void> {
     const certDir = this.#certDir === undefined ? [] : ['--cert-dir', this.#certDir]
-    await this.podman(['pull', '--quiet', '--signature-policy', join(this.dir, 'policy.json'), ...certDir, reference])
+    await this.podman(['pull', '--quiet', '--signature-policy', join(this.dir, 'policy.json'), '--authfile', this.authFile, ...certDir, reference])
   }
 
   async remove (reference: string): Promise<void> {

@@ -116,6 +116,10 @@ export interface CommandOptions {
   readonly env?: NodeJS.ProcessEnv
   readonly cwd?: string
   readonly timeoutMs?: number
+  /** Written to the command's stdin (a password for --password-stdin); else stdin is empty. */
+  readonly input?: string
+  /** Strings (passwords) shown as *** in a failure's message, which repeats the command line and output. */
+  readonly secrets?: readonly string[]
 }
 
 export interface CommandResult {
@@ -128,14 +132,18 @@ export class CommandError extends Error {
   readonly stdout: string
   readonly stderr: string
 
-  constructor (line: string, code: number | null, signal: string | null, stdout: string, stderr: string) {
+  constructor (line: string, code: number | null, signal: string | null, stdout: string, stderr: string, secrets: readonly string[] = []) {
     const how = signal === null ? `exited with ${String(code)}` : `was killed by ${signal}`
-    super(`\`${line}\` ${how}\n${lastChars(stderr || stdout, 4000)}`)
+    super(redact(`\`${line}\` ${how}\n${lastChars(stderr || stdout, 4000)}`, secrets))
     this.name = 'CommandError'
     this.code = code
     this.stdout = stdout
     this.stderr = stderr
   }
+}
+
+function redact (text: string, secrets: readonly string[]): string {
+  return secrets.filter(secret => secret !== '').reduce((shown, secret) => shown.split(secret).join('***'), text)
 }
 
 function lastChars (text: string, n: number): string {
@@ -149,8 +157,11 @@ export async function run (command: string, args: readonly string[], options: Co
     cwd: options.cwd,
     env: options.env ?? process.env,
     detached: true,
-    stdio: ['ignore', 'pipe', 'pipe']
+    stdio: ['pipe', 'pipe', 'pipe']
   })
+  // Without input, stdin is at its end at once, as /dev/null would be.
+  child.stdin.on('error', () => {}) // a command that exits without reading it
+  child.stdin.end(options.input ?? '')
   const pid = child.pid
   if (pid !== undefined) liveGroups.add(pid)
   const stdout: Buffer[] = []
@@ -167,8 +178,9 @@ export async function run (command: string, args: readonly string[], options: Co
     const [code, signal] = await once(child, 'close') as [number | null, NodeJS.Signals | null]
     const out = Buffer.concat(stdout).toString('utf8')
     const err = Buffer.concat(stderr).toString('utf8')
-    if (timedOut) throw new CommandError(line, code, `SIGKILL after ${timeoutMs} ms`, out, err)
-    if (code !== 0) throw new CommandError(line, code, signal, out, err)
+    const secrets = options.secrets ?? []
+    if (timedOut) throw new CommandError(line, code, `SIGKILL after ${timeoutMs} ms`, out, err, secrets)
+    if (code !== 0) throw new CommandError(line, code, signal, out, err, secrets)
     return { stdout: out, stderr: err }
   } finally {
     clearTimeout(timer)

@@ -14,6 +14,8 @@ export interface SourceTls {
    * that asks for a client certificate. Without it: plain HTTP, or TLS unverified.
    */
   readonly certDir?: string
+  /** `--src-creds USER:PASSWORD`; without it skopeo pulls anonymously (--src-no-creds). */
+  readonly creds?: { readonly user: string, readonly password: string }
 }
 
 export class Skopeo {
@@ -24,8 +26,8 @@ export class Skopeo {
     this.#env = { ...process.env, TMPDIR: tmpDir }
   }
 
-  async run (args: readonly string[], timeoutMs = 300_000): Promise<CommandResult> {
-    return await run('skopeo', ['--insecure-policy', ...args], { env: this.#env, timeoutMs })
+  async run (args: readonly string[], timeoutMs = 300_000, secrets: readonly string[] = []): Promise<CommandResult> {
+    return await run('skopeo', ['--insecure-policy', ...args], { env: this.#env, timeoutMs, secrets })
   }
 
   /** Pushes every image of an OCI layout; format v2s2 converts it to a Docker schema2 image. */
@@ -48,7 +50,8 @@ export class Skopeo {
    */
   async pullToDir (reference: string, dir: string, options: SourceTls = {}): Promise<{ digest: string }> {
     const tls = options.certDir === undefined ? ['--src-tls-verify=false'] : ['--src-cert-dir', options.certDir]
-    await this.run(['copy', '--all', ...tls, `docker://${reference}`, `dir:${dir}`])
+    const creds = options.creds === undefined ? ['--src-no-creds'] : ['--src-creds', `${options.creds.user}:${options.creds.password}`]
+    await this.run(['copy', '--all', ...tls, ...creds, `docker://${reference}`, `dir:${dir}`], 300_000, options.creds === undefined ? [] : [options.creds.password])
     return { digest: sha256(await readFile(join(dir, 'manifest.json'))) }
   }
 }

@@ -11,7 +11,7 @@ import { writeOciLayout, amd64, arm64, type Platform } from './oci-layout.js'
 import { getManifest } from './registry-api.js'
 import { freshSeed } from './random.js'
 import { makeTempDir, removeTempDir } from './temp.js'
-import { startMirror, type MirrorTls, type ObservedMirror } from './mirror.js'
+import { startMirror, type MirrorTls, type MirrorAuth, type MirrorAccess, type ObservedMirror } from './mirror.js'
 import type { RegistryRequest } from './access-log.js'
 
 export type Registry = 'docker.io' | 'ghcr.io'
@@ -70,6 +70,9 @@ export interface WorldOptions {
   readonly tls?: MirrorTls
   /** The address the mirror listens on (default 127.0.0.1). */
   readonly address?: string
+  /** Clients log in with users from this htpasswd file; metrics are turned off. */
+  readonly auth?: MirrorAuth
+  readonly access?: MirrorAccess
 }
 
 export class World {
@@ -123,7 +126,7 @@ export class World {
     }
 
     const entries = [...upstreams].map(([name, upstream]) => ({ name, url: upstream.url, default: name === 'docker.io' }))
-    const mirror = await startMirror(entries, { tls: options.tls, address: options.address })
+    const mirror = await startMirror(entries, { tls: options.tls, address: options.address, auth: options.auth, access: options.access })
     t.teardown(() => mirror.close())
     t.comment(`mirror at ${mirror.url}; upstreams ${[...upstreams].map(([name, upstream]) => `${name}=${upstream.url}`).join(', ')}`)
     return new World(upstreams, mirror, images.filter(image => mirror.registries.includes(image.registry)), seed)
