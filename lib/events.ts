@@ -31,7 +31,7 @@ export interface UpstreamAnswer {
 export type RefusalReason = 'realm-host' | 'redirect-host' | 'link-local'
 
 /** Why a client's login failed, or why it was not tried (too many failures before). */
-export type AuthFailureReason = 'bad-credentials' | 'malformed' | 'unsupported-scheme' | 'rate-limited'
+export type AuthFailureReason = 'bad-credentials' | 'malformed' | 'unsupported-scheme' | 'rate-limited' | 'invalid-token'
 
 /** Why a client was not let read what it asked for. */
 export type DenialReason = 'login-required' | 'not-allowed' | 'anonymous-network'

@@ -10,14 +10,15 @@ import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
 import type { Evictor } from './cache/eviction.js'
 import type { LocalCache } from './cache/local-cache.js'
-import type { MirrorConfig } from './config/types.js'
+import type { AuthConfig, MirrorConfig } from './config/types.js'
 import { openCore, type CoreOptions } from './core.js'
 import { Events, type EventSink } from './events.js'
-import { createApp } from './http/app.js'
+import { createApp, type AppAuth } from './http/app.js'
 import { createOpsApp, type OpsOptions } from './http/ops.js'
 import { TlsFiles } from './http/tls.js'
 import { AccessRules } from './auth/access-rules.js'
 import { Authenticator } from './auth/authenticator.js'
+import { TokenIssuer } from './auth/tokens.js'
 import { HtpasswdFile } from './auth/htpasswd.js'
 import { ConfigError, HtpasswdError } from './errors.js'
 import { Metrics } from './metrics.js'
@@ -79,10 +80,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   const events = new Events([...sinks, cache.access])
   const auth = config.auth === undefined || users === undefined
     ? undefined
-    : {
-        authenticator: new Authenticator({ ...config.auth, users, events, log }),
-        rules: new AccessRules({ rules: config.auth.rules, defaultPull: config.auth.defaultPull })
-      }
+    : authParts(config.auth, users, events, log, options.now)
   if (auth !== undefined && tls === undefined) log.warn('auth is set without tls: passwords cross the network in clear text')
   const app = createApp({ blobs, manifests, listings, routing, log, events, maxRequestsPerClient: config.limits.maxRequestsPerClient, ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk), auth, authEvents: events })
 
@@ -133,6 +131,15 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   }
 }
 
+
+function authParts (config: AuthConfig, users: HtpasswdFile, events: Events, log: Logger, now: (() => number) | undefined): AppAuth {
+  const tokens = new TokenIssuer(config.tokenTtl, now)
+  return {
+    authenticator: new Authenticator({ ...config, users, events, log, tokens, now }),
+    rules: new AccessRules({ rules: config.rules, defaultPull: config.defaultPull }),
+    tokens
+  }
+}
 
 /** The htpasswd file of auth; a problem with it stops the start, named as config problems are. */
 async function loadUsers (config: MirrorConfig, log: Logger): Promise<HtpasswdFile | undefined> {

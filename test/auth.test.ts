@@ -15,6 +15,7 @@ import { createLogger } from '../lib/log.js'
 import { runCli } from './helpers/child-mirror.js'
 import { rejectedBy } from './helpers/throws.js'
 import { AccessRules } from '../lib/auth/access-rules.js'
+import { TokenIssuer } from '../lib/auth/tokens.js'
 import { startFakeRegistry } from './helpers/fake-registry.js'
 import { makeImage } from './helpers/images.js'
 import { startMirror } from './helpers/mirror.js'
@@ -86,15 +87,15 @@ t.test('/v2/ challenges callers without credentials, takes the right ones, refus
   const { mirror, get } = await scene(t)
   const anonymous = await get('/v2/')
   t.equal(anonymous.status, 401)
-  t.equal(anonymous.headers['www-authenticate'], 'Basic realm="registry-mirror"')
+  t.equal(anonymous.headers['www-authenticate'], `Bearer realm="${mirror.url}/auth/token",service="registry-mirror"`, 'the token flow, at the mirror\'s own endpoint')
   t.equal(anonymous.headers['docker-distribution-api-version'], 'registry/2.0')
   t.match(anonymous.json(), { errors: [{ code: 'UNAUTHORIZED' }] })
   t.equal((await get('/v2/', ALICE)).status, 200)
   const wrong = await get('/v2/', basic('alice', 'not it'))
   t.equal(wrong.status, 401)
-  t.equal(wrong.headers['www-authenticate'], 'Basic realm="registry-mirror"')
+  t.match(wrong.headers['www-authenticate'], /^Bearer realm=/)
   t.equal((await get('/v2/', basic('mallory', 'alice password'))).status, 401, 'an unknown user')
-  t.equal((await get('/v2/', 'Bearer abc')).status, 401, 'a scheme the mirror does not take')
+  t.equal((await get('/v2/', 'Digest abc')).status, 401, 'a scheme the mirror does not take')
   t.equal((await get('/v2/', 'Basic !!!')).status, 401, 'unreadable credentials')
   const failed = mirror.logs.filter(l => l.msg === 'login failed')
   t.ok(failed.some(l => l.user === 'alice' && l.address === '127.0.0.1' && l.reason === 'bad-credentials'), 'a failure is logged with user and address')
@@ -103,6 +104,44 @@ t.test('/v2/ challenges callers without credentials, takes the right ones, refus
   t.equal(sample(metrics, 'registry_mirror_auth_failures_total', { reason: 'bad-credentials' }), 2)
   t.equal(sample(metrics, 'registry_mirror_auth_failures_total', { reason: 'unsupported-scheme' }), 1)
   t.equal(sample(metrics, 'registry_mirror_auth_failures_total', { reason: 'malformed' }), 1)
+})
+
+t.test('the token flow: a token for a login, an anonymous one without, each pulling what its caller may', async t => {
+  const { hub, ghcr, mirror, get } = await scene(t, { tokenTtl: '10s' })
+  makeImage(hub, 'library/alpine', 'v1', { layers: [100] })
+  makeImage(ghcr, 'acme/app', 'v1', { layers: [100] })
+  const token = async (authorization?: string): Promise<{ status: number, token: string, body: Record<string, unknown> }> => {
+    const res = await get('/auth/token?service=registry-mirror&scope=repository:ghcr.io/acme/app:pull', authorization)
+    const body = res.status === 200 ? res.json() as Record<string, unknown> : {}
+    return { status: res.status, token: typeof body.token === 'string' ? body.token : '', body }
+  }
+  const alice = await token(ALICE)
+  t.equal(alice.status, 200)
+  t.match(alice.body, { access_token: alice.token, expires_in: 10, issued_at: /^\d{4}-/ })
+  t.equal((await get('/v2/', `Bearer ${alice.token}`)).status, 200, 'docker login: the token takes /v2/')
+  t.equal((await get('/v2/ghcr.io/acme/app/manifests/v1', `Bearer ${alice.token}`)).status, 200, 'alice\'s token pulls what alice may')
+
+  const anonymous = await token()
+  t.equal(anonymous.status, 200, 'no credentials: an anonymous token')
+  t.equal((await token('Basic Og==')).status, 200, 'an empty Basic pair (containers/image without a login) is anonymous too')
+  t.equal((await get('/v2/library/alpine/manifests/v1', `Bearer ${anonymous.token}`)).status, 200, 'an anonymous token pulls what anonymous callers may')
+  t.equal((await get('/v2/library/alpine/manifests/v1', 'Basic Og==')).status, 200)
+  const short = await get('/v2/ghcr.io/acme/app/manifests/v1', `Bearer ${anonymous.token}`)
+  t.equal(short.status, 401, 'and no more: log in')
+  t.match(short.headers['www-authenticate'], /scope="repository:ghcr\.io\/acme\/app:pull",error="insufficient_scope"$/)
+
+  const wrong = await token(basic('alice', 'nope'))
+  t.equal(wrong.status, 401, 'a wrong password gets no token')
+  t.equal(wrong.token, '')
+  const tampered = alice.token.replace(/^./, c => c === 'e' ? 'f' : 'e')
+  const bad = await get('/v2/ghcr.io/acme/app/manifests/v1', `Bearer ${tampered}`)
+  t.equal(bad.status, 401, 'a token not signed by this mirror')
+  t.match(bad.headers['www-authenticate'], /error="invalid_token"/)
+  const other = await scene(t)
+  t.equal((await other.get('/v2/', `Bearer ${alice.token}`)).status, 401, 'another mirror\'s key: not taken')
+  t.notMatch(mirror.logText(), new RegExp(alice.token.slice(-20).replace(/[-]/g, '\\-')), 'tokens are not logged')
+  const metrics = (await get('/metrics', 'Bearer metrics-token')).text
+  t.equal(sample(metrics, 'registry_mirror_auth_failures_total', { reason: 'invalid-token' }), 1)
 })
 
 t.test('manifests, blobs, tags and referrers follow the rules: 401 to log in, 403 for a user not allowed', async t => {
@@ -122,7 +161,7 @@ t.test('manifests, blobs, tags and referrers follow the rules: 401 to log in, 40
   for (const path of paths('ghcr.io/acme/app', priv)) {
     const anonymous = await get(path)
     t.equal(anonymous.status, 401, `anonymous is asked to log in: ${path}`)
-    t.equal(anonymous.headers['www-authenticate'], 'Basic realm="registry-mirror"')
+    t.equal(anonymous.headers['www-authenticate'], `Bearer realm="${mirror.url}/auth/token",service="registry-mirror",scope="repository:ghcr.io/acme/app:pull"`)
     t.match(anonymous.json(), { errors: [{ code: 'UNAUTHORIZED', message: 'authentication required to pull ghcr.io/acme/app' }] })
     const bob = await get(path, BOB)
     t.equal(bob.status, 403, `bob is refused: ${path}`)
@@ -301,4 +340,19 @@ t.test('no client credential reaches the disk or the logs', async t => {
     for (const secret of secrets) t.notOk(bytes.includes(secret), `${secret.slice(0, 5)}… is not in ${file.slice(mirror.storage.length)}`)
   }
   for (const secret of secrets) t.notOk(mirror.logText().includes(secret), `${secret.slice(0, 5)}… is not in the logs`)
+})
+
+t.test('tokens expire, and carry nothing but their subject and expiry', async t => {
+  let now = 1_000_000
+  const issuer = new TokenIssuer(60_000, () => now)
+  const issued = issuer.issue('alice')
+  t.equal(issued.expiresIn, 60)
+  t.same(issuer.verify(issued.token), { caller: 'alice' })
+  t.same(issuer.verify(issuer.issue(undefined).token), { caller: undefined }, 'an anonymous token')
+  t.same(JSON.parse(Buffer.from(issued.token.split('.')[0] ?? '', 'base64url').toString()), { sub: 'alice', exp: 1_060_000 })
+  now += 60_000
+  t.equal(issuer.verify(issued.token), undefined, 'expired')
+  for (const junk of ['', 'a.b', 'a.b.c', 'x'.repeat(2000), `${Buffer.from('{"sub":"root","exp":9e15}').toString('base64url')}.${issued.token.split('.')[1] ?? ''}`]) {
+    t.equal(issuer.verify(junk), undefined, `refused: ${junk.slice(0, 20)}`)
+  }
 })

@@ -1,5 +1,5 @@
-// Who is asking: the Basic credentials of a request checked against the
-// htpasswd users, or anonymous. A bcrypt check costs tens of milliseconds,
+// Who is asking: a bearer token the mirror issued (tokens.ts), Basic
+// credentials checked against the htpasswd users, or anonymous. A bcrypt check costs tens of milliseconds,
 // and clients send their credentials with every request of a pull, so a
 // verified pair is remembered for a short time under an HMAC of it (keyed by
 // a secret made at start), never the password itself. Failed logins are
@@ -14,6 +14,7 @@ import { Limiter } from '../limiter.js'
 import type { AuthFailureReason, MirrorEvents } from '../events.js'
 import type { HtpasswdFile } from './htpasswd.js'
 import type { Caller } from './access-rules.js'
+import type { TokenIssuer } from './tokens.js'
 
 export interface AuthenticatorOptions {
   readonly users: HtpasswdFile
@@ -26,6 +27,8 @@ export interface AuthenticatorOptions {
   readonly maxFailures: number
   readonly failureWindow: number
   readonly events: Pick<MirrorEvents, 'authFailed'>
+  /** The mirror's bearer tokens (tokens.ts). */
+  readonly tokens: TokenIssuer
   readonly log: Logger
   readonly now?: (() => number) | undefined
 }
@@ -74,24 +77,36 @@ export class Authenticator {
     this.#anonymous = options.anonymousNetworks === undefined ? undefined : blockListOf(options.anonymousNetworks)
   }
 
-  /** The WWW-Authenticate challenge of a 401. */
-  get challenge (): string { return `Basic realm="${this.#o.realm}"` }
+  /** The challenge of a 401 from the token endpoint: it takes Basic credentials. */
+  get basicChallenge (): string { return `Basic realm="${this.#o.realm}"` }
 
   /**
-   * The caller of a request: the user its Basic credentials name once they check
-   * out, undefined (anonymous) when it sent none. Bad or unreadable credentials
-   * are a 401 (never anonymous instead); an address past its failures a 429.
+   * The caller of a request: the user its credentials name once they check out,
+   * undefined (anonymous) when it sent none, an empty Basic pair (containers/image
+   * sends one when it has no login), or an anonymous token. Credentials: Basic
+   * user:password (the token endpoint, or clients that send them directly), or a
+   * Bearer token the mirror issued. Bad or unreadable credentials are a 401 (never
+   * anonymous instead), challenged with `challenge`; an address past its failures a 429.
    */
-  async identify (authorization: string | undefined, address: string): Promise<Caller> {
+  async identify (authorization: string | undefined, address: string, challenge: string): Promise<Caller> {
     if (authorization === undefined || authorization === '') return undefined
     const client = plainAddress(address)
-    this.#checkFailures(client)
     const space = authorization.indexOf(' ')
-    const scheme = space < 0 ? authorization : authorization.slice(0, space)
-    if (scheme.toLowerCase() !== 'basic') return this.#fail(client, 'unsupported-scheme', undefined, `the ${scheme.slice(0, 20)} scheme is not taken here: log in with a user name and password`)
-    const decoded = Buffer.from(authorization.slice(space + 1).trim(), 'base64').toString('utf8')
+    const scheme = (space < 0 ? authorization : authorization.slice(0, space)).toLowerCase()
+    const value = space < 0 ? '' : authorization.slice(space + 1).trim()
+    if (scheme === 'bearer') {
+      const verified = this.#o.tokens.verify(value)
+      if (verified !== undefined) return verified.caller
+      this.#o.events.authFailed('invalid-token')
+      // Expired tokens are routine (a client refetches on this 401): not logged as a failed login.
+      throw new UnauthorizedError('the token is invalid or has expired; ask for a new one', undefined, { 'www-authenticate': `${challenge},error="invalid_token"` })
+    }
+    this.#checkFailures(client)
+    if (scheme !== 'basic') return this.#fail(client, 'unsupported-scheme', undefined, `the ${scheme.slice(0, 20)} scheme is not taken here: log in with a user name and password`, challenge)
+    const decoded = Buffer.from(value, 'base64').toString('utf8')
+    if (decoded === ':') return undefined
     const colon = decoded.indexOf(':')
-    if (colon <= 0) return this.#fail(client, 'malformed', undefined, 'the Basic credentials are not user:password')
+    if (colon <= 0) return this.#fail(client, 'malformed', undefined, 'the Basic credentials are not user:password', challenge)
     const user = decoded.slice(0, colon)
     const password = decoded.slice(colon + 1)
     const key = createHmac('sha256', this.#secret).update(user).update('\0').update(password).digest('base64')
@@ -105,7 +120,7 @@ export class Authenticator {
       this.#verified.set(key, { generation })
       return user
     }
-    return this.#fail(client, 'bad-credentials', user, 'the user name or password is wrong')
+    return this.#fail(client, 'bad-credentials', user, 'the user name or password is wrong', challenge)
   }
 
   /** Whether an anonymous caller at this address is let in at all (before the rules). */
@@ -124,12 +139,12 @@ export class Authenticator {
     }
   }
 
-  #fail (client: string, reason: AuthFailureReason, user: string | undefined, message: string): never {
+  #fail (client: string, reason: AuthFailureReason, user: string | undefined, message: string, challenge: string): never {
     const seen = this.#failures.get(client)
     if (seen === undefined) this.#failures.set(client, { count: 1, since: this.#now() })
     else seen.count++
     this.#o.events.authFailed(reason)
     this.#o.log.warn({ user, address: client, reason }, 'login failed')
-    throw new UnauthorizedError(message, undefined, { 'www-authenticate': this.challenge })
+    throw new UnauthorizedError(message, undefined, { 'www-authenticate': challenge })
   }
 }

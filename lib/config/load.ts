@@ -71,6 +71,8 @@ export const DEFAULTS = Object.freeze({
   tlsReloadInterval: 10 * SECOND,
   /** How long verified client credentials are trusted without another bcrypt check. */
   authRemember: 5 * MINUTE,
+  /** How long the mirror's bearer tokens are valid: a pull asks for one per repository. */
+  authTokenTtl: 5 * MINUTE,
   authReloadInterval: 10 * SECOND,
   authMaxFailures: 10,
   authFailureWindow: MINUTE
@@ -117,7 +119,7 @@ interface FileConfig {
   metrics: { enabled: boolean, listen: ListenAddress | undefined, token: string | undefined, tokenEnv: string | undefined }
   limits: { headersTimeout: number, idleTimeout: number, maxConnections: number, maxRequestsPerClient: number }
   tls: { cert: string | undefined, key: string | undefined, clientCA: string | undefined, reloadInterval: number }
-  auth: { htpasswd: string | undefined, realm: string, remember: number, reloadInterval: number, anonymousNetworks: string[] | undefined, maxFailures: number, failureWindow: number }
+  auth: { htpasswd: string | undefined, realm: string, remember: number, tokenTtl: number, reloadInterval: number, anonymousNetworks: string[] | undefined, maxFailures: number, failureWindow: number }
   access: { default: 'deny' | 'pull' | undefined, rules: AccessRuleConfig[] | undefined }
   offline: boolean
 }
@@ -165,6 +167,7 @@ function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
       htpasswd: nonEmptyString(),
       realm: withDefault(parsed(parseRealm, 'a realm name of printable characters without quotes'), 'registry-mirror'),
       remember: withDefault(duration({ min: 1000 }), DEFAULTS.authRemember),
+      tokenTtl: withDefault(duration({ min: 10_000 }), DEFAULTS.authTokenTtl),
       reloadInterval: withDefault(duration({ min: 100 }), DEFAULTS.authReloadInterval),
       anonymousNetworks: list(parsed(parseNetwork, 'a CIDR network like "10.0.0.0/8" or "fd00::/8"')),
       maxFailures: withDefault(integer({ min: 1 }), DEFAULTS.authMaxFailures),
@@ -413,6 +416,7 @@ function authConfig (file: FileConfig, base: string, problems: Problems): AuthCo
     htpasswd: resolve(base, auth.htpasswd),
     realm: auth.realm,
     remember: auth.remember,
+    tokenTtl: auth.tokenTtl,
     reloadInterval: auth.reloadInterval,
     anonymousNetworks: auth.anonymousNetworks,
     maxFailures: auth.maxFailures,

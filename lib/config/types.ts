@@ -50,6 +50,8 @@ export interface AuthConfig {
   readonly realm: string
   /** Milliseconds a verified user:password is trusted without another bcrypt check. */
   readonly remember: number
+  /** Milliseconds the mirror's bearer tokens are valid. */
+  readonly tokenTtl: number
   /** Milliseconds between checks of the htpasswd file for a change. */
   readonly reloadInterval: number
   /** CIDR networks anonymous callers must come from; undefined = any. */

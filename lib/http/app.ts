@@ -8,6 +8,7 @@ import type { Logger } from 'pino'
 import { DeniedError, NameInvalidError, NotFoundError, RegistryError, TooManyRequestsError, UnauthorizedError, UnsupportedError } from '../errors.js'
 import type { AccessRules } from '../auth/access-rules.js'
 import type { Authenticator } from '../auth/authenticator.js'
+import type { TokenIssuer } from '../auth/tokens.js'
 import type { BlobService } from '../mirror/blobs.js'
 import type { ListingService } from '../mirror/listings.js'
 import { parsePage } from '../mirror/listings.js'
@@ -26,12 +27,15 @@ export interface AppState {
   upstream?: string
   /** The authenticated user; undefined for anonymous callers (and when there is no auth). */
   user?: string
+  /** The request carried credentials that checked out: a login, or a token (anonymous or not). */
+  credentialed?: boolean
 }
 
 /** Client authentication and the access rules, when auth is configured. */
 export interface AppAuth {
   readonly authenticator: Authenticator
   readonly rules: AccessRules
+  readonly tokens: TokenIssuer
 }
 
 export interface AppOptions {
@@ -79,16 +83,17 @@ export function createApp (options: AppOptions): Koa<AppState> {
     ctx.set('Docker-Distribution-API-Version', API_VERSION)
     // With auth, /v2/ is where clients learn to log in (docker login checks it), so it
     // challenges every caller without credentials; anonymous pulls go on regardless.
-    if (auth !== undefined && ctx.state.user === undefined) throw loginRequired(auth, 'authentication required')
+    if (auth !== undefined && ctx.state.credentialed !== true) throw loginRequired(ctx, 'authentication required')
     ctx.body = {}
   }
   router.get('/v2/', base)
   router.get('/v2', base)
+  if (auth !== undefined) router.get(TOKEN_PATH, tokenEndpoint(auth, options))
   router.get('/v2/_catalog', ctx => {
     ctx.state.kind = 'catalog'
     const page = parsePage(single(ctx.query.n), single(ctx.query.last))
     if (auth !== undefined && ctx.state.user === undefined && !auth.authenticator.anonymousAllowed(ctx.socket.remoteAddress ?? '')) {
-      throw loginRequired(auth, 'log in: anonymous access is not allowed from this network')
+      throw loginRequired(ctx, 'log in: anonymous access is not allowed from this network', 'registry:catalog:*')
     }
     const user = ctx.state.user
     const visible = auth === undefined ? undefined : (repository: string): boolean => auth.rules.mayPull(user, repository)
@@ -133,19 +138,59 @@ function perClientLimit (max: number) {
   }
 }
 
-/** Who is asking, for requests of the distribution API (the ops endpoints have their own token). */
+/** Where clients get tokens: this listener's own token endpoint, as the client reached it. */
+export const TOKEN_PATH = '/auth/token'
+/** The service named in challenges and tokens. */
+const SERVICE = 'registry-mirror'
+
+/** The Bearer challenge of a 401, naming this mirror's token endpoint by the Host the client used. */
+function bearerChallenge (ctx: Ctx, scope?: string): string {
+  // The Host header only tells the client where to ask for its own token; one that could
+  // break the header's quoting is replaced by the address the request came in on.
+  const host = /^[A-Za-z0-9.\-:[\]]{1,300}$/.test(ctx.host) ? ctx.host : `${ctx.socket.localAddress ?? '127.0.0.1'}:${ctx.socket.localPort ?? ''}`
+  const realm = `${ctx.protocol}://${host}${TOKEN_PATH}`
+  return `Bearer realm="${realm}",service="${SERVICE}"${scope === undefined ? '' : `,scope="${scope}"`}`
+}
+
+/** Who is asking, for requests of the distribution API (the ops endpoints have their own token; the token endpoint checks its own). */
 function authenticate (auth: AppAuth) {
   return async (ctx: Ctx, next: Next): Promise<void> => {
     if (ctx.path === '/v2' || ctx.path.startsWith('/v2/')) {
-      const user = await auth.authenticator.identify(ctx.get('authorization') || undefined, ctx.socket.remoteAddress ?? '')
+      const authorization = ctx.get('authorization') || undefined
+      const user = await auth.authenticator.identify(authorization, ctx.socket.remoteAddress ?? '', bearerChallenge(ctx))
       if (user !== undefined) ctx.state.user = user
+      // Credentials that checked out, a token (anonymous ones too) or a login.
+      ctx.state.credentialed = authorization !== undefined
     }
     await next()
   }
 }
 
-function loginRequired (auth: AppAuth, message: string): UnauthorizedError {
-  return new UnauthorizedError(message, undefined, { 'www-authenticate': auth.authenticator.challenge, 'docker-distribution-api-version': API_VERSION })
+/** The token endpoint: a token for the caller its Basic credentials name, or an anonymous one. */
+function tokenEndpoint (auth: AppAuth, options: AppOptions) {
+  return async (ctx: Ctx): Promise<void> => {
+    ctx.state.kind = 'other'
+    const address = ctx.socket.remoteAddress ?? ''
+    const authorization = ctx.get('authorization') || undefined
+    if (authorization !== undefined && !/^basic /i.test(authorization)) {
+      throw new UnauthorizedError('the token endpoint takes Basic credentials', undefined, { 'www-authenticate': auth.authenticator.basicChallenge })
+    }
+    const user = await auth.authenticator.identify(authorization, address, auth.authenticator.basicChallenge)
+    if (user === undefined && !auth.authenticator.anonymousAllowed(address)) {
+      options.authEvents?.accessDenied('anonymous-network')
+      throw new UnauthorizedError('log in: anonymous access is not allowed from this network', undefined, { 'www-authenticate': auth.authenticator.basicChallenge })
+    }
+    if (user !== undefined) ctx.state.user = user
+    const issued = auth.tokens.issue(user)
+    ctx.set('Cache-Control', 'no-store')
+    ctx.body = { token: issued.token, access_token: issued.token, expires_in: issued.expiresIn, issued_at: issued.issuedAt }
+  }
+}
+
+function loginRequired (ctx: Ctx, message: string, scope?: string): UnauthorizedError {
+  // A client that has a token already (an anonymous one) is told the token does not reach, so it logs in.
+  const challenge = bearerChallenge(ctx, scope) + (ctx.state.credentialed === true && scope !== undefined ? ',error="insufficient_scope"' : '')
+  return new UnauthorizedError(message, undefined, { 'www-authenticate': challenge, 'docker-distribution-api-version': API_VERSION })
 }
 
 /**
@@ -153,7 +198,7 @@ function loginRequired (auth: AppAuth, message: string): UnauthorizedError {
  * allowed networks, or one the rules do not let in, is asked to log in (401);
  * a user the rules do not let in is refused (403). Each refusal is logged and counted.
  */
-function authorize (ctx: Ctx, options: AppOptions, repository: string): void {
+function authorize (ctx: Ctx, options: AppOptions, repository: string, asked: string): void {
   const auth = options.auth
   if (auth === undefined) return
   const user = ctx.state.user
@@ -161,13 +206,13 @@ function authorize (ctx: Ctx, options: AppOptions, repository: string): void {
   if (user === undefined && !auth.authenticator.anonymousAllowed(address)) {
     options.authEvents?.accessDenied('anonymous-network')
     options.log.info({ address, repository }, 'anonymous pull refused: not from an allowed network')
-    throw loginRequired(auth, 'log in: anonymous access is not allowed from this network')
+    throw loginRequired(ctx, 'log in: anonymous access is not allowed from this network', `repository:${asked}:pull`)
   }
   if (auth.rules.mayPull(user, repository)) return
   if (user === undefined) {
     options.authEvents?.accessDenied('login-required')
     options.log.info({ address, repository }, 'anonymous pull refused: the repository needs a login')
-    throw loginRequired(auth, `authentication required to pull ${repository}`)
+    throw loginRequired(ctx, `authentication required to pull ${repository}`, `repository:${asked}:pull`)
   }
   options.authEvents?.accessDenied('not-allowed')
   options.log.warn({ user, address, repository }, 'pull denied by the access rules')
@@ -261,7 +306,7 @@ function distribution (options: AppOptions) {
     const ns = single(ctx.query.ns)
     const r = route(options.routing, rawName, ns)
     ctx.state.upstream = r.upstream
-    authorize(ctx, options, r.repository)
+    authorize(ctx, options, r.repository, rawName)
     ctx.set('Docker-Distribution-API-Version', API_VERSION)
     // The spec's "Registry Proxying": a registry that scopes a request by `ns` says so.
     if (ns !== undefined && ns === r.upstream) ctx.set('OCI-Namespace', ns)

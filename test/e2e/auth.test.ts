@@ -12,12 +12,12 @@
 // DENIED for bob. Afterwards no password may appear in the mirror's data
 // directory or its logs.
 //
-// Anonymous pulls of docker.io/library/* by dockerd (registry-mirrors) and by
-// containers/image (podman, skopeo) do not work yet: both learn from /v2/'s
-// Basic challenge, and each does something the mirror does not expect (see
-// BUG_DOCKERD_ANONYMOUS, BUG_EMPTY_BASIC). They are todo assertions, which
-// pass once the mirror is fixed. containerd sends no credentials until a
-// request is challenged, and pulls docker.io/library/* anonymously.
+// Anonymous pulls of docker.io/library/* work for every client: dockerd's
+// registry-mirrors (which never sends credentials to a mirror) and
+// containers/image follow /v2/'s Bearer challenge to the mirror's token
+// endpoint and get an anonymous token; containerd sends no credentials until
+// a request is challenged. (With a Basic challenge, as the mirror first had,
+// dockerd skipped the mirror and containers/image sent an empty Basic pair.)
 
 import t from 'tap'
 import { mkdir, writeFile, readdir, readFile } from 'node:fs/promises'
@@ -38,29 +38,12 @@ import { setUser } from '../../lib/auth/htpasswd.js'
 const skip = requireTools(t, ['openssl', 'docker-registry', 'skopeo', 'containerd', 'ctr', 'dockerd', 'docker', 'podman'], { root: true }) ||
   (mirrorKind() === 'reference' ? 'E2E_MIRROR=reference: the reference proxy has no users or access rules' : false)
 
-/** What clients print for the mirror's 401 (with its Basic challenge). */
-const UNAUTHORIZED = /401|unauthorized/i
+/** What clients print for the mirror's 401 (ctr, after an anonymous token falls short: insufficient_scope). */
+const UNAUTHORIZED = /401|unauthorized|insufficient_scope/i
 /** What clients print for the mirror's 403 DENIED. */
 const DENIED = /403|denied/i
 /** podman login prints no status for a refused password. */
 const LOGIN_REFUSED = /invalid username\/password|401|unauthorized/i
-
-// Known mirror bugs, kept as todo so that this file passes until they are fixed
-// (and says so when they are: the todo assertions then pass).
-/**
- * /v2/ answers 401 `Basic realm=...` to every caller without credentials. dockerd
- * takes the Basic challenge to mean "send credentials", has none for a mirror,
- * fails the manifest HEAD itself ("no basic auth credentials", not even sent) and
- * goes on to registry-1.docker.io: registry-mirrors never works with auth set.
- */
-const BUG_DOCKERD_ANONYMOUS = 'mirror bug: after /v2/ challenges, dockerd has no credentials for a mirror and skips it ("no basic auth credentials")'
-/**
- * containers/image (skopeo, podman, CRI-O, buildah) remembers /v2/'s Basic challenge
- * and, without credentials, sends `Authorization: Basic Og==` (an empty user and
- * password) with every request. The mirror answers 401 "the Basic credentials are
- * not user:password" (and counts a failed login) instead of taking it for anonymous.
- */
-const BUG_EMPTY_BASIC = 'mirror bug: containers/image sends "Basic Og==" (empty user:password) after /v2/\'s challenge, and the mirror refuses it instead of taking it for anonymous'
 
 /** The lines of a failure worth showing: the client's own (not the command line), and dockerd's reason for leaving the mirror. */
 function reason (err: unknown): string {
@@ -145,7 +128,7 @@ t.test('clients log in to the mirror, and the access rules decide what each may 
 
     const short = `${hub.repository.replace(/^library\//, '')}:${hub.tag}`
     const anonymous = await dockerd.pull(short).then(() => undefined, (err: unknown) => err)
-    t.equal(anonymous, undefined, `docker pull ${short} through registry-mirrors (dockerd sends no credentials to a mirror) works`, { todo: BUG_DOCKERD_ANONYMOUS })
+    t.equal(anonymous, undefined, `docker pull ${short} through registry-mirrors (dockerd sends no credentials to a mirror) works`)
     if (anonymous === undefined) t.same(await dockerd.digestsOf(short), [hub.digest], `${short} has the upstream's digest`)
     else t.comment(`docker pull ${short} via registry-mirrors: ${reason(anonymous)}`)
 
@@ -192,7 +175,7 @@ t.test('clients log in to the mirror, and the access rules decide what each may 
     t.comment(`podman pull as bob: ${reason(denied)}`)
     await podman.logout(mirror.host)
     const hubAnonymous = await podman.pull(hub.byTag).then(() => undefined, (err: unknown) => err)
-    t.equal(hubAnonymous, undefined, `logged out, podman pull ${hub.byTag} (docker.io/library/* is open to anonymous) works`, { todo: BUG_EMPTY_BASIC })
+    t.equal(hubAnonymous, undefined, `logged out, podman pull ${hub.byTag} (docker.io/library/* is open to anonymous) works`)
     if (hubAnonymous !== undefined) t.comment(`podman pull ${hub.byTag}, no login: ${reason(hubAnonymous)}`)
   })
 
@@ -216,7 +199,7 @@ t.test('clients log in to the mirror, and the access rules decide what each may 
       t.comment(`skopeo, ${what}: ${reason(err)}`)
     }
     const hubAnonymous = await pull(hubAtMirror).then(digest => digest, (err: unknown) => err)
-    t.equal(hubAnonymous, hub.digest, `anonymous (--src-no-creds) ${hubAtMirror} gets the upstream's digest`, { todo: BUG_EMPTY_BASIC })
+    t.equal(hubAnonymous, hub.digest, `anonymous (--src-no-creds) ${hubAtMirror} gets the upstream's digest`)
     if (typeof hubAnonymous !== 'string') t.comment(`skopeo, anonymous ${hubAtMirror}: ${reason(hubAnonymous)}`)
   })
 

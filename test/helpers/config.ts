@@ -39,6 +39,7 @@ export interface YamlAuth {
   readonly htpasswd?: string
   readonly realm?: string
   readonly remember?: string
+  readonly tokenTtl?: string
   readonly reloadInterval?: string
   readonly anonymousNetworks?: readonly string[]
   readonly maxFailures?: number
