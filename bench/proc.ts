@@ -2,7 +2,7 @@
 // own high-water mark, so no sample can miss a peak) and how many bytes it
 // has moved through read/write/sendfile calls, to tell when it has gone quiet.
 
-import { readFile, readdir } from 'node:fs/promises'
+import { readFile, readdir, writeFile } from 'node:fs/promises'
 
 /** pid and every process below it. */
 export async function processTree (pid: number): Promise<number[]> {
@@ -83,4 +83,16 @@ export function foreignShare (before: CpuSample, after: CpuSample): number {
   if (total <= 0) return 0
   const foreign = (after.machineBusy - before.machineBusy) - (after.ours - before.ours)
   return Math.max(0, foreign / total)
+}
+
+/** Resident bytes of pid and its children now (VmRSS, added up). */
+export async function currentRss (pid: number): Promise<number> {
+  let total = 0
+  for (const member of await processTree(pid)) total += await statusField(member, 'VmRSS').catch(() => 0)
+  return total
+}
+
+/** Starts the kernel's peak (VmHWM) over from the current RSS for pid and its children, so a workload measures its own peak (needs root or the same user). */
+export async function resetPeakRss (pid: number): Promise<void> {
+  for (const member of await processTree(pid)) await writeFile(`/proc/${member}/clear_refs`, '5').catch(() => {})
 }

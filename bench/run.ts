@@ -16,7 +16,9 @@ import { makeTempDir, removeTempDir } from '../harness/temp.js'
 import { pullBlob, timedSkopeoPull } from './clients.js'
 import { pushImages, layoutBlobDir, TAG, type BenchImage, type ImagePlan } from './images.js'
 import { describeEnvironment, missingTools } from './machine.js'
-import { cpuSample, foreignShare, peakRss } from './proc.js'
+import { cpuSample, currentRss, foreignShare, peakRss, resetPeakRss } from './proc.js'
+import { openSlowReaders } from './slow-readers.js'
+import { SlowUpstream } from './slow-upstream.js'
 import { gigabytesPerSecond, MB, megabytes, milliseconds, perSecond, ratio, renderEnvironment, renderTable, seconds, type Row } from './report.js'
 import { findProcess, NginxServer, RegistryMirrorServer } from './servers.js'
 import { blobGetsOf, UpstreamMeter, type UpstreamTraffic } from './upstream-meter.js'
@@ -39,6 +41,18 @@ const WARM_ROUNDS = 2
 /** Above this share of the CPU going to other processes, a workload's numbers are flagged as disturbed. */
 const FOREIGN_CPU_LIMIT = 0.1
 const APP_LAYERS = [40 * MB, 20 * MB, 8 * MB, 2 * MB, 500 * 1000]
+/** Issue 10's floods: many connections on a small warm blob, and clients that stop reading. */
+const SMALL_BLOB = 1 * MB
+const MANY_CONNECTIONS = 200
+const MANY_SECONDS = 10
+const SLOW_READERS = 1000
+const MANY_RSS_LIMIT = 200 * MB
+const SLOW_READERS_RSS_LIMIT = 1000 * MB
+/** Workload 9: slow downloads on the upstream of a cold tag. */
+const SLOW_DOWNLOADS = 40
+const SLOW_LAYER = 1 * MB
+const SLOW_RATE = 128 * 1024
+const COLD_TAG_LIMIT_SECONDS = 1
 /** Long enough that every tag request of the run is answered from the cache, as the issue intends. */
 const TAG_TTL = '1h'
 const RSS_LIMIT = 150 * MB
@@ -320,6 +334,127 @@ async function skopeoPulls (bench: Bench): Promise<void> {
   await recordRss(bench, 'after the skopeo workload')
 }
 
+/** 7. 200 connections on a warm 1 MB blob: throughput, latency, and the peak RSS it costs. */
+async function manyConnections (bench: Bench): Promise<void> {
+  const img = image(bench, 'bench/small')
+  const blob = onlyLayer(img)
+  const results: Partial<PerMirror<WrkResult>> = {}
+  const peaks: Partial<PerMirror<number>> = {}
+  const mark = await bench.meter.mark()
+  for (const key of KEYS) {
+    const mirror = bench.mirrors[key]
+    const url = blobUrl(mirror, img.repository, blob.digest)
+    await pullBlob(url, blob.size) // cold: fills the cache
+    await bench.meter.settle()
+    const measuredFrom = await bench.meter.mark()
+    checkWrk(`warm-up on ${mirror.label}`, await wrk({ url, connections: MANY_CONNECTIONS, seconds: WARMUP_SECONDS, workDir: bench.work }))
+    await resetPeakRss(mirror.pid)
+    log(`7. warm ${megabytes(blob.size)} blob, ${MANY_CONNECTIONS} connections, ${MANY_SECONDS} s: ${mirror.label}`)
+    results[key] = checkWrk(`${MANY_CONNECTIONS} connections on ${mirror.label}`, await wrk({ url, connections: MANY_CONNECTIONS, seconds: MANY_SECONDS, workDir: bench.work }))
+    peaks[key] = await peakRss(mirror.pid)
+    const traffic = await bench.meter.since(measuredFrom)
+    if (traffic.blobGets > 0) throw new Error(`workload 7 caused ${traffic.blobGets} upstream blob GETs on ${mirror.label}: it had not cached the blob`)
+  }
+  const r = required(results)
+  const p = required(peaks)
+  bench.details.push(`workload 7: upstream requests ${describeTraffic(await bench.meter.since(mark))} (the two cold fills)`)
+  const name = `7. warm ${megabytes(blob.size)} blob, ${MANY_CONNECTIONS} connections`
+  bench.rows.push(
+    { workload: `${name}: throughput`, mirror: `${gigabytesPerSecond(r.rm.bytesPerSecond)}, ${perSecond(r.rm.requestsPerSecond)}`, reference: `${gigabytesPerSecond(r.ref.bytesPerSecond)}, ${perSecond(r.ref.requestsPerSecond)}`, ratio: ratio(r.rm.bytesPerSecond, r.ref.bytesPerSecond), target: '', met: undefined },
+    { workload: `${name}: latency p50 / p99`, mirror: `${milliseconds(r.rm.p50Ms)} / ${milliseconds(r.rm.p99Ms)}`, reference: `${milliseconds(r.ref.p50Ms)} / ${milliseconds(r.ref.p99Ms)}`, ratio: '', target: '', met: undefined },
+    { workload: `${name}: peak RSS during it`, mirror: megabytes(p.rm), reference: megabytes(p.ref), ratio: ratio(p.rm, p.ref), target: `≤ ${megabytes(MANY_RSS_LIMIT)}`, met: p.rm <= MANY_RSS_LIMIT }
+  )
+}
+
+/** 8. 1,000 clients that stop reading the cached 30 MB blob: the memory they hold, and how others are served meanwhile. */
+async function slowReaders (bench: Bench): Promise<void> {
+  const img = image(bench, 'bench/warm')
+  const blob = onlyLayer(img)
+  const rss: Partial<PerMirror<number>> = {}
+  const peaks: Partial<PerMirror<number>> = {}
+  const others: Partial<PerMirror<WrkResult>> = {}
+  const whole: Partial<PerMirror<number>> = {}
+  for (const key of KEYS) {
+    const mirror = bench.mirrors[key]
+    const url = blobUrl(mirror, img.repository, blob.digest)
+    await resetPeakRss(mirror.pid)
+    log(`8. ${SLOW_READERS} slow readers of the cached ${megabytes(blob.size)} blob: ${mirror.label}`)
+    const readers = await openSlowReaders(url, SLOW_READERS, mirror.pid)
+    try {
+      rss[key] = await currentRss(mirror.pid)
+      const manifestUrl = `${mirror.url}/v2/${img.repository}/manifests/${img.manifestDigest}`
+      others[key] = checkWrk(`manifests beside slow readers on ${mirror.label}`, await wrk({ url: manifestUrl, connections: 8, seconds: 5, headers: { Accept: ACCEPT }, workDir: bench.work }))
+      whole[key] = (await pullBlob(url, blob.size)).seconds
+      peaks[key] = await peakRss(mirror.pid)
+    } finally {
+      readers.close()
+    }
+    bench.details.push(`workload 8, ${mirror.label}: ${readers.answered} readers answered; manifest by digest meanwhile: ${others[key]?.requests ?? 0} responses`)
+    await new Promise(resolve => setTimeout(resolve, 2000))
+  }
+  const r = required(rss)
+  const p = required(peaks)
+  const o = required(others)
+  const w = required(whole)
+  const name = `8. ${SLOW_READERS} slow readers of the cached ${megabytes(blob.size)} blob`
+  bench.rows.push(
+    { workload: `${name}: RSS with them held`, mirror: megabytes(r.rm), reference: megabytes(r.ref), ratio: ratio(r.rm, r.ref), target: `< ${megabytes(SLOW_READERS_RSS_LIMIT)}`, met: r.rm < SLOW_READERS_RSS_LIMIT },
+    { workload: `${name}: peak RSS`, mirror: megabytes(p.rm), reference: megabytes(p.ref), ratio: ratio(p.rm, p.ref), target: '', met: undefined },
+    { workload: `${name}: manifest by digest meanwhile, p50 / p99`, mirror: `${milliseconds(o.rm.p50Ms)} / ${milliseconds(o.rm.p99Ms)}`, reference: `${milliseconds(o.ref.p50Ms)} / ${milliseconds(o.ref.p99Ms)}`, ratio: '', target: '', met: undefined },
+    { workload: `${name}: the whole blob meanwhile (curl)`, mirror: seconds(w.rm), reference: seconds(w.ref), ratio: ratio(w.rm, w.ref), target: '', met: undefined }
+  )
+}
+
+/**
+ * 9. A cold tag while 40 slow downloads run on the same upstream: a second pair of mirrors
+ * behind a proxy that trickles bench/slow-* blobs, so the other workloads never see it.
+ */
+async function coldTagBesideSlowDownloads (bench: Bench, upstreamUrl: string, entryPoint: string | undefined): Promise<void> {
+  const slow = await SlowUpstream.start(upstreamUrl, SLOW_RATE)
+  const closers: Array<() => Promise<void>> = [async () => await slow.close()]
+  try {
+    const rmServer = await RegistryMirrorServer.start({ dir: join(bench.work, 'registry-mirror-slow'), upstreamUrl: slow.url, tagTtl: TAG_TTL, entryPoint })
+    closers.push(async () => await rmServer.stop())
+    const refServer = await ReferenceRegistry.start({ label: 'proxy-slow', proxyRemoteUrl: slow.url })
+    closers.push(async () => await refServer.close())
+    const urls: PerMirror<string> = { rm: rmServer.url, ref: refServer.url }
+    const timings: Partial<PerMirror<number>> = {}
+    for (const key of KEYS) {
+      const layers = image(bench, `bench/slow-${key}`).layers
+      const tagged = image(bench, `bench/tag-${key}`)
+      const downloads = new AbortController()
+      const started = layers.map(async layer => {
+        const res = await fetch(`${urls[key]}/v2/bench/slow-${key}/blobs/${layer.digest}`, { signal: downloads.signal })
+        await res.arrayBuffer()
+      })
+      for (const s of started) s.catch(() => {})
+      try {
+        // Until as many as the server lets run at once are under way (registry-mirror: its
+        // maxConcurrentDownloads, the rest queued) and none more start for a second.
+        let seen = -1
+        for (let i = 0; i < 200 && (slow.slowInFlight === 0 || slow.slowInFlight !== seen); i++) {
+          seen = slow.slowInFlight
+          await new Promise(resolve => setTimeout(resolve, 1000))
+        }
+        if (slow.slowInFlight === 0) throw new Error(`workload 9: no slow download got under way through ${bench.mirrors[key].label}`)
+        bench.details.push(`workload 9, ${bench.mirrors[key].label}: ${SLOW_DOWNLOADS} slow downloads asked for, ${slow.slowInFlight} under way at the upstream when the cold tag was asked`)
+        log(`9. cold tag beside ${SLOW_DOWNLOADS} slow downloads: ${bench.mirrors[key].label}`)
+        const begun = process.hrtime.bigint()
+        const res = await fetch(`${urls[key]}/v2/${tagged.repository}/manifests/${tagged.tag}`, { headers: { accept: ACCEPT }, signal: AbortSignal.timeout(60_000) })
+        await res.arrayBuffer()
+        timings[key] = Number(process.hrtime.bigint() - begun) / 1e9
+        if (res.status !== 200 || res.headers.get('docker-content-digest') !== tagged.manifestDigest) throw new Error(`workload 9: the cold tag through ${bench.mirrors[key].label} answered HTTP ${res.status}`)
+      } finally {
+        downloads.abort()
+      }
+    }
+    const t = required(timings)
+    bench.rows.push({ workload: `9. a cold tag while ${SLOW_DOWNLOADS} slow downloads run on its upstream`, mirror: seconds(t.rm), reference: seconds(t.ref), ratio: ratio(t.rm, t.ref), target: `≤ ${COLD_TAG_LIMIT_SECONDS} s`, met: t.rm <= COLD_TAG_LIMIT_SECONDS })
+  } finally {
+    for (const close of closers.reverse()) await close().catch((err: unknown) => log(`cleanup: ${String(err)}`))
+  }
+}
+
 /** 6. Peak RSS of each server over the run, and whether a bigger blob raised it. */
 function rssRows (bench: Bench): void {
   const last = bench.rss[bench.rss.length - 1]
@@ -353,7 +488,7 @@ function required<T> (partial: Partial<PerMirror<T>>): PerMirror<T> {
   return { rm, ref }
 }
 
-const WORKLOADS = ['1', '2', '3', '4', '5'] as const
+const WORKLOADS = ['1', '2', '3', '4', '5', '7', '8', '9'] as const
 type Workload = typeof WORKLOADS[number]
 
 function imagePlans (selected: ReadonlySet<Workload>): ImagePlan[] {
@@ -362,6 +497,13 @@ function imagePlans (selected: ReadonlySet<Workload>): ImagePlan[] {
     if (selected.has('1')) plans.push({ repository: `bench/cold-one-${key}`, layerSizes: [COLD_BLOB] })
     if (selected.has('2')) plans.push({ repository: `bench/cold-eight-${key}`, layerSizes: [COLD_BLOB] })
     if (selected.has('5')) plans.push({ repository: `bench/app-${key}`, layerSizes: APP_LAYERS })
+  }
+  if (selected.has('7')) plans.push({ repository: 'bench/small', layerSizes: [SMALL_BLOB] })
+  if (selected.has('9')) {
+    for (const key of KEYS) {
+      plans.push({ repository: `bench/slow-${key}`, layerSizes: Array.from({ length: SLOW_DOWNLOADS }, () => SLOW_LAYER) })
+      plans.push({ repository: `bench/tag-${key}`, layerSizes: [100 * 1000] })
+    }
   }
   return plans
 }
@@ -380,7 +522,7 @@ async function main (): Promise<number> {
     selected.clear()
     for (const item of values.only.split(',')) {
       const w = WORKLOADS.find(x => x === item.trim())
-      if (w === undefined) throw new Error(`--only takes workload numbers 1-5 separated by commas, got "${values.only}"`)
+      if (w === undefined) throw new Error(`--only takes workload numbers ${WORKLOADS.join(', ')} separated by commas, got "${values.only}"`)
       selected.add(w)
     }
   }
@@ -453,8 +595,12 @@ async function main (): Promise<number> {
       if (selected.has('3')) await measured('3', warmThroughput)
       if (selected.has('4')) await measured('4', manifests)
       if (selected.has('5')) await measured('5', skopeoPulls)
-      await recordRss(bench, 'at the end')
+      // Workload 6 is the peak over 1-5; the flood workloads after it reset the peak and measure their own.
+      await recordRss(bench, 'after workloads 1-5')
       rssRows(bench)
+      if (selected.has('7')) await measured('7', manyConnections)
+      if (selected.has('8')) await measured('8', slowReaders)
+      if (selected.has('9')) await measured('9', async b => await coldTagBesideSlowDownloads(b, upstream.url, entryPoint))
     } catch (err) {
       if (err instanceof Error) err.message += `\n${rmServer.tail()}\n${proxy.tail()}`
       throw err

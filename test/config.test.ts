@@ -626,6 +626,7 @@ metrics: { token: t0ken }`)
     htpasswd: '/srv/mirror/users/htpasswd',
     realm: 'registry-mirror',
     remember: 300_000,
+    tokenTtl: 300_000,
     reloadInterval: 10_000,
     anonymousNetworks: ['10.0.0.0/8', 'fd00::/8'],
     maxFailures: 10,
