@@ -200,10 +200,10 @@ export class BlobDownload {
               reader.destroy(new Error(`short read from the download of ${this.digest}`))
               return
             }
-            for (const chunk of chunks) {
-              position += chunk.length
-              reader.push(chunk)
-            }
+            // The position moves past the whole run before any of it is pushed: a push can
+            // start the next read at once, which must begin after this run, not inside it.
+            for (const chunk of chunks) position += chunk.length
+            for (const chunk of chunks) reader.push(chunk)
           }, (err: Error) => reader.destroy(err))
         }
         // A reader that has caught up takes new bytes straight from memory as they are
@@ -227,10 +227,8 @@ export class BlobDownload {
             pump()
             return
           }
-          for (const part of parts) {
-            position += part.length
-            reader.push(part)
-          }
+          for (const part of parts) position += part.length
+          for (const part of parts) reader.push(part)
         }
         pump()
       },

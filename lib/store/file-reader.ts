@@ -75,10 +75,9 @@ export class FileReader extends Readable {
         giveAll(this.#buffers, chunks)
         return
       }
-      for (const chunk of chunks) {
-        this.#position += chunk.length
-        this.push(chunk)
-      }
+      // Past the whole run before any of it is pushed: a push can start the next read at once.
+      for (const chunk of chunks) this.#position += chunk.length
+      for (const chunk of chunks) this.push(chunk)
     }, (err: Error) => this.destroy(err))
   }
 
