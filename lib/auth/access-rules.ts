@@ -24,6 +24,11 @@ export interface AccessPolicy {
 /** The caller: a user name, or undefined for anonymous. */
 export type Caller = string | undefined
 
+/** A user name as htpasswd and the Basic scheme allow it: no colon, no white space or control characters. */
+export function isUserName (name: string): boolean {
+  return /^[^:\s\p{Cc}]{1,256}$/u.test(name)
+}
+
 /** Why a pattern cannot be one, or undefined when it is fine. */
 export function patternProblem (pattern: string): string | undefined {
   if (pattern === '') return 'an empty pattern'

@@ -86,9 +86,9 @@ export class Authenticator {
    * sends one when it has no login), or an anonymous token. Credentials: Basic
    * user:password (the token endpoint, or clients that send them directly), or a
    * Bearer token the mirror issued. Bad or unreadable credentials are a 401 (never
-   * anonymous instead), challenged with `challenge`; an address past its failures a 429.
+   * anonymous instead), challenged with what `challenge` makes (only then); an address past its failures a 429.
    */
-  async identify (authorization: string | undefined, address: string, challenge: string): Promise<Caller> {
+  async identify (authorization: string | undefined, address: string, challenge: () => string): Promise<Caller> {
     if (authorization === undefined || authorization === '') return undefined
     const client = plainAddress(address)
     const space = authorization.indexOf(' ')
@@ -99,7 +99,7 @@ export class Authenticator {
       if (verified !== undefined) return verified.caller
       this.#o.events.authFailed('invalid-token')
       // Expired tokens are routine (a client refetches on this 401): not logged as a failed login.
-      throw new UnauthorizedError('the token is invalid or has expired; ask for a new one', undefined, { 'www-authenticate': `${challenge},error="invalid_token"` })
+      throw new UnauthorizedError('the token is invalid or has expired; ask for a new one', undefined, { 'www-authenticate': `${challenge()},error="invalid_token"` })
     }
     this.#checkFailures(client)
     if (scheme !== 'basic') return this.#fail(client, 'unsupported-scheme', undefined, `the ${scheme.slice(0, 20)} scheme is not taken here: log in with a user name and password`, challenge)
@@ -139,12 +139,12 @@ export class Authenticator {
     }
   }
 
-  #fail (client: string, reason: AuthFailureReason, user: string | undefined, message: string, challenge: string): never {
+  #fail (client: string, reason: AuthFailureReason, user: string | undefined, message: string, challenge: () => string): never {
     const seen = this.#failures.get(client)
     if (seen === undefined) this.#failures.set(client, { count: 1, since: this.#now() })
     else seen.count++
     this.#o.events.authFailed(reason)
     this.#o.log.warn({ user, address: client, reason }, 'login failed')
-    throw new UnauthorizedError(message, undefined, { 'www-authenticate': challenge })
+    throw new UnauthorizedError(message, undefined, { 'www-authenticate': challenge() })
   }
 }

@@ -8,10 +8,9 @@ import { compare, hash } from '@node-rs/bcrypt'
 import type { Logger } from 'pino'
 import { errnoCode, HtpasswdError } from '../errors.js'
 import { fileSignature } from '../file-signature.js'
+import { isUserName } from './access-rules.js'
 
 const BCRYPT = /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/
-/** A user name as htpasswd and the Basic scheme allow it: no colon, no control characters. */
-const USER = /^[^:\s\p{Cc}]{1,256}$/u
 /** Compared against when the user is unknown, so that an unknown user costs what a known one does. */
 const DUMMY_HASH = '$2b$10$MvqeKahSe4EIeXEM7na9FO30rf0A8BBgGKIu5lwhJxY2wN7MRqxVm'
 
@@ -26,7 +25,7 @@ export function parseHtpasswd (text: string, path: string): Map<string, string> 
     if (colon <= 0) throw new HtpasswdError(`${where}: expected user:hash`)
     const user = line.slice(0, colon)
     const hash = line.slice(colon + 1)
-    if (!USER.test(user)) throw new HtpasswdError(`${where}: "${user}" is not a user name (no spaces, colons or control characters)`)
+    if (!isUserName(user)) throw new HtpasswdError(`${where}: "${user}" is not a user name (no spaces, colons or control characters)`)
     if (!BCRYPT.test(hash)) throw new HtpasswdError(`${where}: the entry for ${user} is not bcrypt; only bcrypt entries are accepted (htpasswd -B, or registry-mirror htpasswd)`)
     if (users.has(user)) throw new HtpasswdError(`${where}: ${user} is listed twice`)
     users.set(user, hash)
@@ -113,7 +112,7 @@ const NEW_ENTRY_COST = 10
  * so a mirror reading it never sees half of it. A new file is readable by its owner only.
  */
 export async function setUser (path: string, user: string, password: string): Promise<'added' | 'changed'> {
-  if (!USER.test(user)) throw new HtpasswdError(`"${user}" is not a user name (no spaces, colons or control characters)`)
+  if (!isUserName(user)) throw new HtpasswdError(`"${user}" is not a user name (no spaces, colons or control characters)`)
   if (password === '') throw new HtpasswdError('the password is empty')
   let text = ''
   let mode = 0o600

@@ -14,7 +14,7 @@ import { readFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import { isIP } from 'node:net'
 import { parseDocument, type YAMLError } from 'yaml'
-import { patternProblem } from '../auth/access-rules.js'
+import { isUserName, patternProblem } from '../auth/access-rules.js'
 import { ConfigError } from '../errors.js'
 import { parseAuthHost, parseEnvName, parseListen, parseRegistryHost, parseUpstreamUrl, type ListenAddress } from './addresses.js'
 import {
@@ -466,7 +466,7 @@ function parsePattern (text: string): string {
 }
 
 function parseRuleUser (text: string): string {
-  if (!/^[^:\s\p{Cc}]{1,256}$/u.test(text)) throw new Error(`expected a user name, "anonymous" or "*", got "${text}"`)
+  if (!isUserName(text)) throw new Error(`expected a user name, "anonymous" or "*", got "${text}"`)
   return text
 }
 

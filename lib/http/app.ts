@@ -157,7 +157,7 @@ function authenticate (auth: AppAuth) {
   return async (ctx: Ctx, next: Next): Promise<void> => {
     if (ctx.path === '/v2' || ctx.path.startsWith('/v2/')) {
       const authorization = ctx.get('authorization') || undefined
-      const user = await auth.authenticator.identify(authorization, ctx.socket.remoteAddress ?? '', bearerChallenge(ctx))
+      const user = await auth.authenticator.identify(authorization, ctx.socket.remoteAddress ?? '', () => bearerChallenge(ctx))
       if (user !== undefined) ctx.state.user = user
       // Credentials that checked out, a token (anonymous ones too) or a login.
       ctx.state.credentialed = authorization !== undefined
@@ -175,7 +175,7 @@ function tokenEndpoint (auth: AppAuth, options: AppOptions) {
     if (authorization !== undefined && !/^basic /i.test(authorization)) {
       throw new UnauthorizedError('the token endpoint takes Basic credentials', undefined, { 'www-authenticate': auth.authenticator.basicChallenge })
     }
-    const user = await auth.authenticator.identify(authorization, address, auth.authenticator.basicChallenge)
+    const user = await auth.authenticator.identify(authorization, address, () => auth.authenticator.basicChallenge)
     if (user === undefined && !auth.authenticator.anonymousAllowed(address)) {
       options.authEvents?.accessDenied('anonymous-network')
       throw new UnauthorizedError('log in: anonymous access is not allowed from this network', undefined, { 'www-authenticate': auth.authenticator.basicChallenge })

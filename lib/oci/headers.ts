@@ -16,3 +16,8 @@ export function contentLength (headers: HeaderMap): number | undefined {
   const n = Number(length)
   return Number.isSafeInteger(n) ? n : undefined
 }
+
+/** The Authorization value of HTTP Basic credentials. */
+export function basicAuthorization (username: string, password: string): string {
+  return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`
+}

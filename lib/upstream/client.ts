@@ -6,7 +6,7 @@ import { Agent, request, type Dispatcher } from 'undici'
 import type { Logger } from 'pino'
 import type { UpstreamConfig } from '../config/types.js'
 import type { MirrorEvents } from '../events.js'
-import { contentLength, header, type HeaderMap } from '../oci/headers.js'
+import { basicAuthorization, contentLength, header, type HeaderMap } from '../oci/headers.js'
 import { DeniedError, errnoCode, RegistryError, TooManyRequestsError, UnavailableError } from '../errors.js'
 import { MAX_TOKEN_BYTES } from '../oci/limits.js'
 import { readLimited } from '../read-limited.js'
@@ -302,9 +302,6 @@ export class UpstreamClient {
   }
 }
 
-function basicAuthorization (username: string, password: string): string {
-  return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`
-}
 
 function parseJson (bytes: Buffer): unknown {
   try {

@@ -10,7 +10,7 @@ import type { Readable } from 'node:stream'
 import { Agent, request } from 'undici'
 import type { BlobService } from '../mirror/blobs.js'
 import type { ManifestService } from '../mirror/manifests.js'
-import { contentLength, header } from '../oci/headers.js'
+import { basicAuthorization, contentLength, header } from '../oci/headers.js'
 import { MAX_MANIFEST_BYTES } from '../oci/limits.js'
 import { parseDigest, parseManifestReference } from '../oci/reference.js'
 import { MANIFEST_ACCEPT } from '../oci/media-types.js'
@@ -56,7 +56,7 @@ export function coreSource (core: { readonly manifests: ManifestService, readonl
 /** `credentials` (user and password) go with every request, for a mirror with auth. */
 export function serverSource (base: string, credentials?: { readonly user: string, readonly password: string }): ContentSource {
   const root = base.replace(/\/+$/, '')
-  const login: Record<string, string> = credentials === undefined ? {} : { authorization: `Basic ${Buffer.from(`${credentials.user}:${credentials.password}`).toString('base64')}` }
+  const login: Record<string, string> = credentials === undefined ? {} : { authorization: basicAuthorization(credentials.user, credentials.password) }
   const agent = new Agent({ connections: 32, headersTimeout: 300_000, bodyTimeout: 300_000 })
   const url = (route: Route, what: 'manifests' | 'blobs', reference: string): string =>
     `${root}/v2/${route.upstream}/${route.name}/${what}/${reference}`
