@@ -356,3 +356,12 @@ t.test('tokens expire, and carry nothing but their subject and expiry', async t 
     t.equal(issuer.verify(junk), undefined, `refused: ${junk.slice(0, 20)}`)
   }
 })
+
+t.test('a Host header that could break the challenge is not echoed into it', async t => {
+  const { mirror } = await scene(t)
+  const { port } = new URL(mirror.url)
+  const res = await request(`${mirror.url}/v2/`, { headers: { host: 'evil.example",error="x' } })
+  await res.body.dump()
+  t.equal(res.statusCode, 401)
+  t.equal(res.headers['www-authenticate'], `Bearer realm="http://127.0.0.1:${port}/auth/token",service="registry-mirror"`, 'the address the request came in on instead')
+})

@@ -9,6 +9,7 @@ import { mkdtemp, rename, rm, writeFile, copyFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { connect, type ConnectionOptions, type PeerCertificate, type TLSSocket } from 'node:tls'
+import { connect as netConnect } from 'node:net'
 import { Agent, request } from 'undici'
 import { makeCA, type CertificateAuthority, type Pem } from '../harness/certs.js'
 import { ConfigError } from '../lib/errors.js'
@@ -209,4 +210,16 @@ t.test('bad TLS files stop the start with the key at fault named', async t => {
     const err = await rejectedBy(t, startMirror(t, { upstreams: { 'docker.io': 'http://127.0.0.1:9' }, tls }), ConfigError, what)
     t.match(err?.message, message, what)
   }
+})
+
+t.test('a connection that never completes its handshake is closed after headersTimeout', async t => {
+  const s = await site(t)
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, tls: { cert: s.cert, key: s.key }, limits: { headersTimeout: 1000 } })
+  const silent = netConnect(hostPort(mirror.url))
+  silent.on('error', () => {})
+  const started = Date.now()
+  await new Promise(resolve => silent.once('close', resolve))
+  t.ok(Date.now() - started < 5_000, `closed after ${Date.now() - started} ms, having sent nothing`)
 })
