@@ -38,7 +38,7 @@ const REMEMBERED = 10_000
 const COUNTED_ADDRESSES = 10_000
 /**
  * bcrypt checks under way at once, and waiting: each takes tens of milliseconds of a
- * core on libuv's thread pool, which blob reads share, so a flood of made-up logins
+ * core on the bcrypt worker, so a flood of made-up logins
  * from many addresses gets 429s past these rather than the threads and CPU pulls need.
  */
 const CHECKS_AT_ONCE = 2

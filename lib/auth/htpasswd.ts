@@ -4,7 +4,9 @@
 // logged and the users in use kept.
 
 import { readFile, rename, stat, writeFile } from 'node:fs/promises'
-import { compare, hash } from '@node-rs/bcrypt'
+import { createRequire } from 'node:module'
+import { Worker } from 'node:worker_threads'
+import bcrypt from 'bcryptjs'
 import type { Logger } from 'pino'
 import { errnoCode, HtpasswdError } from '../errors.js'
 import { fileSignature } from '../file-signature.js'
@@ -43,9 +45,62 @@ async function readUsers (path: string): Promise<Map<string, string>> {
   return parseHtpasswd(text, path)
 }
 
+/**
+ * bcrypt comparisons on a worker thread of their own: a check costs tens of milliseconds
+ * of CPU, which on the event loop would stall every pull meanwhile (bcryptjs's "async"
+ * compare runs in slices of up to 100 ms there).
+ */
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads')
+const bcrypt = require(workerData)
+parentPort.on('message', m => {
+  let ok = false
+  try { ok = bcrypt.compareSync(m.password, m.hash) } catch {}
+  parentPort.postMessage({ id: m.id, ok })
+})
+`
+
+class BcryptWorker {
+  #worker: Worker | undefined
+  readonly #waiting = new Map<number, (ok: boolean) => void>()
+  #next = 0
+
+  async compare (password: string, hash: string): Promise<boolean> {
+    const worker = this.#worker ?? this.#start()
+    const id = this.#next++
+    return await new Promise(resolve => {
+      this.#waiting.set(id, resolve)
+      worker.postMessage({ id, password, hash })
+    })
+  }
+
+  #start (): Worker {
+    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: createRequire(import.meta.url).resolve('bcryptjs') })
+    worker.unref()
+    worker.on('message', (reply: { id: number, ok: boolean }) => {
+      this.#waiting.get(reply.id)?.(reply.ok)
+      this.#waiting.delete(reply.id)
+    })
+    worker.on('error', () => {
+      // A check that cannot be made is a refusal; the next one starts a new worker.
+      for (const resolve of this.#waiting.values()) resolve(false)
+      this.#waiting.clear()
+      this.#worker = undefined
+    })
+    this.#worker = worker
+    return worker
+  }
+
+  stop (): void {
+    void this.#worker?.terminate()
+    this.#worker = undefined
+  }
+}
+
 export class HtpasswdFile {
   readonly #path: string
   readonly #log: Logger
+  readonly #bcrypt = new BcryptWorker()
   #users: Map<string, string>
   #seen: string
   #timer: NodeJS.Timeout | undefined
@@ -71,10 +126,10 @@ export class HtpasswdFile {
 
   get users (): number { return this.#users.size }
 
-  /** Whether the password is the user's: a bcrypt comparison (tens of milliseconds) on the libuv thread pool, off the event loop. */
+  /** Whether the password is the user's: a bcrypt comparison (tens of milliseconds) on the worker thread, off the event loop. */
   async verify (user: string, password: string): Promise<boolean> {
     const known = this.#users.get(user)
-    const matched = await compare(password, known ?? DUMMY_HASH)
+    const matched = await this.#bcrypt.compare(password, known ?? DUMMY_HASH)
     return known !== undefined && matched
   }
 
@@ -100,6 +155,7 @@ export class HtpasswdFile {
 
   stop (): void {
     clearInterval(this.#timer)
+    this.#bcrypt.stop()
   }
 }
 
@@ -124,7 +180,7 @@ export async function setUser (path: string, user: string, password: string): Pr
   }
   const users = parseHtpasswd(text, path)
   const existed = users.has(user)
-  const entry = `${user}:${await hash(password, NEW_ENTRY_COST)}`
+  const entry = `${user}:${await bcrypt.hash(password, NEW_ENTRY_COST)}`
   const lines = text.split('\n').filter(line => line !== '')
   const at = lines.findIndex(line => line.startsWith(`${user}:`))
   if (at >= 0) lines[at] = entry
