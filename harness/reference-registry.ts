@@ -15,6 +15,8 @@ export interface ReferenceRegistryOptions {
   readonly label: string
   /** Run as a pull-through cache of this registry instead of a hosted one. */
   readonly proxyRemoteUrl?: string
+  /** Token authentication (harness/token-server.ts): every request needs a token from this realm. */
+  readonly tokenAuth?: { readonly realm: string, readonly service: string, readonly issuer: string, readonly rootCertBundle: string }
 }
 
 const flushMarker = 'e2e-flush'
@@ -38,7 +40,7 @@ export class ReferenceRegistry {
     // A port free a moment ago can be taken by the time the registry binds it.
     for (let attempt = 1; ; attempt++) {
       const registry = new ReferenceRegistry(options.label, dir, await freePort())
-      await writeFile(registry.configPath, configYaml(dir, registry.port, options.proxyRemoteUrl))
+      await writeFile(registry.configPath, configYaml(dir, registry.port, options.proxyRemoteUrl, options.tokenAuth))
       try {
         await registry.start()
         return registry
@@ -73,7 +75,8 @@ export class ReferenceRegistry {
       if (!daemon.running) throw new WaitAborted('docker-registry exited')
       const response = await fetch(`${this.url}/v2/?${flushMarker}=start`)
       await response.arrayBuffer()
-      return response.status === 200
+      // With token authentication, /v2/ challenges: that answer says it is up just as well.
+      return response.status === 200 || (response.status === 401 && response.headers.get('www-authenticate')?.startsWith('Bearer') === true)
     }, { timeoutMs: 15_000, describe: () => daemon.tail() })
   }
 
@@ -127,7 +130,7 @@ export class ReferenceRegistry {
   }
 }
 
-function configYaml (dir: string, port: number, proxyRemoteUrl: string | undefined): string {
+function configYaml (dir: string, port: number, proxyRemoteUrl: string | undefined, tokenAuth: ReferenceRegistryOptions['tokenAuth']): string {
   const lines = [
     'version: 0.1',
     'log:',
@@ -145,5 +148,8 @@ function configYaml (dir: string, port: number, proxyRemoteUrl: string | undefin
     '  secret: e2e-not-a-secret'
   ]
   if (proxyRemoteUrl !== undefined) lines.push('proxy:', `  remoteurl: ${proxyRemoteUrl}`)
+  if (tokenAuth !== undefined) {
+    lines.push('auth:', '  token:', `    realm: ${tokenAuth.realm}`, `    service: ${tokenAuth.service}`, `    issuer: ${tokenAuth.issuer}`, `    rootcertbundle: ${tokenAuth.rootCertBundle}`)
+  }
   return lines.join('\n') + '\n'
 }

@@ -31,9 +31,10 @@ export class Skopeo {
   }
 
   /** Pushes every image of an OCI layout; format v2s2 converts it to a Docker schema2 image. */
-  async push (layoutDir: string, tag: string, destination: string, options: { format?: 'v2s2' | 'oci' } = {}): Promise<void> {
+  async push (layoutDir: string, tag: string, destination: string, options: { format?: 'v2s2' | 'oci', creds?: { readonly user: string, readonly password: string } } = {}): Promise<void> {
     const format = options.format === undefined ? [] : ['--format', options.format]
-    await this.run(['copy', '--all', ...format, '--dest-tls-verify=false', `oci:${layoutDir}:${tag}`, `docker://${destination}`])
+    const creds = options.creds === undefined ? [] : ['--dest-creds', `${options.creds.user}:${options.creds.password}`]
+    await this.run(['copy', '--all', ...format, ...creds, '--dest-tls-verify=false', `oci:${layoutDir}:${tag}`, `docker://${destination}`], 300_000, options.creds === undefined ? [] : [options.creds.password])
   }
 
   /** The manifest (or index) the reference resolves to, and its digest. */

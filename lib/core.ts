@@ -54,6 +54,8 @@ export interface MirrorCore {
   readonly manifests: ManifestService
   readonly listings: ListingService
   readonly routing: RoutingTable
+  /** The client of a configured upstream, by name. */
+  readonly upstream: (name: string) => UpstreamClient
   /** Each upstream's state: "up", or since when it is down and when it is tried again. */
   upstreamStates: () => Record<string, string>
   /** What the consistency check found when the data directory was opened. */
@@ -116,5 +118,5 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
     const down = u.down
     return [u.name, down === undefined ? 'up' : `down since ${new Date(down.since).toISOString()}, tried again after ${new Date(down.until).toISOString()}`]
   }))
-  return { config, cache, evictor, eviction, blobs, manifests, listings, routing: routingTable(config), upstreamStates, consistency, close }
+  return { config, cache, evictor, eviction, blobs, manifests, listings, routing: routingTable(config), upstream, upstreamStates, consistency, close }
 }

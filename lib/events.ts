@@ -34,7 +34,10 @@ export type RefusalReason = 'realm-host' | 'redirect-host' | 'link-local'
 export type AuthFailureReason = 'bad-credentials' | 'malformed' | 'unsupported-scheme' | 'rate-limited' | 'invalid-token'
 
 /** Why a client was not let read what it asked for. */
-export type DenialReason = 'login-required' | 'not-allowed' | 'anonymous-network'
+export type DenialReason = 'login-required' | 'not-allowed' | 'anonymous-network' | 'upstream-denied'
+
+/** How a passthrough upstream answered whether a caller may read a repository. */
+export type PassthroughResult = 'allowed' | 'denied' | 'unknown' | 'unavailable'
 
 /** How a download into the cache ended. */
 export type DownloadResult = 'ok' | 'mismatch' | 'error' | 'disk-full'
@@ -79,6 +82,8 @@ export interface MirrorEvents {
   authFailed: (reason: AuthFailureReason) => void
   /** A client was refused a repository by the access rules (or, anonymous, by its network). */
   accessDenied: (reason: DenialReason) => void
+  /** A passthrough upstream was asked whether a caller may read a repository. */
+  passthroughChecked: (upstream: string, result: PassthroughResult) => void
   requestFinished: (record: RequestRecord) => void
 }
 
@@ -114,5 +119,6 @@ export class Events implements MirrorEvents {
   indexWriteFailed (operation: string): void { for (const s of this.#sinks) s.indexWriteFailed?.(operation) }
   authFailed (reason: AuthFailureReason): void { for (const s of this.#sinks) s.authFailed?.(reason) }
   accessDenied (reason: DenialReason): void { for (const s of this.#sinks) s.accessDenied?.(reason) }
+  passthroughChecked (upstream: string, result: PassthroughResult): void { for (const s of this.#sinks) s.passthroughChecked?.(upstream, result) }
   requestFinished (record: RequestRecord): void { for (const s of this.#sinks) s.requestFinished?.(record) }
 }

@@ -2,7 +2,7 @@
 // how the cache answered, what it cost upstream, and what the cache holds.
 
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
-import type { DownloadResult, EvictedItem, MirrorEvents, RefusalReason, AuthFailureReason, DenialReason, RequestRecord, UncachedResult, UpstreamAnswer } from './events.js'
+import type { DownloadResult, EvictedItem, MirrorEvents, RefusalReason, AuthFailureReason, DenialReason, PassthroughResult, RequestRecord, UncachedResult, UpstreamAnswer } from './events.js'
 
 /** What the gauges read, when Prometheus scrapes. */
 export interface CacheState {
@@ -31,6 +31,7 @@ export class Metrics implements MirrorEvents {
   readonly #refused: Counter<'upstream' | 'reason'>
   readonly #authFailures: Counter<'reason'>
   readonly #denied: Counter<'reason'>
+  readonly #passthrough: Counter<'upstream' | 'result'>
   readonly #upstreamUp: Gauge<'upstream'>
   readonly #mismatches: Counter<'upstream'>
   readonly #evictions: Counter<'reason'>
@@ -58,6 +59,7 @@ export class Metrics implements MirrorEvents {
     this.#tokens = new Counter({ name: 'registry_mirror_upstream_token_fetches_total', help: 'Bearer tokens fetched from upstream token services', labelNames: ['upstream'], registers })
     this.#retries = new Counter({ name: 'registry_mirror_upstream_retries_total', help: 'Upstream requests retried after a dropped connection', labelNames: ['upstream'], registers })
     this.#authFailures = new Counter({ name: 'registry_mirror_auth_failures_total', help: 'Client logins refused: bad or unreadable credentials, or not checked because the address failed too often', labelNames: ['reason'], registers })
+    this.#passthrough = new Counter({ name: 'registry_mirror_passthrough_checks_total', help: 'Passthrough upstreams asked whether a caller may read a repository, by answer: allowed, denied, unknown (404), unavailable', labelNames: ['upstream', 'result'], registers })
     this.#denied = new Counter({ name: 'registry_mirror_access_denied_total', help: 'Requests refused by the access rules: a login required, a user not allowed, or an anonymous caller outside the allowed networks', labelNames: ['reason'], registers })
     this.#refused = new Counter({ name: 'registry_mirror_upstream_refused_total', help: 'Requests the mirror would not make for an upstream: a token realm or redirect off its hosts, or to a link-local address', labelNames: ['upstream', 'reason'], registers })
     this.#upstreamUp = new Gauge({ name: 'registry_mirror_upstream_up', help: 'Whether an upstream answers (0 while its circuit is open after repeated connect failures or timeouts)', labelNames: ['upstream'], registers })
@@ -125,6 +127,7 @@ export class Metrics implements MirrorEvents {
   upstreamRefused (upstream: string, reason: RefusalReason): void { this.#refused.inc({ upstream, reason }) }
   authFailed (reason: AuthFailureReason): void { this.#authFailures.inc({ reason }) }
   accessDenied (reason: DenialReason): void { this.#denied.inc({ reason }) }
+  passthroughChecked (upstream: string, result: PassthroughResult): void { this.#passthrough.inc({ upstream, result }) }
   upstreamState (upstream: string, down: { since: number, until: number } | undefined): void { this.#upstreamUp.set({ upstream }, down === undefined ? 1 : 0) }
   downloadStarted (): void {}
 

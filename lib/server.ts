@@ -11,7 +11,7 @@ import type { Logger } from 'pino'
 import type { Evictor } from './cache/eviction.js'
 import type { LocalCache } from './cache/local-cache.js'
 import type { AuthConfig, MirrorConfig } from './config/types.js'
-import { openCore, type CoreOptions } from './core.js'
+import { openCore, type CoreOptions, type MirrorCore } from './core.js'
 import { Events, type EventSink } from './events.js'
 import { createApp, type AppAuth } from './http/app.js'
 import { createOpsApp, type OpsOptions } from './http/ops.js'
@@ -20,6 +20,7 @@ import { AccessRules } from './auth/access-rules.js'
 import { Authenticator } from './auth/authenticator.js'
 import { TokenIssuer } from './auth/tokens.js'
 import { HtpasswdFile } from './auth/htpasswd.js'
+import { PassthroughGate, type PassthroughUpstream } from './auth/passthrough.js'
 import { ConfigError, HtpasswdError } from './errors.js'
 import { Metrics } from './metrics.js'
 
@@ -78,9 +79,9 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   const separateOps = config.metrics.listen !== undefined
   // Finished requests also go to the counters `registry-mirror stats` reports.
   const events = new Events([...sinks, cache.access])
-  const auth = config.auth === undefined || users === undefined
+  const auth = config.auth === undefined
     ? undefined
-    : authParts(config.auth, users, events, log, options.now)
+    : authParts(config, config.auth, users, core, events, log, options.now)
   if (auth !== undefined && tls === undefined) log.warn('auth is set without tls: passwords cross the network in clear text')
   const app = createApp({ blobs, manifests, listings, routing, log, events, maxRequestsPerClient: config.limits.maxRequestsPerClient, ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk), auth, authEvents: events })
 
@@ -132,18 +133,24 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
 }
 
 
-function authParts (config: AuthConfig, users: HtpasswdFile, events: Events, log: Logger, now: (() => number) | undefined): AppAuth {
+function authParts (mirror: MirrorConfig, config: AuthConfig, users: HtpasswdFile | undefined, core: MirrorCore, events: Events, log: Logger, now: (() => number) | undefined): AppAuth {
   const tokens = new TokenIssuer(config.tokenTtl, now)
+  const passthrough = new Map<string, PassthroughUpstream>()
+  for (const u of mirror.upstreams.values()) {
+    if (u.passthrough !== undefined) passthrough.set(u.name, { client: core.upstream(u.name), ttl: u.passthrough.ttl })
+  }
+  const gate = passthrough.size === 0 ? undefined : new PassthroughGate({ upstreams: passthrough, events, log, now, offline: mirror.offline })
   return {
-    authenticator: new Authenticator({ ...config, users, events, log, tokens, now }),
+    authenticator: new Authenticator({ ...config, users, upstreamLogins: gate, events, log, tokens, now }),
     rules: new AccessRules({ rules: config.rules, defaultPull: config.defaultPull }),
-    tokens
+    tokens,
+    passthrough: gate
   }
 }
 
 /** The htpasswd file of auth; a problem with it stops the start, named as config problems are. */
 async function loadUsers (config: MirrorConfig, log: Logger): Promise<HtpasswdFile | undefined> {
-  if (config.auth === undefined) return undefined
+  if (config.auth?.htpasswd === undefined) return undefined
   try {
     return await HtpasswdFile.load(config.auth.htpasswd, log, config.auth.reloadInterval)
   } catch (err) {

@@ -12,12 +12,37 @@ import type { Logger } from 'pino'
 import { TooManyRequestsError, UnauthorizedError } from '../errors.js'
 import { Limiter } from '../limiter.js'
 import type { AuthFailureReason, MirrorEvents } from '../events.js'
+import type { ClientLogin } from '../upstream/client-login.js'
 import type { HtpasswdFile } from './htpasswd.js'
-import type { Caller } from './access-rules.js'
 import type { TokenIssuer } from './tokens.js'
 
+/** Checks a login against the upstream in passthrough mode (auth/passthrough.ts). */
+export interface UpstreamLogins {
+  checkLogin: (login: ClientLogin) => Promise<boolean>
+}
+
+/**
+ * Who is asking: a user of the mirror (the htpasswd file), or a client with
+ * a login for the passthrough upstream, or neither (anonymous).
+ */
+export interface Identity {
+  readonly user: string | undefined
+  readonly login: ClientLogin | undefined
+}
+
+const ANONYMOUS: Identity = { user: undefined, login: undefined }
+
+/** A login a token may carry, at most (user name and password together). */
+export const MAX_LOGIN_BYTES = 4096
+
 export interface AuthenticatorOptions {
-  readonly users: HtpasswdFile
+  /** The mirror's own users; undefined when it has none (passthrough logins only). */
+  readonly users: HtpasswdFile | undefined
+  /**
+   * The passthrough upstream's logins: a user name the htpasswd file does not
+   * list is one of those, checked there; undefined when no upstream is in passthrough mode.
+   */
+  readonly upstreamLogins?: UpstreamLogins | undefined
   readonly realm: string
   /** Milliseconds a verified user:password pair is trusted without a bcrypt check. */
   readonly remember: number
@@ -64,6 +89,10 @@ export class Authenticator {
   readonly #o: AuthenticatorOptions
   readonly #secret = randomBytes(32)
   readonly #verified: LRUCache<string, { generation: number }>
+  /** Upstream logins the passthrough upstream took lately, by HMAC. */
+  readonly #upstreamVerified: LRUCache<string, true>
+  /** Upstream login checks under way, shared by the requests that bring the same login. */
+  readonly #upstreamChecks = new Map<string, Promise<boolean>>()
   readonly #failures: LRUCache<string, { count: number, since: number }>
   readonly #anonymous: BlockList | undefined
   readonly #now: () => number
@@ -73,6 +102,7 @@ export class Authenticator {
     this.#o = options
     this.#now = options.now ?? Date.now
     this.#verified = new LRUCache({ max: REMEMBERED, ttl: options.remember })
+    this.#upstreamVerified = new LRUCache({ max: REMEMBERED, ttl: options.remember })
     this.#failures = new LRUCache({ max: COUNTED_ADDRESSES, ttl: options.failureWindow })
     this.#anonymous = options.anonymousNetworks === undefined ? undefined : blockListOf(options.anonymousNetworks)
   }
@@ -87,16 +117,21 @@ export class Authenticator {
    * user:password (the token endpoint, or clients that send them directly), or a
    * Bearer token the mirror issued. Bad or unreadable credentials are a 401 (never
    * anonymous instead), challenged with what `challenge` makes (only then); an address past its failures a 429.
+   * A name the htpasswd file does not list is, with a passthrough upstream, a login
+   * for that upstream, checked there; a name it lists is never sent upstream.
    */
-  async identify (authorization: string | undefined, address: string, challenge: () => string): Promise<Caller> {
-    if (authorization === undefined || authorization === '') return undefined
+  async identify (authorization: string | undefined, address: string, challenge: () => string): Promise<Identity> {
+    if (authorization === undefined || authorization === '') return ANONYMOUS
     const client = plainAddress(address)
     const space = authorization.indexOf(' ')
     const scheme = (space < 0 ? authorization : authorization.slice(0, space)).toLowerCase()
     const value = space < 0 ? '' : authorization.slice(space + 1).trim()
     if (scheme === 'bearer') {
       const verified = this.#o.tokens.verify(value)
-      if (verified !== undefined) return verified.caller
+      if (verified !== undefined) {
+        const carried = verified.login
+        return carried === undefined ? { user: verified.caller, login: undefined } : { user: undefined, login: this.#login(carried.username, carried.password) }
+      }
       this.#o.events.authFailed('invalid-token')
       // Expired tokens are routine (a client refetches on this 401): not logged as a failed login.
       throw new UnauthorizedError('the token is invalid or has expired; ask for a new one', undefined, { 'www-authenticate': `${challenge()},error="invalid_token"` })
@@ -104,23 +139,56 @@ export class Authenticator {
     this.#checkFailures(client)
     if (scheme !== 'basic') return this.#fail(client, 'unsupported-scheme', undefined, `the ${scheme.slice(0, 20)} scheme is not taken here: log in with a user name and password`, challenge)
     const decoded = Buffer.from(value, 'base64').toString('utf8')
-    if (decoded === ':') return undefined
+    if (decoded === ':') return ANONYMOUS
     const colon = decoded.indexOf(':')
-    if (colon <= 0) return this.#fail(client, 'malformed', undefined, 'the Basic credentials are not user:password', challenge)
+    if (colon <= 0 || Buffer.byteLength(decoded) > MAX_LOGIN_BYTES) return this.#fail(client, 'malformed', undefined, `the Basic credentials are not user:password (of at most ${MAX_LOGIN_BYTES} bytes)`, challenge)
     const user = decoded.slice(0, colon)
     const password = decoded.slice(colon + 1)
-    const key = createHmac('sha256', this.#secret).update(user).update('\0').update(password).digest('base64')
-    const generation = this.#o.users.generation
-    if (this.#verified.get(key)?.generation === generation) return user
+    const users = this.#o.users
+    const upstream = this.#o.upstreamLogins
+    if (upstream !== undefined && users?.has(user) !== true) return await this.#upstreamLogin(upstream, client, user, password, challenge)
+    if (users === undefined) return this.#fail(client, 'bad-credentials', user, 'the user name or password is wrong', challenge)
+    const key = this.#key(user, password)
+    const generation = users.generation
+    if (this.#verified.get(key)?.generation === generation) return { user, login: undefined }
     if (this.#checks.waiting >= CHECKS_WAITING) {
       this.#o.events.authFailed('rate-limited')
       throw new TooManyRequestsError('too many logins are being checked; try again in a moment', undefined, { 'retry-after': '1' })
     }
-    if (await this.#checks.run(async () => await this.#o.users.verify(user, password))) {
+    if (await this.#checks.run(async () => await users.verify(user, password))) {
       this.#verified.set(key, { generation })
-      return user
+      return { user, login: undefined }
     }
     return this.#fail(client, 'bad-credentials', user, 'the user name or password is wrong', challenge)
+  }
+
+  /** A login for the passthrough upstream: taken once upstream took it (remembered for `remember`). */
+  async #upstreamLogin (upstream: UpstreamLogins, client: string, user: string, password: string, challenge: () => string): Promise<Identity> {
+    const login = this.#login(user, password)
+    if (this.#upstreamVerified.get(login.key) === true) return { user: undefined, login }
+    let pending = this.#upstreamChecks.get(login.key)
+    if (pending === undefined) {
+      if (this.#upstreamChecks.size >= CHECKS_WAITING) {
+        this.#o.events.authFailed('rate-limited')
+        throw new TooManyRequestsError('too many logins are being checked; try again in a moment', undefined, { 'retry-after': '1' })
+      }
+      pending = upstream.checkLogin(login).finally(() => this.#upstreamChecks.delete(login.key))
+      this.#upstreamChecks.set(login.key, pending)
+    }
+    if (await pending) {
+      this.#upstreamVerified.set(login.key, true)
+      return { user: undefined, login }
+    }
+    return this.#fail(client, 'bad-credentials', user, 'the upstream does not take this user name and password', challenge)
+  }
+
+  /** A login with the key caches name it by. */
+  #login (username: string, password: string): ClientLogin {
+    return { username, password, key: this.#key(username, password) }
+  }
+
+  #key (user: string, password: string): string {
+    return createHmac('sha256', this.#secret).update(user).update('\0').update(password).digest('base64url')
   }
 
   /** Whether an anonymous caller at this address is let in at all (before the rules). */

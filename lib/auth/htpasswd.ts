@@ -126,6 +126,9 @@ export class HtpasswdFile {
 
   get users (): number { return this.#users.size }
 
+  /** Whether the file lists the user. */
+  has (user: string): boolean { return this.#users.has(user) }
+
   /** Whether the password is the user's: a bcrypt comparison (tens of milliseconds) on the worker thread, off the event loop. */
   async verify (user: string, password: string): Promise<boolean> {
     const known = this.#users.get(user)

@@ -8,9 +8,15 @@
 // get an anonymous token the same way. A token names its subject and expiry
 // and is signed with HMAC-SHA256 by a key made at start: what a caller may
 // pull is decided per request, by the access rules, from the subject.
+// A token issued for an upstream login (passthrough mode) carries that login
+// encrypted (AES-256-GCM, a key derived from the same start-up key): the
+// token is the client's to hold, and the mirror keeps no copy of the secret.
 
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { Caller } from './access-rules.js'
+
+/** A user name and password a token carries for its holder (passthrough mode). */
+export interface CarriedLogin { readonly username: string, readonly password: string }
 
 export interface IssuedToken {
   readonly token: string
@@ -19,31 +25,36 @@ export interface IssuedToken {
   readonly issuedAt: string
 }
 
-interface Payload { readonly sub: string, readonly exp: number }
+interface Payload { readonly sub: string, readonly exp: number, readonly login?: string }
 
-/** Tokens longer than this are not ours: nothing to decode. */
-const MAX_TOKEN_LENGTH = 1024
+/** Tokens longer than this are not ours: nothing to decode (a carried login is at most MAX_LOGIN_BYTES). */
+const MAX_TOKEN_LENGTH = 8192
+const IV_BYTES = 12
+const TAG_BYTES = 16
 
 export class TokenIssuer {
   readonly #key: Buffer
+  readonly #cipherKey: Buffer
   readonly #ttl: number
   readonly #now: () => number
 
   /** `ttl` in milliseconds. */
   constructor (ttl: number, now: () => number = Date.now, key: Buffer = randomBytes(32)) {
     this.#key = key
+    this.#cipherKey = Buffer.from(hkdfSync('sha256', key, Buffer.alloc(0), 'registry-mirror carried login', 32))
     this.#ttl = ttl
     this.#now = now
   }
 
-  issue (caller: Caller): IssuedToken {
+  issue (caller: Caller, login?: CarriedLogin): IssuedToken {
     const now = this.#now()
-    const payload = Buffer.from(JSON.stringify({ sub: caller ?? '', exp: now + this.#ttl } satisfies Payload)).toString('base64url')
+    const body: Payload = { sub: caller ?? '', exp: now + this.#ttl, ...(login === undefined ? {} : { login: this.#seal(login) }) }
+    const payload = Buffer.from(JSON.stringify(body)).toString('base64url')
     return { token: `${payload}.${this.#sign(payload)}`, expiresIn: Math.floor(this.#ttl / 1000), issuedAt: new Date(now).toISOString() }
   }
 
-  /** The caller a token was issued to; undefined when it is not one of ours or has expired. */
-  verify (token: string): { readonly caller: Caller } | undefined {
+  /** The caller a token was issued to, and the login it carries; undefined when it is not one of ours or has expired. */
+  verify (token: string): { readonly caller: Caller, readonly login?: CarriedLogin | undefined } | undefined {
     if (token.length > MAX_TOKEN_LENGTH) return undefined
     const [payload, signature, extra] = token.split('.')
     if (payload === undefined || signature === undefined || extra !== undefined) return undefined
@@ -57,9 +68,34 @@ export class TokenIssuer {
       return undefined
     }
     if (typeof parsed !== 'object' || parsed === null) return undefined
-    const { sub, exp } = parsed as Partial<Payload>
+    const { sub, exp, login } = parsed as Partial<Payload>
     if (typeof sub !== 'string' || typeof exp !== 'number' || exp <= this.#now()) return undefined
-    return { caller: sub === '' ? undefined : sub }
+    if (login === undefined) return { caller: sub === '' ? undefined : sub }
+    const carried = typeof login === 'string' ? this.#open(login) : undefined
+    if (carried === undefined) return undefined
+    return { caller: undefined, login: carried }
+  }
+
+  #seal (login: CarriedLogin): string {
+    const iv = randomBytes(IV_BYTES)
+    const cipher = createCipheriv('aes-256-gcm', this.#cipherKey, iv)
+    const sealed = Buffer.concat([cipher.update(JSON.stringify([login.username, login.password]), 'utf8'), cipher.final()])
+    return Buffer.concat([iv, sealed, cipher.getAuthTag()]).toString('base64url')
+  }
+
+  #open (sealed: string): CarriedLogin | undefined {
+    const bytes = Buffer.from(sealed, 'base64url')
+    if (bytes.length < IV_BYTES + TAG_BYTES) return undefined
+    try {
+      const decipher = createDecipheriv('aes-256-gcm', this.#cipherKey, bytes.subarray(0, IV_BYTES))
+      decipher.setAuthTag(bytes.subarray(bytes.length - TAG_BYTES))
+      const plain = Buffer.concat([decipher.update(bytes.subarray(IV_BYTES, bytes.length - TAG_BYTES)), decipher.final()]).toString('utf8')
+      const pair: unknown = JSON.parse(plain)
+      if (!Array.isArray(pair) || typeof pair[0] !== 'string' || typeof pair[1] !== 'string') return undefined
+      return { username: pair[0], password: pair[1] }
+    } catch {
+      return undefined
+    }
   }
 
   #sign (payload: string): string {

@@ -75,7 +75,9 @@ export const DEFAULTS = Object.freeze({
   authTokenTtl: 5 * MINUTE,
   authReloadInterval: 10 * SECOND,
   authMaxFailures: 10,
-  authFailureWindow: MINUTE
+  authFailureWindow: MINUTE,
+  /** How long a passthrough upstream's yes (per login and repository) is trusted without asking again. */
+  clientAccessTtl: MINUTE
 })
 
 // ---- schema -------------------------------------------------------------
@@ -92,6 +94,8 @@ interface UpstreamEntry {
   passwordEnv: string | undefined
   authHosts: string[]
   maxConcurrentDownloads: number
+  clientCredentials: 'mirror' | 'passthrough'
+  clientAccessTtl: number
   timeouts: { connect: number, headers: number, body: number }
 }
 
@@ -103,6 +107,8 @@ const upstreamEntry = section<UpstreamEntry>({
   passwordEnv: parsed(parseEnvName, 'an environment variable name like "HUB_TOKEN"'),
   authHosts: withDefault(list(parsed(parseAuthHost, 'a host like "auth.docker.io"')), []),
   maxConcurrentDownloads: withDefault(integer({ min: 1 }), DEFAULTS.maxConcurrentDownloads),
+  clientCredentials: withDefault(oneOf(['mirror', 'passthrough'] as const), 'mirror'),
+  clientAccessTtl: withDefault(duration({ min: 1000 }), DEFAULTS.clientAccessTtl),
   timeouts: section({
     connect: withDefault(duration({ min: 1 }), DEFAULTS.connectTimeout),
     headers: withDefault(duration({ min: 1 }), DEFAULTS.headersTimeout),
@@ -239,6 +245,11 @@ function upstreams (env: NodeJS.ProcessEnv): Field<Map<string, UpstreamConfig>> 
       drafts.push({ name, entry, credentials: credentials(entry, written, entryPath, env, problems) })
     }
 
+    const passthrough = drafts.filter(draft => draft.entry.clientCredentials === 'passthrough').map(draft => draft.name)
+    if (passthrough.length > 1) {
+      // A client has one login for the mirror's host: sent to two registries, one would learn the other's password.
+      problems.add(path, `at most one upstream may set clientCredentials: passthrough (a client's login for the mirror must reach one registry only), got ${passthrough.join(', ')}`)
+    }
     const explicit = drafts.filter(draft => draft.entry.default === true).map(draft => draft.name)
     if (explicit.length > 1) {
       problems.add(path, `at most one upstream may set default: true, got ${explicit.join(', ')}`)
@@ -258,6 +269,7 @@ function upstreams (env: NodeJS.ProcessEnv): Field<Map<string, UpstreamConfig>> 
         password: credentials.password,
         authHosts: entry.authHosts,
         maxConcurrentDownloads: entry.maxConcurrentDownloads,
+        passthrough: entry.clientCredentials === 'passthrough' ? { ttl: entry.clientAccessTtl } : undefined,
         connectTimeout: entry.timeouts.connect,
         headersTimeout: entry.timeouts.headers,
         bodyTimeout: entry.timeouts.body
@@ -364,7 +376,8 @@ export function parseConfig (
   }
 
   const tls = tlsConfig(file.tls, dirname(resolve(source)), problems)
-  const auth = authConfig(file, dirname(resolve(source)), problems)
+  const passthrough = [...file.upstreams.values()].some(u => u.passthrough !== undefined)
+  const auth = authConfig(file, dirname(resolve(source)), passthrough, problems)
   if (auth !== undefined && file.metrics.enabled && file.metrics.listen === undefined && metricsToken === undefined) {
     problems.add('metrics.token', 'with auth set, /metrics on the main listener needs a token (or give metrics.listen an address of its own, or set metrics.enabled: false)')
   }
@@ -402,18 +415,26 @@ export function parseConfig (
 
 // ---- helpers ------------------------------------------------------------
 
-/** auth needs its htpasswd file; access rules need auth. Without an access section, users pull everything and anonymous callers nothing. */
-function authConfig (file: FileConfig, base: string, problems: Problems): AuthConfig | undefined {
+/**
+ * auth needs its htpasswd file, unless an upstream is in passthrough mode (whose
+ * logins are that upstream's); access rules need the file. Without an access
+ * section, users pull everything and anonymous callers nothing; with passthrough
+ * and no users, everyone pulls from the other upstreams, as without auth.
+ */
+function authConfig (file: FileConfig, base: string, passthrough: boolean, problems: Problems): AuthConfig | undefined {
   const { auth, access } = file
   const accessGiven = access.default !== undefined || access.rules !== undefined
   if (auth.htpasswd === undefined) {
     if (accessGiven) problems.add('access', 'needs auth.htpasswd: rules name users, and users log in')
-    if (auth.anonymousNetworks !== undefined) problems.add('auth.htpasswd', 'missing: auth.anonymousNetworks is set, and auth needs its users')
-    return undefined
+    if (!passthrough) {
+      if (auth.anonymousNetworks !== undefined) problems.add('auth.htpasswd', 'missing: auth.anonymousNetworks is set, and auth needs its users')
+      return undefined
+    }
   }
   if (access.rules !== undefined && access.default === undefined) problems.add('access.default', 'is required with rules: "deny" or "pull", for a repository no rule matches')
+  const everyone = { repositories: ['**'], users: ['anonymous', '*'], pull: true }
   return {
-    htpasswd: resolve(base, auth.htpasswd),
+    htpasswd: auth.htpasswd === undefined ? undefined : resolve(base, auth.htpasswd),
     realm: auth.realm,
     remember: auth.remember,
     tokenTtl: auth.tokenTtl,
@@ -421,7 +442,7 @@ function authConfig (file: FileConfig, base: string, problems: Problems): AuthCo
     anonymousNetworks: auth.anonymousNetworks,
     maxFailures: auth.maxFailures,
     failureWindow: auth.failureWindow,
-    rules: access.rules ?? [{ repositories: ['**'], users: ['*'], pull: true }],
+    rules: access.rules ?? (auth.htpasswd === undefined ? [everyone] : [{ repositories: ['**'], users: ['*'], pull: true }]),
     defaultPull: access.default === 'pull'
   }
 }

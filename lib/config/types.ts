@@ -18,6 +18,13 @@ export interface UpstreamConfig {
   readonly authHosts?: readonly string[] | undefined
   /** Blob downloads from this upstream at once; more wait their turn in order. Manifests never wait for them. */
   readonly maxConcurrentDownloads?: number | undefined
+  /**
+   * Passthrough mode (`clientCredentials: passthrough`): each client's own login
+   * (or none) asks this upstream, which decides who reads what; `ttl` is how long
+   * (milliseconds) its yes per login and repository is trusted. Undefined: the
+   * mirror's own credentials (or none) for everyone.
+   */
+  readonly passthrough?: { readonly ttl: number } | undefined
   /** Milliseconds. */
   readonly connectTimeout: number
   readonly headersTimeout: number
@@ -44,8 +51,11 @@ export interface AccessRuleConfig {
 }
 
 export interface AuthConfig {
-  /** Absolute path of the htpasswd file (bcrypt entries only). */
-  readonly htpasswd: string
+  /**
+   * Absolute path of the htpasswd file (bcrypt entries only); undefined when the
+   * mirror has no users of its own and authenticates only for a passthrough upstream.
+   */
+  readonly htpasswd: string | undefined
   /** The realm of the Basic challenge. */
   readonly realm: string
   /** Milliseconds a verified user:password is trusted without another bcrypt check. */
@@ -118,7 +128,10 @@ export interface MirrorConfig {
    * address; undefined = plain HTTP. Paths are absolute.
    */
   readonly tls?: TlsConfig | undefined
-  /** Client authentication and access rules; undefined = anyone who reaches the mirror pulls anything. */
+  /**
+   * Client authentication and access rules; undefined = anyone who reaches the
+   * mirror pulls anything. Set whenever an upstream is in passthrough mode.
+   */
   readonly auth?: AuthConfig | undefined
   /**
    * Never contact an upstream: serve what the cache holds (tags whatever their

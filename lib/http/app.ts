@@ -8,7 +8,9 @@ import type { Logger } from 'pino'
 import { DeniedError, NameInvalidError, NotFoundError, RegistryError, TooManyRequestsError, UnauthorizedError, UnsupportedError } from '../errors.js'
 import type { AccessRules } from '../auth/access-rules.js'
 import type { Authenticator } from '../auth/authenticator.js'
+import type { PassthroughGate, Probe } from '../auth/passthrough.js'
 import type { TokenIssuer } from '../auth/tokens.js'
+import type { ClientLogin, PassthroughCaller } from '../upstream/client-login.js'
 import type { BlobService } from '../mirror/blobs.js'
 import type { ListingService } from '../mirror/listings.js'
 import { parsePage } from '../mirror/listings.js'
@@ -29,6 +31,8 @@ export interface AppState {
   user?: string
   /** The request carried credentials that checked out: a login, or a token (anonymous or not). */
   credentialed?: boolean
+  /** A login for the passthrough upstream the caller brought (never logged but for its user name). */
+  login?: ClientLogin
 }
 
 /** Client authentication and the access rules, when auth is configured. */
@@ -36,6 +40,8 @@ export interface AppAuth {
   readonly authenticator: Authenticator
   readonly rules: AccessRules
   readonly tokens: TokenIssuer
+  /** The upstreams in passthrough mode, which say themselves who may read what. */
+  readonly passthrough?: PassthroughGate | undefined
 }
 
 export interface AppOptions {
@@ -96,7 +102,16 @@ export function createApp (options: AppOptions): Koa<AppState> {
       throw loginRequired(ctx, 'log in: anonymous access is not allowed from this network', 'registry:catalog:*')
     }
     const user = ctx.state.user
-    const visible = auth === undefined ? undefined : (repository: string): boolean => auth.rules.mayPull(user, repository)
+    const caller: PassthroughCaller = { login: ctx.state.login }
+    const gate = auth?.passthrough
+    const visible = auth === undefined
+      ? undefined
+      : (repository: string): boolean => {
+          const upstream = repository.slice(0, repository.indexOf('/'))
+          // A passthrough upstream's repositories: only those it let this caller read lately.
+          if (gate?.covers(upstream) === true) return gate.allowed(caller, repository)
+          return auth.rules.mayPull(user, repository)
+        }
     const { repositories, next } = options.listings.catalog(page, visible)
     if (next !== undefined) {
       const q = new URLSearchParams()
@@ -157,8 +172,9 @@ function authenticate (auth: AppAuth) {
   return async (ctx: Ctx, next: Next): Promise<void> => {
     if (ctx.path === '/v2' || ctx.path.startsWith('/v2/')) {
       const authorization = ctx.get('authorization') || undefined
-      const user = await auth.authenticator.identify(authorization, ctx.socket.remoteAddress ?? '', () => bearerChallenge(ctx))
-      if (user !== undefined) ctx.state.user = user
+      const identity = await auth.authenticator.identify(authorization, ctx.socket.remoteAddress ?? '', () => bearerChallenge(ctx))
+      if (identity.user !== undefined) ctx.state.user = identity.user
+      if (identity.login !== undefined) ctx.state.login = identity.login
       // Credentials that checked out, a token (anonymous ones too) or a login.
       ctx.state.credentialed = authorization !== undefined
     }
@@ -175,13 +191,15 @@ function tokenEndpoint (auth: AppAuth, options: AppOptions) {
     if (authorization !== undefined && !/^basic /i.test(authorization)) {
       throw new UnauthorizedError('the token endpoint takes Basic credentials', undefined, { 'www-authenticate': auth.authenticator.basicChallenge })
     }
-    const user = await auth.authenticator.identify(authorization, address, () => auth.authenticator.basicChallenge)
-    if (user === undefined && !auth.authenticator.anonymousAllowed(address)) {
+    const { user, login } = await auth.authenticator.identify(authorization, address, () => auth.authenticator.basicChallenge)
+    if (user === undefined && login === undefined && !auth.authenticator.anonymousAllowed(address)) {
       options.authEvents?.accessDenied('anonymous-network')
       throw new UnauthorizedError('log in: anonymous access is not allowed from this network', undefined, { 'www-authenticate': auth.authenticator.basicChallenge })
     }
     if (user !== undefined) ctx.state.user = user
-    const issued = auth.tokens.issue(user)
+    if (login !== undefined) ctx.state.login = login
+    // A login for the passthrough upstream travels inside the token, sealed: the mirror keeps none.
+    const issued = login === undefined ? auth.tokens.issue(user) : auth.tokens.issue(undefined, login)
     ctx.set('Cache-Control', 'no-store')
     ctx.body = { token: issued.token, access_token: issued.token, expires_in: issued.expiresIn, issued_at: issued.issuedAt }
   }
@@ -197,18 +215,43 @@ function loginRequired (ctx: Ctx, message: string, scope?: string): Unauthorized
  * Whether the caller may pull the repository: an anonymous caller outside the
  * allowed networks, or one the rules do not let in, is asked to log in (401);
  * a user the rules do not let in is refused (403). Each refusal is logged and counted.
+ * A passthrough upstream's repository is the upstream's to grant, asked with the
+ * caller's own login (or none); the route then carries the caller for the services.
  */
-function authorize (ctx: Ctx, options: AppOptions, repository: string, asked: string): void {
+async function authorize (ctx: Ctx, options: AppOptions, r: Route, asked: string, probe: () => Probe): Promise<Route> {
   const auth = options.auth
-  if (auth === undefined) return
+  if (auth === undefined) return r
+  const repository = r.repository
   const user = ctx.state.user
+  const login = ctx.state.login
   const address = ctx.socket.remoteAddress ?? ''
-  if (user === undefined && !auth.authenticator.anonymousAllowed(address)) {
+  if (user === undefined && login === undefined && !auth.authenticator.anonymousAllowed(address)) {
     options.authEvents?.accessDenied('anonymous-network')
     options.log.info({ address, repository }, 'anonymous pull refused: not from an allowed network')
     throw loginRequired(ctx, 'log in: anonymous access is not allowed from this network', `repository:${asked}:pull`)
   }
-  if (auth.rules.mayPull(user, repository)) return
+  const gate = auth.passthrough
+  if (gate?.covers(r.upstream) === true) {
+    const caller: PassthroughCaller = { login }
+    try {
+      await gate.check(r.upstream, r.name, caller, probe())
+    } catch (err) {
+      if (!(err instanceof DeniedError)) throw err
+      options.authEvents?.accessDenied('upstream-denied')
+      options.log.info({ user, upstreamUser: login?.username, address, repository }, 'pull denied by the passthrough upstream')
+      // Without a login of its own the caller is asked for one; with one, it is refused.
+      if (login === undefined) throw loginRequired(ctx, err.message, `repository:${asked}:pull`)
+      throw err
+    }
+    return { ...r, caller }
+  }
+  if (login !== undefined) {
+    // A login for the passthrough upstream is not one of the mirror's users: anonymous here.
+    if (auth.rules.mayPull(undefined, repository)) return r
+    options.authEvents?.accessDenied('not-allowed')
+    throw new DeniedError(`${login.username} is a login for ${gate?.upstreams.join(', ') ?? 'another upstream'}, which does not reach ${repository}`, { repository })
+  }
+  if (auth.rules.mayPull(user, repository)) return r
   if (user === undefined) {
     options.authEvents?.accessDenied('login-required')
     options.log.info({ address, repository }, 'anonymous pull refused: the repository needs a login')
@@ -268,7 +311,8 @@ function requestLog (options: AppOptions) {
         ms: Math.round(seconds * 1000),
         cache: ctx.state.cache,
         upstream: ctx.state.upstream,
-        user: ctx.state.user
+        user: ctx.state.user,
+        upstreamUser: ctx.state.login?.username
       }, 'request')
       options.events.requestFinished({ method: ctx.method, kind: ctx.state.kind ?? 'other', status, outcome, seconds, bytes: bodyBytes })
     })
@@ -304,20 +348,38 @@ function distribution (options: AppOptions) {
     }
     const [, rawName = '', what = '', ref = ''] = m
     const ns = single(ctx.query.ns)
-    const r = route(options.routing, rawName, ns)
-    ctx.state.upstream = r.upstream
-    authorize(ctx, options, r.repository, rawName)
+    const routed = route(options.routing, rawName, ns)
+    ctx.state.upstream = routed.upstream
+    const r = await authorize(ctx, options, routed, rawName, () => probeOf(what, ref, path))
     ctx.set('Docker-Distribution-API-Version', API_VERSION)
     // The spec's "Registry Proxying": a registry that scopes a request by `ns` says so.
     if (ns !== undefined && ns === r.upstream) ctx.set('OCI-Namespace', ns)
-    switch (what) {
-      case 'manifests': return await manifest(ctx, options, r, ref)
-      case 'blobs': return await blob(ctx, options, r, ref)
-      case 'tags':
-        if (ref !== 'list') throw new NotFoundError('not found', { path })
-        return await tags(ctx, options, r, rawName)
-      case 'referrers': return await referrers(ctx, options, r, ref)
+    try {
+      switch (what) {
+        case 'manifests': return await manifest(ctx, options, r, ref)
+        case 'blobs': return await blob(ctx, options, r, ref)
+        case 'tags':
+          if (ref !== 'list') throw new NotFoundError('not found', { path })
+          return await tags(ctx, options, r, rawName)
+        case 'referrers': return await referrers(ctx, options, r, ref)
+      }
+    } catch (err) {
+      // Upstream refused the caller's own login after all: its yes is forgotten, and the next request asks again.
+      if (r.caller !== undefined && err instanceof DeniedError) options.auth?.passthrough?.forget(r.caller, r.repository)
+      throw err
     }
+  }
+}
+
+/** What a passthrough upstream is asked, for a request; the reference is checked first, since it goes into the upstream's path. */
+function probeOf (what: string, ref: string, path: string): Probe {
+  switch (what) {
+    case 'manifests': parseManifestReference(ref); return { kind: 'manifest', reference: ref }
+    case 'blobs': return { kind: 'blob', digest: parseDigest(ref).digest }
+    case 'referrers': return { kind: 'manifest', reference: parseDigest(ref).digest }
+    default:
+      if (ref !== 'list') throw new NotFoundError('not found', { path })
+      return { kind: 'tags' }
   }
 }
 

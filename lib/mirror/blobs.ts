@@ -168,7 +168,7 @@ export class BlobService {
     const { cache, log, events } = this.#o
     const starting = (async (): Promise<Started> => {
       const client = this.#o.upstream(route.upstream)
-      const res = await client.openBlob(route.name, digest)
+      const res = await client.openBlob(route.name, digest, route.caller)
       if (res.status === 404) {
         await res.body.dump()
         throw new BlobUnknownError('blob unknown to upstream', { digest, upstream: route.upstream })
@@ -260,7 +260,7 @@ export class BlobService {
   /** A fresh upstream GET served to one client, verified, not cached. */
   async #passThrough (route: Route, digest: string, request: { method: 'GET' | 'HEAD', range: string | undefined }): Promise<BlobAnswer> {
     if (request.method === 'HEAD') return await this.#headUpstream(route, digest)
-    const res = await this.#o.upstream(route.upstream).openBlob(route.name, digest)
+    const res = await this.#o.upstream(route.upstream).openBlob(route.name, digest, route.caller)
     if (res.status !== 200) {
       await res.body.dump()
       throw res.status === 404
@@ -302,7 +302,7 @@ export class BlobService {
 
   async #headUpstream (route: Route, digest: string): Promise<BlobAnswer> {
     const client = this.#o.upstream(route.upstream)
-    const res = await client.send('HEAD', `/v2/${route.name}/blobs/${digest}`, { repository: route.name, kind: 'blob' })
+    const res = await client.send('HEAD', `/v2/${route.name}/blobs/${digest}`, { repository: route.name, caller: route.caller, kind: 'blob' })
     await res.body.dump()
     if (res.status === 404) throw new BlobUnknownError('blob unknown to upstream', { digest })
     if (res.status !== 200) throw new UnavailableError(`upstream ${route.upstream} answered HTTP ${res.status} for a blob`, { digest })

@@ -11,7 +11,7 @@ import { passedThroughHeaders } from '../upstream/client.js'
 import type { Route } from '../upstream/routing.js'
 import { readLimited, type StoppableBody } from '../read-limited.js'
 import type { CacheOutcome } from '../events.js'
-import type { ServiceOptions } from './service-options.js'
+import { refusedCaller, type ServiceOptions } from './service-options.js'
 
 
 export interface Page { readonly n: number | undefined, readonly last: string | undefined }
@@ -67,7 +67,7 @@ export class ListingService {
       return { tags: items, next, outcome: 'hit', headers: {} }
     }
     try {
-      const res = await this.#o.upstream(route.upstream).send('GET', `/v2/${route.name}/tags/list${qs}`, { repository: route.name, kind: 'tags' })
+      const res = await this.#o.upstream(route.upstream).send('GET', `/v2/${route.name}/tags/list${qs}`, { repository: route.name, caller: route.caller, kind: 'tags' })
       if (res.status === 404) {
         await res.body.dump()
         throw new NameUnknownError('repository name not known to registry', { name: route.name })
@@ -86,7 +86,7 @@ export class ListingService {
       const { items, next } = paginate(listed, page)
       return { tags: items, next: next ?? (link === undefined ? undefined : nextLast(link)), outcome: 'miss', headers: passedThroughHeaders(res.headers) }
     } catch (err) {
-      if (err instanceof NameUnknownError || !(err instanceof RegistryError)) throw err
+      if (err instanceof NameUnknownError || !(err instanceof RegistryError) || refusedCaller(route, err)) throw err
       const known = this.#o.cache.tags(route.repository)
       if (known.length === 0) throw err
       const { items, next } = paginate(known, page)
@@ -107,7 +107,7 @@ export class ListingService {
     const qs = artifactType === undefined ? '' : `?artifactType=${encodeURIComponent(artifactType)}`
     try {
       const res = await this.#o.upstream(route.upstream).send('GET', `/v2/${route.name}/referrers/${digest}${qs}`,
-        { repository: route.name, headers: { accept: MediaTypes.ociIndex }, kind: 'referrers' })
+        { repository: route.name, caller: route.caller, headers: { accept: MediaTypes.ociIndex }, kind: 'referrers' })
       let body: Record<string, unknown> & { manifests: unknown[] }
       if (res.status === 404) {
         // No referrers API: the spec's fallback is the referrers tag, else no referrers at all.
@@ -130,7 +130,7 @@ export class ListingService {
       this.#o.cache.putReferrers(route.repository, digest, key, content)
       return { content, outcome: 'miss', filtered: key !== '' }
     } catch (err) {
-      if (cached === undefined || !(err instanceof RegistryError)) throw err
+      if (cached === undefined || !(err instanceof RegistryError) || refusedCaller(route, err)) throw err
       return { content: cached.content, outcome: 'stale', filtered: key !== '' }
     }
   }
@@ -138,7 +138,7 @@ export class ListingService {
   /** The index under the referrers tag (`sha256-<hex>`), or an empty index when there is none. */
   async #referrersTag (route: Route, digest: string): Promise<Record<string, unknown> & { manifests: unknown[] }> {
     const res = await this.#o.upstream(route.upstream).send('GET', `/v2/${route.name}/manifests/${referrersTag(digest)}`,
-      { repository: route.name, headers: { accept: MediaTypes.ociIndex }, kind: 'referrers' })
+      { repository: route.name, caller: route.caller, headers: { accept: MediaTypes.ociIndex }, kind: 'referrers' })
     if (res.status === 200) {
       const parsed = await readJson(res.body).catch(() => undefined)
       if (isReferrersIndex(parsed)) return parsed

@@ -19,7 +19,7 @@ import { manifestMediaType } from '../oci/manifest.js'
 import { passedThroughHeaders } from '../upstream/client.js'
 import type { Route } from '../upstream/routing.js'
 import { readLimited } from '../read-limited.js'
-import type { ServiceOptions } from './service-options.js'
+import { refusedCaller, type ServiceOptions } from './service-options.js'
 
 export type { Manifest } from '../cache/local-cache.js'
 
@@ -125,9 +125,11 @@ export class ManifestService {
     const client = this.#o.upstream(route.upstream)
     let res
     try {
-      res = await client.send('HEAD', `/v2/${route.name}/manifests/${tag}`, { repository: route.name, headers: { accept: MANIFEST_ACCEPT }, kind: 'manifest' })
+      res = await client.send('HEAD', `/v2/${route.name}/manifests/${tag}`, { repository: route.name, caller: route.caller, headers: { accept: MANIFEST_ACCEPT }, kind: 'manifest' })
       await res.body.dump()
     } catch (err) {
+      // A client's own login that upstream now refuses (passthrough) gets nothing, stale or not.
+      if (refusedCaller(route, err)) throw err
       this.#logStale(route, tag, err)
       return { manifest: cached, headers: err instanceof RegistryError ? pickRateLimit(err.headers) : {}, outcome: 'stale' }
     }
@@ -155,7 +157,7 @@ export class ManifestService {
     try {
       return await this.#resolveTag(route, tag)
     } catch (err) {
-      if (err instanceof ManifestUnknownError) throw err
+      if (err instanceof ManifestUnknownError || refusedCaller(route, err)) throw err
       this.#logStale(route, tag, err)
       return { manifest: cached, headers, outcome: 'stale' }
     }
@@ -163,7 +165,7 @@ export class ManifestService {
 
   /** A HEAD (free under Docker Hub's pull limit): does this repository have the manifest? Recorded when it does. */
   async #confirm (route: Route, digest: string): Promise<void> {
-    const res = await this.#o.upstream(route.upstream).send('HEAD', `/v2/${route.name}/manifests/${digest}`, { repository: route.name, headers: { accept: MANIFEST_ACCEPT }, kind: 'manifest' })
+    const res = await this.#o.upstream(route.upstream).send('HEAD', `/v2/${route.name}/manifests/${digest}`, { repository: route.name, caller: route.caller, headers: { accept: MANIFEST_ACCEPT }, kind: 'manifest' })
     await res.body.dump()
     if (res.status === 404) throw new ManifestUnknownError('manifest unknown to upstream', { digest })
     if (res.status !== 200) throw new UnavailableError(`upstream ${route.upstream} answered HTTP ${res.status} for a manifest`, { digest })
@@ -178,7 +180,7 @@ export class ManifestService {
   /** GETs a manifest from upstream and checks it: size, digest when asked by digest, JSON. */
   async #fetch (route: Route, reference: string, accept: string): Promise<{ manifest: Manifest, headers: Record<string, string> }> {
     const client = this.#o.upstream(route.upstream)
-    const res = await client.send('GET', `/v2/${route.name}/manifests/${reference}`, { repository: route.name, headers: { accept }, kind: 'manifest' })
+    const res = await client.send('GET', `/v2/${route.name}/manifests/${reference}`, { repository: route.name, caller: route.caller, headers: { accept }, kind: 'manifest' })
     const headers = passedThroughHeaders(res.headers)
     if (res.status === 404) {
       await res.body.dump()

@@ -15,6 +15,7 @@ import { guardedLookup, isLinkLocal } from './address-guard.js'
 import { CircuitBreaker } from './circuit-breaker.js'
 import { parseChallenges, type Challenge } from './challenge.js'
 import { DEFAULT_TOKEN_LIFETIME_S, TokenCache } from './token-cache.js'
+import { callerKey, type ClientLogin, type PassthroughCaller } from './client-login.js'
 
 const MAX_REDIRECTS = 5
 /** Connections for manifests, tags, referrers and tokens, apart from the blob downloads'. */
@@ -69,6 +70,8 @@ export class UpstreamClient {
   readonly #ownHosts: ReadonlySet<string>
   readonly #plainHttp: boolean
   #basic: string | undefined
+  /** The upstream answered a Basic challenge: clients' own logins go up front from then on too. */
+  #wantsBasic = false
 
   constructor (options: UpstreamClientOptions) {
     this.#config = options.config
@@ -107,12 +110,16 @@ export class UpstreamClient {
    * Sends a GET or HEAD for a /v2/ path of this upstream and returns the final
    * answer after authentication and redirects, whatever its status. Network
    * failures become UnavailableError; a 429 becomes TooManyRequestsError.
+   * With a `caller` (passthrough mode) the request goes with that client's own
+   * login, or none, and never with the mirror's configured credentials.
    */
-  async send (method: 'GET' | 'HEAD', path: string, options: { repository?: string, headers?: Record<string, string>, kind: string }): Promise<UpstreamResponse> {
+  async send (method: 'GET' | 'HEAD', path: string, options: { repository?: string, headers?: Record<string, string>, kind: string, caller?: PassthroughCaller | undefined }): Promise<UpstreamResponse> {
     const scopeKey = options.repository !== undefined ? `repository:${options.repository}:pull` : ''
+    const caller = options.caller
+    const tokenKey = caller === undefined ? scopeKey : `${callerKey(caller)}\0${scopeKey}`
     let url = new URL(this.#config.url + path)
     const baseHeaders: Record<string, string> = { 'user-agent': 'registry-mirror', ...options.headers }
-    let authorization = this.#cachedAuthorization(scopeKey)
+    let authorization = this.#cachedAuthorization(tokenKey, caller)
     let authTried = false
     let retried = false
     if (!this.#circuit.admit()) {
@@ -143,7 +150,7 @@ export class UpstreamClient {
         authTried = true
         const challenge = header(res.headers, 'www-authenticate')
         await res.body.dump()
-        authorization = await this.#authorize(challenge, scopeKey)
+        authorization = await this.#authorize(challenge, scopeKey, tokenKey, caller)
         hop--
         continue
       }
@@ -172,8 +179,11 @@ export class UpstreamClient {
       }
       if (status === 401 || status === 403) {
         await res.body.dump()
-        if (status === 401 && scopeKey !== '') this.#tokens.delete(scopeKey)
-        throw new DeniedError(`upstream ${this.name} denied access${options.repository !== undefined ? ` to ${options.repository}` : ''}: the repository may not exist or may need credentials`, { upstream: this.name, status })
+        if (status === 401 && scopeKey !== '') this.#tokens.delete(tokenKey)
+        const what = options.repository !== undefined ? ` to ${options.repository}` : ''
+        throw new DeniedError(caller === undefined
+          ? `upstream ${this.name} denied access${what}: the repository may not exist or may need credentials`
+          : `upstream ${this.name} denied ${caller.login === undefined ? 'anonymous' : `${caller.login.username}'s`} access${what}`, { upstream: this.name, status })
       }
       if (status >= 500) {
         await res.body.dump()
@@ -188,11 +198,11 @@ export class UpstreamClient {
    * The body of a blob GET as a stream, with its announced length. It holds one of the
    * upstream's maxConcurrentDownloads slots until the body has ended or been destroyed.
    */
-  async openBlob (repository: string, digest: string): Promise<{ status: number, body: UpstreamResponse['body'], size: number | undefined, headers: Headers }> {
+  async openBlob (repository: string, digest: string, caller?: PassthroughCaller): Promise<{ status: number, body: UpstreamResponse['body'], size: number | undefined, headers: Headers }> {
     const release = await this.#downloads.acquire()
     let res: UpstreamResponse
     try {
-      res = await this.send('GET', `/v2/${repository}/blobs/${digest}`, { repository, kind: 'blob' })
+      res = await this.send('GET', `/v2/${repository}/blobs/${digest}`, { repository, kind: 'blob', caller })
     } catch (err) {
       release()
       throw err
@@ -203,33 +213,66 @@ export class UpstreamClient {
     return { status: res.status, body: res.body, size: contentLength(res.headers), headers: res.headers }
   }
 
-  #cachedAuthorization (scopeKey: string): string | undefined {
-    const token = this.#tokens.get(scopeKey)
+  #cachedAuthorization (tokenKey: string, caller: PassthroughCaller | undefined): string | undefined {
+    const token = this.#tokens.get(tokenKey)
     if (token !== undefined) return `Bearer ${token}`
-    return this.#basic
+    if (caller === undefined) return this.#basic
+    const login = caller.login
+    return this.#wantsBasic && login !== undefined && this.#mayCarryLogin(new URL(this.#config.url)) ? basicAuthorization(login.username, login.password) : undefined
   }
 
-  async #authorize (challengeHeader: string | undefined, scopeKey: string): Promise<string> {
+  async #authorize (challengeHeader: string | undefined, scopeKey: string, tokenKey: string, caller: PassthroughCaller | undefined): Promise<string> {
     const challenges = challengeHeader === undefined ? [] : parseChallenges(challengeHeader)
     const bearer = challenges.find(c => c.scheme === 'bearer')
     if (bearer !== undefined) {
-      const key = scopeKey
-      let pending = this.#tokenFetches.get(key)
+      let pending = this.#tokenFetches.get(tokenKey)
       if (pending === undefined) {
-        pending = this.#fetchToken(bearer, key).finally(() => this.#tokenFetches.delete(key))
-        this.#tokenFetches.set(key, pending)
+        pending = this.#fetchToken(bearer, scopeKey, tokenKey, caller).finally(() => this.#tokenFetches.delete(tokenKey))
+        this.#tokenFetches.set(tokenKey, pending)
       }
       return `Bearer ${await pending}`
     }
-    if (challenges.some(c => c.scheme === 'basic') && this.#config.username !== undefined) {
-      // A Basic upstream wants the same credentials every time: send them up front from now on.
-      this.#basic = basicAuthorization(this.#config.username, this.#config.password ?? '')
-      return this.#basic
+    if (challenges.some(c => c.scheme === 'basic')) {
+      if (caller !== undefined) {
+        this.#wantsBasic = true
+        const login = caller.login
+        if (login === undefined) throw new DeniedError(`upstream ${this.name} needs a login for this`, { upstream: this.name })
+        if (!this.#mayCarryLogin(new URL(this.#config.url))) throw new DeniedError(`upstream ${this.name} asks for a password over plain http`, { upstream: this.name })
+        return basicAuthorization(login.username, login.password)
+      }
+      if (this.#config.username !== undefined) {
+        // A Basic upstream wants the same credentials every time: send them up front from now on.
+        this.#basic = basicAuthorization(this.#config.username, this.#config.password ?? '')
+        return this.#basic
+      }
     }
     throw new DeniedError(`upstream ${this.name} requires authentication the mirror cannot provide`, { upstream: this.name })
   }
 
-  async #fetchToken (challenge: Challenge, key: string): Promise<string> {
+  /** Credentials travel over https only, unless the upstream itself was configured with http. */
+  #mayCarryLogin (url: URL): boolean {
+    return url.protocol === 'https:' || this.#plainHttp
+  }
+
+  /**
+   * Whether the upstream takes a client's login (passthrough mode), checked
+   * the way a registry client logs in: its token endpoint, asked with the
+   * login and no scope, or /v2/ itself for a Basic upstream. An upstream
+   * that asks for no login takes any. Unreachable: UnavailableError.
+   */
+  async checkLogin (login: ClientLogin): Promise<boolean> {
+    const caller: PassthroughCaller = { login }
+    try {
+      const res = await this.send('GET', '/v2/', { kind: 'login', caller })
+      await res.body.dump()
+      return res.status === 200
+    } catch (err) {
+      if (err instanceof DeniedError) return false
+      throw err
+    }
+  }
+
+  async #fetchToken (challenge: Challenge, key: string, tokenKey: string, caller: PassthroughCaller | undefined): Promise<string> {
     const realm = challenge.params.realm
     if (realm === undefined) throw new UnavailableError(`upstream ${this.name} sent a bearer challenge without a realm`)
     let url: URL
@@ -247,9 +290,12 @@ export class UpstreamClient {
     const scope = challenge.params.scope ?? (key === '' ? undefined : key)
     if (scope !== undefined) for (const s of scope.split(' ')) url.searchParams.append('scope', s)
     const headers: Record<string, string> = { 'user-agent': 'registry-mirror', accept: 'application/json' }
-    if (this.#config.username !== undefined) {
-      // Credentials travel over https only, unless the upstream itself was configured with http.
-      if (url.protocol === 'https:' || this.#plainHttp) headers.authorization = basicAuthorization(this.#config.username, this.#config.password ?? '')
+    // A client's own login in passthrough mode; else the mirror's configured credentials.
+    const login = caller === undefined
+      ? (this.#config.username === undefined ? undefined : { username: this.#config.username, password: this.#config.password ?? '' })
+      : caller.login
+    if (login !== undefined) {
+      if (this.#mayCarryLogin(url)) headers.authorization = basicAuthorization(login.username, login.password)
       else this.#log.warn({ realm: url.host }, 'token realm is plain http: asking for a token without the credentials')
     }
     this.#events.tokenFetched(this.name)
@@ -262,7 +308,9 @@ export class UpstreamClient {
     this.#events.upstreamResponse({ upstream: this.name, kind: 'token', method: 'GET', status: res.statusCode })
     if (res.statusCode === 401 || res.statusCode === 403) {
       await res.body.dump()
-      throw new DeniedError(`upstream ${this.name} refused the mirror's credentials`, { upstream: this.name, status: res.statusCode })
+      throw new DeniedError(caller === undefined
+        ? `upstream ${this.name} refused the mirror's credentials`
+        : `upstream ${this.name} refused ${caller.login === undefined ? 'an anonymous token' : `the login of ${caller.login.username}`}`, { upstream: this.name, status: res.statusCode })
     }
     if (res.statusCode !== 200) {
       await res.body.dump()
@@ -272,8 +320,8 @@ export class UpstreamClient {
     if (bytes === undefined) throw new UnavailableError(`upstream ${this.name} token service sent more than ${MAX_TOKEN_BYTES} bytes`)
     const token = tokenFrom(parseJson(bytes))
     if (token === undefined) throw new UnavailableError(`upstream ${this.name} token service sent no token`)
-    this.#tokens.set(key, token.token, token.expiresIn)
-    this.#log.debug({ scope: key, expiresIn: token.expiresIn }, 'fetched upstream token')
+    this.#tokens.set(tokenKey, token.token, token.expiresIn)
+    this.#log.debug({ scope: key, expiresIn: token.expiresIn, passthrough: caller !== undefined }, 'fetched upstream token')
     return token.token
   }
 

@@ -7,6 +7,7 @@
 import type { MirrorConfig } from '../config/types.js'
 import { NameInvalidError, RegistryUnknownError } from '../errors.js'
 import { assertName } from '../oci/reference.js'
+import type { PassthroughCaller } from './client-login.js'
 
 export interface Route {
   /** The configured upstream's key, e.g. `docker.io`. */
@@ -15,6 +16,11 @@ export interface Route {
   readonly name: string
   /** The cache's key for the repository: `<upstream>/<name>`. */
   readonly repository: string
+  /**
+   * For an upstream in passthrough mode: the client whose own login (or none)
+   * asks upstream for this request, once it was let read the repository.
+   */
+  readonly caller?: PassthroughCaller | undefined
 }
 
 export interface RoutingTable {

@@ -1,4 +1,8 @@
-// Bearer tokens per upstream and scope, kept until shortly before they expire.
+// Bearer tokens per upstream and scope (and, in passthrough mode, per client
+// login), kept until shortly before they expire. Bounded: clients that bring
+// logins of their own cannot make it grow without end.
+
+import { LRUCache } from 'lru-cache'
 
 export interface CachedToken { readonly token: string, readonly expiresAt: number }
 
@@ -6,9 +10,11 @@ export interface CachedToken { readonly token: string, readonly expiresAt: numbe
 const EXPIRY_MARGIN_MS = 10_000
 /** Docker's token spec: when expires_in is absent, a token lasts 60 seconds. */
 export const DEFAULT_TOKEN_LIFETIME_S = 60
+/** Tokens kept at most, the least recently used dropped first (a dropped one is fetched again). */
+const MAX_TOKENS = 10_000
 
 export class TokenCache {
-  readonly #tokens = new Map<string, CachedToken>()
+  readonly #tokens = new LRUCache<string, CachedToken>({ max: MAX_TOKENS })
   readonly #now: () => number
 
   constructor (now: () => number = Date.now) {

@@ -59,6 +59,8 @@ export interface YamlUpstream {
   readonly passwordEnv?: string
   readonly authHosts?: readonly string[]
   readonly maxConcurrentDownloads?: number
+  readonly clientCredentials?: 'mirror' | 'passthrough'
+  readonly clientAccessTtl?: string
   readonly timeouts?: { readonly connect?: string, readonly headers?: string, readonly body?: string }
 }
 

@@ -1,6 +1,6 @@
 // A test's listener for the mirror's events: every event, in order, as data.
 
-import type { DownloadResult, EvictedItem, MirrorEvents, RefusalReason, AuthFailureReason, DenialReason, RequestRecord, UncachedResult, UpstreamAnswer } from '../../lib/events.js'
+import type { DownloadResult, EvictedItem, MirrorEvents, RefusalReason, AuthFailureReason, DenialReason, PassthroughResult, RequestRecord, UncachedResult, UpstreamAnswer } from '../../lib/events.js'
 
 export type RecordedEvent =
   | { readonly event: 'upstreamResponse', readonly answer: UpstreamAnswer }
@@ -8,6 +8,7 @@ export type RecordedEvent =
   | { readonly event: 'upstreamRefused', readonly upstream: string, readonly reason: RefusalReason }
   | { readonly event: 'authFailed', readonly reason: AuthFailureReason }
   | { readonly event: 'accessDenied', readonly reason: DenialReason }
+  | { readonly event: 'passthroughChecked', readonly upstream: string, readonly result: PassthroughResult }
   | { readonly event: 'upstreamState', readonly upstream: string, readonly down: { since: number, until: number } | undefined }
   | { readonly event: 'downloadStarted', readonly digest: string, readonly upstream: string }
   | { readonly event: 'downloadEnded', readonly digest: string, readonly upstream: string, readonly result: DownloadResult, readonly bytes: number }
@@ -28,6 +29,7 @@ export class EventRecorder implements MirrorEvents {
   upstreamRefused (upstream: string, reason: RefusalReason): void { this.events.push({ event: 'upstreamRefused', upstream, reason }) }
   authFailed (reason: AuthFailureReason): void { this.events.push({ event: 'authFailed', reason }) }
   accessDenied (reason: DenialReason): void { this.events.push({ event: 'accessDenied', reason }) }
+  passthroughChecked (upstream: string, result: PassthroughResult): void { this.events.push({ event: 'passthroughChecked', upstream, result }) }
   upstreamState (upstream: string, down: { since: number, until: number } | undefined): void { this.events.push({ event: 'upstreamState', upstream, down }) }
   downloadStarted (digest: string, upstream: string): void { this.events.push({ event: 'downloadStarted', digest, upstream }) }
   downloadEnded (digest: string, upstream: string, result: DownloadResult, bytes: number): void {

@@ -12,7 +12,7 @@ import { listenAddress, loadYamlConfig, ms, type YamlAccess, type YamlAuth, type
 
 export interface TestMirrorOptions {
   /** registry host -> upstream URL; the first is the default unless `defaultUpstream` says otherwise */
-  readonly upstreams: Record<string, string | Partial<UpstreamConfig> & { url: string }>
+  readonly upstreams: Record<string, string | Partial<UpstreamConfig> & { url: string, clientCredentials?: 'mirror' | 'passthrough', clientAccessTtl?: number }>
   readonly defaultUpstream?: string | null
   readonly tagTtl?: number
   readonly storage?: string
@@ -80,6 +80,8 @@ function testMirrorYaml (storage: string, options: TestMirrorOptions): YamlConfi
       password: spec.password,
       authHosts: spec.authHosts,
       maxConcurrentDownloads: spec.maxConcurrentDownloads,
+      clientCredentials: 'clientCredentials' in spec ? spec.clientCredentials : undefined,
+      clientAccessTtl: 'clientAccessTtl' in spec && spec.clientAccessTtl !== undefined ? ms(spec.clientAccessTtl) : undefined,
       timeouts: {
         connect: ms(spec.connectTimeout ?? 2_000),
         headers: ms(spec.headersTimeout ?? 5_000),

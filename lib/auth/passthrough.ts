@@ -1,0 +1,181 @@
+// Private images in passthrough mode (`upstreams.X.clientCredentials:
+// passthrough`): whether a caller may read a repository of that upstream is
+// the upstream's to say, asked with the caller's own login (or none) — a
+// token for the repository's pull scope, then a HEAD of what was asked for —
+// before anything of the repository is served, from the cache or not. The
+// answer is remembered per (login, repository) for a short time, keyed by the
+// login's HMAC, never the secret; concurrent requests share one check. With
+// the upstream down, a yes still inside its time is honoured and new checks
+// are refused, saying so. The mirror's own credentials never ask for a caller.
+
+import { LRUCache } from 'lru-cache'
+import type { Logger } from 'pino'
+import { Inflight } from '../cache/inflight.js'
+import { BlobUnknownError, DeniedError, ManifestUnknownError, NameUnknownError, RegistryError, TooManyRequestsError, UnavailableError } from '../errors.js'
+import type { MirrorEvents } from '../events.js'
+import { MANIFEST_ACCEPT } from '../oci/media-types.js'
+import type { UpstreamClient } from '../upstream/client.js'
+import { callerKey, type ClientLogin, type PassthroughCaller } from '../upstream/client-login.js'
+
+/** What a request asks of a repository, which the check asks upstream for in its stead. */
+export type Probe =
+  | { readonly kind: 'manifest', readonly reference: string }
+  | { readonly kind: 'blob', readonly digest: string }
+  | { readonly kind: 'tags' }
+
+export interface PassthroughUpstream {
+  readonly client: UpstreamClient
+  /** Milliseconds a yes is trusted without asking again. */
+  readonly ttl: number
+}
+
+export interface PassthroughGateOptions {
+  /** The upstreams in passthrough mode, by name. */
+  readonly upstreams: ReadonlyMap<string, PassthroughUpstream>
+  readonly events: Pick<MirrorEvents, 'passthroughChecked'>
+  readonly log: Logger
+  readonly now?: (() => number) | undefined
+  /** An offline mirror asks no upstream: nothing of a passthrough upstream is served. */
+  readonly offline?: boolean | undefined
+}
+
+/** Remembered answers, at most: a flood of made-up logins or names cannot grow them. */
+const MAX_DECISIONS = 10_000
+/** A no is remembered this long at most (so a right just granted upstream shows soon), and a flood of refused requests asks upstream once. */
+const DENIAL_TTL = 10_000
+
+interface Decision { readonly allowed: boolean, readonly until: number, readonly message: string }
+
+export class PassthroughGate {
+  readonly #o: PassthroughGateOptions
+  readonly #now: () => number
+  readonly #decisions = new LRUCache<string, Decision>({ max: MAX_DECISIONS })
+  readonly #checks = new Inflight<Decision>()
+
+  constructor (options: PassthroughGateOptions) {
+    this.#o = options
+    this.#now = options.now ?? Date.now
+  }
+
+  /** Whether the upstream is in passthrough mode. */
+  covers (upstream: string): boolean {
+    return this.#o.upstreams.has(upstream)
+  }
+
+  get upstreams (): readonly string[] { return [...this.#o.upstreams.keys()] }
+
+  /**
+   * Resolves when upstream lets the caller read the repository (now, or in an
+   * answer still inside its time); throws DeniedError when it does not, the
+   * not-found error of the probe when upstream does not have what was asked
+   * for, and UnavailableError when upstream cannot be asked.
+   */
+  async check (upstream: string, name: string, caller: PassthroughCaller, probe: Probe): Promise<void> {
+    const entry = this.#upstream(upstream)
+    const key = decisionKey(caller, `${upstream}/${name}`)
+    const known = this.#decisions.get(key)
+    if (known !== undefined && known.until > this.#now()) {
+      if (known.allowed) return
+      throw new DeniedError(known.message, { repository: `${upstream}/${name}` })
+    }
+    if (this.#o.offline === true) {
+      throw new UnavailableError(`this mirror is offline, and only upstream ${upstream} can say who may read ${name}`, { upstream })
+    }
+    const decision = await this.#checks.run(key, async () => await this.#ask(entry, upstream, name, caller, probe)).promise
+    if (!decision.allowed) throw new DeniedError(decision.message, { repository: `${upstream}/${name}` })
+  }
+
+  /** Whether the caller was let read the repository within its time (for the catalog: nothing is asked). */
+  allowed (caller: PassthroughCaller, repository: string): boolean {
+    const known = this.#decisions.get(decisionKey(caller, repository))
+    return known !== undefined && known.allowed && known.until > this.#now()
+  }
+
+  /** Upstream refused the caller after all (a request under a yes): the yes goes. */
+  forget (caller: PassthroughCaller, repository: string): void {
+    this.#decisions.delete(decisionKey(caller, repository))
+  }
+
+  /**
+   * Whether the passthrough upstream takes the login (its token endpoint
+   * asked with it). Unreachable: UnavailableError, saying so.
+   */
+  async checkLogin (login: ClientLogin): Promise<boolean> {
+    let unreachable: RegistryError | undefined
+    for (const [name, { client }] of this.#o.upstreams) {
+      try {
+        if (await client.checkLogin(login)) return true
+      } catch (err) {
+        if (!(err instanceof UnavailableError)) throw err
+        unreachable = new UnavailableError(`the login cannot be checked: upstream ${name} does not answer (${err.message})`, { upstream: name })
+      }
+    }
+    if (unreachable !== undefined) throw unreachable
+    return false
+  }
+
+  async #ask (entry: PassthroughUpstream, upstream: string, name: string, caller: PassthroughCaller, probe: Probe): Promise<Decision> {
+    const repository = `${upstream}/${name}`
+    const who = caller.login === undefined ? 'an anonymous caller' : caller.login.username
+    const { events, log } = this.#o
+    let status: number
+    try {
+      const request = probeRequest(name, probe)
+      const res = await entry.client.send(request.method, request.path, { repository: name, headers: request.headers, kind: probe.kind, caller })
+      await res.body.dump()
+      status = res.status
+    } catch (err) {
+      if (err instanceof DeniedError) {
+        events.passthroughChecked(upstream, 'denied')
+        log.info({ upstream, repository, upstreamUser: caller.login?.username }, 'upstream does not let the caller read the repository')
+        const decision = { allowed: false, until: this.#now() + Math.min(DENIAL_TTL, entry.ttl), message: `upstream ${upstream} does not let ${who} read ${name}` }
+        this.#decisions.set(decisionKey(caller, repository), decision)
+        return decision
+      }
+      if (err instanceof TooManyRequestsError) throw err
+      events.passthroughChecked(upstream, 'unavailable')
+      const reason = err instanceof Error ? err.message : String(err)
+      throw new UnavailableError(`whether ${who} may read ${name} is for upstream ${upstream} to say, and it cannot be asked now (${reason}); access it granted in the last ${Math.round(entry.ttl / 1000)} s is still honoured`, { upstream })
+    }
+    if (status === 200) {
+      events.passthroughChecked(upstream, 'allowed')
+      const decision = { allowed: true, until: this.#now() + entry.ttl, message: '' }
+      this.#decisions.set(decisionKey(caller, repository), decision)
+      return decision
+    }
+    if (status === 404) {
+      // Upstream looked (so the caller got that far) but has no such thing: nothing is served, nothing remembered.
+      events.passthroughChecked(upstream, 'unknown')
+      throw notFound(probe, name)
+    }
+    events.passthroughChecked(upstream, 'unavailable')
+    throw new UnavailableError(`upstream ${upstream} answered HTTP ${status} when asked whether ${who} may read ${name}`, { upstream, status })
+  }
+
+  #upstream (name: string): PassthroughUpstream {
+    const entry = this.#o.upstreams.get(name)
+    if (entry === undefined) throw new Error(`upstream ${name} is not in passthrough mode`)
+    return entry
+  }
+}
+
+function decisionKey (caller: PassthroughCaller, repository: string): string {
+  return `${callerKey(caller)}\0${repository}`
+}
+
+function probeRequest (name: string, probe: Probe): { method: 'GET' | 'HEAD', path: string, headers: Record<string, string> } {
+  switch (probe.kind) {
+    case 'manifest': return { method: 'HEAD', path: `/v2/${name}/manifests/${probe.reference}`, headers: { accept: MANIFEST_ACCEPT } }
+    case 'blob': return { method: 'HEAD', path: `/v2/${name}/blobs/${probe.digest}`, headers: {} }
+    // distribution answers no HEAD for tag lists; the shortest page will do.
+    case 'tags': return { method: 'GET', path: `/v2/${name}/tags/list?n=1`, headers: {} }
+  }
+}
+
+function notFound (probe: Probe, name: string): RegistryError {
+  switch (probe.kind) {
+    case 'manifest': return new ManifestUnknownError('manifest unknown to upstream', { reference: probe.reference })
+    case 'blob': return new BlobUnknownError('blob unknown to upstream', { digest: probe.digest })
+    case 'tags': return new NameUnknownError('repository name not known to registry', { name })
+  }
+}
