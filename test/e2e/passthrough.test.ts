@@ -24,6 +24,9 @@ import { TokenServer } from '../../harness/token-server.js'
 import { Skopeo } from '../../harness/skopeo.js'
 import { amd64, writeOciLayout, type OciLayout } from '../../harness/oci-layout.js'
 import { isBlobGet } from '../../harness/access-log.js'
+import { Podman } from '../../harness/podman.js'
+import { Containerd } from '../../harness/containerd.js'
+import { missingRequirements } from '../../harness/tools.js'
 import { makeTempDir, removeTempDir } from '../../harness/temp.js'
 import { startMirror } from '../helpers/mirror.js'
 
@@ -213,6 +216,31 @@ t.test('passthrough: each client reads only what the upstream lets its own login
     t.equal(digest, image('org/private').top.digest, 'alice gets the upstream\'s digest')
     await t.rejects(skopeo.pullToDir(`${location}/org/private:v1`, join(work, 'skopeo-bob'), { creds: { user: 'bob', password: users.bob.password } }), /denied|403/i, 'bob is refused')
     await t.rejects(skopeo.pullToDir(`${location}/org/private:v1`, join(work, 'skopeo-anon')), /unauthorized|401|denied/i, 'anonymous is refused')
+  })
+
+  const daemons = missingRequirements(['podman', 'containerd', 'ctr'], { root: true })
+  const daemonSkip = daemons.length === 0 ? false : `needs ${daemons.join(', ')}`
+
+  await t.test('podman logs in to the mirror with its upstream login and pulls through a path-prefix mirror location', { skip: daemonSkip }, async t => {
+    const host = base.replace(/^http:\/\//, '')
+    const podman = await Podman.create([{ registry: 'ghcr.io', location: `${host}/ghcr.io` }])
+    t.teardown(() => podman.close())
+    await podman.podman(['login', '--authfile', podman.authFile, '--tls-verify=false', '--username', 'alice', '--password-stdin', host], 60_000, { input: users.alice.password, secrets: [users.alice.password] })
+    await podman.pull('ghcr.io/org/private:v1')
+    t.ok((await podman.digestsOf('ghcr.io/org/private:v1')).includes(image('org/private').top.digest), 'alice\'s pull has the upstream\'s digest')
+    await podman.podman(['logout', '--authfile', podman.authFile, host], 60_000)
+    await podman.podman(['login', '--authfile', podman.authFile, '--tls-verify=false', '--username', 'bob', '--password-stdin', host], 60_000, { input: users.bob.password, secrets: [users.bob.password] })
+    await podman.remove('ghcr.io/org/private:v1')
+    await t.rejects(podman.pull('ghcr.io/org/private:v1'), /denied|403|unauthorized/i, 'bob is refused, though the mirror has the image')
+  })
+
+  await t.test('containerd: ctr --user pulls with its upstream login through hosts.toml (?ns=ghcr.io)', { skip: daemonSkip }, async t => {
+    const containerd = await Containerd.start()
+    t.teardown(() => containerd.close())
+    await containerd.addHost({ registry: 'ghcr.io', host: base })
+    const pulled = await containerd.pull('ghcr.io/org/shared:v1', { user: { name: 'bob', password: users.bob.password } })
+    t.equal(pulled.digest, image('org/shared').top.digest, 'bob pulls org/shared, which he may read')
+    await t.rejects(containerd.pull('ghcr.io/org/private:v1', { user: { name: 'bob', password: users.bob.password } }), /denied|403|unauthorized|401/i, 'and not org/private')
   })
 
   await t.test('with the upstream down, a yes inside its time is honoured and new checks are refused, saying so', async t => {
