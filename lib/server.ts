@@ -134,7 +134,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
 
 
 function authParts (mirror: MirrorConfig, config: AuthConfig, users: HtpasswdFile | undefined, core: MirrorCore, events: Events, log: Logger, now: (() => number) | undefined): AppAuth {
-  const tokens = new TokenIssuer(config.tokenTtl, now)
+  const tokens = new TokenIssuer(config.tokenTtl, now, config.tokenKey === undefined ? undefined : TokenIssuer.keyFrom(config.tokenKey))
   const passthrough = new Map<string, PassthroughUpstream>()
   for (const u of mirror.upstreams.values()) {
     if (u.passthrough !== undefined) passthrough.set(u.name, { client: core.upstream(u.name), ttl: u.passthrough.ttl })

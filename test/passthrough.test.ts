@@ -202,6 +202,25 @@ t.test('a token carries a passthrough login sealed: readable by the mirror that 
   t.equal(issuer.verify(`${forged}.${signature}`), undefined, 'a changed payload fails its signature')
 })
 
+t.test('mirrors behind one balancer share auth.tokenKeyEnv: a token one issued, login sealed inside, is good at the others', async t => {
+  const secret = 'k'.repeat(44)
+  const a = new TokenIssuer(60_000, Date.now, TokenIssuer.keyFrom(secret))
+  const b = new TokenIssuer(60_000, Date.now, TokenIssuer.keyFrom(secret))
+  const issued = a.issue(undefined, { username: 'alice', password: 'pw' })
+  t.same(b.verify(issued.token), { caller: undefined, login: { username: 'alice', password: 'pw' } })
+  t.same(b.verify(a.issue('dora').token), { caller: 'dora' })
+  t.equal(new TokenIssuer(60_000, Date.now, TokenIssuer.keyFrom('x'.repeat(44))).verify(issued.token), undefined, 'another secret: not ours')
+
+  const dir = await mkdtemp(join(tmpdir(), 'passthrough-key-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const file = join(dir, 'mirror.config.yml')
+  await writeFile(file, 'upstreams:\n  a.example:\n    url: https://a.example\n    clientCredentials: passthrough\nauth:\n  tokenKeyEnv: MIRROR_TOKEN_KEY\nmetrics:\n  enabled: false\n')
+  const loaded = await loadConfig({ file, env: { MIRROR_TOKEN_KEY: secret } })
+  t.equal(loaded.auth?.tokenKey, secret)
+  await t.rejects(loadConfig({ file, env: {} }), /auth\.tokenKeyEnv: environment variable MIRROR_TOKEN_KEY is not set or empty/)
+  await t.rejects(loadConfig({ file, env: { MIRROR_TOKEN_KEY: 'short' } }), /holds 5 characters; a token key needs at least 32/)
+})
+
 t.test('config: one passthrough upstream at most, a known mode, and access rules still need users', async t => {
   const dir = await mkdtemp(join(tmpdir(), 'passthrough-config-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))

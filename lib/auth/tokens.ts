@@ -38,7 +38,12 @@ export class TokenIssuer {
   readonly #ttl: number
   readonly #now: () => number
 
-  /** `ttl` in milliseconds. */
+  /** A key for the tokens from a shared secret (`auth.tokenKeyEnv`), the same on every mirror that has it. */
+  static keyFrom (secret: string): Buffer {
+    return Buffer.from(hkdfSync('sha256', Buffer.from(secret, 'utf8'), Buffer.alloc(0), 'registry-mirror token key', 32))
+  }
+
+  /** `ttl` in milliseconds; `key` made at start unless shared. */
   constructor (ttl: number, now: () => number = Date.now, key: Buffer = randomBytes(32)) {
     this.#key = key
     this.#cipherKey = Buffer.from(hkdfSync('sha256', key, Buffer.alloc(0), 'registry-mirror carried login', 32))

@@ -42,6 +42,8 @@ export interface LoadConfigOptions {
   readonly overrides?: ConfigOverrides | undefined
 }
 
+/** Characters of a shared token key, at least: 32 random bytes in base64 are 44. */
+const MIN_TOKEN_KEY = 32
 const SECOND = 1000
 const MINUTE = 60 * SECOND
 
@@ -125,7 +127,7 @@ interface FileConfig {
   metrics: { enabled: boolean, listen: ListenAddress | undefined, token: string | undefined, tokenEnv: string | undefined }
   limits: { headersTimeout: number, idleTimeout: number, maxConnections: number, maxRequestsPerClient: number }
   tls: { cert: string | undefined, key: string | undefined, clientCA: string | undefined, reloadInterval: number }
-  auth: { htpasswd: string | undefined, realm: string, remember: number, tokenTtl: number, reloadInterval: number, anonymousNetworks: string[] | undefined, maxFailures: number, failureWindow: number }
+  auth: { htpasswd: string | undefined, realm: string, remember: number, tokenTtl: number, tokenKeyEnv: string | undefined, reloadInterval: number, anonymousNetworks: string[] | undefined, maxFailures: number, failureWindow: number }
   access: { default: 'deny' | 'pull' | undefined, rules: AccessRuleConfig[] | undefined }
   offline: boolean
 }
@@ -174,6 +176,7 @@ function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
       realm: withDefault(parsed(parseRealm, 'a realm name of printable characters without quotes'), 'registry-mirror'),
       remember: withDefault(duration({ min: 1000 }), DEFAULTS.authRemember),
       tokenTtl: withDefault(duration({ min: 10_000 }), DEFAULTS.authTokenTtl),
+      tokenKeyEnv: parsed(parseEnvName, 'an environment variable name like "MIRROR_TOKEN_KEY"'),
       reloadInterval: withDefault(duration({ min: 100 }), DEFAULTS.authReloadInterval),
       anonymousNetworks: list(parsed(parseNetwork, 'a CIDR network like "10.0.0.0/8" or "fd00::/8"')),
       maxFailures: withDefault(integer({ min: 1 }), DEFAULTS.authMaxFailures),
@@ -377,7 +380,7 @@ export function parseConfig (
 
   const tls = tlsConfig(file.tls, dirname(resolve(source)), problems)
   const passthrough = [...file.upstreams.values()].some(u => u.passthrough !== undefined)
-  const auth = authConfig(file, dirname(resolve(source)), passthrough, problems)
+  const auth = authConfig(file, dirname(resolve(source)), passthrough, env, problems)
   if (auth !== undefined && file.metrics.enabled && file.metrics.listen === undefined && metricsToken === undefined) {
     problems.add('metrics.token', 'with auth set, /metrics on the main listener needs a token (or give metrics.listen an address of its own, or set metrics.enabled: false)')
   }
@@ -421,7 +424,7 @@ export function parseConfig (
  * section, users pull everything and anonymous callers nothing; with passthrough
  * and no users, everyone pulls from the other upstreams, as without auth.
  */
-function authConfig (file: FileConfig, base: string, passthrough: boolean, problems: Problems): AuthConfig | undefined {
+function authConfig (file: FileConfig, base: string, passthrough: boolean, env: NodeJS.ProcessEnv, problems: Problems): AuthConfig | undefined {
   const { auth, access } = file
   const accessGiven = access.default !== undefined || access.rules !== undefined
   if (auth.htpasswd === undefined) {
@@ -432,12 +435,20 @@ function authConfig (file: FileConfig, base: string, passthrough: boolean, probl
     }
   }
   if (access.rules !== undefined && access.default === undefined) problems.add('access.default', 'is required with rules: "deny" or "pull", for a repository no rule matches')
+  let tokenKey: string | undefined
+  if (auth.tokenKeyEnv !== undefined) {
+    // Shared by every mirror behind one balancer, so that a token one issued is good at all of them.
+    tokenKey = fromEnv(env, auth.tokenKeyEnv)
+    if (tokenKey === undefined) problems.add('auth.tokenKeyEnv', `environment variable ${auth.tokenKeyEnv} is not set or empty`)
+    else if (tokenKey.length < MIN_TOKEN_KEY) problems.add('auth.tokenKeyEnv', `environment variable ${auth.tokenKeyEnv} holds ${tokenKey.length} characters; a token key needs at least ${MIN_TOKEN_KEY} (openssl rand -base64 32)`)
+  }
   const everyone = { repositories: ['**'], users: ['anonymous', '*'], pull: true }
   return {
     htpasswd: auth.htpasswd === undefined ? undefined : resolve(base, auth.htpasswd),
     realm: auth.realm,
     remember: auth.remember,
     tokenTtl: auth.tokenTtl,
+    tokenKey,
     reloadInterval: auth.reloadInterval,
     anonymousNetworks: auth.anonymousNetworks,
     maxFailures: auth.maxFailures,

@@ -62,6 +62,11 @@ export interface AuthConfig {
   readonly remember: number
   /** Milliseconds the mirror's bearer tokens are valid. */
   readonly tokenTtl: number
+  /**
+   * The secret the mirror's tokens are signed (and carried logins sealed) with,
+   * shared by every mirror behind one balancer; undefined = a key made at start.
+   */
+  readonly tokenKey?: string | undefined
   /** Milliseconds between checks of the htpasswd file for a change. */
   readonly reloadInterval: number
   /** CIDR networks anonymous callers must come from; undefined = any. */
