@@ -40,11 +40,17 @@ async function startUpstream (t: Teardown): Promise<{ url: string, seen: Seen[],
       return
     }
     const alice = req.headers.authorization === basic('alice', 'a-pass')
-    const name = /^\/v2\/(.+)\/tags\/list$/.exec(url.pathname)?.[1]
+    const blob = /^\/v2\/(.+)\/blobs\/(sha256:[a-f0-9]{64})$/.exec(url.pathname)
+    const name = /^\/v2\/(.+)\/tags\/list$/.exec(url.pathname)?.[1] ?? blob?.[1]
     const readable = url.pathname === '/v2/' ? alice : name !== undefined && (name.startsWith('open/') || (alice && name.startsWith('team/')))
     if (!readable) {
       res.writeHead(401, { 'www-authenticate': 'Basic realm="private"', 'content-type': 'application/json' })
       res.end('{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}')
+      return
+    }
+    if (blob !== null) {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': 3, 'docker-content-digest': blob[2] ?? '' })
+      res.end(req.method === 'HEAD' ? undefined : 'abc')
       return
     }
     if (name === 'team/missing') {
@@ -149,6 +155,16 @@ t.test('answers are remembered: a yes for clientAccessTtl, a no briefly; 404 not
   const missing = await get(`${mirror.url}/v2/team/missing/tags/list`, alice)
   t.equal(missing.status, 404, 'upstream has no such repository')
   t.match(missing.body, /NAME_UNKNOWN/)
+
+  // Two requests at once under one login: the check the first started finds no tag list; the second, a blob, is asked for itself.
+  const digest = `sha256:${'ab'.repeat(32)}`
+  const [list, head] = await Promise.all([
+    get(`${mirror.url}/v2/team/missing/tags/list`, alice),
+    request(`${mirror.url}/v2/team/missing/blobs/${digest}`, { method: 'HEAD', headers: { authorization: alice } })
+  ])
+  await head.body.dump()
+  t.equal(list.status, 404)
+  t.equal(head.statusCode, 200, 'the blob, checked on its own once the shared check found nothing')
 
   upstream.status.set('/v2/team/broken/tags/list', 500)
   const broken = await get(`${mirror.url}/v2/team/broken/tags/list`, alice)

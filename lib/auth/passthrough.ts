@@ -81,7 +81,15 @@ export class PassthroughGate {
     if (this.#o.offline === true) {
       throw new UnavailableError(`this mirror is offline, and only upstream ${upstream} can say who may read ${name}`, { upstream })
     }
-    const decision = await this.#checks.run(key, async () => await this.#ask(entry, upstream, name, caller, probe)).promise
+    const { promise, joined } = this.#checks.run(key, async () => await this.#ask(entry, upstream, name, caller, probe))
+    let decision: Decision
+    try {
+      decision = await promise
+    } catch (err) {
+      // A check that found nothing under another request's name says nothing about this one's: ask for it.
+      if (!joined || !isNotFound(err)) throw err
+      decision = await this.#checks.run(`${key}\0${probeKey(probe)}`, async () => await this.#ask(entry, upstream, name, caller, probe)).promise
+    }
     if (!decision.allowed) throw new DeniedError(decision.message, { repository: `${upstream}/${name}` })
   }
 
@@ -170,6 +178,18 @@ function probeRequest (name: string, probe: Probe): { method: 'GET' | 'HEAD', pa
     // distribution answers no HEAD for tag lists; the shortest page will do.
     case 'tags': return { method: 'GET', path: `/v2/${name}/tags/list?n=1`, headers: {} }
   }
+}
+
+function probeKey (probe: Probe): string {
+  switch (probe.kind) {
+    case 'manifest': return `m:${probe.reference}`
+    case 'blob': return `b:${probe.digest}`
+    case 'tags': return 't'
+  }
+}
+
+function isNotFound (err: unknown): boolean {
+  return err instanceof ManifestUnknownError || err instanceof BlobUnknownError || err instanceof NameUnknownError
 }
 
 function notFound (probe: Probe, name: string): RegistryError {
