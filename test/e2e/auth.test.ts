@@ -20,7 +20,7 @@
 // dockerd skipped the mirror and containers/image sent an empty Basic pair.)
 
 import t from 'tap'
-import { mkdir, writeFile, readdir, readFile } from 'node:fs/promises'
+import { mkdir, writeFile, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { requireTools } from '../../harness/tools.js'
 import { World, type TestImage } from '../../harness/world.js'
@@ -30,6 +30,7 @@ import { Containerd } from '../../harness/containerd.js'
 import { Podman } from '../../harness/podman.js'
 import { Skopeo } from '../../harness/skopeo.js'
 import { makeTempDir, removeTempDir } from '../../harness/temp.js'
+import { filesUnder } from '../../harness/files.js'
 import { mirrorKind } from '../../harness/mirror.js'
 import { nonLoopbackAddress } from '../../harness/ports.js'
 import { randomBytes } from 'node:crypto'
@@ -70,16 +71,6 @@ function only<T> (items: readonly T[], what: string): T {
   return first
 }
 
-/** Every file under dir, recursively. */
-async function filesUnder (dir: string): Promise<string[]> {
-  const found: string[] = []
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name)
-    if (entry.isDirectory()) found.push(...await filesUnder(path))
-    else if (entry.isFile()) found.push(path)
-  }
-  return found
-}
 
 t.test('clients log in to the mirror, and the access rules decide what each may pull', { skip }, async t => {
   const work = await makeTempDir('auth')

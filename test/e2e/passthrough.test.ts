@@ -15,7 +15,7 @@
 
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
-import { readdir, readFile } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { request } from 'undici'
 import { requireTools } from '../../harness/tools.js'
@@ -27,7 +27,11 @@ import { isBlobGet } from '../../harness/access-log.js'
 import { Podman } from '../../harness/podman.js'
 import { Containerd } from '../../harness/containerd.js'
 import { missingRequirements } from '../../harness/tools.js'
+import { Dockerd, writeDockerCerts, removeDockerCerts } from '../../harness/dockerd.js'
+import { makeCA } from '../../harness/certs.js'
+import { nonLoopbackAddress } from '../../harness/ports.js'
 import { makeTempDir, removeTempDir } from '../../harness/temp.js'
+import { filesUnder } from '../../harness/files.js'
 import { startMirror } from '../helpers/mirror.js'
 
 const skip = requireTools(t, ['openssl', 'docker-registry', 'skopeo'])
@@ -37,15 +41,6 @@ const hex = (n: number): string => randomBytes(n).toString('hex')
 
 interface Answer { status: number, headers: Record<string, string | string[] | undefined>, body: Buffer }
 
-async function filesUnder (dir: string): Promise<string[]> {
-  const found: string[] = []
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name)
-    if (entry.isDirectory()) found.push(...await filesUnder(path))
-    else if (entry.isFile()) found.push(path)
-  }
-  return found
-}
 
 function errorCode (answer: Answer): string | undefined {
   try {
@@ -241,6 +236,37 @@ t.test('passthrough: each client reads only what the upstream lets its own login
     const pulled = await containerd.pull('ghcr.io/org/shared:v1', { user: { name: 'bob', password: users.bob.password } })
     t.equal(pulled.digest, image('org/shared').top.digest, 'bob pulls org/shared, which he may read')
     await t.rejects(containerd.pull('ghcr.io/org/private:v1', { user: { name: 'bob', password: users.bob.password } }), /denied|403|unauthorized|401/i, 'and not org/private')
+  })
+
+  const address = nonLoopbackAddress()
+  const dockerSkip = missingRequirements(['dockerd', 'docker'], { root: true }).length > 0
+    ? 'needs dockerd and docker, as root'
+    : address === undefined ? 'no IPv4 address outside 127.0.0.0/8: dockerd would take the mirror for insecure and send no credentials' : false
+
+  await t.test('docker login to the mirror\'s host with the upstream login, then docker pull HOST:PORT/ghcr.io/...: over TLS, as docker sends logins', { skip: dockerSkip }, async t => {
+    const ca = await makeCA(work, 'ca')
+    const cert = await ca.issueServer('mirror', [address ?? '127.0.0.1'])
+    const secure = await startMirror(t, {
+      upstreams: { 'ghcr.io': { url: registry.url, authHosts: [new URL(tokens.realm).host], clientCredentials: 'passthrough' } },
+      listen: `${address ?? '127.0.0.1'}:0`,
+      tls: { cert: cert.certPath, key: cert.keyPath },
+      auth: { maxFailures: 1000 },
+      metrics: { token: `metrics-${hex(8)}` }
+    })
+    const host = new URL(secure.url).host
+    await writeDockerCerts(host, { ca: ca.cert })
+    t.teardown(() => removeDockerCerts(host))
+    const dockerd = await Dockerd.start()
+    t.teardown(() => dockerd.close())
+    await t.rejects(dockerd.login(host, 'alice', wrong), /401|unauthorized/i, 'a wrong password: docker login fails')
+    await dockerd.login(host, 'alice', users.alice.password)
+    await dockerd.pull(`${host}/ghcr.io/org/private:v1`)
+    t.ok((await dockerd.digestsOf(`${host}/ghcr.io/org/private:v1`)).includes(image('org/private').top.digest), 'alice\'s pull has the upstream\'s digest')
+    await dockerd.logout(host)
+    await dockerd.login(host, 'bob', users.bob.password)
+    await t.rejects(dockerd.pull(`${host}/ghcr.io/org/private:v1`), /denied|403/i, 'bob is refused')
+    const text = secure.logText()
+    for (const password of [users.alice.password, users.bob.password, wrong]) t.notOk(text.includes(password), 'no password in this mirror\'s logs')
   })
 
   await t.test('with the upstream down, a yes inside its time is honoured and new checks are refused, saying so', async t => {

@@ -27,6 +27,8 @@ export interface TestMirrorOptions {
   readonly access?: YamlAccess
   /** PEM file paths; reloadInterval in milliseconds. */
   readonly tls?: { readonly cert: string, readonly key: string, readonly clientCA?: string, readonly reloadInterval?: number }
+  /** host:port to listen on; 127.0.0.1:0 when not given. */
+  readonly listen?: string
   /** Eviction bounds; unbounded when not given. */
   readonly eviction?: Partial<Omit<MirrorConfig['storage'], 'path'>>
 }
@@ -92,7 +94,7 @@ function testMirrorYaml (storage: string, options: TestMirrorOptions): YamlConfi
   const eviction = options.eviction ?? {}
   const metrics = options.metrics ?? {}
   return {
-    listen: '127.0.0.1:0',
+    listen: options.listen ?? '127.0.0.1:0',
     storage: {
       path: storage,
       maxSize: eviction.maxSize,
