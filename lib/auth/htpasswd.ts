@@ -9,7 +9,7 @@ import { Worker } from 'node:worker_threads'
 import bcrypt from 'bcryptjs'
 import type { Logger } from 'pino'
 import { errnoCode, HtpasswdError } from '../errors.js'
-import { fileSignature } from '../file-signature.js'
+import { FileWatch } from '../file-signature.js'
 import { isUserName } from './access-rules.js'
 
 const BCRYPT = /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/
@@ -102,25 +102,24 @@ export class HtpasswdFile {
   readonly #log: Logger
   readonly #bcrypt = new BcryptWorker()
   #users: Map<string, string>
-  #seen: string
-  #timer: NodeJS.Timeout | undefined
-  #checking: Promise<void> | undefined
+  #watch: FileWatch | undefined
   /** Bumped whenever the users change, so that remembered verifications of the old file are not trusted. */
   generation = 0
 
-  private constructor (path: string, log: Logger, users: Map<string, string>, seen: string) {
+  private constructor (path: string, log: Logger, users: Map<string, string>) {
     this.#path = path
     this.#log = log
     this.#users = users
-    this.#seen = seen
   }
 
   /** Reads the file; throws an HtpasswdError naming the problem. */
   static async load (path: string, log: Logger, reloadInterval: number): Promise<HtpasswdFile> {
-    const seen = await fileSignature([path])
-    const file = new HtpasswdFile(path, log, await readUsers(path), seen)
+    let file: HtpasswdFile | undefined
+    const watch = await FileWatch.of([path], async () => { if (file !== undefined) await file.#reload() })
+    file = new HtpasswdFile(path, log, await readUsers(path))
+    file.#watch = watch
     if (file.#users.size === 0) log.warn({ path }, 'the htpasswd file lists no user: only anonymous access is possible')
-    file.#timer = setInterval(() => { void file.check() }, reloadInterval).unref()
+    watch.start(reloadInterval)
     return file
   }
 
@@ -138,14 +137,10 @@ export class HtpasswdFile {
 
   /** Looks for a change now (the timer calls it). */
   async check (): Promise<void> {
-    this.#checking ??= this.#check().finally(() => { this.#checking = undefined })
-    await this.#checking
+    await this.#watch?.check()
   }
 
-  async #check (): Promise<void> {
-    const now = await fileSignature([this.#path])
-    if (now === this.#seen) return
-    this.#seen = now
+  async #reload (): Promise<void> {
     try {
       this.#users = await readUsers(this.#path)
     } catch (err) {
@@ -157,7 +152,7 @@ export class HtpasswdFile {
   }
 
   stop (): void {
-    clearInterval(this.#timer)
+    this.#watch?.stop()
     this.#bcrypt.stop()
   }
 }

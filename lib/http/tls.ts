@@ -14,7 +14,7 @@ import { createSecureContext, type SecureContextOptions } from 'node:tls'
 import type { Logger } from 'pino'
 import type { TlsConfig } from '../config/types.js'
 import { ConfigError, errnoCode } from '../errors.js'
-import { fileSignature } from '../file-signature.js'
+import { FileWatch } from '../file-signature.js'
 
 /** What a listener is given, and given again on a renewal (tls.Server setSecureContext). */
 export interface SecureOptions extends SecureContextOptions {
@@ -82,20 +82,18 @@ export class TlsFiles {
   readonly #log: Logger
   readonly #servers: SecureServer[] = []
   #options: SecureOptions
-  #seen: string
-  #timer: NodeJS.Timeout | undefined
-  #checking: Promise<void> | undefined
+  #watch: FileWatch | undefined
 
-  private constructor (config: TlsConfig, log: Logger, options: SecureOptions, seen: string) {
+  private constructor (config: TlsConfig, log: Logger, options: SecureOptions) {
     this.#config = config
     this.#log = log
     this.#options = options
-    this.#seen = seen
   }
 
   /** Reads the files; a problem is a ConfigError naming the key (`tls.key: ... does not go with ...`). */
   static async load (config: TlsConfig, log: Logger, source?: string): Promise<TlsFiles> {
-    const seen = await fileSignature(paths(config))
+    let files: TlsFiles | undefined
+    const watch = await FileWatch.of(paths(config), async () => { if (files !== undefined) await files.#reload() })
     let options
     try {
       options = await readSet(config)
@@ -103,7 +101,8 @@ export class TlsFiles {
       if (err instanceof TlsFileError) throw new ConfigError(source ?? 'config', [`tls.${err.key}: ${err.message}`])
       throw err
     }
-    const files = new TlsFiles(config, log, options, seen)
+    files = new TlsFiles(config, log, options)
+    files.#watch = watch
     files.#warnIfNotValid()
     return files
   }
@@ -117,19 +116,15 @@ export class TlsFiles {
   /** Gives `server` every renewal from now on, and starts checking the files. */
   serve (server: SecureServer): void {
     this.#servers.push(server)
-    this.#timer ??= setInterval(() => { void this.check() }, this.#config.reloadInterval).unref()
+    this.#watch?.start(this.#config.reloadInterval)
   }
 
   /** Looks for a change now (the timer calls it); resolves once a change found is applied or refused. */
   async check (): Promise<void> {
-    this.#checking ??= this.#check().finally(() => { this.#checking = undefined })
-    await this.#checking
+    await this.#watch?.check()
   }
 
-  async #check (): Promise<void> {
-    const now = await fileSignature(paths(this.#config))
-    if (now === this.#seen) return
-    this.#seen = now
+  async #reload (): Promise<void> {
     let options
     try {
       options = await readSet(this.#config)
@@ -153,7 +148,6 @@ export class TlsFiles {
   }
 
   stop (): void {
-    clearInterval(this.#timer)
-    this.#timer = undefined
+    this.#watch?.stop()
   }
 }
