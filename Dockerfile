@@ -15,6 +15,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
 
+# node-gyp builds against the headers the node images ship in
+# /usr/local/include/node instead of downloading them (a build without
+# internet, or behind a proxy that only lets the npm registry through).
+ENV npm_config_nodedir=/usr/local
+
 WORKDIR /app
 
 COPY package.json package-lock.json ./
@@ -39,8 +44,13 @@ RUN sed 's#^  path: \./data$#  path: /var/lib/registry-mirror#' mirror.config.ym
 # ---- runtime ------------------------------------------------------------
 FROM node:22-bookworm-slim
 
+# MALLOC_MMAP_THRESHOLD_: glibc serves the 256 KiB read buffers with mmap and
+# gives them back on free; left to adjust itself, it moves them onto its heap
+# after the first frees, and memory taken by a flood of slow clients (1,000:
+# ~380 MB) stays resident after they leave (~340 MB, against ~110 MB with it).
 ENV NODE_ENV=production \
-    MIRROR_STORAGE_PATH=/var/lib/registry-mirror
+    MIRROR_STORAGE_PATH=/var/lib/registry-mirror \
+    MALLOC_MMAP_THRESHOLD_=131072
 
 WORKDIR /app
 
@@ -58,11 +68,14 @@ VOLUME ["/var/lib/registry-mirror"]
 USER node
 EXPOSE 5000
 
-# No curl in slim images: ask node. Any answer other than 200 from /v2/ is
-# unhealthy. It assumes the default port; if you move the mirror with
-# MIRROR_LISTEN or --listen, override this with --health-cmd.
+# No curl in slim images: ask node. /healthz answers 200 while the process
+# serves, with or without auth (/v2/ challenges when auth is on). It assumes
+# plain HTTP on the default port; with TLS, another port, or /healthz on the
+# metrics listener, set MIRROR_HEALTH_URL (https is not verified: this is the
+# container asking itself on loopback).
+ENV MIRROR_HEALTH_URL=http://127.0.0.1:5000/healthz
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-  CMD ["node", "-e", "require('node:http').get('http://127.0.0.1:5000/v2/', r => process.exit(r.statusCode === 200 ? 0 : 1)).on('error', () => process.exit(1)).setTimeout(4000, () => process.exit(1))"]
+  CMD ["node", "-e", "const u = new URL(process.env.MIRROR_HEALTH_URL); require(u.protocol === 'https:' ? 'node:https' : 'node:http').get(u, { rejectUnauthorized: false }, r => process.exit(r.statusCode === 200 ? 0 : 1)).on('error', () => process.exit(1)).setTimeout(4000, () => process.exit(1))"]
 
 ENTRYPOINT ["node", "dist/bin/registry-mirror.js"]
 CMD ["serve", "--config", "/etc/registry-mirror/config.yml"]

@@ -59,6 +59,8 @@ export class RegistryMirrorServer {
     const env = { ...process.env }
     // The file says everything; overrides from the caller's shell would change what is measured.
     for (const key of ['MIRROR_LISTEN', 'MIRROR_STORAGE_PATH', 'MIRROR_LOG_LEVEL']) delete env[key]
+    // As `npm start` and the image run it (README, Memory).
+    env.MALLOC_MMAP_THRESHOLD_ = '131072'
     const profile = options.cpuProfDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', options.cpuProfDir]
     const daemon = new Daemon('registry-mirror', process.execPath, [...profile, options.entryPoint ?? MirrorProcess.entryPoint, 'serve', '--config', configPath], {
       cwd: dir,
