@@ -24,22 +24,6 @@ export interface AccessPolicy {
 /** The caller: a user name, or undefined for anonymous. */
 export type Caller = string | undefined
 
-/** A user name as htpasswd and the Basic scheme allow it: no colon, no white space or control characters. */
-export function isUserName (name: string): boolean {
-  return /^[^:\s\p{Cc}]{1,256}$/u.test(name)
-}
-
-/** Why a pattern cannot be one, or undefined when it is fine. */
-export function patternProblem (pattern: string): string | undefined {
-  if (pattern === '') return 'an empty pattern'
-  for (const segment of pattern.split('/')) {
-    if (segment === '') return `"${pattern}" has an empty path segment`
-    if (segment.includes('**') && segment !== '**') return `"${pattern}": ** must be a whole path segment`
-  }
-  if (/[^a-z0-9._\-/*:]/.test(pattern)) return `"${pattern}" has characters no repository has (lower-case letters, digits, . _ - : / and * only)`
-  return undefined
-}
-
 function compile (pattern: string): RegExp {
   const segments = pattern.split('/').map(segment => segment === '**'
     ? '[^/]+(?:/[^/]+)*'

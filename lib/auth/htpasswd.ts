@@ -10,7 +10,7 @@ import bcrypt from 'bcryptjs'
 import type { Logger } from 'pino'
 import { errnoCode, HtpasswdError } from '../errors.js'
 import { FileWatch } from '../file-signature.js'
-import { isUserName } from './access-rules.js'
+import { isUserName } from '../config/access-grammar.js'
 
 const BCRYPT = /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/
 /** Compared against when the user is unknown, so that an unknown user costs what a known one does. */

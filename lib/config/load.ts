@@ -14,7 +14,7 @@ import { readFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import { isIP } from 'node:net'
 import { parseDocument, type YAMLError } from 'yaml'
-import { isUserName, patternProblem } from '../auth/access-rules.js'
+import { isUserName, patternProblem } from './access-grammar.js'
 import { ConfigError } from '../errors.js'
 import { parseAuthHost, parseEnvName, parseListen, parseRegistryHost, parseUpstreamUrl, type ListenAddress } from './addresses.js'
 import {
