@@ -6,6 +6,7 @@
 
 import t from 'tap'
 import { once } from 'node:events'
+import { createHash } from 'node:crypto'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -22,17 +23,27 @@ const basic = (user: string, password: string): string => `Basic ${Buffer.from(`
 
 interface Seen { method: string, path: string, authorization: string | undefined }
 
+/** What the upstream does, changed while it runs. */
+interface Behaviour {
+  /** A Bearer challenge naming this realm instead of the Basic one (a hostile upstream sending logins elsewhere). */
+  realm?: string
+  /** Hold every /v2/ (login check) request unanswered. */
+  stallLogins?: boolean
+}
+
 /**
  * A registry wanting Basic credentials: alice (password "a-pass") reads team/*,
  * anyone reads open/*. `status` overrides the answer for a path (500s, 429s).
  */
-async function startUpstream (t: Teardown): Promise<{ url: string, seen: Seen[], status: Map<string, number>, stop: () => Promise<void> }> {
+async function startUpstream (t: Teardown): Promise<{ url: string, seen: Seen[], status: Map<string, number>, behaviour: Behaviour, stop: () => Promise<void> }> {
   const seen: Seen[] = []
   const status = new Map<string, number>()
+  const behaviour: Behaviour = {}
   const server = createServer((req, res) => {
     req.resume()
     const url = new URL(req.url ?? '/', 'http://x')
     seen.push({ method: req.method ?? '', path: url.pathname, authorization: req.headers.authorization })
+    if (behaviour.stallLogins === true && url.pathname === '/v2/') return
     const forced = status.get(url.pathname)
     if (forced !== undefined) {
       res.writeHead(forced, { 'content-type': 'application/json', ...(forced === 429 ? { 'retry-after': '7' } : {}) })
@@ -44,7 +55,7 @@ async function startUpstream (t: Teardown): Promise<{ url: string, seen: Seen[],
     const name = /^\/v2\/(.+)\/tags\/list$/.exec(url.pathname)?.[1] ?? blob?.[1]
     const readable = url.pathname === '/v2/' ? alice : name !== undefined && (name.startsWith('open/') || (alice && name.startsWith('team/')))
     if (!readable) {
-      res.writeHead(401, { 'www-authenticate': 'Basic realm="private"', 'content-type': 'application/json' })
+      res.writeHead(401, { 'www-authenticate': behaviour.realm === undefined ? 'Basic realm="private"' : `Bearer realm="${behaviour.realm}",service="x"`, 'content-type': 'application/json' })
       res.end('{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}')
       return
     }
@@ -71,7 +82,7 @@ async function startUpstream (t: Teardown): Promise<{ url: string, seen: Seen[],
     await once(server, 'close')
   }
   t.teardown(stop)
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen, status, stop }
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen, status, behaviour, stop }
 }
 
 async function get (url: string, authorization?: string): Promise<{ status: number, body: string, headers: Record<string, unknown> }> {
@@ -259,4 +270,81 @@ t.test('config: one passthrough upstream at most, a known mode, and access rules
   t.match(rules.join('\n'), /access: needs auth\.htpasswd/)
   const ttl = await problems('upstreams:\n  a.example:\n    url: https://a.example\n    clientCredentials: passthrough\n    clientAccessTtl: 10ms\nmetrics:\n  enabled: false\n')
   t.match(ttl.join('\n'), /clientAccessTtl/)
+})
+
+t.test('a hostile upstream cannot take a login elsewhere: a token realm off its hosts gets nothing, and the client a 503', async t => {
+  const upstream = await startUpstream(t)
+  const elsewhere: Array<string | undefined> = []
+  const thief = createServer((req, res) => { elsewhere.push(req.headers.authorization); res.end('{"token":"x"}') })
+  thief.listen(0, '127.0.0.1')
+  await once(thief, 'listening')
+  t.teardown(() => { thief.closeAllConnections(); thief.close() })
+  const mirror = await startMirror(t, {
+    upstreams: { 'registry.example': { url: upstream.url, clientCredentials: 'passthrough' } },
+    metrics: { enabled: false }
+  })
+  upstream.behaviour.realm = `http://127.0.0.1:${(thief.address() as AddressInfo).port}/token`
+  const login = await get(`${mirror.url}/auth/token`, basic('alice', 'a-pass'))
+  t.equal(login.status, 503, 'the login cannot be checked there')
+  t.match(login.body, /not one of its hosts/)
+  const pull = await get(`${mirror.url}/v2/team/app/tags/list`)
+  t.equal(pull.status, 503, 'nor an anonymous check')
+  t.same(elsewhere, [], 'the other host was never asked, with or without the login')
+})
+
+t.test('hostile clients: a flood of made-up logins waits for at most 64 checks, failures from one address stop reaching upstream, odd input never reaches it', async t => {
+  const upstream = await startUpstream(t)
+  const mirror = await startMirror(t, {
+    upstreams: { 'registry.example': { url: upstream.url, clientCredentials: 'passthrough' } },
+    auth: { maxFailures: 3 },
+    limits: { maxRequestsPerClient: 1000 },
+    metrics: { enabled: false }
+  })
+  upstream.behaviour.stallLogins = true
+  const flood = Array.from({ length: 100 }, async (_, i) => await request(`${mirror.url}/auth/token`, { headers: { authorization: basic(`user${i}`, 'pw') }, headersTimeout: 60_000 }))
+  await new Promise(resolve => setTimeout(resolve, 500))
+  const logins = upstream.seen.filter(s => s.path === '/v2/').length
+  t.ok(logins <= 64, `at most 64 logins asked upstream at once (${logins})`)
+  upstream.behaviour.stallLogins = false
+  await upstream.stop()
+  const statuses = await Promise.all(flood.map(async p => { const r = await p; await r.body.dump(); return r.statusCode }))
+  t.ok(statuses.filter(s => s === 429).length >= 36, 'the rest were told to come back (429)')
+
+  const fresh = await startUpstream(t)
+  const second = await startMirror(t, {
+    upstreams: { 'registry.example': { url: fresh.url, clientCredentials: 'passthrough' } },
+    auth: { maxFailures: 3 },
+    metrics: { enabled: false }
+  })
+  const huge = await get(`${second.url}/v2/team/app/tags/list`, basic('mallory', 'x'.repeat(5000)))
+  t.equal(huge.status, 401, 'a login over 4096 bytes is refused')
+  t.match(huge.body, /at most 4096 bytes/)
+  const odd = await get(`${second.url}/v2/team/app/manifests/..%2f..%2fv2`)
+  t.equal(odd.status, 400, 'a reference that is not one is refused')
+  t.equal(fresh.seen.length, 0, 'neither reached upstream')
+  // The oversized login was one failure of this address; two more reach maxFailures.
+  for (let i = 0; i < 2; i++) t.equal((await get(`${second.url}/auth/token`, basic('alice', `wrong-${i}`))).status, 401)
+  const asked = fresh.seen.length
+  const limited = await get(`${second.url}/auth/token`, basic('alice', 'a-pass'))
+  t.equal(limited.status, 429, 'past maxFailures, even the right password waits')
+  t.equal(fresh.seen.length, asked, 'and upstream is not asked')
+})
+
+t.test('a full disk: a passthrough blob is served uncached, fetched with the client\'s own login, to it alone', async t => {
+  const upstream = await startUpstream(t)
+  const mirror = await startMirror(t, {
+    upstreams: { 'registry.example': { url: upstream.url, clientCredentials: 'passthrough' } },
+    metrics: { enabled: false },
+    hooks: { freeBytes: async () => 0 }
+  })
+  const digest = `sha256:${createHash('sha256').update('abc').digest('hex')}`
+  const blob = `${mirror.url}/v2/team/app/blobs/${digest}`
+  const mine = await get(blob, basic('alice', 'a-pass'))
+  t.equal(mine.status, 200)
+  t.equal(mine.body, 'abc')
+  t.equal(mine.headers['x-mirror-cache'], 'miss')
+  const gets = upstream.seen.filter(s => s.method === 'GET' && s.path.includes('/blobs/'))
+  t.same(gets.map(s => s.authorization), [basic('alice', 'a-pass')], 'one GET upstream, with alice\'s login')
+  t.equal((await get(blob)).status, 401, 'anonymous: nothing, cached or not')
+  t.equal((await get(blob, basic('alice', 'a-pass'))).headers['x-mirror-cache'], 'miss', 'nothing was cached')
 })
