@@ -10,6 +10,7 @@ import { BlockList, isIPv4 } from 'node:net'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
 import { TooManyRequestsError, UnauthorizedError } from '../errors.js'
+import { Inflight } from '../cache/inflight.js'
 import { Limiter } from '../limiter.js'
 import type { AuthFailureReason, MirrorEvents } from '../events.js'
 import type { ClientLogin } from '../upstream/client-login.js'
@@ -92,7 +93,7 @@ export class Authenticator {
   /** Upstream logins the passthrough upstream took lately, by HMAC. */
   readonly #upstreamVerified: LRUCache<string, true>
   /** Upstream login checks under way, shared by the requests that bring the same login. */
-  readonly #upstreamChecks = new Map<string, Promise<boolean>>()
+  readonly #upstreamChecks = new Inflight<boolean>()
   readonly #failures: LRUCache<string, { count: number, since: number }>
   readonly #anonymous: BlockList | undefined
   readonly #now: () => number
@@ -166,16 +167,11 @@ export class Authenticator {
   async #upstreamLogin (upstream: UpstreamLogins, client: string, user: string, password: string, challenge: () => string): Promise<Identity> {
     const login = this.#login(user, password)
     if (this.#upstreamVerified.get(login.key) === true) return { user: undefined, login }
-    let pending = this.#upstreamChecks.get(login.key)
-    if (pending === undefined) {
-      if (this.#upstreamChecks.size >= CHECKS_WAITING) {
-        this.#o.events.authFailed('rate-limited')
-        throw new TooManyRequestsError('too many logins are being checked; try again in a moment', undefined, { 'retry-after': '1' })
-      }
-      pending = upstream.checkLogin(login).finally(() => this.#upstreamChecks.delete(login.key))
-      this.#upstreamChecks.set(login.key, pending)
+    if (this.#upstreamChecks.get(login.key) === undefined && this.#upstreamChecks.size >= CHECKS_WAITING) {
+      this.#o.events.authFailed('rate-limited')
+      throw new TooManyRequestsError('too many logins are being checked; try again in a moment', undefined, { 'retry-after': '1' })
     }
-    if (await pending) {
+    if (await this.#upstreamChecks.run(login.key, async () => await upstream.checkLogin(login)).promise) {
       this.#upstreamVerified.set(login.key, true)
       return { user: undefined, login }
     }

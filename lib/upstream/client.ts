@@ -218,7 +218,7 @@ export class UpstreamClient {
     if (token !== undefined) return `Bearer ${token}`
     if (caller === undefined) return this.#basic
     const login = caller.login
-    return this.#wantsBasic && login !== undefined && this.#mayCarryLogin(new URL(this.#config.url)) ? basicAuthorization(login.username, login.password) : undefined
+    return this.#wantsBasic && login !== undefined ? basicAuthorization(login.username, login.password) : undefined
   }
 
   async #authorize (challengeHeader: string | undefined, scopeKey: string, tokenKey: string, caller: PassthroughCaller | undefined): Promise<string> {
@@ -237,7 +237,7 @@ export class UpstreamClient {
         this.#wantsBasic = true
         const login = caller.login
         if (login === undefined) throw new DeniedError(`upstream ${this.name} needs a login for this`, { upstream: this.name })
-        if (!this.#mayCarryLogin(new URL(this.#config.url))) throw new DeniedError(`upstream ${this.name} asks for a password over plain http`, { upstream: this.name })
+        // Basic goes to the upstream's own url only (sameOrigin in send): https, or http as configured.
         return basicAuthorization(login.username, login.password)
       }
       if (this.#config.username !== undefined) {
@@ -249,7 +249,7 @@ export class UpstreamClient {
     throw new DeniedError(`upstream ${this.name} requires authentication the mirror cannot provide`, { upstream: this.name })
   }
 
-  /** Credentials travel over https only, unless the upstream itself was configured with http. */
+  /** Credentials travel over https only, unless the upstream itself was configured with http (token realms may differ). */
   #mayCarryLogin (url: URL): boolean {
     return url.protocol === 'https:' || this.#plainHttp
   }
