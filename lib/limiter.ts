@@ -36,3 +36,36 @@ export class Limiter {
     }
   }
 }
+
+/**
+ * At most `perSecond` a second on average, in bursts of up to that many (a
+ * token bucket): for what must not reach a third party faster than that.
+ */
+export class RateLimit {
+  readonly #perSecond: number
+  readonly #burst: number
+  readonly #now: () => number
+  #tokens: number
+  #at: number
+
+  constructor (perSecond: number, now: () => number = Date.now) {
+    if (!(perSecond > 0) || !Number.isFinite(perSecond)) throw new Error(`a rate must be a positive number, got ${perSecond}`)
+    this.#perSecond = perSecond
+    this.#burst = Math.max(1, perSecond)
+    this.#now = now
+    this.#tokens = this.#burst
+    this.#at = now()
+  }
+
+  /** Takes one: 0 when it was there, else the milliseconds until one will be (nothing taken). */
+  take (): number {
+    const now = this.#now()
+    this.#tokens = Math.min(this.#burst, this.#tokens + (now - this.#at) * this.#perSecond / 1000)
+    this.#at = now
+    if (this.#tokens >= 1) {
+      this.#tokens -= 1
+      return 0
+    }
+    return Math.ceil((1 - this.#tokens) * 1000 / this.#perSecond)
+  }
+}

@@ -137,7 +137,7 @@ function authParts (mirror: MirrorConfig, config: AuthConfig, users: HtpasswdFil
   const tokens = new TokenIssuer(config.tokenTtl, now, config.tokenKey === undefined ? undefined : TokenIssuer.keyFrom(config.tokenKey))
   const passthrough = new Map<string, PassthroughUpstream>()
   for (const u of mirror.upstreams.values()) {
-    if (u.passthrough !== undefined) passthrough.set(u.name, { client: core.upstream(u.name), ttl: u.passthrough.ttl })
+    if (u.passthrough !== undefined) passthrough.set(u.name, { client: core.upstream(u.name), ...u.passthrough })
   }
   const gate = passthrough.size === 0 ? undefined : new PassthroughGate({ upstreams: passthrough, events, log, now, offline: mirror.offline })
   return {

@@ -114,7 +114,7 @@ t.test('a Basic upstream gets the client\'s own login, never the mirror\'s; anon
   t.ok(mirror.logs.some(l => l.msg === 'login failed' && l.user === 'alice'), 'the failure is logged, with the user name')
 })
 
-t.test('a mirror user\'s password never goes upstream: to a passthrough upstream it is anonymous; other names are upstream logins', async t => {
+t.test('a mirror user\'s password never goes upstream: to a passthrough upstream it is anonymous; names in the upstream\'s login form are upstream logins', async t => {
   const upstream = await startUpstream(t)
   const dir = await mkdtemp(join(tmpdir(), 'passthrough-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
@@ -135,8 +135,12 @@ t.test('a mirror user\'s password never goes upstream: to a passthrough upstream
   t.notOk(upstream.seen.some(s => s.authorization?.includes(Buffer.from('dora:').toString('base64').slice(0, 6)) === true), 'her credentials never reached the upstream')
   t.equal((await get(`${mirror.url}/v2/hub.example/open/app/tags/list`, dora)).status, 200, 'the rules let her read hub.example')
 
-  const alice = basic('alice', 'a-pass')
-  t.equal((await get(`${mirror.url}/v2/registry.example/team/app/tags/list`, alice)).status, 200, 'a name the htpasswd file lacks is an upstream login')
+  const seen = upstream.seen.length
+  t.equal((await get(`${mirror.url}/v2/registry.example/team/app/tags/list`, basic('alice', 'a-pass'))).status, 401, 'a name the htpasswd file lacks is still a mirror login, refused here')
+  t.equal(upstream.seen.slice(seen).filter(s => s.authorization !== undefined).length, 0, 'and never sent upstream')
+  const alice = basic('registry.example/alice', 'a-pass')
+  t.equal((await get(`${mirror.url}/v2/registry.example/team/app/tags/list`, alice)).status, 200, 'in the upstream\'s login form (registry.example/alice), it is an upstream login')
+  t.ok(upstream.seen.some(s => s.authorization === basic('alice', 'a-pass')), 'sent upstream as alice, without the prefix')
   const elsewhere = await get(`${mirror.url}/v2/hub.example/open/app/tags/list`, alice)
   t.equal(elsewhere.status, 403, 'which the rules treat as anonymous elsewhere')
   t.match(elsewhere.body, /alice is a login for registry\.example/)
@@ -217,7 +221,7 @@ t.test('upstream down: logins and new checks are refused with 503 saying why; an
 
 t.test('a token carries a passthrough login sealed: readable by the mirror that issued it only, and not forgeable', async t => {
   const issuer = new TokenIssuer(60_000)
-  const issued = issuer.issue(undefined, { username: 'alice', password: 's3cret' })
+  const issued = issuer.issue(undefined, { login: { username: 'alice', password: 's3cret' } })
   t.notOk(Buffer.from(issued.token.split('.')[0] ?? '', 'base64url').toString('utf8').includes('s3cret'), 'the password is not readable in the token')
   t.same(issuer.verify(issued.token), { caller: undefined, login: { username: 'alice', password: 's3cret' } })
   t.equal(new TokenIssuer(60_000).verify(issued.token), undefined, 'another key: not ours')
@@ -233,7 +237,7 @@ t.test('mirrors behind one balancer share auth.tokenKeyEnv: a token one issued, 
   const secret = 'k'.repeat(44)
   const a = new TokenIssuer(60_000, Date.now, TokenIssuer.keyFrom(secret))
   const b = new TokenIssuer(60_000, Date.now, TokenIssuer.keyFrom(secret))
-  const issued = a.issue(undefined, { username: 'alice', password: 'pw' })
+  const issued = a.issue(undefined, { login: { username: 'alice', password: 'pw' } })
   t.same(b.verify(issued.token), { caller: undefined, login: { username: 'alice', password: 'pw' } })
   t.same(b.verify(a.issue('dora').token), { caller: 'dora' })
   t.equal(new TokenIssuer(60_000, Date.now, TokenIssuer.keyFrom('x'.repeat(44))).verify(issued.token), undefined, 'another secret: not ours')

@@ -3,6 +3,7 @@
 // start and again when it changes; a changed file that does not parse is
 // logged and the users in use kept.
 
+import { createHmac, randomBytes } from 'node:crypto'
 import { readFile, rename, stat, writeFile } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { Worker } from 'node:worker_threads'
@@ -13,8 +14,24 @@ import { FileWatch } from '../file-signature.js'
 import { isUserName } from '../config/access-grammar.js'
 
 const BCRYPT = /^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/
-/** Compared against when the user is unknown, so that an unknown user costs what a known one does. */
-const DUMMY_HASH = '$2b$10$MvqeKahSe4EIeXEM7na9FO30rf0A8BBgGKIu5lwhJxY2wN7MRqxVm'
+const BCRYPT_ALPHABET = './ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789'
+/** bcrypt libraries' usual cost, for the unknown names of a file that lists no one. */
+const EMPTY_FILE_COST = 10
+
+/** The cost a bcrypt entry was made with (`$2b$05$...` is 5). */
+function costOf (hash: string): number {
+  return Number(hash.slice(4, 6))
+}
+
+/**
+ * A well-formed bcrypt entry of the given cost that no password matches (a
+ * random salt and digest): comparing a password with it takes what a real
+ * entry of that cost takes.
+ */
+function dummyEntry (cost: number): string {
+  const chars = Array.from(randomBytes(53), byte => BCRYPT_ALPHABET[byte % 64]).join('')
+  return `$2b$${String(cost).padStart(2, '0')}$${chars}`
+}
 
 /** Parses htpasswd text: `user:$2y$...` per line; blank lines and # comments are skipped. */
 export function parseHtpasswd (text: string, path: string): Map<string, string> {
@@ -101,7 +118,11 @@ export class HtpasswdFile {
   readonly #path: string
   readonly #log: Logger
   readonly #bcrypt = new BcryptWorker()
+  /** Picks an unknown name's stand-in entry: the same name always gets the same one. */
+  readonly #secret = randomBytes(32)
   #users: Map<string, string>
+  /** Entries no password matches, one per cost the file uses, in file order: what an unknown name is compared with. */
+  #standIns: string[]
   #watch: FileWatch | undefined
   /** Bumped whenever the users change, so that remembered verifications of the old file are not trusted. */
   generation = 0
@@ -110,6 +131,7 @@ export class HtpasswdFile {
     this.#path = path
     this.#log = log
     this.#users = users
+    this.#standIns = standInsFor(users)
   }
 
   /** Reads the file; throws an HtpasswdError naming the problem. */
@@ -128,11 +150,29 @@ export class HtpasswdFile {
   /** Whether the file lists the user. */
   has (user: string): boolean { return this.#users.has(user) }
 
-  /** Whether the password is the user's: a bcrypt comparison (tens of milliseconds) on the worker thread, off the event loop. */
+  /**
+   * The user's entry as it stands (undefined when the file does not list the
+   * user): what the mirror's tokens for the user are bound to, so that a token
+   * stops working when the user leaves the file or the password changes.
+   * Never sent or shown anywhere.
+   */
+  entry (user: string): string | undefined { return this.#users.get(user) }
+
+  /**
+   * Whether the password is the user's: a bcrypt comparison (milliseconds to a tenth of a second,
+   * by the entry's cost) on the worker thread, off the event loop. A name the file does not list
+   * is compared with a stand-in entry of a cost the file uses (the same one for the same name),
+   * so that a wrong password costs as long for a made-up name as for a listed one.
+   */
   async verify (user: string, password: string): Promise<boolean> {
     const known = this.#users.get(user)
-    const matched = await this.#bcrypt.compare(password, known ?? DUMMY_HASH)
+    const matched = await this.#bcrypt.compare(password, known ?? this.#standIn(user))
     return known !== undefined && matched
+  }
+
+  #standIn (user: string): string {
+    const pick = createHmac('sha256', this.#secret).update(user).digest().readUInt32BE(0)
+    return this.#standIns[pick % this.#standIns.length] ?? dummyEntry(EMPTY_FILE_COST)
   }
 
   /** Looks for a change now (the timer calls it). */
@@ -142,7 +182,9 @@ export class HtpasswdFile {
 
   async #reload (): Promise<void> {
     try {
-      this.#users = await readUsers(this.#path)
+      const users = await readUsers(this.#path)
+      this.#users = users
+      this.#standIns = standInsFor(users)
     } catch (err) {
       this.#log.warn({ err: err instanceof Error ? err.message : String(err) }, 'the htpasswd file changed but does not load; keeping the users in use')
       return
@@ -155,6 +197,26 @@ export class HtpasswdFile {
     this.#watch?.stop()
     this.#bcrypt.stop()
   }
+}
+
+/**
+ * Stand-in entries for unknown names, one per entry of the file (each of that
+ * entry's cost; one made per cost and shared), so that unknown names fall on
+ * the costs in the proportions the file has them. Bounded by the file.
+ */
+function standInsFor (users: ReadonlyMap<string, string>): string[] {
+  const byCost = new Map<number, string>()
+  const standIns: string[] = []
+  for (const hash of users.values()) {
+    const cost = costOf(hash)
+    let standIn = byCost.get(cost)
+    if (standIn === undefined) {
+      standIn = dummyEntry(cost)
+      byCost.set(cost, standIn)
+    }
+    standIns.push(standIn)
+  }
+  return standIns
 }
 
 /** bcrypt's cost for new entries: the reference registry's htpasswd -B uses 5 by default; 10 is what bcrypt libraries pick. */

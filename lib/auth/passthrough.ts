@@ -7,6 +7,9 @@
 // login's HMAC, never the secret; concurrent requests share one check. With
 // the upstream down, a yes still inside its time is honoured and new checks
 // are refused, saying so. The mirror's own credentials never ask for a caller.
+// Logins are checked with the upstream at most `loginRate` a second and
+// `loginConcurrency` at once: a flood of guesses at the mirror never reaches
+// the upstream faster, so the mirror's address is not the one it blocks.
 
 import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
@@ -14,6 +17,7 @@ import { Inflight } from '../cache/inflight.js'
 import { BlobUnknownError, DeniedError, ManifestUnknownError, NameUnknownError, RegistryError, TooManyRequestsError, UnavailableError } from '../errors.js'
 import type { MirrorEvents } from '../events.js'
 import { MANIFEST_ACCEPT } from '../oci/media-types.js'
+import { Limiter, RateLimit } from '../limiter.js'
 import type { UpstreamClient } from '../upstream/client.js'
 import { callerKey, type ClientLogin, type PassthroughCaller } from '../upstream/client-login.js'
 
@@ -27,7 +31,15 @@ export interface PassthroughUpstream {
   readonly client: UpstreamClient
   /** Milliseconds a yes is trusted without asking again. */
   readonly ttl: number
+  /** What a user name begins with when it is a login for this upstream. */
+  readonly loginPrefix: string
+  /** Login checks sent to it, at most, per second and at once. */
+  readonly loginRate: number
+  readonly loginConcurrency: number
 }
+
+/** Login checks waiting for one of an upstream's loginConcurrency slots, at most. */
+const LOGINS_WAITING = 64
 
 export interface PassthroughGateOptions {
   /** The upstreams in passthrough mode, by name. */
@@ -51,10 +63,21 @@ export class PassthroughGate {
   readonly #now: () => number
   readonly #decisions = new LRUCache<string, Decision>({ max: MAX_DECISIONS })
   readonly #checks = new Inflight<Decision>()
+  /** Per upstream: how fast and how many at once logins are checked there. */
+  readonly #logins = new Map<string, { readonly rate: RateLimit, readonly slots: Limiter }>()
 
   constructor (options: PassthroughGateOptions) {
     this.#o = options
     this.#now = options.now ?? Date.now
+    for (const [name, entry] of options.upstreams) {
+      this.#logins.set(name, { rate: new RateLimit(entry.loginRate, this.#now), slots: new Limiter(entry.loginConcurrency) })
+    }
+  }
+
+  /** The login form of the passthrough upstream (there is one at most): what its user names begin with. */
+  get loginPrefix (): string {
+    for (const entry of this.#o.upstreams.values()) return entry.loginPrefix
+    throw new Error('no upstream is in passthrough mode')
   }
 
   /** Whether the upstream is in passthrough mode. */
@@ -110,9 +133,16 @@ export class PassthroughGate {
    */
   async checkLogin (login: ClientLogin): Promise<boolean> {
     let unreachable: RegistryError | undefined
-    for (const [name, { client }] of this.#o.upstreams) {
+    for (const [name, { client, loginRate }] of this.#o.upstreams) {
+      const bounds = this.#logins.get(name)
+      if (bounds === undefined) continue
+      const wait = bounds.rate.take()
+      if (wait > 0 || bounds.slots.waiting >= LOGINS_WAITING) {
+        this.#o.log.warn({ upstream: name }, 'login checks at their bound: a login is turned away without asking upstream')
+        throw new TooManyRequestsError(`upstream ${name} is asked to check at most ${loginRate} logins a second; try again in a moment`, { upstream: name }, { 'retry-after': String(Math.max(1, Math.ceil(wait / 1000))) })
+      }
       try {
-        if (await client.checkLogin(login)) return true
+        if (await bounds.slots.run(async () => await client.checkLogin(login))) return true
       } catch (err) {
         if (!(err instanceof UnavailableError)) throw err
         unreachable = new UnavailableError(`the login cannot be checked: upstream ${name} does not answer (${err.message})`, { upstream: name })

@@ -8,6 +8,11 @@
 // get an anonymous token the same way. A token names its subject and expiry
 // and is signed with HMAC-SHA256 by a key made at start: what a caller may
 // pull is decided per request, by the access rules, from the subject.
+// A token for one of the mirror's users is bound to the user's entry in the
+// htpasswd file: the signature covers the entry too (never the token itself,
+// which carries no secret), so the token stops working once the user leaves
+// the file or changes password, and a mirror sharing the key accepts it only
+// if its own file holds the same entry.
 // A token issued for an upstream login (passthrough mode) carries that login
 // encrypted (AES-256-GCM, a key derived from the same start-up key): the
 // token is the client's to hold, and the mirror keeps no copy of the secret.
@@ -51,21 +56,30 @@ export class TokenIssuer {
     this.#now = now
   }
 
-  issue (caller: Caller, login?: CarriedLogin): IssuedToken {
+  /**
+   * A token for the caller (undefined: anonymous), carrying a passthrough login
+   * sealed, or bound to `binding` (a user's htpasswd entry), which `verify`
+   * must be given again.
+   */
+  issue (caller: Caller, options: { readonly login?: CarriedLogin | undefined, readonly binding?: string | undefined } = {}): IssuedToken {
     const now = this.#now()
+    const login = options.login
     const body: Payload = { sub: caller ?? '', exp: now + this.#ttl, ...(login === undefined ? {} : { login: this.#seal(login) }) }
     const payload = Buffer.from(JSON.stringify(body)).toString('base64url')
-    return { token: `${payload}.${this.#sign(payload)}`, expiresIn: Math.floor(this.#ttl / 1000), issuedAt: new Date(now).toISOString() }
+    return { token: `${payload}.${this.#sign(payload, options.binding ?? '')}`, expiresIn: Math.floor(this.#ttl / 1000), issuedAt: new Date(now).toISOString() }
   }
 
-  /** The caller a token was issued to, and the login it carries; undefined when it is not one of ours or has expired. */
-  verify (token: string): { readonly caller: Caller, readonly login?: CarriedLogin | undefined } | undefined {
+  /**
+   * The caller a token was issued to, and the login it carries; undefined when it is not one
+   * of ours, has expired, or names a user whose binding (`bindingOf`: the user's entry as it
+   * stands now) is gone or is not the one it was issued under.
+   */
+  verify (token: string, bindingOf: (caller: string) => string | undefined = () => ''): { readonly caller: Caller, readonly login?: CarriedLogin | undefined } | undefined {
     if (token.length > MAX_TOKEN_LENGTH) return undefined
     const [payload, signature, extra] = token.split('.')
     if (payload === undefined || signature === undefined || extra !== undefined) return undefined
-    const expected = Buffer.from(this.#sign(payload))
-    const given = Buffer.from(signature)
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined
+    // The payload is read before its signature is checked only to learn whose binding the
+    // signature covers; nothing in it is trusted until the signature holds.
     let parsed: unknown
     try {
       parsed = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8'))
@@ -74,7 +88,13 @@ export class TokenIssuer {
     }
     if (typeof parsed !== 'object' || parsed === null) return undefined
     const { sub, exp, login } = parsed as Partial<Payload>
-    if (typeof sub !== 'string' || typeof exp !== 'number' || exp <= this.#now()) return undefined
+    if (typeof sub !== 'string' || typeof exp !== 'number') return undefined
+    const binding = sub === '' || login !== undefined ? '' : bindingOf(sub)
+    if (binding === undefined) return undefined
+    const expected = Buffer.from(this.#sign(payload, binding))
+    const given = Buffer.from(signature)
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined
+    if (exp <= this.#now()) return undefined
     if (login === undefined) return { caller: sub === '' ? undefined : sub }
     const carried = typeof login === 'string' ? this.#open(login) : undefined
     if (carried === undefined) return undefined
@@ -103,7 +123,7 @@ export class TokenIssuer {
     }
   }
 
-  #sign (payload: string): string {
-    return createHmac('sha256', this.#key).update(payload).digest('base64url')
+  #sign (payload: string, binding: string): string {
+    return createHmac('sha256', this.#key).update(payload).update('\0').update(binding).digest('base64url')
   }
 }

@@ -8,6 +8,22 @@ export function isUserName (name: string): boolean {
   return /^[^:\s\p{Cc}]{1,256}$/u.test(name)
 }
 
+/**
+ * What a passthrough upstream's login form begins with (`ghcr.io/`): a user
+ * name's start, so no colon, white space or control characters; a `/` or `@`
+ * at its end keeps it apart from any user name the htpasswd file would list.
+ */
+export function parseLoginPrefix (text: string): string {
+  if (!/^[^:\s\p{Cc}]{1,64}$/u.test(text)) throw new Error(`expected the start of a user name (1 to 64 characters, no colon or white space), got ${JSON.stringify(text.slice(0, 80))}`)
+  return text
+}
+
+/** The login prefix of an upstream that sets none: its host without the port, and a slash (`ghcr.io/`). */
+export function defaultLoginPrefix (upstream: string): string {
+  const host = upstream.startsWith('[') ? upstream.slice(0, upstream.indexOf(']') + 1) : upstream.replace(/:\d+$/, '')
+  return `${host}/`
+}
+
 /** Why a pattern cannot be one, or undefined when it is fine. */
 export function patternProblem (pattern: string): string | undefined {
   if (pattern === '') return 'an empty pattern'

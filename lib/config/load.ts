@@ -14,7 +14,7 @@ import { readFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import { isIP } from 'node:net'
 import { parseDocument, type YAMLError } from 'yaml'
-import { isUserName, patternProblem } from './access-grammar.js'
+import { defaultLoginPrefix, isUserName, parseLoginPrefix, patternProblem } from './access-grammar.js'
 import { ConfigError } from '../errors.js'
 import { parseAuthHost, parseEnvName, parseListen, parseRegistryHost, parseUpstreamUrl, type ListenAddress } from './addresses.js'
 import {
@@ -79,7 +79,14 @@ export const DEFAULTS = Object.freeze({
   authMaxFailures: 10,
   authFailureWindow: MINUTE,
   /** How long a passthrough upstream's yes (per login and repository) is trusted without asking again. */
-  clientAccessTtl: MINUTE
+  clientAccessTtl: MINUTE,
+  /**
+   * Login checks a passthrough upstream is asked, per second and at once: a flood of
+   * guesses at the mirror reaches it no faster (a site's pulls share one login per
+   * pull secret, checked once per auth.remember).
+   */
+  clientLoginRate: 5,
+  clientLoginConcurrency: 4
 })
 
 // ---- schema -------------------------------------------------------------
@@ -98,6 +105,9 @@ interface UpstreamEntry {
   maxConcurrentDownloads: number
   clientCredentials: 'mirror' | 'passthrough'
   clientAccessTtl: number
+  clientLoginPrefix: string | undefined
+  clientLoginRate: number
+  clientLoginConcurrency: number
   timeouts: { connect: number, headers: number, body: number }
 }
 
@@ -111,6 +121,9 @@ const upstreamEntry = section<UpstreamEntry>({
   maxConcurrentDownloads: withDefault(integer({ min: 1 }), DEFAULTS.maxConcurrentDownloads),
   clientCredentials: withDefault(oneOf(['mirror', 'passthrough'] as const), 'mirror'),
   clientAccessTtl: withDefault(duration({ min: 1000 }), DEFAULTS.clientAccessTtl),
+  clientLoginPrefix: parsed(parseLoginPrefix, 'the start of a user name, like "ghcr.io/"'),
+  clientLoginRate: withDefault(integer({ min: 1 }), DEFAULTS.clientLoginRate),
+  clientLoginConcurrency: withDefault(integer({ min: 1 }), DEFAULTS.clientLoginConcurrency),
   timeouts: section({
     connect: withDefault(duration({ min: 1 }), DEFAULTS.connectTimeout),
     headers: withDefault(duration({ min: 1 }), DEFAULTS.headersTimeout),
@@ -245,6 +258,11 @@ function upstreams (env: NodeJS.ProcessEnv): Field<Map<string, UpstreamConfig>> 
       }
       const entry = upstreamEntry(raw, entryPath, problems)
       const written = new Set(isMapping(raw) ? entriesOf(raw).map(([field]) => field) : [])
+      if (entry.clientCredentials !== 'passthrough') {
+        for (const field of ['clientLoginPrefix', 'clientLoginRate', 'clientLoginConcurrency']) {
+          if (written.has(field)) problems.add(join(entryPath, field), 'only with clientCredentials: passthrough')
+        }
+      }
       drafts.push({ name, entry, credentials: credentials(entry, written, entryPath, env, problems) })
     }
 
@@ -272,7 +290,14 @@ function upstreams (env: NodeJS.ProcessEnv): Field<Map<string, UpstreamConfig>> 
         password: credentials.password,
         authHosts: entry.authHosts,
         maxConcurrentDownloads: entry.maxConcurrentDownloads,
-        passthrough: entry.clientCredentials === 'passthrough' ? { ttl: entry.clientAccessTtl } : undefined,
+        passthrough: entry.clientCredentials === 'passthrough'
+          ? {
+              ttl: entry.clientAccessTtl,
+              loginPrefix: entry.clientLoginPrefix ?? defaultLoginPrefix(name),
+              loginRate: entry.clientLoginRate,
+              loginConcurrency: entry.clientLoginConcurrency
+            }
+          : undefined,
         connectTimeout: entry.timeouts.connect,
         headersTimeout: entry.timeouts.headers,
         bodyTimeout: entry.timeouts.body

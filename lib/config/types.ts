@@ -20,15 +20,24 @@ export interface UpstreamConfig {
   readonly maxConcurrentDownloads?: number | undefined
   /**
    * Passthrough mode (`clientCredentials: passthrough`): each client's own login
-   * (or none) asks this upstream, which decides who reads what; `ttl` is how long
-   * (milliseconds) its yes per login and repository is trusted. Undefined: the
+   * (or none) asks this upstream, which decides who reads what. Undefined: the
    * mirror's own credentials (or none) for everyone.
    */
-  readonly passthrough?: { readonly ttl: number } | undefined
+  readonly passthrough?: PassthroughConfig | undefined
   /** Milliseconds. */
   readonly connectTimeout: number
   readonly headersTimeout: number
   readonly bodyTimeout: number
+}
+
+export interface PassthroughConfig {
+  /** Milliseconds the upstream's yes per login and repository is trusted. */
+  readonly ttl: number
+  /** What a user name begins with when it is a login for this upstream (`ghcr.io/`). */
+  readonly loginPrefix: string
+  /** Login checks sent to the upstream, at most, per second and at once. */
+  readonly loginRate: number
+  readonly loginConcurrency: number
 }
 
 export interface TlsConfig {

@@ -199,7 +199,10 @@ function tokenEndpoint (auth: AppAuth, options: AppOptions) {
     if (user !== undefined) ctx.state.user = user
     if (login !== undefined) ctx.state.login = login
     // A login for the passthrough upstream travels inside the token, sealed: the mirror keeps none.
-    const issued = login === undefined ? auth.tokens.issue(user) : auth.tokens.issue(undefined, login)
+    // A user's token is bound to the user's htpasswd entry: it ends with the entry.
+    const issued = login === undefined
+      ? auth.tokens.issue(user, { binding: user === undefined ? undefined : auth.authenticator.binding(user) })
+      : auth.tokens.issue(undefined, { login })
     ctx.set('Cache-Control', 'no-store')
     ctx.body = { token: issued.token, access_token: issued.token, expires_in: issued.expiresIn, issued_at: issued.issuedAt }
   }
