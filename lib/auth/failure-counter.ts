@@ -36,7 +36,7 @@ export class FailureCounter {
   /** Throws a 429 (with Retry-After) when the address or its /64 is past its failures. */
   check (address: string): void {
     for (const [key, max] of this.#keys(address)) {
-      const seen = this.#counts.get(key)
+      const seen = this.#current(key)
       if (seen !== undefined && seen.count >= max) {
         const wait = Math.max(1, Math.ceil((seen.since + this.#o.window - this.#now()) / 1000))
         const from = key.startsWith('net:') ? 'this network' : 'this address'
@@ -47,10 +47,18 @@ export class FailureCounter {
 
   record (address: string): void {
     for (const [key] of this.#keys(address)) {
-      const seen = this.#counts.get(key)
+      const seen = this.#current(key)
       if (seen === undefined) this.#counts.set(key, { count: 1, since: this.#now() })
       else seen.count++
     }
+  }
+
+  /** The count within its window (the cache's own expiry is a bound on memory, not the window's clock). */
+  #current (key: string): Count | undefined {
+    const seen = this.#counts.get(key)
+    if (seen === undefined || seen.since + this.#o.window > this.#now()) return seen
+    this.#counts.delete(key)
+    return undefined
   }
 
   #keys (address: string): Array<[string, number]> {

@@ -40,6 +40,7 @@ export interface YamlAuth {
   readonly realm?: string
   readonly remember?: string
   readonly tokenTtl?: string
+  readonly tokenKeyEnv?: string
   readonly reloadInterval?: string
   readonly anonymousNetworks?: readonly string[]
   readonly maxFailures?: number
@@ -61,6 +62,9 @@ export interface YamlUpstream {
   readonly maxConcurrentDownloads?: number
   readonly clientCredentials?: 'mirror' | 'passthrough'
   readonly clientAccessTtl?: string
+  readonly clientLoginPrefix?: string
+  readonly clientLoginRate?: number
+  readonly clientLoginConcurrency?: number
   readonly timeouts?: { readonly connect?: string, readonly headers?: string, readonly body?: string }
 }
 

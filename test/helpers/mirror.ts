@@ -12,7 +12,7 @@ import { listenAddress, loadYamlConfig, ms, type YamlAccess, type YamlAuth, type
 
 export interface TestMirrorOptions {
   /** registry host -> upstream URL; the first is the default unless `defaultUpstream` says otherwise */
-  readonly upstreams: Record<string, string | Partial<UpstreamConfig> & { url: string, clientCredentials?: 'mirror' | 'passthrough', clientAccessTtl?: number }>
+  readonly upstreams: Record<string, string | Partial<UpstreamConfig> & { url: string, clientCredentials?: 'mirror' | 'passthrough', clientAccessTtl?: number, clientLoginPrefix?: string, clientLoginRate?: number, clientLoginConcurrency?: number }>
   readonly defaultUpstream?: string | null
   readonly tagTtl?: number
   readonly storage?: string
@@ -29,6 +29,8 @@ export interface TestMirrorOptions {
   readonly tls?: { readonly cert: string, readonly key: string, readonly clientCA?: string, readonly reloadInterval?: number }
   /** host:port to listen on; 127.0.0.1:0 when not given. */
   readonly listen?: string
+  /** The environment the config is read in (auth.tokenKeyEnv, passwordEnv); empty when not given. */
+  readonly env?: NodeJS.ProcessEnv
   /** Eviction bounds; unbounded when not given. */
   readonly eviction?: Partial<Omit<MirrorConfig['storage'], 'path'>>
 }
@@ -45,7 +47,7 @@ export interface Teardown { teardown: (fn: () => unknown) => void }
 
 export async function startMirror (t: Teardown, options: TestMirrorOptions): Promise<TestMirror> {
   const storage = options.storage ?? await mkdtemp(join(tmpdir(), 'mirror-test-'))
-  const config = await loadYamlConfig(testMirrorYaml(storage, options))
+  const config = await loadYamlConfig(testMirrorYaml(storage, options), { env: options.env })
   const logs: Array<Record<string, unknown>> = []
   let text = ''
   const sink = new Writable({
@@ -84,6 +86,9 @@ function testMirrorYaml (storage: string, options: TestMirrorOptions): YamlConfi
       maxConcurrentDownloads: spec.maxConcurrentDownloads,
       clientCredentials: 'clientCredentials' in spec ? spec.clientCredentials : undefined,
       clientAccessTtl: 'clientAccessTtl' in spec && spec.clientAccessTtl !== undefined ? ms(spec.clientAccessTtl) : undefined,
+      clientLoginPrefix: 'clientLoginPrefix' in spec ? spec.clientLoginPrefix : undefined,
+      clientLoginRate: 'clientLoginRate' in spec ? spec.clientLoginRate : undefined,
+      clientLoginConcurrency: 'clientLoginConcurrency' in spec ? spec.clientLoginConcurrency : undefined,
       timeouts: {
         connect: ms(spec.connectTimeout ?? 2_000),
         headers: ms(spec.headersTimeout ?? 5_000),
