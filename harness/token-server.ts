@@ -22,6 +22,8 @@ const run = promisify(execFile)
 
 export interface TokenUser {
   readonly password: string
+  /** Other passwords the user logs in with, as a GitHub user's personal access tokens (one per machine, say). */
+  readonly accessTokens?: readonly string[]
   /** Repository patterns (`org/*`, `org/**`, `public/app`) this user may pull. */
   readonly pull: readonly string[]
   readonly push?: readonly string[]
@@ -116,7 +118,8 @@ export class TokenServer {
       const colon = decoded.indexOf(':')
       const name = decoded.slice(0, colon)
       const known = this.#options.users[name]
-      if (colon <= 0 || known === undefined || known.password !== decoded.slice(colon + 1)) {
+      const password = decoded.slice(colon + 1)
+      if (colon <= 0 || known === undefined || (known.password !== password && known.accessTokens?.includes(password) !== true)) {
         send(401, { errors: [{ code: 'UNAUTHORIZED', message: 'wrong user name or password' }] }, colon > 0 ? name : undefined)
         return
       }
