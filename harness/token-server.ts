@@ -7,7 +7,8 @@
 // which the registry then refuses with 401), or 401 for a wrong password. The
 // signing key's self-signed certificate (made with openssl) is the registry's
 // rootcertbundle, and travels in each token's x5c header. Every request is
-// recorded: who asked, for which scopes, and the answer.
+// recorded: who asked, for which scopes, and the answer. Users and their
+// rights can change while it runs (setUser), as an upstream revokes a right.
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { once } from 'node:events'
@@ -63,12 +64,14 @@ export class TokenServer {
   readonly certPath: string
   readonly requests: TokenRequest[] = []
   readonly #options: TokenServerOptions
+  readonly #users: Map<string, TokenUser>
   readonly #server: Server
   readonly #key: string
   readonly #x5c: string
 
   private constructor (options: TokenServerOptions, certPath: string, key: string, certPem: string) {
     this.#options = options
+    this.#users = new Map(Object.entries(options.users))
     this.service = options.service ?? 'test-registry'
     this.issuer = options.issuer ?? 'test-token-issuer'
     this.certPath = certPath
@@ -90,6 +93,15 @@ export class TokenServer {
   get realm (): string {
     const { port } = this.#server.address() as AddressInfo
     return `http://127.0.0.1:${port}/token`
+  }
+
+  /**
+   * Adds a user or replaces one's password and rights, as an upstream's admin
+   * would: every token asked for from now on follows it (tokens already
+   * issued keep what they grant until they expire, as real ones do).
+   */
+  setUser (name: string, user: TokenUser): void {
+    this.#users.set(name, user)
   }
 
   /** Requests from this user (undefined: anonymous ones). */
@@ -117,7 +129,7 @@ export class TokenServer {
       const decoded = Buffer.from(basic[1] ?? '', 'base64').toString('utf8')
       const colon = decoded.indexOf(':')
       const name = decoded.slice(0, colon)
-      const known = this.#options.users[name]
+      const known = this.#users.get(name)
       const password = decoded.slice(colon + 1)
       if (colon <= 0 || known === undefined || (known.password !== password && known.accessTokens?.includes(password) !== true)) {
         send(401, { errors: [{ code: 'UNAUTHORIZED', message: 'wrong user name or password' }] }, colon > 0 ? name : undefined)
@@ -134,7 +146,7 @@ export class TokenServer {
       const name = scope.slice(first + 1, last)
       const asked = scope.slice(last + 1).split(',')
       if (type !== 'repository') continue
-      const rights = user === undefined ? { pull: this.#options.anonymousPull ?? [], push: [] } : this.#options.users[user] ?? { pull: [], push: [] }
+      const rights = user === undefined ? { pull: this.#options.anonymousPull ?? [], push: [] } : this.#users.get(user) ?? { pull: [], push: [] }
       const actions = asked.filter(action => ((action === 'pull' ? rights.pull : action === 'push' ? rights.push ?? [] : []) as readonly string[]).some(p => patternMatches(p, name)))
       access.push({ type, name, actions })
     }

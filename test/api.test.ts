@@ -613,6 +613,40 @@ t.test('tags/list pages are right whatever the upstream does with n and last', a
   t.same(json(empty), { name: 'library/app', tags: [] })
 })
 
+t.test('tags/list is in ASCII order (Go\'s sort.Strings), and paging by its Link sees every tag once, from an upstream answering in no order and from the cache', async t => {
+  const { docker, get } = await setup(t)
+  // As distribution 2.8 answers: every tag, in no order, whatever n and last ask.
+  docker.behaviour.unsortedTags = true
+  const image = makeImage(docker, 'library/app', undefined, { layers: [10] })
+  const pushed = ['1', '2', '10', 'A', 'b']
+  for (const tag of pushed) docker.tag('library/app', tag, image.manifestDigest)
+  const sorted = ['1', '10', '2', 'A', 'b']
+  t.same(json(await send(docker.url, 'GET', '/v2/library/app/tags/list?n=2')), { name: 'library/app', tags: ['b', 'A', '10', '2', '1'] }, 'upstream answers unsorted and unpaged')
+  /** Every page from ?n=2 on, following each Link: the tags in the order seen. */
+  const walk = async (): Promise<string[]> => {
+    const seen: string[] = []
+    let path = '/v2/app/tags/list?n=2'
+    for (let pages = 0; path !== ''; pages++) {
+      if (pages > sorted.length) throw new Error(`more pages than tags: the Link runs in a circle at ${path}`)
+      const page = await get(path)
+      t.equal(page.status, 200, path)
+      const tags = (json(page) as { tags: string[] }).tags
+      t.ok(tags.length <= 2, `${path}: at most n`)
+      seen.push(...tags)
+      path = nextLink(page)
+    }
+    return seen
+  }
+  t.same((json(await get('/v2/app/tags/list')) as { tags: string[] }).tags, sorted, 'the full list, sorted')
+  t.same(await walk(), sorted, 'paged from upstream: each tag once, in order')
+  t.same((json(await get('/v2/app/tags/list?last=10')) as { tags: string[] }).tags, ['2', 'A', 'b'], 'last means after it in that order')
+
+  for (const tag of pushed) t.equal((await get(`/v2/app/manifests/${tag}`)).status, 200, `pulled ${tag}`)
+  await docker.stop()
+  t.same((json(await get('/v2/app/tags/list')) as { tags: string[] }).tags, sorted, 'from the cache, sorted')
+  t.same(await walk(), sorted, 'paged from the cache: each tag once, in order')
+})
+
 t.test('answers routed by ?ns= carry OCI-Namespace; others do not', async t => {
   const { ghcr, get } = await setup(t)
   makeImage(ghcr, 'org/app', 'v1', { layers: [10] })

@@ -3,7 +3,7 @@ import { AccessRecorder } from '../lib/cache/access-recorder.js'
 import type { AccessBatch } from '../lib/db/cache-index.js'
 import { Inflight } from '../lib/cache/inflight.js'
 import { PaginationNumberInvalidError } from '../lib/errors.js'
-import { paginate, parsePage } from '../lib/mirror/listings.js'
+import { asciiOrder, paginate, parsePage } from '../lib/mirror/listings.js'
 import { thrownBy } from './helpers/throws.js'
 
 /** A promise with its resolve and reject, for holding a run open. */
@@ -203,6 +203,15 @@ t.test('paginate starts after last even when last is not one of the items', asyn
 
 t.test('paginate with n=0 gives an empty page', async t => {
   t.same(paginate(items, { n: 0, last: undefined }).items, [])
+})
+
+t.test('paginate sorts into ASCII order first, as Go\'s sort.Strings: 10 before 2, Z before a, a repeated name once', async t => {
+  const unsorted = ['b', '2', 'A', '10', '1', 'Z', 'a', '2']
+  t.same(paginate(unsorted, { n: undefined, last: undefined }).items, ['1', '10', '2', 'A', 'Z', 'a', 'b'])
+  t.same(paginate(unsorted, { n: 2, last: undefined }), { items: ['1', '10'], next: '10' })
+  t.same(paginate(unsorted, { n: 2, last: '10' }), { items: ['2', 'A'], next: 'A' }, 'last: after it in that order')
+  t.same(paginate(unsorted, { n: 3, last: 'A' }), { items: ['Z', 'a', 'b'], next: undefined })
+  t.same(['b', 'a', 'B', '_', '-', '.', '9'].sort(asciiOrder), ['-', '.', '9', 'B', '_', 'a', 'b'], 'every character a tag may hold, by code')
 })
 
 t.test('paginate never hands back the array it was given', async t => {

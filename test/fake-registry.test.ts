@@ -231,6 +231,18 @@ t.test('lists tags in pages linked by the Link header', async t => {
   t.equal(errorCode(unknown.json), 'NAME_UNKNOWN')
 })
 
+t.test('with unsortedTags, lists every tag last tagged first, ignoring n and last, as distribution 2.8 does', async t => {
+  const fake = await start(t)
+  fake.behaviour.unsortedTags = true
+  const digest = fake.addManifest('lib/tags', undefined, { schemaVersion: 2 }, MediaTypes.ociManifest)
+  for (const tag of ['1', '2', '10', 'A', 'b']) fake.tag('lib/tags', tag, digest)
+  for (const query of ['', '?n=2', '?n=2&last=2']) {
+    const page = await getJson(`${fake.url}/v2/lib/tags/tags/list${query}`)
+    t.same(page.json, { name: 'lib/tags', tags: ['b', 'A', '10', '2', '1'] }, `tags/list${query}`)
+    t.equal(page.res.headers.get('link'), null)
+  }
+})
+
 t.test('lists referrers of a manifest as an OCI image index', async t => {
   const fake = await start(t)
   const image = makeImage(fake, 'lib/signed', 'v1', { layers: [16], mediaType: 'oci' })

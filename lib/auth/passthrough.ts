@@ -4,7 +4,10 @@
 // token for the repository's pull scope, then a HEAD of what was asked for —
 // before anything of the repository is served, from the cache or not. The
 // answer is remembered per (login, repository) for a short time, keyed by the
-// login's HMAC, never the secret; concurrent requests share one check. With
+// login's HMAC, never the secret; concurrent requests share one check. Each
+// check asks the upstream anew (its token server too, with no token cached
+// from before), and a yes counts from when it was asked, so a right revoked
+// upstream is refused within clientAccessTtl and one request. With
 // the upstream down, a yes still inside its time is honoured and new checks
 // are refused, saying so. The mirror's own credentials never ask for a caller.
 // Logins are checked with the upstream at most `loginRate` a second and
@@ -104,14 +107,24 @@ export class PassthroughGate {
     if (this.#o.offline === true) {
       throw new UnavailableError(`this mirror is offline, and only upstream ${upstream} can say who may read ${name}`, { upstream })
     }
-    const { promise, joined } = this.#checks.run(key, async () => await this.#ask(entry, upstream, name, caller, probe))
+    const arrived = this.#now()
+    const ask = async (): Promise<Decision> => await this.#ask(entry, upstream, name, caller, probe)
+    let runKey = key
     let decision: Decision
-    try {
-      decision = await promise
-    } catch (err) {
-      // A check that found nothing under another request's name says nothing about this one's: ask for it.
-      if (!joined || !isNotFound(err)) throw err
-      decision = await this.#checks.run(`${key}\0${probeKey(probe)}`, async () => await this.#ask(entry, upstream, name, caller, probe)).promise
+    for (;;) {
+      const { promise, joined } = this.#checks.run(runKey, ask)
+      try {
+        decision = await promise
+      } catch (err) {
+        // A check that found nothing under another request's name says nothing about this one's: ask for it.
+        if (!joined || !isNotFound(err) || runKey !== key) throw err
+        runKey = `${key}\0${probeKey(probe)}`
+        continue
+      }
+      // A check joined under way may have asked upstream so long before this request came that its
+      // answer had run out by then (a slow upstream, a short clientAccessTtl): this request asks again.
+      // Each key runs one check at a time, so the next one began after this request came: no loop.
+      if (!joined || decision.until > arrived) break
     }
     if (!decision.allowed) throw new DeniedError(decision.message, { repository: `${upstream}/${name}` })
   }
@@ -156,17 +169,19 @@ export class PassthroughGate {
     const repository = `${upstream}/${name}`
     const who = caller.login === undefined ? 'an anonymous caller' : caller.login.username
     const { events, log } = this.#o
+    // An answer is as old as the moment upstream was asked, not the moment it came back.
+    const askedAt = this.#now()
     let status: number
     try {
       const request = probeRequest(name, probe)
-      const res = await entry.client.send(request.method, request.path, { repository: name, headers: request.headers, kind: probe.kind, caller })
+      const res = await entry.client.send(request.method, request.path, { repository: name, headers: request.headers, kind: probe.kind, caller, fresh: true })
       await res.body.dump()
       status = res.status
     } catch (err) {
       if (err instanceof DeniedError) {
         events.passthroughChecked(upstream, 'denied')
         log.info({ upstream, repository, upstreamUser: caller.login?.username }, 'upstream does not let the caller read the repository')
-        const decision = { allowed: false, until: this.#now() + Math.min(DENIAL_TTL, entry.ttl), message: `upstream ${upstream} does not let ${who} read ${name}` }
+        const decision = { allowed: false, until: askedAt + Math.min(DENIAL_TTL, entry.ttl), message: `upstream ${upstream} does not let ${who} read ${name}` }
         this.#decisions.set(decisionKey(caller, repository), decision)
         return decision
       }
@@ -177,7 +192,7 @@ export class PassthroughGate {
     }
     if (status === 200) {
       events.passthroughChecked(upstream, 'allowed')
-      const decision = { allowed: true, until: this.#now() + entry.ttl, message: '' }
+      const decision = { allowed: true, until: askedAt + entry.ttl, message: '' }
       this.#decisions.set(decisionKey(caller, repository), decision)
       return decision
     }

@@ -1,6 +1,7 @@
 // Tag lists, referrers and the catalog. Tag lists and referrers come from
 // upstream when it answers (they change), and from what the cache knows when
-// it does not.
+// it does not. Lists go out in the order the distribution spec names (Go's
+// sort.Strings), whatever order they came in, and are paged in it.
 
 import { ManifestInvalidError, ManifestUnknownError, NameUnknownError, PaginationNumberInvalidError, RegistryError, UnavailableError } from '../errors.js'
 import { isMediaType, MediaTypes } from '../oci/media-types.js'
@@ -34,16 +35,28 @@ export function parsePage (n: string | undefined, last: string | undefined): Pag
   return { n: n === undefined ? undefined : Number(n), last: last === '' ? undefined : last }
 }
 
-/** Applies n/last to a sorted list. */
+/**
+ * Go's sort.Strings order, which the spec asks of tag lists: by UTF-16 code
+ * unit, the same as by byte for the ASCII that tags and repository names are
+ * made of (`10` before `2`, `Z` before `a`).
+ */
+export function asciiOrder (a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0
+}
+
+/**
+ * Applies n/last to a list in ASCII order, into which it is sorted first
+ * (upstreams answer in any order; a name listed twice counts once): the items
+ * after `last` in that order, at most n, and the `last` of the next page when
+ * this one was cut.
+ */
 export function paginate (items: readonly string[], page: Page): { items: string[], next: string | undefined } {
-  let from = items
-  if (page.last !== undefined) {
-    const last = page.last
-    from = items.filter(t => t > last)
-  }
-  if (page.n === undefined || from.length <= page.n) return { items: [...from], next: undefined }
-  const items2 = from.slice(0, page.n)
-  return { items: items2, next: items2.length > 0 ? items2[items2.length - 1] : undefined }
+  const sorted = [...new Set(items)].sort(asciiOrder)
+  const last = page.last
+  const from = last === undefined ? sorted : sorted.filter(t => asciiOrder(t, last) > 0)
+  if (page.n === undefined || from.length <= page.n) return { items: from, next: undefined }
+  const cut = from.slice(0, page.n)
+  return { items: cut, next: cut.at(-1) }
 }
 
 export class ListingService {
@@ -81,10 +94,13 @@ export class ListingService {
       if (!isRecord(body) || !(Array.isArray(body.tags) || body.tags === null)) throw new UnavailableError('upstream sent something that is not a tag list')
       const listed = Array.isArray(body.tags) ? body.tags.filter((t): t is string => typeof t === 'string') : []
       const link = header(res.headers, 'link')
-      // The page is the mirror's to get right, whatever upstream did with n and last: only
-      // tags after `last`, at most `n`, and a next page when this one was cut.
+      // The page is the mirror's to get right, whatever upstream did with n and last. An upstream
+      // that pages as the spec says answers just this page (sorting changes nothing), and its Link
+      // names the rest; one that ignores n and last and sorts nothing (distribution 2.8) answers
+      // everything, which is sorted and paged here. n=0 is an empty page with no Link.
       const { items, next } = paginate(listed, page)
-      return { tags: items, next: next ?? (link === undefined ? undefined : nextLast(link)), outcome: 'miss', headers: passedThroughHeaders(res.headers) }
+      const upstreamNext = link === undefined || page.n === 0 ? undefined : nextLast(link)
+      return { tags: items, next: next ?? upstreamNext, outcome: 'miss', headers: passedThroughHeaders(res.headers) }
     } catch (err) {
       if (err instanceof NameUnknownError || !(err instanceof RegistryError) || refusedCaller(route, err)) throw err
       const known = this.#o.cache.tags(route.repository)

@@ -63,6 +63,7 @@ export class UpstreamClient {
   readonly #downloads: Limiter
   readonly #circuit: CircuitBreaker
   readonly #log: Logger
+  readonly #now: () => number
   readonly #tokens: TokenCache
   readonly #tokenFetches = new Map<string, Promise<string>>()
   readonly #events: UpstreamEventSink
@@ -77,6 +78,7 @@ export class UpstreamClient {
     this.#config = options.config
     this.name = options.config.name
     this.#log = options.log.child({ upstream: this.name })
+    this.#now = options.now ?? Date.now
     this.#tokens = new TokenCache(options.now)
     this.#events = options.events
     const base = new URL(options.config.url)
@@ -112,13 +114,20 @@ export class UpstreamClient {
    * failures become UnavailableError; a 429 becomes TooManyRequestsError.
    * With a `caller` (passthrough mode) the request goes with that client's own
    * login, or none, and never with the mirror's configured credentials.
+   * `fresh` (a passthrough check, whose answer is trusted for clientAccessTtl
+   * from now) sends no token cached for the caller: a Bearer upstream's token
+   * server is asked again, with the caller's login.
    */
-  async send (method: 'GET' | 'HEAD', path: string, options: { repository?: string, headers?: Record<string, string>, kind: string, caller?: PassthroughCaller | undefined }): Promise<UpstreamResponse> {
+  async send (method: 'GET' | 'HEAD', path: string, options: { repository?: string, headers?: Record<string, string>, kind: string, caller?: PassthroughCaller | undefined, fresh?: boolean }): Promise<UpstreamResponse> {
     const scopeKey = options.repository !== undefined ? `repository:${options.repository}:pull` : ''
     const caller = options.caller
     const tokenKey = caller === undefined ? scopeKey : `${callerKey(caller)}\0${scopeKey}`
+    const fresh = options.fresh === true && caller !== undefined
     let url = new URL(this.#config.url + path)
     const baseHeaders: Record<string, string> = { 'user-agent': 'registry-mirror', ...options.headers }
+    // A check drops the caller's old token, so that if the token server now refuses, nothing granted
+    // before is used again.
+    if (fresh) this.#tokens.delete(tokenKey)
     let authorization = this.#cachedAuthorization(tokenKey, caller)
     let authTried = false
     let retried = false
@@ -150,7 +159,7 @@ export class UpstreamClient {
         authTried = true
         const challenge = header(res.headers, 'www-authenticate')
         await res.body.dump()
-        authorization = await this.#authorize(challenge, scopeKey, tokenKey, caller)
+        authorization = await this.#authorize(challenge, scopeKey, tokenKey, caller, fresh)
         hop--
         continue
       }
@@ -221,14 +230,18 @@ export class UpstreamClient {
     return this.#wantsBasic && login !== undefined ? basicAuthorization(login.username, login.password) : undefined
   }
 
-  async #authorize (challengeHeader: string | undefined, scopeKey: string, tokenKey: string, caller: PassthroughCaller | undefined): Promise<string> {
+  async #authorize (challengeHeader: string | undefined, scopeKey: string, tokenKey: string, caller: PassthroughCaller | undefined, fresh: boolean): Promise<string> {
     const challenges = challengeHeader === undefined ? [] : parseChallenges(challengeHeader)
     const bearer = challenges.find(c => c.scheme === 'bearer')
     if (bearer !== undefined) {
-      let pending = this.#tokenFetches.get(tokenKey)
+      // A check joins no fetch begun before it: that one's answer may predate a revocation.
+      let pending = fresh ? undefined : this.#tokenFetches.get(tokenKey)
       if (pending === undefined) {
-        pending = this.#fetchToken(bearer, scopeKey, tokenKey, caller).finally(() => this.#tokenFetches.delete(tokenKey))
-        this.#tokenFetches.set(tokenKey, pending)
+        const started: Promise<string> = this.#fetchToken(bearer, scopeKey, tokenKey, caller).finally(() => {
+          if (this.#tokenFetches.get(tokenKey) === started) this.#tokenFetches.delete(tokenKey)
+        })
+        this.#tokenFetches.set(tokenKey, started)
+        pending = started
       }
       return `Bearer ${await pending}`
     }
@@ -263,7 +276,8 @@ export class UpstreamClient {
   async checkLogin (login: ClientLogin): Promise<boolean> {
     const caller: PassthroughCaller = { login }
     try {
-      const res = await this.send('GET', '/v2/', { kind: 'login', caller })
+      // Fresh: a token from an earlier check would say only that the login was good then.
+      const res = await this.send('GET', '/v2/', { kind: 'login', caller, fresh: true })
       await res.body.dump()
       return res.status === 200
     } catch (err) {
@@ -299,6 +313,7 @@ export class UpstreamClient {
       else this.#log.warn({ realm: url.host }, 'token realm is plain http: asking for a token without the credentials')
     }
     this.#events.tokenFetched(this.name)
+    const askedAt = this.#now()
     let res: Dispatcher.ResponseData
     try {
       res = await request(url, { method: 'GET', headers, dispatcher: this.#agent })
@@ -320,7 +335,10 @@ export class UpstreamClient {
     if (bytes === undefined) throw new UnavailableError(`upstream ${this.name} token service sent more than ${MAX_TOKEN_BYTES} bytes`)
     const token = tokenFrom(parseJson(bytes))
     if (token === undefined) throw new UnavailableError(`upstream ${this.name} token service sent no token`)
-    this.#tokens.set(tokenKey, token.token, token.expiresIn)
+    // A client's token is its right to the repository as the upstream saw it when asked: used no longer
+    // than the passthrough gate trusts that yes (clientAccessTtl), so the check after it reaches the token server.
+    const ttl = this.#config.passthrough?.ttl
+    this.#tokens.set(tokenKey, token.token, token.expiresIn, caller === undefined || ttl === undefined ? undefined : { maxAge: ttl, askedAt })
     this.#log.debug({ scope: key, expiresIn: token.expiresIn, passthrough: caller !== undefined }, 'fetched upstream token')
     return token.token
   }

@@ -76,6 +76,12 @@ export interface FakeRegistryBehaviour {
   referrersApi: boolean
   /** Delay before answering any request (registry, token endpoint and CDN). */
   latencyMs: number
+  /**
+   * Tag lists name every tag, the last tagged first, whatever n and last ask:
+   * as distribution 2.8 answers, which neither sorts nor pages them (the spec
+   * wants both).
+   */
+  unsortedTags: boolean
 }
 
 export type FakeRegistryOptions = Partial<FakeRegistryBehaviour>
@@ -605,7 +611,8 @@ export class FakeRegistry {
       rateLimit: options.rateLimit,
       strictAccept: options.strictAccept ?? false,
       referrersApi: options.referrersApi ?? true,
-      latencyMs: options.latencyMs ?? 0
+      latencyMs: options.latencyMs ?? 0,
+      unsortedTags: options.unsortedTags ?? false
     }
     this.#issuer = new TokenIssuer(() => ({
       service: SERVICE,
@@ -964,6 +971,10 @@ export class FakeRegistry {
     const repository = this.#repos.get(name)
     if (repository === undefined) {
       sendError(req, res, 404, 'NAME_UNKNOWN', 'repository name not known to registry', { name })
+      return
+    }
+    if (this.behaviour.unsortedTags) {
+      sendJson(req, res, 200, { name, tags: [...repository.tags.keys()].reverse() })
       return
     }
     let tags = [...repository.tags.keys()].sort()
