@@ -14,6 +14,7 @@ import type { AuthConfig, MirrorConfig } from './config/types.js'
 import { openCore, type CoreOptions, type MirrorCore } from './core.js'
 import { Events, type EventSink } from './events.js'
 import { createApp, type AppAuth } from './http/app.js'
+import { TrustedProxies } from './http/client-address.js'
 import { createOpsApp, type OpsOptions } from './http/ops.js'
 import { TlsFiles } from './http/tls.js'
 import { AccessRules } from './auth/access-rules.js'
@@ -83,7 +84,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
     ? undefined
     : authParts(config, config.auth, users, core, events, log, options.now)
   if (auth !== undefined && tls === undefined) log.warn('auth is set without tls: passwords cross the network in clear text')
-  const app = createApp({ blobs, manifests, listings, routing, log, events, maxRequestsPerClient: config.limits.maxRequestsPerClient, ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk), auth, authEvents: events })
+  const app = createApp({ blobs, manifests, listings, routing, log, events, maxRequestsPerClient: config.limits.maxRequestsPerClient, trustedProxies: new TrustedProxies(config.limits.trustedProxies), ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk), auth, authEvents: events })
 
   const server = listener(app.callback(), config.limits, tls, log)
   server.listen(config.listen.port, config.listen.host)
