@@ -15,6 +15,7 @@ import { openCore, type CoreOptions, type MirrorCore } from './core.js'
 import { Events, type EventSink } from './events.js'
 import { createApp, type AppAuth } from './http/app.js'
 import { TrustedProxies } from './http/client-address.js'
+import { ClientRequestLimit } from './http/client-limit.js'
 import { createOpsApp, type OpsOptions } from './http/ops.js'
 import { TlsFiles } from './http/tls.js'
 import { AccessRules } from './auth/access-rules.js'
@@ -84,7 +85,9 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
     ? undefined
     : authParts(config, config.auth, users, core, events, log, options.now)
   if (auth !== undefined && tls === undefined) log.warn('auth is set without tls: passwords cross the network in clear text')
-  const app = createApp({ blobs, manifests, listings, routing, log, events, maxRequestsPerClient: config.limits.maxRequestsPerClient, trustedProxies: new TrustedProxies(config.limits.trustedProxies), ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk), auth, authEvents: events })
+  const limits = config.limits
+  const requestLimit = new ClientRequestLimit({ maxUnderWay: limits.maxRequestsPerClient, maxWaiting: limits.maxQueuedPerClient, maxWait: limits.queueTimeout })
+  const app = createApp({ blobs, manifests, listings, routing, log, events, trustedProxies: new TrustedProxies(limits.trustedProxies), requestLimit, ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk), auth, authEvents: events })
 
   const server = listener(app.callback(), config.limits, tls, log)
   server.listen(config.listen.port, config.listen.host)

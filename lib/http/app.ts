@@ -5,7 +5,7 @@
 import Koa, { type Context, type Next } from 'koa'
 import Router from '@koa/router'
 import type { Logger } from 'pino'
-import { DeniedError, NameInvalidError, NotFoundError, RegistryError, TooManyRequestsError, UnauthorizedError, UnsupportedError } from '../errors.js'
+import { DeniedError, NameInvalidError, NotFoundError, RegistryError, UnauthorizedError, UnsupportedError } from '../errors.js'
 import type { AccessRules } from '../auth/access-rules.js'
 import type { Authenticator } from '../auth/authenticator.js'
 import type { PassthroughGate, Probe } from '../auth/passthrough.js'
@@ -23,6 +23,7 @@ import { sendError } from './envelope.js'
 import { sendBody } from './response-sink.js'
 import { opsRouter, type OpsOptions } from './ops.js'
 import { TrustedProxies, plainAddress } from './client-address.js'
+import type { ClientRequestLimit, Turn } from './client-limit.js'
 
 export interface AppState {
   /**
@@ -64,8 +65,8 @@ export interface AppOptions {
   readonly ops?: OpsOptions | undefined
   /** Which peers' X-Forwarded-For is believed; undefined: none, the TCP peer is the client. */
   readonly trustedProxies?: TrustedProxies | undefined
-  /** Requests under way per client address; more are answered 429 at once. */
-  readonly maxRequestsPerClient?: number | undefined
+  /** Requests under way per client address, and those waiting their turn; undefined: unbounded. */
+  readonly requestLimit?: ClientRequestLimit | undefined
   /** Takes each blob body chunk once the socket has it (read buffers go back to their pool). */
   readonly sent?: ((chunk: Uint8Array) => void) | undefined
   readonly auth?: AppAuth | undefined
@@ -91,7 +92,7 @@ export function createApp (options: AppOptions): Koa<AppState> {
   app.use(clientAddress(options.trustedProxies ?? new TrustedProxies([])))
   app.use(requestLog(options))
   app.use(errors(options.log))
-  if (options.maxRequestsPerClient !== undefined) app.use(perClientLimit(options.maxRequestsPerClient))
+  if (options.requestLimit !== undefined) app.use(perClientLimit(options.requestLimit))
   const auth = options.auth
   if (auth !== undefined) app.use(authenticate(auth))
 
@@ -157,28 +158,34 @@ function clientOf (ctx: Ctx): string {
   return ctx.state.client ?? plainAddress(ctx.socket.remoteAddress ?? '')
 }
 
-/** At most `max` requests under way per client address: one client cannot take every answer the mirror can give. */
-function perClientLimit (max: number) {
-  const underWay = new Map<string, number>()
+/**
+ * Requests under way per client address: one client cannot take every answer
+ * the mirror can give. A burst past the limit waits its turn (in order, for a
+ * while) before it is answered 429; one whose client leaves meanwhile is dropped.
+ */
+function perClientLimit (limit: ClientRequestLimit) {
   return async (ctx: Ctx, next: Next): Promise<void> => {
-    const client = clientOf(ctx)
-    const count = underWay.get(client) ?? 0
-    if (count >= max) throw new TooManyRequestsError(`more than ${max} requests under way from this address`, { limit: max }, { 'retry-after': '1' })
-    underWay.set(client, count + 1)
-    let released = false
-    const release = (): void => {
-      if (released) return
-      released = true
-      const left = (underWay.get(client) ?? 1) - 1
-      if (left <= 0) underWay.delete(client)
-      else underWay.set(client, left)
+    const gone = new AbortController()
+    const leave = (): void => { gone.abort() }
+    ctx.res.once('close', leave)
+    let turn: Turn | undefined
+    try {
+      turn = await limit.acquire(clientOf(ctx), gone.signal)
+    } finally {
+      ctx.res.off('close', leave)
+    }
+    // The client left while it waited (or as its turn came): nobody to answer.
+    if (turn === undefined) return
+    if (ctx.res.closed) {
+      turn.release()
+      return
     }
     // A request is under way until its response is done (a streamed blob: until its last byte, or the client leaves).
-    ctx.res.once('close', release)
+    ctx.res.once('close', turn.release)
     try {
       await next()
     } finally {
-      if (ctx.res.writableFinished || ctx.res.destroyed) release()
+      if (ctx.res.writableFinished || ctx.res.destroyed) turn.release()
     }
   }
 }
