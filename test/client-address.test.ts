@@ -5,6 +5,8 @@
 // it names. From anyone else the header changes nothing.
 
 import t, { type Test } from 'tap'
+import { once } from 'node:events'
+import { connect } from 'node:net'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -117,6 +119,38 @@ t.test('behind a trusted proxy, the request limit is per forwarded client; the s
       t.same(clients.sort(), trusted ? ['10.0.0.1', '10.0.0.1', '10.0.0.2'] : ['127.0.0.1', '127.0.0.1', '127.0.0.1'], 'the request log names the client')
     })
   }
+})
+
+t.test('behind a trusted proxy, the connection cap does not apply to it: it carries many clients', async t => {
+  const { mirror } = await behind(t, true, { limits: { maxConnectionsPerClient: 2, headersTimeout: 60_000 } })
+  const { hostname, port } = new URL(mirror.url)
+  const sockets = await Promise.all([1, 2, 3, 4].map(async () => {
+    const socket = connect({ host: hostname, port: Number(port) })
+    socket.on('error', () => {})
+    await once(socket, 'connect')
+    return socket
+  }))
+  t.teardown(() => { for (const s of sockets) s.destroy() })
+  await sleep(300)
+  t.equal(sockets.filter(s => s.destroyed).length, 0, 'four connections from the proxy, cap two: none closed')
+  const last = sockets[3]
+  if (last === undefined) throw new Error('four sockets were opened')
+  last.write('GET /v2/ HTTP/1.1\r\nHost: mirror\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n')
+  const [answer] = await once(last, 'data') as [Buffer]
+  t.match(answer.toString('latin1'), /^HTTP\/1\.1 200 /, 'and served')
+
+  const untrusted = await behind(t, false, { limits: { maxConnectionsPerClient: 2, headersTimeout: 60_000 } })
+  const url = new URL(untrusted.mirror.url)
+  const capped = await Promise.all([1, 2, 3].map(async () => {
+    const socket = connect({ host: url.hostname, port: Number(url.port) })
+    socket.on('error', () => {})
+    await once(socket, 'connect')
+    socket.resume()
+    return socket
+  }))
+  t.teardown(() => { for (const s of capped) s.destroy() })
+  await sleep(300)
+  t.equal(capped.filter(s => s.destroyed).length, 1, 'the same from a peer that is not trusted: the third is closed')
 })
 
 async function authScene (t: Test, trusted: boolean, auth: YamlAuth): Promise<{ mirror: TestMirror, get: (path: string, headers: Record<string, string>) => Promise<{ status: number, headers: Record<string, unknown>, text: string }> }> {

@@ -1,7 +1,8 @@
 // Floods don't take the process down: connections that send nothing, send
 // slowly or sit idle are closed; open connections and requests per client
-// are capped; a burst past the request limit waits its turn, in order and for
-// a while, before a 429; the operational listener answers while the main one is full.
+// are capped (one address's silent connections cannot take the others'
+// slots); a burst past the request limit waits its turn, in order and for a
+// while, before a 429; the operational listener answers while the main one is full.
 
 import t from 'tap'
 import { once } from 'node:events'
@@ -13,6 +14,7 @@ import { TooManyRequestsError } from '../lib/errors.js'
 import { startFakeRegistry } from './helpers/fake-registry.js'
 import { makeImage } from './helpers/images.js'
 import { startMirror } from './helpers/mirror.js'
+import { sample } from './helpers/prometheus.js'
 
 function hostPort (url: string): { host: string, port: number } {
   const u = new URL(url)
@@ -25,6 +27,11 @@ async function open (url: string, localAddress?: string): Promise<Socket> {
   socket.on('error', () => {})
   await once(socket, 'connect')
   return socket
+}
+
+/** An agent whose connections come from `localAddress`: another client, as the mirror sees it. */
+function from (localAddress: string, connections = 8): Agent {
+  return new Agent({ connections, localAddress })
 }
 
 async function sleep (ms: number): Promise<void> {
@@ -79,9 +86,14 @@ t.test('past maxConnections, new connections are refused and the ones open are s
   t.ok(refusedIn < 5_000, 'a fifth connection is closed at once')
   held[0]?.destroy()
   await new Promise(resolve => setTimeout(resolve, 100))
-  const res = await request(`${mirror.url}/v2/`, { dispatcher: new Agent() })
+  const later = new Agent({ connections: 1 })
+  t.teardown(async () => await later.close())
+  const res = await request(`${mirror.url}/v2/`, { dispatcher: later })
   t.equal(res.statusCode, 200, 'once one goes, another may come')
   await res.body.dump()
+  const metrics = await (await request(`${mirror.url}/metrics`, { dispatcher: later })).body.text()
+  t.equal(sample(metrics, 'registry_mirror_connections_refused_total', { reason: 'max-connections' }), 1, 'the refusal is counted')
+  t.equal(mirror.logs.filter(l => typeof l.msg === 'string' && l.msg.startsWith('connection refused: the listener is full')).length, 1, 'and logged')
 })
 
 t.test('past maxRequestsPerClient with no queue, a client gets 429 TOOMANYREQUESTS at once; its answers under way go on', async t => {
@@ -120,6 +132,46 @@ t.test('with metrics.listen set, /healthz, /readyz and /metrics answer while the
     t.equal(res.statusCode, 200, path)
     await res.body.dump()
   }
+})
+
+t.test('silent connections from one address up to maxConnectionsPerClient: its next is closed at once, while another address and the ops listener are served', async t => {
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  // The defaults but for headersTimeout, which would close the silent connections before the test is done.
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, limits: { headersTimeout: 60_000 }, metrics: { listen: { host: '127.0.0.1', port: 0 } } })
+  const CAP = 256
+  const held: Socket[] = []
+  t.teardown(() => { for (const s of held) s.destroy() })
+  for (let i = 0; i < CAP; i++) held.push(await open(mirror.url, '127.0.0.2'))
+  await sleep(200)
+  t.equal(held.filter(s => s.destroyed).length, 0, `all ${CAP} are kept open: the cap is not below its default`)
+
+  const refused = await Promise.all([1, 2, 3].map(async () => await open(mirror.url, '127.0.0.2').catch(() => undefined)))
+  const refusedIn = await Promise.all(refused.map(async s => s === undefined ? 0 : await closedWithin(s, 3_000)))
+  t.ok(refusedIn.every(ms => ms < 3_000), `a connection past the cap from the same address is closed at once (${refusedIn.join(', ')} ms)`)
+
+  const other = from('127.0.0.3')
+  t.teardown(async () => await other.close())
+  const res = await request(`${mirror.url}/v2/`, { dispatcher: other, signal: AbortSignal.timeout(5_000) })
+  t.equal(res.statusCode, 200, 'another address is served meanwhile')
+  await res.body.dump()
+  const ops = mirror.opsUrl ?? ''
+  const flooder = from('127.0.0.2', 1)
+  t.teardown(async () => await flooder.close())
+  const health = await request(`${ops}/healthz`, { dispatcher: flooder })
+  t.equal(health.statusCode, 200, 'the ops listener counts its own connections: it answers the flooding address too')
+  await health.body.dump()
+  const metrics = await (await request(`${ops}/metrics`)).body.text()
+  t.equal(sample(metrics, 'registry_mirror_connections_refused_total', { reason: 'per-client' }), 3, 'each refusal is counted')
+  const lines = mirror.logs.filter(l => typeof l.msg === 'string' && l.msg.startsWith('connection refused'))
+  t.equal(lines.length, 1, 'and logged once a minute per address, not once each')
+  t.match(lines[0], { address: '127.0.0.2', listener: 'main', limit: CAP })
+
+  held.shift()?.destroy()
+  await sleep(100)
+  const again = await request(`${mirror.url}/v2/`, { dispatcher: flooder, signal: AbortSignal.timeout(5_000) })
+  t.equal(again.statusCode, 200, 'once one of its connections closes, the address may open another')
+  await again.body.dump()
 })
 
 t.test('200 concurrent manifest requests from one address are all served with the default limits', async t => {
