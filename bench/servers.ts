@@ -50,10 +50,12 @@ export class RegistryMirrorServer {
       `  tagTtl: ${options.tagTtl}`,
       'log:',
       '  level: info',
-      // Every bench connection comes from 127.0.0.1: the per-client cap (128) would turn the
-      // 200-connection and 1,000-reader workloads into 429s.
+      // Every bench connection comes from 127.0.0.1: the per-client caps (128 requests, 256
+      // connections) would turn the 200-connection and 1,000-reader workloads into 429s and
+      // refused connections.
       'limits:',
       '  maxRequestsPerClient: 4096',
+      '  maxConnectionsPerClient: 4096',
       ''
     ].join('\n'))
     const env = { ...process.env }

@@ -15,7 +15,8 @@ const packages: Readonly<Record<string, string>> = {
   dockerd: 'docker.io',
   docker: 'docker.io',
   podman: 'podman',
-  openssl: 'openssl'
+  openssl: 'openssl',
+  nginx: 'nginx-light'
 }
 
 export function findOnPath (tool: string): string | undefined {

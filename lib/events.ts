@@ -36,6 +36,9 @@ export type AuthFailureReason = 'bad-credentials' | 'malformed' | 'unsupported-s
 /** Why a client was not let read what it asked for. */
 export type DenialReason = 'login-required' | 'not-allowed' | 'anonymous-network' | 'upstream-denied'
 
+/** Why a client connection was closed as it was accepted: its address held its share (limits.maxConnectionsPerClient), or the listener was full (limits.maxConnections). */
+export type ConnectionRefusal = 'per-client' | 'max-connections'
+
 /** How a passthrough upstream answered whether a caller may read a repository. */
 export type PassthroughResult = 'allowed' | 'denied' | 'unknown' | 'unavailable'
 
@@ -84,6 +87,8 @@ export interface MirrorEvents {
   accessDenied: (reason: DenialReason) => void
   /** A passthrough upstream was asked whether a caller may read a repository. */
   passthroughChecked: (upstream: string, result: PassthroughResult) => void
+  /** A client connection closed as it was accepted (see ConnectionRefusal). */
+  connectionRefused: (reason: ConnectionRefusal) => void
   requestFinished: (record: RequestRecord) => void
 }
 
@@ -120,5 +125,6 @@ export class Events implements MirrorEvents {
   authFailed (reason: AuthFailureReason): void { for (const s of this.#sinks) s.authFailed?.(reason) }
   accessDenied (reason: DenialReason): void { for (const s of this.#sinks) s.accessDenied?.(reason) }
   passthroughChecked (upstream: string, result: PassthroughResult): void { for (const s of this.#sinks) s.passthroughChecked?.(upstream, result) }
+  connectionRefused (reason: ConnectionRefusal): void { for (const s of this.#sinks) s.connectionRefused?.(reason) }
   requestFinished (record: RequestRecord): void { for (const s of this.#sinks) s.requestFinished?.(record) }
 }

@@ -2,7 +2,7 @@
 // how the cache answered, what it cost upstream, and what the cache holds.
 
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
-import type { DownloadResult, EvictedItem, MirrorEvents, RefusalReason, AuthFailureReason, DenialReason, PassthroughResult, RequestRecord, UncachedResult, UpstreamAnswer } from './events.js'
+import type { ConnectionRefusal, DownloadResult, EvictedItem, MirrorEvents, RefusalReason, AuthFailureReason, DenialReason, PassthroughResult, RequestRecord, UncachedResult, UpstreamAnswer } from './events.js'
 
 /** What the gauges read, when Prometheus scrapes. */
 export interface CacheState {
@@ -40,6 +40,7 @@ export class Metrics implements MirrorEvents {
   readonly #indexWriteFailures: Counter<'operation'>
   readonly #scrubbed: Counter
   readonly #corrupt: Counter<'kind'>
+  readonly #connectionsRefused: Counter<'reason'>
   #state: CacheState | undefined
   #summary: { at: number, value: ReturnType<CacheState['summary']> } | undefined
 
@@ -70,6 +71,7 @@ export class Metrics implements MirrorEvents {
     this.#indexWriteFailures = new Counter({ name: 'registry_mirror_index_write_failures_total', help: 'Index writes that failed (disk full, I/O error) while the answer was served anyway, by operation', labelNames: ['operation'], registers })
     this.#scrubbed = new Counter({ name: 'registry_mirror_scrubbed_bytes_total', help: 'Bytes of cached blobs the background scrub re-hashed', registers })
     this.#corrupt = new Counter({ name: 'registry_mirror_corrupt_removed_total', help: 'Cached blobs and manifests found not to match their digest (bit rot), and removed', labelNames: ['kind'], registers })
+    this.#connectionsRefused = new Counter({ name: 'registry_mirror_connections_refused_total', help: 'Client connections closed as they were accepted: per-client (the address held limits.maxConnectionsPerClient) or max-connections (the listener was full)', labelNames: ['reason'], registers })
     const gauge = (name: string, help: string, read: () => number): void => {
       // eslint-disable-next-line no-new -- registered by construction
       new Gauge({ name, help, registers, collect () { this.set(read()) } })
@@ -128,6 +130,7 @@ export class Metrics implements MirrorEvents {
   authFailed (reason: AuthFailureReason): void { this.#authFailures.inc({ reason }) }
   accessDenied (reason: DenialReason): void { this.#denied.inc({ reason }) }
   passthroughChecked (upstream: string, result: PassthroughResult): void { this.#passthrough.inc({ upstream, result }) }
+  connectionRefused (reason: ConnectionRefusal): void { this.#connectionsRefused.inc({ reason }) }
   upstreamState (upstream: string, down: { since: number, until: number } | undefined): void { this.#upstreamUp.set({ upstream }, down === undefined ? 1 : 0) }
   downloadStarted (): void {}
 

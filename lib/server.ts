@@ -12,8 +12,11 @@ import type { Evictor } from './cache/eviction.js'
 import type { LocalCache } from './cache/local-cache.js'
 import type { AuthConfig, MirrorConfig } from './config/types.js'
 import { openCore, type CoreOptions, type MirrorCore } from './core.js'
-import { Events, type EventSink } from './events.js'
+import { Events, type EventSink, type MirrorEvents } from './events.js'
 import { createApp, type AppAuth } from './http/app.js'
+import { TrustedProxies } from './http/client-address.js'
+import { ClientRequestLimit } from './http/client-limit.js'
+import { ConnectionCap } from './http/connection-cap.js'
 import { createOpsApp, type OpsOptions } from './http/ops.js'
 import { TlsFiles } from './http/tls.js'
 import { AccessRules } from './auth/access-rules.js'
@@ -83,9 +86,12 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
     ? undefined
     : authParts(config, config.auth, users, core, events, log, options.now)
   if (auth !== undefined && tls === undefined) log.warn('auth is set without tls: passwords cross the network in clear text')
-  const app = createApp({ blobs, manifests, listings, routing, log, events, maxRequestsPerClient: config.limits.maxRequestsPerClient, ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk), auth, authEvents: events })
+  const limits = config.limits
+  const trusted = new TrustedProxies(limits.trustedProxies)
+  const requestLimit = new ClientRequestLimit({ maxUnderWay: limits.maxRequestsPerClient, maxWaiting: limits.maxQueuedPerClient, maxWait: limits.queueTimeout })
+  const app = createApp({ blobs, manifests, listings, routing, log, events, trustedProxies: trusted, requestLimit, ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk), auth, authEvents: events })
 
-  const server = listener(app.callback(), config.limits, tls, log)
+  const server = listener(app.callback(), { limits, trusted, events, name: 'main' }, tls, log)
   server.listen(config.listen.port, config.listen.host)
   try {
     await once(server, 'listening')
@@ -98,7 +104,8 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   const url = urlOf(server, tls !== undefined)
   let opsServer: Server | undefined
   if (config.metrics.listen !== undefined) {
-    opsServer = listener(createOpsApp(ops).callback(), config.limits, tls, log)
+    // Its own connection counts: a flood on the main listener leaves /healthz and /metrics answering.
+    opsServer = listener(createOpsApp(ops).callback(), { limits, trusted, events, name: 'ops' }, tls, log)
     opsServer.listen(config.metrics.listen.port, config.metrics.listen.host)
     try {
       await once(opsServer, 'listening')
@@ -159,15 +166,26 @@ async function loadUsers (config: MirrorConfig, log: Logger): Promise<HtpasswdFi
   }
 }
 
+interface ListenerLimits {
+  readonly limits: MirrorConfig['limits']
+  /** Exempt from the per-address connection cap. */
+  readonly trusted: TrustedProxies
+  readonly events: Pick<MirrorEvents, 'connectionRefused'>
+  /** "main" or "ops", in log lines. */
+  readonly name: string
+}
+
 /**
  * An HTTP listener that bounds what clients can hold: the TLS handshake and the
  * request headers each within headersTimeout (checked every second, so a silent
  * connection goes then, not a check interval later), idle keep-alive connections
- * for idleTimeout, at most maxConnections open. A request itself takes as long as
- * it takes: large blobs do. With TLS: 1.2 and later, the files' renewals taken
- * as they come, and a client certificate required when there is a client CA.
+ * for idleTimeout, at most maxConnections open, and at most
+ * maxConnectionsPerClient of them from one address (checked as each is accepted,
+ * before the TLS handshake). A request itself takes as long as it takes: large
+ * blobs do. With TLS: 1.2 and later, the files' renewals taken as they come, and
+ * a client certificate required when there is a client CA.
  */
-function listener (handle: RequestListener, limits: MirrorConfig['limits'], tls: TlsFiles | undefined, log: Logger): Server {
+function listener (handle: RequestListener, { limits, trusted, events, name }: ListenerLimits, tls: TlsFiles | undefined, log: Logger): Server {
   const http = { headersTimeout: limits.headersTimeout, requestTimeout: 0, connectionsCheckingInterval: Math.min(1000, limits.headersTimeout) }
   let server: Server
   if (tls === undefined) {
@@ -191,6 +209,7 @@ function listener (handle: RequestListener, limits: MirrorConfig['limits'], tls:
   }
   server.keepAliveTimeout = limits.idleTimeout
   server.maxConnections = limits.maxConnections
+  new ConnectionCap({ maxPerClient: limits.maxConnectionsPerClient, trusted, events, log, listener: name }).watch(server)
   return server
 }
 

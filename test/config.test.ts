@@ -69,7 +69,7 @@ t.test('a minimal file gets every default', async t => {
     cache: { tagTtl: 300_000, hotEntries: 10_000 },
     log: { level: 'info' },
     metrics: { enabled: true, listen: undefined, token: undefined },
-    limits: { headersTimeout: 20_000, idleTimeout: 30_000, maxConnections: 4096, maxRequestsPerClient: 128 },
+    limits: { headersTimeout: 20_000, idleTimeout: 30_000, maxConnections: 4096, maxConnectionsPerClient: 256, maxRequestsPerClient: 128, maxQueuedPerClient: 256, queueTimeout: 10_000, trustedProxies: [] },
     offline: false
   })
 })
@@ -601,6 +601,51 @@ t.test('loadConfig', async t => {
       message: `${file}: upstreams.ghcr.io.url: expected an http(s) URL, got "ghcr.io"`
     })
   })
+})
+
+t.test('limits: the per-client caps, the queue and the trusted proxies, and what each refuses', async t => {
+  const config = parse(`${HUB}limits:
+  maxConnections: 1000
+  maxConnectionsPerClient: 50
+  maxRequestsPerClient: 20
+  maxQueuedPerClient: 0
+  queueTimeout: 2s
+  trustedProxies: [10.0.0.0/8, "fd00::/8", 192.0.2.7/32]
+`)
+  t.same(config.limits, {
+    headersTimeout: 20_000,
+    idleTimeout: 30_000,
+    maxConnections: 1000,
+    maxConnectionsPerClient: 50,
+    maxRequestsPerClient: 20,
+    maxQueuedPerClient: 0,
+    queueTimeout: 2000,
+    trustedProxies: ['10.0.0.0/8', 'fd00::/8', '192.0.2.7/32']
+  })
+  t.ok(Object.isFrozen(config.limits.trustedProxies), 'frozen with the rest')
+  t.equal(parse(`${HUB}limits: { maxConnections: 100 }`).limits.maxConnectionsPerClient, 256, 'a default above a lowered maxConnections is no problem: maxConnections still bounds')
+  t.same(problemsOf(`${HUB}limits:
+  maxConnectionsPerClient: 0
+  maxRequestsPerClient: -1
+  maxQueuedPerClient: -1
+  queueTimeout: 0
+  trustedProxies: [10.0.0.5, 10.0.0.0/33, nowhere, "fd00::/129", "::1/128/1"]
+`), [
+    'limits.maxConnectionsPerClient: expected a positive integer, got 0',
+    'limits.maxRequestsPerClient: expected a positive integer, got -1',
+    'limits.maxQueuedPerClient: expected an integer of at least 0, got -1',
+    'limits.queueTimeout: expected a duration of at least 1ms, got 0',
+    'limits.trustedProxies[0]: expected a CIDR network like "10.0.0.0/8" or "fd00::/8", got "10.0.0.5" (one host: "10.0.0.5/32")',
+    'limits.trustedProxies[1]: expected a CIDR network like "10.0.0.0/8" or "fd00::/8", got "10.0.0.0/33"',
+    'limits.trustedProxies[2]: expected a CIDR network like "10.0.0.0/8" or "fd00::/8", got "nowhere"',
+    'limits.trustedProxies[3]: expected a CIDR network like "10.0.0.0/8" or "fd00::/8", got "fd00::/129"',
+    'limits.trustedProxies[4]: expected a CIDR network like "10.0.0.0/8" or "fd00::/8", got "::1/128/1"'
+  ])
+  t.same(problemsOf(`${HUB}limits: { trustedProxies: 10.0.0.0/8 }`), ['limits.trustedProxies: expected a list, got "10.0.0.0/8"'])
+  t.same(problemsOf(`${HUB}limits: { maxConnections: 100, maxConnectionsPerClient: 200 }`), [
+    'limits.maxConnectionsPerClient: must be at most limits.maxConnections (100), got 200: it is one address\'s share of them'
+  ])
+  t.same(problemsOf(`${HUB}limits: { trustedProxys: [10.0.0.0/8] }`), ['limits.trustedProxys: unknown key, did you mean "trustedProxies"?'])
 })
 
 t.test('tls: cert and key together, paths against the file\'s directory, clientCA only with them', async t => {

@@ -1,25 +1,41 @@
 // Floods don't take the process down: connections that send nothing, send
 // slowly or sit idle are closed; open connections and requests per client
-// are capped; the operational listener answers while the main one is full.
+// are capped (one address's silent connections cannot take the others'
+// slots); a burst past the request limit waits its turn, in order and for a
+// while, before a 429; the operational listener answers while the main one is full.
 
 import t from 'tap'
 import { once } from 'node:events'
 import { connect, type Socket } from 'node:net'
 import { randomBytes } from 'node:crypto'
 import { Agent, request } from 'undici'
+import { ClientRequestLimit } from '../lib/http/client-limit.js'
+import { TooManyRequestsError } from '../lib/errors.js'
 import { startFakeRegistry } from './helpers/fake-registry.js'
 import { makeImage } from './helpers/images.js'
 import { startMirror } from './helpers/mirror.js'
+import { sample } from './helpers/prometheus.js'
 
 function hostPort (url: string): { host: string, port: number } {
   const u = new URL(url)
   return { host: u.hostname, port: Number(u.port) }
 }
 
-async function open (url: string): Promise<Socket> {
-  const socket = connect(hostPort(url))
+/** A connection that sends nothing, from `localAddress` (any of 127.0.0.0/8 on Linux) when given. */
+async function open (url: string, localAddress?: string): Promise<Socket> {
+  const socket = connect({ ...hostPort(url), localAddress })
+  socket.on('error', () => {})
   await once(socket, 'connect')
   return socket
+}
+
+/** An agent whose connections come from `localAddress`: another client, as the mirror sees it. */
+function from (localAddress: string, connections = 8): Agent {
+  return new Agent({ connections, localAddress })
+}
+
+async function sleep (ms: number): Promise<void> {
+  await new Promise(resolve => setTimeout(resolve, ms))
 }
 
 /** Milliseconds until the server closes the socket (or `limit`, if it never does). */
@@ -70,15 +86,20 @@ t.test('past maxConnections, new connections are refused and the ones open are s
   t.ok(refusedIn < 5_000, 'a fifth connection is closed at once')
   held[0]?.destroy()
   await new Promise(resolve => setTimeout(resolve, 100))
-  const res = await request(`${mirror.url}/v2/`, { dispatcher: new Agent() })
+  const later = new Agent({ connections: 1 })
+  t.teardown(async () => await later.close())
+  const res = await request(`${mirror.url}/v2/`, { dispatcher: later })
   t.equal(res.statusCode, 200, 'once one goes, another may come')
   await res.body.dump()
+  const metrics = await (await request(`${mirror.url}/metrics`, { dispatcher: later })).body.text()
+  t.equal(sample(metrics, 'registry_mirror_connections_refused_total', { reason: 'max-connections' }), 1, 'the refusal is counted')
+  t.equal(mirror.logs.filter(l => typeof l.msg === 'string' && l.msg.startsWith('connection refused: the listener is full')).length, 1, 'and logged')
 })
 
-t.test('past maxRequestsPerClient, a client gets 429 TOOMANYREQUESTS at once; its answers under way go on', async t => {
+t.test('past maxRequestsPerClient with no queue, a client gets 429 TOOMANYREQUESTS at once; its answers under way go on', async t => {
   const fake = await startFakeRegistry()
   t.teardown(async () => await fake.close())
-  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, limits: { maxRequestsPerClient: 2 } })
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, limits: { maxRequestsPerClient: 2, maxQueuedPerClient: 0 } })
   const digests = [0, 1].map(() => fake.addBlob('library/app', randomBytes(256 * 1024)))
   const gates = digests.map(d => fake.gateBlob(d, 1024))
   const agent = new Agent({ connections: 8 })
@@ -111,6 +132,168 @@ t.test('with metrics.listen set, /healthz, /readyz and /metrics answer while the
     t.equal(res.statusCode, 200, path)
     await res.body.dump()
   }
+})
+
+t.test('silent connections from one address up to maxConnectionsPerClient: its next is closed at once, while another address and the ops listener are served', async t => {
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  // The defaults but for headersTimeout, which would close the silent connections before the test is done.
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, limits: { headersTimeout: 60_000 }, metrics: { listen: { host: '127.0.0.1', port: 0 } } })
+  const CAP = 256
+  const held: Socket[] = []
+  t.teardown(() => { for (const s of held) s.destroy() })
+  for (let i = 0; i < CAP; i++) held.push(await open(mirror.url, '127.0.0.2'))
+  await sleep(200)
+  t.equal(held.filter(s => s.destroyed).length, 0, `all ${CAP} are kept open: the cap is not below its default`)
+
+  const refused = await Promise.all([1, 2, 3].map(async () => await open(mirror.url, '127.0.0.2').catch(() => undefined)))
+  const refusedIn = await Promise.all(refused.map(async s => s === undefined ? 0 : await closedWithin(s, 3_000)))
+  t.ok(refusedIn.every(ms => ms < 3_000), `a connection past the cap from the same address is closed at once (${refusedIn.join(', ')} ms)`)
+
+  const other = from('127.0.0.3')
+  t.teardown(async () => await other.close())
+  const res = await request(`${mirror.url}/v2/`, { dispatcher: other, signal: AbortSignal.timeout(5_000) })
+  t.equal(res.statusCode, 200, 'another address is served meanwhile')
+  await res.body.dump()
+  const ops = mirror.opsUrl ?? ''
+  const flooder = from('127.0.0.2', 1)
+  t.teardown(async () => await flooder.close())
+  const health = await request(`${ops}/healthz`, { dispatcher: flooder })
+  t.equal(health.statusCode, 200, 'the ops listener counts its own connections: it answers the flooding address too')
+  await health.body.dump()
+  const metrics = await (await request(`${ops}/metrics`)).body.text()
+  t.equal(sample(metrics, 'registry_mirror_connections_refused_total', { reason: 'per-client' }), 3, 'each refusal is counted')
+  const lines = mirror.logs.filter(l => typeof l.msg === 'string' && l.msg.startsWith('connection refused'))
+  t.equal(lines.length, 1, 'and logged once a minute per address, not once each')
+  t.match(lines[0], { address: '127.0.0.2', listener: 'main', limit: CAP })
+
+  held.shift()?.destroy()
+  await sleep(100)
+  const again = await request(`${mirror.url}/v2/`, { dispatcher: flooder, signal: AbortSignal.timeout(5_000) })
+  t.equal(again.statusCode, 200, 'once one of its connections closes, the address may open another')
+  await again.body.dump()
+})
+
+t.test('200 concurrent manifest requests from one address are all served with the default limits', async t => {
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url } })
+  makeImage(fake, 'library/app', 'v1', { layers: [100] })
+  // Upstream holds the manifest, so every request stays under way until it is let go.
+  const gate = fake.gateManifest('library/app', 'v1')
+  const agent = new Agent({ connections: 200 })
+  t.teardown(async () => await agent.close())
+  const answers = Array.from({ length: 200 }, async () => {
+    const res = await request(`${mirror.url}/v2/library/app/manifests/v1`, { dispatcher: agent, headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } })
+    await res.body.dump()
+    return res.statusCode
+  })
+  await gate.reached
+  // Time for every request to reach the mirror: 128 under way, the rest waiting (or, before the queue, refused).
+  await sleep(1000)
+  gate.release()
+  const statuses = await Promise.all(answers)
+  const counts = new Map<number, number>()
+  for (const s of statuses) counts.set(s, (counts.get(s) ?? 0) + 1)
+  t.same(Object.fromEntries(counts), { 200: 200 }, 'none refused')
+})
+
+t.test('a burst past maxQueuedPerClient gets 429 at once with Retry-After; those waiting are served in the order they came', async t => {
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, limits: { maxRequestsPerClient: 1, maxQueuedPerClient: 3, queueTimeout: 30_000 } })
+  const digest = fake.addBlob('library/app', randomBytes(256 * 1024))
+  const gate = fake.gateBlob(digest, 1024)
+  const agent = new Agent({ connections: 8 })
+  t.teardown(async () => await agent.close())
+  const held = request(`${mirror.url}/v2/library/app/blobs/${digest}`, { dispatcher: agent })
+  await gate.reached
+  const finished: string[] = []
+  const waiting = ['a', 'b', 'c'].map(async (name, i) => {
+    await sleep(50 * i) // in this order
+    const res = await request(`${mirror.url}/v2/?${name}`, { dispatcher: agent })
+    await res.body.dump()
+    finished.push(name)
+    return res.statusCode
+  })
+  await sleep(400)
+  const started = Date.now()
+  const past = await request(`${mirror.url}/v2/`, { dispatcher: agent })
+  t.equal(past.statusCode, 429, 'one more than the queue holds is refused')
+  t.ok(Date.now() - started < 1000, 'at once')
+  t.equal(past.headers['retry-after'], '1')
+  t.match(await past.body.json(), { errors: [{ code: 'TOOMANYREQUESTS' }] })
+  t.same(finished, [], 'the waiting ones wait')
+  gate.release()
+  t.equal((await held).statusCode, 200)
+  await (await held).body.dump()
+  t.same(await Promise.all(waiting), [200, 200, 200], 'then each is served')
+  t.same(finished, ['a', 'b', 'c'], 'first come, first served')
+})
+
+t.test('a request waits at most queueTimeout for its turn, then gets 429 with Retry-After', async t => {
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, limits: { maxRequestsPerClient: 1, queueTimeout: 300 } })
+  const digest = fake.addBlob('library/app', randomBytes(256 * 1024))
+  const gate = fake.gateBlob(digest, 1024)
+  const agent = new Agent({ connections: 4 })
+  t.teardown(async () => await agent.close())
+  const held = request(`${mirror.url}/v2/library/app/blobs/${digest}`, { dispatcher: agent })
+  await gate.reached
+  const started = Date.now()
+  const waited = await request(`${mirror.url}/v2/`, { dispatcher: agent })
+  const ms = Date.now() - started
+  t.equal(waited.statusCode, 429)
+  t.ok(ms >= 250 && ms < 3_000, `after about queueTimeout (${ms} ms)`)
+  t.equal(waited.headers['retry-after'], '1')
+  t.match(await waited.body.json(), { errors: [{ code: 'TOOMANYREQUESTS', message: /waiting/ }] })
+  gate.release()
+  await (await held).body.dump()
+})
+
+t.test('a waiting request whose client goes away leaves the queue', async t => {
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, limits: { maxRequestsPerClient: 1, maxQueuedPerClient: 1, queueTimeout: 30_000 } })
+  const digest = fake.addBlob('library/app', randomBytes(256 * 1024))
+  const gate = fake.gateBlob(digest, 1024)
+  const agent = new Agent({ connections: 4 })
+  t.teardown(async () => await agent.close())
+  const held = request(`${mirror.url}/v2/library/app/blobs/${digest}`, { dispatcher: agent })
+  await gate.reached
+  const abandoned = request(`${mirror.url}/v2/?abandoned`, { dispatcher: agent, signal: AbortSignal.timeout(200) })
+  await t.rejects(abandoned, 'its client gives up')
+  await sleep(100)
+  const next = request(`${mirror.url}/v2/?next`, { dispatcher: agent })
+  await sleep(300)
+  gate.release()
+  await (await held).body.dump()
+  const res = await next
+  t.equal(res.statusCode, 200, 'the queue\'s one place was free again: the next request waited instead of a 429')
+  await res.body.dump()
+})
+
+t.test('ClientRequestLimit keeps an entry only for a client with a request under way or waiting', async t => {
+  const limit = new ClientRequestLimit({ maxUnderWay: 1, maxWaiting: 1, maxWait: 100 })
+  const never = new AbortController().signal
+  const first = await limit.acquire('10.0.0.1', never)
+  const gone = new AbortController()
+  const second = limit.acquire('10.0.0.1', gone.signal)
+  await t.rejects(limit.acquire('10.0.0.1', never), TooManyRequestsError, 'the queue is full')
+  t.equal(limit.clients, 1)
+  gone.abort()
+  t.equal(await second, undefined, 'a waiter whose client left gets no turn')
+  const timedOut = limit.acquire('10.0.0.1', never)
+  await t.rejects(timedOut, TooManyRequestsError, 'a waiter past maxWait gets 429')
+  first?.release()
+  first?.release()
+  t.equal(limit.clients, 0, 'nothing under way or waiting: no entry')
+  const many = await Promise.all(Array.from({ length: 1000 }, async (_, i) => await limit.acquire(`10.1.${i >> 8}.${i & 255}`, never)))
+  t.equal(limit.clients, 1000)
+  for (const turn of many) turn?.release()
+  t.equal(limit.clients, 0, 'a thousand clients come and go and leave nothing behind')
+  t.throws(() => new ClientRequestLimit({ maxUnderWay: 0, maxWaiting: 1, maxWait: 1 }), /maxUnderWay must be an integer of at least 1/)
 })
 
 t.test('downloads beyond maxConcurrentDownloads wait their turn', async t => {

@@ -9,7 +9,8 @@ import { mkdtemp, rename, rm, writeFile, copyFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { connect, type ConnectionOptions, type PeerCertificate, type TLSSocket } from 'node:tls'
-import { connect as netConnect } from 'node:net'
+import { connect as netConnect, type Socket } from 'node:net'
+import { once } from 'node:events'
 import { Agent, request } from 'undici'
 import { makeCA, type CertificateAuthority, type Pem } from '../harness/certs.js'
 import { ConfigError } from '../lib/errors.js'
@@ -222,4 +223,29 @@ t.test('a connection that never completes its handshake is closed after headersT
   const started = Date.now()
   await new Promise(resolve => silent.once('close', resolve))
   t.ok(Date.now() - started < 5_000, `closed after ${Date.now() - started} ms, having sent nothing`)
+})
+
+t.test('over TLS, connections past maxConnectionsPerClient from one address are closed before the handshake; another address completes one', async t => {
+  const s = await site(t)
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': fake.url }, tls: { cert: s.cert, key: s.key }, limits: { headersTimeout: 60_000, maxConnectionsPerClient: 2 } })
+  const opened = async (localAddress: string): Promise<Socket> => {
+    const socket = netConnect({ ...hostPort(mirror.url), localAddress })
+    socket.on('error', () => {})
+    await once(socket, 'connect')
+    socket.resume()
+    return socket
+  }
+  // Silent: no ClientHello, so each would sit out the handshake timeout.
+  const held = [await opened('127.0.0.2'), await opened('127.0.0.2')]
+  t.teardown(() => { for (const socket of held) socket.destroy() })
+  const refused = await opened('127.0.0.2')
+  const started = Date.now()
+  await Promise.race([once(refused, 'close'), new Promise(resolve => setTimeout(resolve, 3_000))])
+  t.ok(refused.destroyed && Date.now() - started < 3_000, 'the third from the same address is closed at once')
+  t.equal(held.filter(socket => socket.destroyed).length, 0, 'the two it holds stay')
+  const other = await handshake(mirror.url, { ca: s.ca.cert, socket: netConnect({ ...hostPort(mirror.url), localAddress: '127.0.0.3' }) })
+  t.ok('peer' in other, 'another address completes its handshake')
+  if ('socket' in other) other.socket.destroy()
 })

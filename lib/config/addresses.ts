@@ -124,3 +124,19 @@ export function parseEnvName (text: string): string {
   }
   return text
 }
+
+/**
+ * A CIDR network: `10.0.0.0/8`, `fd00::/8`, one host as `10.0.0.5/32`.
+ * Returned unchanged. The prefix is required, so that a bare address is never
+ * read as a network its writer did not mean.
+ */
+export function parseNetwork (text: string): string {
+  const [address = '', bits, extra] = text.split('/')
+  const family = isIP(address)
+  const max = family === 4 ? 32 : 128
+  if (family === 0 || bits === undefined || extra !== undefined || !/^\d{1,3}$/.test(bits) || Number(bits) > max) {
+    const hint = family !== 0 && bits === undefined ? ` (one host: "${address}/${max}")` : ''
+    throw new Error(`expected a CIDR network like "10.0.0.0/8" or "fd00::/8", got "${text}"${hint}`)
+  }
+  return text
+}

@@ -12,11 +12,10 @@
 
 import { readFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
-import { isIP } from 'node:net'
 import { parseDocument, type YAMLError } from 'yaml'
 import { defaultLoginPrefix, isUserName, parseLoginPrefix, patternProblem } from './access-grammar.js'
 import { ConfigError } from '../errors.js'
-import { parseAuthHost, parseEnvName, parseListen, parseRegistryHost, parseUpstreamUrl, type ListenAddress } from './addresses.js'
+import { parseAuthHost, parseEnvName, parseListen, parseNetwork, parseRegistryHost, parseUpstreamUrl, type ListenAddress } from './addresses.js'
 import {
   Problems, describe, duration, entriesOf, flag, integer, isMapping, join, keyName, list, nonEmptyString, oneOf, parsed, size,
   required, secret, section, withDefault, type Field
@@ -67,7 +66,23 @@ export const DEFAULTS = Object.freeze({
   clientHeadersTimeout: 20 * SECOND,
   idleTimeout: 30 * SECOND,
   maxConnections: 4096,
+  /**
+   * Connections one address may hold open. A busy Kubernetes node's runtime
+   * pulls a few layers per image at once (dockerd 3, containerd a handful)
+   * over keep-alive connections: well under 100 even when 50 pods start. 256
+   * leaves an address that floods the mirror 6% of maxConnections.
+   */
+  maxConnectionsPerClient: 256,
   maxRequestsPerClient: 128,
+  /**
+   * Requests per client past maxRequestsPerClient that wait for a turn. 128
+   * under way and 256 waiting: a node starting 50 pods (about 200 requests
+   * at once) is served in full, and an address that is not a trusted proxy,
+   * holding 256 connections at most, never meets this 429.
+   */
+  maxQueuedPerClient: 256,
+  /** A burst waits this long for a turn; sustained overload then gets 429 and backs off. */
+  queueTimeout: 10 * SECOND,
   maxConcurrentDownloads: 16,
   /** How often the TLS files are checked for a renewal. */
   tlsReloadInterval: 10 * SECOND,
@@ -138,7 +153,7 @@ interface FileConfig {
   cache: { tagTtl: number, hotEntries: number }
   log: { level: LogLevel }
   metrics: { enabled: boolean, listen: ListenAddress | undefined, token: string | undefined, tokenEnv: string | undefined }
-  limits: { headersTimeout: number, idleTimeout: number, maxConnections: number, maxRequestsPerClient: number }
+  limits: { headersTimeout: number, idleTimeout: number, maxConnections: number, maxConnectionsPerClient: number, maxRequestsPerClient: number, maxQueuedPerClient: number, queueTimeout: number, trustedProxies: string[] }
   tls: { cert: string | undefined, key: string | undefined, clientCA: string | undefined, reloadInterval: number }
   auth: { htpasswd: string | undefined, realm: string, remember: number, tokenTtl: number, tokenKeyEnv: string | undefined, reloadInterval: number, anonymousNetworks: string[] | undefined, maxFailures: number, failureWindow: number }
   access: { default: 'deny' | 'pull' | undefined, rules: AccessRuleConfig[] | undefined }
@@ -176,7 +191,11 @@ function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
       headersTimeout: withDefault(duration({ min: 1000 }), DEFAULTS.clientHeadersTimeout),
       idleTimeout: withDefault(duration({ min: 1000 }), DEFAULTS.idleTimeout),
       maxConnections: withDefault(integer({ min: 1 }), DEFAULTS.maxConnections),
-      maxRequestsPerClient: withDefault(integer({ min: 1 }), DEFAULTS.maxRequestsPerClient)
+      maxConnectionsPerClient: withDefault(integer({ min: 1 }), DEFAULTS.maxConnectionsPerClient),
+      maxRequestsPerClient: withDefault(integer({ min: 1 }), DEFAULTS.maxRequestsPerClient),
+      maxQueuedPerClient: withDefault(integer({ min: 0 }), DEFAULTS.maxQueuedPerClient),
+      queueTimeout: withDefault(duration({ min: 1 }), DEFAULTS.queueTimeout),
+      trustedProxies: withDefault(list(parsed(parseNetwork, 'a CIDR network like "10.0.0.0/8" or "fd00::/8"')), [])
     }),
     tls: section({
       cert: nonEmptyString(),
@@ -391,6 +410,11 @@ export function parseConfig (
     ['log.level (from MIRROR_LOG_LEVEL)', fromEnv(env, 'MIRROR_LOG_LEVEL')]
   ]) ?? file.log.level
 
+  const perClient = file.limits.maxConnectionsPerClient
+  if (perClient > file.limits.maxConnections && written(document, 'limits', 'maxConnectionsPerClient')) {
+    problems.add('limits.maxConnectionsPerClient', `must be at most limits.maxConnections (${file.limits.maxConnections}), got ${perClient}: it is one address's share of them`)
+  }
+
   if (file.storage.lowWatermark >= file.storage.highWatermark) {
     problems.add('storage.lowWatermark', `must be below storage.highWatermark (${file.storage.highWatermark}), got ${file.storage.lowWatermark}`)
   }
@@ -506,16 +530,6 @@ function parseRealm (text: string): string {
   return text
 }
 
-function parseNetwork (text: string): string {
-  const [address = '', bits, extra] = text.split('/')
-  const family = isIP(address)
-  const max = family === 4 ? 32 : 128
-  if (family === 0 || bits === undefined || extra !== undefined || !/^\d{1,3}$/.test(bits) || Number(bits) > max) {
-    throw new Error(`expected a CIDR network like "10.0.0.0/8" or "fd00::/8", got "${text}"`)
-  }
-  return text
-}
-
 function parsePattern (text: string): string {
   const problem = patternProblem(text)
   if (problem !== undefined) throw new Error(problem)
@@ -569,6 +583,13 @@ function layered<T> (problems: Problems, parse: (text: string) => T, layers: Arr
     }
   }
   return undefined
+}
+
+/** Whether the file itself sets `section.key` (a default may exceed a bound the file lowered). */
+function written (document: unknown, section: string, key: string): boolean {
+  if (!isMapping(document)) return false
+  const inner = new Map(entriesOf(document)).get(section)
+  return isMapping(inner) && new Map(entriesOf(inner)).has(key)
 }
 
 function fromEnv (env: NodeJS.ProcessEnv, key: string): string | undefined {

@@ -119,8 +119,20 @@ export interface MirrorConfig {
     readonly idleTimeout: number
     /** Client connections open at once; more are refused. */
     readonly maxConnections: number
-    /** Requests under way per client address; more get 429 TOOMANYREQUESTS. */
+    /** Connections one address may hold open per listener; more are closed as they are accepted (trusted proxies exempt). */
+    readonly maxConnectionsPerClient: number
+    /** Requests under way per client address; more wait their turn (maxQueuedPerClient, queueTimeout), then get 429 TOOMANYREQUESTS. */
     readonly maxRequestsPerClient: number
+    /** Requests per client waiting for one of its maxRequestsPerClient to finish; more get 429 at once. */
+    readonly maxQueuedPerClient: number
+    /** Milliseconds a request waits for its turn before it gets 429. */
+    readonly queueTimeout: number
+    /**
+     * CIDR networks of the balancers in front of the mirror: only from these
+     * peers is X-Forwarded-For believed (and X-Forwarded-Proto, for the token
+     * realm). Empty: the TCP peer is the client.
+     */
+    readonly trustedProxies: readonly string[]
   }
   readonly cache: {
     /** Milliseconds a tag -> digest answer is trusted without asking upstream. */

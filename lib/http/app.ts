@@ -5,7 +5,7 @@
 import Koa, { type Context, type Next } from 'koa'
 import Router from '@koa/router'
 import type { Logger } from 'pino'
-import { DeniedError, NameInvalidError, NotFoundError, RegistryError, TooManyRequestsError, UnauthorizedError, UnsupportedError } from '../errors.js'
+import { DeniedError, NameInvalidError, NotFoundError, RegistryError, UnauthorizedError, UnsupportedError } from '../errors.js'
 import type { AccessRules } from '../auth/access-rules.js'
 import type { Authenticator } from '../auth/authenticator.js'
 import type { PassthroughGate, Probe } from '../auth/passthrough.js'
@@ -22,8 +22,17 @@ import { route, type Route, type RoutingTable } from '../upstream/routing.js'
 import { sendError } from './envelope.js'
 import { sendBody } from './response-sink.js'
 import { opsRouter, type OpsOptions } from './ops.js'
+import { TrustedProxies, plainAddress } from './client-address.js'
+import type { ClientRequestLimit, Turn } from './client-limit.js'
 
 export interface AppState {
+  /**
+   * The client's address (plain form): the TCP peer, or, from a trusted proxy,
+   * the address X-Forwarded-For names. Set first thing for every request.
+   */
+  client?: string
+  /** The scheme the client used, as a trusted proxy says (X-Forwarded-Proto) when it ends TLS. */
+  protocol?: 'http' | 'https'
   cache?: CacheOutcome
   kind?: RequestKind
   upstream?: string
@@ -54,8 +63,10 @@ export interface AppOptions {
   readonly events: Pick<MirrorEvents, 'requestFinished'>
   /** /metrics, /healthz, /readyz on this listener; undefined when they have their own. */
   readonly ops?: OpsOptions | undefined
-  /** Requests under way per client address; more are answered 429 at once. */
-  readonly maxRequestsPerClient?: number | undefined
+  /** Which peers' X-Forwarded-For is believed; undefined: none, the TCP peer is the client. */
+  readonly trustedProxies?: TrustedProxies | undefined
+  /** Requests under way per client address, and those waiting their turn; undefined: unbounded. */
+  readonly requestLimit?: ClientRequestLimit | undefined
   /** Takes each blob body chunk once the socket has it (read buffers go back to their pool). */
   readonly sent?: ((chunk: Uint8Array) => void) | undefined
   readonly auth?: AppAuth | undefined
@@ -78,9 +89,10 @@ export function createApp (options: AppOptions): Koa<AppState> {
   app.on('error', (err: unknown) => {
     options.log.debug({ err: err instanceof Error ? err.message : String(err) }, 'response stream ended with an error')
   })
+  app.use(clientAddress(options.trustedProxies ?? new TrustedProxies([])))
   app.use(requestLog(options))
   app.use(errors(options.log))
-  if (options.maxRequestsPerClient !== undefined) app.use(perClientLimit(options.maxRequestsPerClient))
+  if (options.requestLimit !== undefined) app.use(perClientLimit(options.requestLimit))
   const auth = options.auth
   if (auth !== undefined) app.use(authenticate(auth))
 
@@ -98,7 +110,7 @@ export function createApp (options: AppOptions): Koa<AppState> {
   router.get('/v2/_catalog', ctx => {
     ctx.state.kind = 'catalog'
     const page = parsePage(single(ctx.query.n), single(ctx.query.last))
-    if (auth !== undefined && ctx.state.user === undefined && !auth.authenticator.anonymousAllowed(ctx.socket.remoteAddress ?? '')) {
+    if (auth !== undefined && ctx.state.user === undefined && !auth.authenticator.anonymousAllowed(clientOf(ctx))) {
       throw loginRequired(ctx, 'log in: anonymous access is not allowed from this network', 'registry:catalog:*')
     }
     const user = ctx.state.user
@@ -127,28 +139,53 @@ export function createApp (options: AppOptions): Koa<AppState> {
   return app
 }
 
-/** At most `max` requests under way per client address: one client cannot take every answer the mirror can give. */
-function perClientLimit (max: number) {
-  const underWay = new Map<string, number>()
+/**
+ * Who is asking, settled once per request before anything else reads it: the
+ * TCP peer, or from a trusted proxy the client its X-Forwarded-For names.
+ */
+function clientAddress (trusted: TrustedProxies) {
   return async (ctx: Ctx, next: Next): Promise<void> => {
-    const client = ctx.socket.remoteAddress ?? ''
-    const count = underWay.get(client) ?? 0
-    if (count >= max) throw new TooManyRequestsError(`more than ${max} requests under way from this address`, { limit: max }, { 'retry-after': '1' })
-    underWay.set(client, count + 1)
-    let released = false
-    const release = (): void => {
-      if (released) return
-      released = true
-      const left = (underWay.get(client) ?? 1) - 1
-      if (left <= 0) underWay.delete(client)
-      else underWay.set(client, left)
+    const peer = ctx.socket.remoteAddress
+    ctx.state.client = trusted.clientOf(peer, ctx.req.headersDistinct['x-forwarded-for'])
+    const protocol = trusted.protocolOf(peer, ctx.req.headersDistinct['x-forwarded-proto'])
+    if (protocol !== undefined) ctx.state.protocol = protocol
+    await next()
+  }
+}
+
+/** The client's address; the clientAddress middleware set it. */
+function clientOf (ctx: Ctx): string {
+  return ctx.state.client ?? plainAddress(ctx.socket.remoteAddress ?? '')
+}
+
+/**
+ * Requests under way per client address: one client cannot take every answer
+ * the mirror can give. A burst past the limit waits its turn (in order, for a
+ * while) before it is answered 429; one whose client leaves meanwhile is dropped.
+ */
+function perClientLimit (limit: ClientRequestLimit) {
+  return async (ctx: Ctx, next: Next): Promise<void> => {
+    const gone = new AbortController()
+    const leave = (): void => { gone.abort() }
+    ctx.res.once('close', leave)
+    let turn: Turn | undefined
+    try {
+      turn = await limit.acquire(clientOf(ctx), gone.signal)
+    } finally {
+      ctx.res.off('close', leave)
+    }
+    // The client left while it waited (or as its turn came): nobody to answer.
+    if (turn === undefined) return
+    if (ctx.res.closed) {
+      turn.release()
+      return
     }
     // A request is under way until its response is done (a streamed blob: until its last byte, or the client leaves).
-    ctx.res.once('close', release)
+    ctx.res.once('close', turn.release)
     try {
       await next()
     } finally {
-      if (ctx.res.writableFinished || ctx.res.destroyed) release()
+      if (ctx.res.writableFinished || ctx.res.destroyed) turn.release()
     }
   }
 }
@@ -163,7 +200,7 @@ function bearerChallenge (ctx: Ctx, scope?: string): string {
   // The Host header only tells the client where to ask for its own token; one that could
   // break the header's quoting is replaced by the address the request came in on.
   const host = /^[A-Za-z0-9.\-:[\]]{1,300}$/.test(ctx.host) ? ctx.host : `${ctx.socket.localAddress ?? '127.0.0.1'}:${ctx.socket.localPort ?? ''}`
-  const realm = `${ctx.protocol}://${host}${TOKEN_PATH}`
+  const realm = `${ctx.state.protocol ?? ctx.protocol}://${host}${TOKEN_PATH}`
   return `Bearer realm="${realm}",service="${SERVICE}"${scope === undefined ? '' : `,scope="${scope}"`}`
 }
 
@@ -172,7 +209,7 @@ function authenticate (auth: AppAuth) {
   return async (ctx: Ctx, next: Next): Promise<void> => {
     if (ctx.path === '/v2' || ctx.path.startsWith('/v2/')) {
       const authorization = ctx.get('authorization') || undefined
-      const identity = await auth.authenticator.identify(authorization, ctx.socket.remoteAddress ?? '', () => bearerChallenge(ctx))
+      const identity = await auth.authenticator.identify(authorization, clientOf(ctx), () => bearerChallenge(ctx))
       if (identity.user !== undefined) ctx.state.user = identity.user
       if (identity.login !== undefined) ctx.state.login = identity.login
       // Credentials that checked out, a token (anonymous ones too) or a login.
@@ -186,7 +223,7 @@ function authenticate (auth: AppAuth) {
 function tokenEndpoint (auth: AppAuth, options: AppOptions) {
   return async (ctx: Ctx): Promise<void> => {
     ctx.state.kind = 'other'
-    const address = ctx.socket.remoteAddress ?? ''
+    const address = clientOf(ctx)
     const authorization = ctx.get('authorization') || undefined
     if (authorization !== undefined && !/^basic /i.test(authorization)) {
       throw new UnauthorizedError('the token endpoint takes Basic credentials', undefined, { 'www-authenticate': auth.authenticator.basicChallenge })
@@ -227,7 +264,7 @@ async function authorize (ctx: Ctx, options: AppOptions, r: Route, asked: string
   const repository = r.repository
   const user = ctx.state.user
   const login = ctx.state.login
-  const address = ctx.socket.remoteAddress ?? ''
+  const address = clientOf(ctx)
   if (user === undefined && login === undefined && !auth.authenticator.anonymousAllowed(address)) {
     options.authEvents?.accessDenied('anonymous-network')
     options.log.info({ address, repository }, 'anonymous pull refused: not from an allowed network')
@@ -309,6 +346,7 @@ function requestLog (options: AppOptions) {
       options.log.info({
         method: ctx.method,
         path: loggedPath(ctx.path, ctx.querystring),
+        client: ctx.state.client,
         status,
         bytes: bodyBytes,
         ms: Math.round(seconds * 1000),

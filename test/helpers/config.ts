@@ -32,7 +32,16 @@ export interface YamlConfig {
   readonly tls?: { readonly cert?: string, readonly key?: string, readonly clientCA?: string, readonly reloadInterval?: string }
   readonly auth?: YamlAuth
   readonly access?: YamlAccess
-  readonly limits?: { readonly headersTimeout?: string, readonly idleTimeout?: string, readonly maxConnections?: number, readonly maxRequestsPerClient?: number }
+  readonly limits?: {
+    readonly headersTimeout?: string
+    readonly idleTimeout?: string
+    readonly maxConnections?: number
+    readonly maxConnectionsPerClient?: number
+    readonly maxRequestsPerClient?: number
+    readonly maxQueuedPerClient?: number
+    readonly queueTimeout?: string
+    readonly trustedProxies?: readonly string[]
+  }
 }
 
 export interface YamlAuth {

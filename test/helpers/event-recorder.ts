@@ -1,6 +1,6 @@
 // A test's listener for the mirror's events: every event, in order, as data.
 
-import type { DownloadResult, EvictedItem, MirrorEvents, RefusalReason, AuthFailureReason, DenialReason, PassthroughResult, RequestRecord, UncachedResult, UpstreamAnswer } from '../../lib/events.js'
+import type { ConnectionRefusal, DownloadResult, EvictedItem, MirrorEvents, RefusalReason, AuthFailureReason, DenialReason, PassthroughResult, RequestRecord, UncachedResult, UpstreamAnswer } from '../../lib/events.js'
 
 export type RecordedEvent =
   | { readonly event: 'upstreamResponse', readonly answer: UpstreamAnswer }
@@ -18,6 +18,7 @@ export type RecordedEvent =
   | { readonly event: 'indexWriteFailed', readonly operation: string }
   | { readonly event: 'scrubbed', readonly bytes: number }
   | { readonly event: 'corruptRemoved', readonly kind: 'blob' | 'manifest', readonly digest: string }
+  | { readonly event: 'connectionRefused', readonly reason: ConnectionRefusal }
   | { readonly event: 'requestFinished', readonly record: RequestRecord }
 
 export class EventRecorder implements MirrorEvents {
@@ -45,6 +46,7 @@ export class EventRecorder implements MirrorEvents {
   indexWriteFailed (operation: string): void { this.events.push({ event: 'indexWriteFailed', operation }) }
   scrubbed (bytes: number): void { this.events.push({ event: 'scrubbed', bytes }) }
   corruptRemoved (kind: 'blob' | 'manifest', digest: string): void { this.events.push({ event: 'corruptRemoved', kind, digest }) }
+  connectionRefused (reason: ConnectionRefusal): void { this.events.push({ event: 'connectionRefused', reason }) }
   requestFinished (record: RequestRecord): void { this.events.push({ event: 'requestFinished', record }) }
 
   /** The events of one kind, in order. */

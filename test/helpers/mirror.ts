@@ -20,7 +20,16 @@ export interface TestMirrorOptions {
   /** The background scrub: bytes per second and ms between passes (off in tests unless asked). */
   readonly scrub?: { readonly rate: number | string, readonly interval: number }
   /** What clients may hold (milliseconds for the timeouts). */
-  readonly limits?: { readonly headersTimeout?: number, readonly idleTimeout?: number, readonly maxConnections?: number, readonly maxRequestsPerClient?: number }
+  readonly limits?: {
+    readonly headersTimeout?: number
+    readonly idleTimeout?: number
+    readonly maxConnections?: number
+    readonly maxConnectionsPerClient?: number
+    readonly maxRequestsPerClient?: number
+    readonly maxQueuedPerClient?: number
+    readonly queueTimeout?: number
+    readonly trustedProxies?: readonly string[]
+  }
   readonly metrics?: Partial<MirrorConfig['metrics']>
   /** The auth and access sections as written in the file. */
   readonly auth?: YamlAuth
@@ -119,7 +128,11 @@ function testMirrorYaml (storage: string, options: TestMirrorOptions): YamlConfi
           headersTimeout: options.limits.headersTimeout === undefined ? undefined : ms(options.limits.headersTimeout),
           idleTimeout: options.limits.idleTimeout === undefined ? undefined : ms(options.limits.idleTimeout),
           maxConnections: options.limits.maxConnections,
-          maxRequestsPerClient: options.limits.maxRequestsPerClient
+          maxConnectionsPerClient: options.limits.maxConnectionsPerClient,
+          maxRequestsPerClient: options.limits.maxRequestsPerClient,
+          maxQueuedPerClient: options.limits.maxQueuedPerClient,
+          queueTimeout: options.limits.queueTimeout === undefined ? undefined : ms(options.limits.queueTimeout),
+          trustedProxies: options.limits.trustedProxies
         },
     auth: options.auth,
     access: options.access,
