@@ -17,7 +17,8 @@ import { join } from 'node:path'
 import bcrypt from 'bcryptjs'
 import { Agent, request } from 'undici'
 import { setUser } from '../lib/auth/htpasswd.js'
-import { FailureCounter, prefix64 } from '../lib/auth/failure-counter.js'
+import { FailureCounter } from '../lib/auth/failure-counter.js'
+import { prefix64 } from '../lib/ip-address.js'
 import { LoginChecks } from '../lib/auth/login-checks.js'
 import { TooManyRequestsError } from '../lib/errors.js'
 import { RateLimit } from '../lib/limiter.js'
@@ -343,6 +344,33 @@ t.test('failures count per address and per IPv6 /64: a network of many addresses
   t.equal(prefix64('fe80::1%eth0'), 'fe80:0:0:0')
   t.equal(prefix64('64:ff9b::192.0.2.1'), '64:ff9b:0:0')
   t.equal(prefix64('1:2:3'), undefined, 'not an address')
+})
+
+t.test('behind a trusted balancer, bad logins from many addresses of one IPv6 /64 stop at four times maxFailures for the whole /64', async t => {
+  const dir = await tempDir(t, 'ipv6-flood')
+  const htpasswd = join(dir, 'htpasswd')
+  await setUser(htpasswd, 'alice', 'alice password')
+  const mirror = await startMirror(t, {
+    upstreams: { 'docker.io': 'http://127.0.0.1:9' },
+    auth: { htpasswd, maxFailures: 2 },
+    limits: { trustedProxies: ['127.0.0.1/32'] },
+    metrics: { enabled: false }
+  })
+  const login = async (client: string, password: string): Promise<number> => {
+    const res = await request(`${mirror.url}/auth/token`, { headers: { authorization: basic('alice', password), 'x-forwarded-for': client } })
+    await res.body.dump()
+    return res.statusCode
+  }
+  // Each address of the /64 fails twice (its own bound); the /64 as a whole may fail 8 times.
+  const statuses: number[] = []
+  for (let host = 1; host <= 6; host++) {
+    for (let i = 0; i < 2; i++) statuses.push(await login(`2001:db8:1:2::${host}`, `guess ${host} ${i}`))
+  }
+  t.same(statuses.slice(0, 8), Array(8).fill(401), 'eight failures from four addresses are checked')
+  t.same(statuses.slice(8), Array(4).fill(429), 'then the /64 is refused, whichever of its addresses asks')
+  t.equal(await login('2001:db8:1:2:ffff:ffff:ffff:ffff', 'alice password'), 429, 'even with the right password, until the window ends')
+  t.equal(await login('2001:db8:1:3::1', 'alice password'), 200, 'the next /64 logs in')
+  t.ok(mirror.logs.some(l => l.msg === 'login failed' && l.address === '2001:db8:1:2::1'), 'failures are logged with the forwarded address')
 })
 
 t.test('bcrypt checks: listed names are served first, each name may have only a few waiting, and past the bounds a 429 at once', async t => {

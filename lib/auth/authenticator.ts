@@ -14,11 +14,12 @@
 // counted.
 
 import { createHmac, randomBytes } from 'node:crypto'
-import { BlockList, isIPv4 } from 'node:net'
+import { type BlockList, isIPv4 } from 'node:net'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
 import { TooManyRequestsError, UnauthorizedError } from '../errors.js'
 import { Inflight } from '../cache/inflight.js'
+import { networkList, plainAddress } from '../ip-address.js'
 import type { AuthFailureReason, MirrorEvents } from '../events.js'
 import type { ClientLogin } from '../upstream/client-login.js'
 import { FailureCounter } from './failure-counter.js'
@@ -93,22 +94,6 @@ const CHECKS_WAITING_PER_NAME = 8
 /** Upstream login checks under way or waiting (the upstream's own bounds are in passthrough.ts). */
 const UPSTREAM_CHECKS = 64
 
-/** An IPv4 client on a dual-stack socket appears as ::ffff:a.b.c.d; rules name it as a.b.c.d. */
-function plainAddress (address: string): string {
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)
-  return mapped?.[1] ?? address
-}
-
-export function blockListOf (networks: readonly string[]): BlockList {
-  const list = new BlockList()
-  for (const network of networks) {
-    const [address = '', bits] = network.split('/')
-    const family = isIPv4(address) ? 'ipv4' : 'ipv6'
-    list.addSubnet(address, Number(bits ?? (family === 'ipv4' ? 32 : 128)), family)
-  }
-  return list
-}
-
 export class Authenticator {
   readonly #o: AuthenticatorOptions
   readonly #secret = randomBytes(32)
@@ -132,7 +117,7 @@ export class Authenticator {
     this.#upstreamVerified = new LRUCache({ max: REMEMBERED, ttl: options.remember })
     this.#upstreamRefused = new LRUCache({ max: REMEMBERED, ttl: REFUSAL_MEMORY })
     this.#failures = new FailureCounter({ maxFailures: options.maxFailures, window: options.failureWindow, now: options.now })
-    this.#anonymous = options.anonymousNetworks === undefined ? undefined : blockListOf(options.anonymousNetworks)
+    this.#anonymous = options.anonymousNetworks === undefined ? undefined : networkList(options.anonymousNetworks)
   }
 
   /** The challenge of a 401 from the token endpoint: it takes Basic credentials. */

@@ -7,6 +7,7 @@
 import { isIPv6 } from 'node:net'
 import { LRUCache } from 'lru-cache'
 import { TooManyRequestsError } from '../errors.js'
+import { prefix64 } from '../ip-address.js'
 
 /** Addresses and networks counted at most (the least recently failing forgotten first). */
 const COUNTED = 10_000
@@ -67,22 +68,4 @@ export class FailureCounter {
     if (network !== undefined) keys.push([`net:${network}`, this.#o.maxFailures * NETWORK_FACTOR])
     return keys
   }
-}
-
-/** The /64 an IPv6 address is in, written as its first four groups (`2001:db8:0:1`). */
-export function prefix64 (address: string): string | undefined {
-  const bare = address.replace(/%.*$/, '')
-  const halves = bare.split('::')
-  if (halves.length > 2) return undefined
-  const groups = (part: string | undefined): string[] => {
-    if (part === undefined || part === '') return []
-    // An IPv4 tail (::ffff:1.2.3.4, 64:ff9b::1.2.3.4) stands for two groups.
-    return part.split(':').flatMap(g => g.includes('.') ? ['0', '0'] : [g])
-  }
-  const head = groups(halves[0])
-  const tail = groups(halves[1])
-  const missing = 8 - head.length - tail.length
-  if (missing < 0 || (halves.length === 1 && missing !== 0)) return undefined
-  const all = [...head, ...Array<string>(halves.length === 2 ? missing : 0).fill('0'), ...tail]
-  return all.slice(0, 4).map(g => parseInt(g, 16).toString(16)).join(':')
 }

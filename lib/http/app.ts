@@ -22,7 +22,8 @@ import { route, type Route, type RoutingTable } from '../upstream/routing.js'
 import { sendError } from './envelope.js'
 import { sendBody } from './response-sink.js'
 import { opsRouter, type OpsOptions } from './ops.js'
-import { TrustedProxies, plainAddress } from './client-address.js'
+import { TrustedProxies } from './client-address.js'
+import { plainAddress } from '../ip-address.js'
 import type { ClientRequestLimit, Turn } from './client-limit.js'
 
 export interface AppState {

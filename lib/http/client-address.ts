@@ -12,28 +12,8 @@
 // client IP preservation), and then nothing is needed, or hides it, and then
 // it has to be put in HTTP mode.
 
-import { BlockList, isIP, isIPv4 } from 'node:net'
-
-/** The forms an address arrives in, reduced to one: IPv4 dotted, IPv6 canonical (RFC 5952, lowercase). */
-export function plainAddress (address: string): string {
-  if (isIPv4(address)) return address
-  if (isIP(address) !== 6) return address
-  let canonical: string
-  try {
-    // WHATWG URL serialises IPv6 the RFC 5952 way: "2001:DB8:0::1" and "2001:db8::1" are one client.
-    canonical = new URL(`http://[${address}]/`).hostname.slice(1, -1)
-  } catch {
-    // A zone index ("fe80::1%eth0") has no URL form; it is one address as written.
-    return address.toLowerCase()
-  }
-  // An IPv4 client on a dual-stack socket appears as ::ffff:a.b.c.d (canonical: ::ffff:XXXX:XXXX);
-  // networks and limits name it as a.b.c.d.
-  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(canonical)
-  if (mapped === null) return canonical
-  const high = parseInt(mapped[1] ?? '0', 16)
-  const low = parseInt(mapped[2] ?? '0', 16)
-  return `${high >> 8}.${high & 255}.${low >> 8}.${low & 255}`
-}
+import { type BlockList, isIP, isIPv4 } from 'node:net'
+import { networkList, plainAddress } from '../ip-address.js'
 
 /**
  * One X-Forwarded-For entry as an address, or undefined when it is not one
@@ -53,17 +33,6 @@ export function forwardedAddress (entry: string): string | undefined {
   if (isIP(text) !== 0) return plainAddress(text)
   const m = /^([\d.]+):\d{1,5}$/.exec(text)
   return m?.[1] !== undefined && isIPv4(m[1]) ? m[1] : undefined
-}
-
-/** CIDR networks ("10.0.0.0/8", "fd00::/8") as a BlockList; the loader checked them. */
-export function networkList (networks: readonly string[]): BlockList {
-  const list = new BlockList()
-  for (const network of networks) {
-    const [address = '', bits] = network.split('/')
-    const family = isIPv4(address) ? 'ipv4' : 'ipv6'
-    list.addSubnet(address, Number(bits ?? (family === 'ipv4' ? 32 : 128)), family)
-  }
-  return list
 }
 
 /** X-Forwarded-For entries past this many are not walked: no real chain of proxies is that long. */

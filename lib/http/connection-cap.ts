@@ -13,7 +13,8 @@
 import type { Server, Socket } from 'node:net'
 import type { Logger } from 'pino'
 import type { ConnectionRefusal, MirrorEvents } from '../events.js'
-import { plainAddress, type TrustedProxies } from './client-address.js'
+import { plainAddress } from '../ip-address.js'
+import type { TrustedProxies } from './client-address.js'
 
 export interface ConnectionCapOptions {
   /** Connections one address may hold open on this listener. */
