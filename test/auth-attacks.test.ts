@@ -416,6 +416,8 @@ t.test('the passthrough upstream gets a repeated bad login once, and distinct on
   t.match(limited[0]?.body, /upstream registry\.example is asked to check at most 2 logins a second/)
   t.ok(Number(limited[0]?.headers['retry-after']) >= 1)
   t.ok(answers.every(a => a.status === 401 || a.status === 429))
+  const boundLines = mirror.logs.filter(l => typeof l.msg === 'string' && l.msg.startsWith('login checks at their bound'))
+  t.ok(boundLines.length >= 1 && boundLines.length <= 2, `${limited.length} turned away, logged in ${boundLines.length} line(s), not one each`)
 
   upstream.control.stall = true
   await new Promise(resolve => setTimeout(resolve, 1100))

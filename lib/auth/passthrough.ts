@@ -43,6 +43,8 @@ export interface PassthroughUpstream {
 
 /** Login checks waiting for one of an upstream's loginConcurrency slots, at most. */
 const LOGINS_WAITING = 64
+/** Logins turned away at the bound are logged at most this often (milliseconds), with their count. */
+const BOUND_LOG_INTERVAL = 10_000
 
 export interface PassthroughGateOptions {
   /** The upstreams in passthrough mode, by name. */
@@ -67,13 +69,13 @@ export class PassthroughGate {
   readonly #decisions = new LRUCache<string, Decision>({ max: MAX_DECISIONS })
   readonly #checks = new Inflight<Decision>()
   /** Per upstream: how fast and how many at once logins are checked there. */
-  readonly #logins = new Map<string, { readonly rate: RateLimit, readonly slots: Limiter }>()
+  readonly #logins = new Map<string, { readonly rate: RateLimit, readonly slots: Limiter, turnedAway: number, loggedAt: number }>()
 
   constructor (options: PassthroughGateOptions) {
     this.#o = options
     this.#now = options.now ?? Date.now
     for (const [name, entry] of options.upstreams) {
-      this.#logins.set(name, { rate: new RateLimit(entry.loginRate, this.#now), slots: new Limiter(entry.loginConcurrency) })
+      this.#logins.set(name, { rate: new RateLimit(entry.loginRate, this.#now), slots: new Limiter(entry.loginConcurrency), turnedAway: 0, loggedAt: -Infinity })
     }
   }
 
@@ -151,7 +153,13 @@ export class PassthroughGate {
       if (bounds === undefined) continue
       const wait = bounds.rate.take()
       if (wait > 0 || bounds.slots.waiting >= LOGINS_WAITING) {
-        this.#o.log.warn({ upstream: name }, 'login checks at their bound: a login is turned away without asking upstream')
+        // Once per interval, with the count since: a flood must not become a flood of log lines.
+        bounds.turnedAway++
+        if (this.#now() - bounds.loggedAt >= BOUND_LOG_INTERVAL) {
+          this.#o.log.warn({ upstream: name, turnedAway: bounds.turnedAway }, 'login checks at their bound: logins turned away without asking upstream')
+          bounds.loggedAt = this.#now()
+          bounds.turnedAway = 0
+        }
         throw new TooManyRequestsError(`upstream ${name} is asked to check at most ${loginRate} logins a second; try again in a moment`, { upstream: name }, { 'retry-after': String(Math.max(1, Math.ceil(wait / 1000))) })
       }
       try {
