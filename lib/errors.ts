@@ -40,6 +40,8 @@ export class PaginationNumberInvalidError extends RegistryError { readonly code 
 export class UnsupportedError extends RegistryError { readonly code = 'UNSUPPORTED'; readonly status = 405 }
 export class UnauthorizedError extends RegistryError { readonly code = 'UNAUTHORIZED'; readonly status = 401 }
 export class DeniedError extends RegistryError { readonly code = 'DENIED'; readonly status = 403 }
+/** A token request the mirror's token endpoint cannot take (an OAuth2 grant other than password, a form it cannot read). */
+export class TokenRequestInvalidError extends RegistryError { readonly code = 'UNSUPPORTED'; readonly status = 400 }
 export class TooManyRequestsError extends RegistryError { readonly code = 'TOOMANYREQUESTS'; readonly status = 429 }
 export class UnavailableError extends RegistryError { readonly code = 'UNAVAILABLE'; readonly status = 503 }
 /** The named registry is not one of the configured upstreams: the mirror is not an open proxy. */

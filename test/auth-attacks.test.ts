@@ -227,6 +227,39 @@ t.test('two namespaces: names not in the upstream\'s login form never go upstrea
   t.ok(upstream.seen.every(s => s.authorization === undefined || s.authorization === basic('alice', 'a-pass')), 'and her password stayed here')
 })
 
+t.test('the token endpoint takes an OAuth2 password form (containerd asks so first) with the same checks as Basic, and refuses other grants with 400', async t => {
+  const dir = await tempDir(t, 'oauth-form')
+  const htpasswd = join(dir, 'htpasswd')
+  await setUser(htpasswd, 'alice', 'alice password')
+  const registry = await startFakeRegistry()
+  t.teardown(async () => await registry.close())
+  makeImage(registry, 'acme/app', 'v1', { layers: [100] })
+  const mirror = await startMirror(t, { upstreams: { 'ghcr.io': registry.url }, auth: { htpasswd, maxFailures: 2 }, metrics: { enabled: false } })
+  const post = async (body: string, type = 'application/x-www-form-urlencoded'): Promise<Answer> => {
+    const res = await request(`${mirror.url}/auth/token`, { method: 'POST', headers: { 'content-type': type }, body })
+    return { status: res.statusCode, body: await res.body.text(), headers: res.headers }
+  }
+  const form = (fields: Record<string, string>): string => new URLSearchParams(fields).toString()
+  const granted = await post(form({ grant_type: 'password', username: 'alice', password: 'alice password', service: 'registry-mirror', scope: 'repository:ghcr.io/acme/app:pull', client_id: 'containerd-client' }))
+  t.equal(granted.status, 200, granted.body)
+  const answer = JSON.parse(granted.body) as { access_token: string, expires_in: number, scope: string }
+  t.equal(answer.scope, 'repository:ghcr.io/acme/app:pull', 'the scope asked for, echoed')
+  t.ok(answer.expires_in > 0)
+  t.equal((await get(`${mirror.url}/v2/ghcr.io/acme/app/tags/list`, `Bearer ${answer.access_token}`)).status, 200, 'a token alice pulls with')
+
+  const wrong = await post(form({ grant_type: 'password', username: 'alice', password: 'a guess' }))
+  t.equal(wrong.status, 401, 'a wrong password: 401, as with Basic')
+  t.match(wrong.body, /the user name or password is wrong/)
+  const refresh = await post(form({ grant_type: 'refresh_token', refresh_token: 'x' }))
+  t.equal(refresh.status, 400, 'no refresh tokens: 400, on which containerd asks by GET')
+  t.match(JSON.parse(refresh.body), { errors: [{ code: 'UNSUPPORTED', message: /grant_type "refresh_token" is not taken here: only password/ }] })
+  t.equal((await post('{"username":"alice"}', 'application/json')).status, 400, 'not a form')
+  t.equal((await post(form({ grant_type: 'password', username: 'alice', password: 'x'.repeat(20_000) }))).status, 400, 'a form over 16 KiB')
+  t.equal((await post(form({ grant_type: 'password', username: 'alice', password: 'guess 2' }))).status, 401)
+  t.equal((await post(form({ grant_type: 'password', username: 'alice', password: 'alice password' }))).status, 429, 'failures count as they do for Basic: past maxFailures, 429')
+  t.notOk(mirror.logText().includes('alice password'), 'the password is not logged')
+})
+
 t.test('the login form: clientLoginPrefix, checked, and only on a passthrough upstream', async t => {
   const dir = await tempDir(t, 'login-prefix')
   const file = join(dir, 'mirror.config.yml')

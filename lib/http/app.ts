@@ -5,11 +5,11 @@
 import Koa, { type Context, type Next } from 'koa'
 import Router from '@koa/router'
 import type { Logger } from 'pino'
-import { DeniedError, NameInvalidError, NotFoundError, RegistryError, UnauthorizedError, UnsupportedError } from '../errors.js'
+import { DeniedError, NameInvalidError, NotFoundError, RegistryError, TokenRequestInvalidError, UnauthorizedError, UnsupportedError } from '../errors.js'
 import type { AccessRules } from '../auth/access-rules.js'
 import type { Authenticator } from '../auth/authenticator.js'
 import type { PassthroughGate, Probe } from '../auth/passthrough.js'
-import type { TokenIssuer } from '../auth/tokens.js'
+import type { IssuedToken, TokenIssuer } from '../auth/tokens.js'
 import type { ClientLogin, PassthroughCaller } from '../upstream/client-login.js'
 import type { BlobService } from '../mirror/blobs.js'
 import type { ListingService } from '../mirror/listings.js'
@@ -24,6 +24,7 @@ import { sendBody } from './response-sink.js'
 import { opsRouter, type OpsOptions } from './ops.js'
 import { TrustedProxies } from './client-address.js'
 import { plainAddress } from '../ip-address.js'
+import { basicAuthorization } from '../oci/headers.js'
 import type { ClientRequestLimit, Turn } from './client-limit.js'
 
 export interface AppState {
@@ -107,7 +108,10 @@ export function createApp (options: AppOptions): Koa<AppState> {
   }
   router.get('/v2/', base)
   router.get('/v2', base)
-  if (auth !== undefined) router.get(TOKEN_PATH, tokenEndpoint(auth, options))
+  if (auth !== undefined) {
+    router.get(TOKEN_PATH, tokenEndpoint(auth, options))
+    router.post(TOKEN_PATH, oauthTokenEndpoint(auth, options))
+  }
   router.get('/v2/_catalog', ctx => {
     ctx.state.kind = 'catalog'
     const page = parsePage(single(ctx.query.n), single(ctx.query.last))
@@ -224,26 +228,99 @@ function authenticate (auth: AppAuth) {
 function tokenEndpoint (auth: AppAuth, options: AppOptions) {
   return async (ctx: Ctx): Promise<void> => {
     ctx.state.kind = 'other'
-    const address = clientOf(ctx)
     const authorization = ctx.get('authorization') || undefined
     if (authorization !== undefined && !/^basic /i.test(authorization)) {
       throw new UnauthorizedError('the token endpoint takes Basic credentials', undefined, { 'www-authenticate': auth.authenticator.basicChallenge })
     }
-    const { user, login } = await auth.authenticator.identify(authorization, address, () => auth.authenticator.basicChallenge)
-    if (user === undefined && login === undefined && !auth.authenticator.anonymousAllowed(address)) {
-      options.authEvents?.accessDenied('anonymous-network')
-      throw new UnauthorizedError('log in: anonymous access is not allowed from this network', undefined, { 'www-authenticate': auth.authenticator.basicChallenge })
-    }
-    if (user !== undefined) ctx.state.user = user
-    if (login !== undefined) ctx.state.login = login
-    // A login for the passthrough upstream travels inside the token, sealed: the mirror keeps none.
-    // A user's token is bound to the user's htpasswd entry: it ends with the entry.
-    const issued = login === undefined
-      ? auth.tokens.issue(user, { binding: user === undefined ? undefined : auth.authenticator.binding(user) })
-      : auth.tokens.issue(undefined, { login })
-    ctx.set('Cache-Control', 'no-store')
+    const issued = await issueToken(ctx, auth, options, authorization)
     ctx.body = { token: issued.token, access_token: issued.token, expires_in: issued.expiresIn, issued_at: issued.issuedAt }
   }
+}
+
+/** A token request's form, at most (a login of MAX_LOGIN_BYTES and the rest). */
+const MAX_TOKEN_FORM_BYTES = 16 * 1024
+/** A token request's form must arrive within this (ms): a trickling body would hold its connection and its client's turn. */
+const TOKEN_FORM_TIMEOUT = 10_000
+
+/**
+ * The token endpoint's OAuth2 form (distribution's "OAuth2 Token
+ * Authentication"), which containerd tries first when it has a login:
+ * `grant_type=password` with `username` and `password`, taken as the same
+ * login a Basic header would carry (the same checks, bounds and answers).
+ * No refresh tokens are issued, so other grants get 400, on which containerd
+ * asks with GET and Basic instead.
+ */
+function oauthTokenEndpoint (auth: AppAuth, options: AppOptions) {
+  return async (ctx: Ctx): Promise<void> => {
+    ctx.state.kind = 'other'
+    if (!ctx.is('application/x-www-form-urlencoded')) throw new TokenRequestInvalidError('a token request by POST is an application/x-www-form-urlencoded form')
+    const body = await readForm(ctx.req)
+    if (typeof body === 'string') {
+      // What is left of the body is not read: the connection ends with this answer.
+      ctx.set('Connection', 'close')
+      throw new TokenRequestInvalidError(body)
+    }
+    const form = new URLSearchParams(body.toString('utf8'))
+    const grant = form.get('grant_type')
+    if (grant !== 'password') throw new TokenRequestInvalidError(`grant_type ${JSON.stringify((grant ?? '').slice(0, 40))} is not taken here: only password (no refresh tokens are issued)`)
+    const username = form.get('username') ?? ''
+    const password = form.get('password') ?? ''
+    const issued = await issueToken(ctx, auth, options, basicAuthorization(username, password))
+    const scope = form.get('scope')
+    ctx.body = { access_token: issued.token, expires_in: issued.expiresIn, issued_at: issued.issuedAt, ...(scope === null ? {} : { scope }) }
+  }
+}
+
+/**
+ * A token request's form, read whole within its bounds; what went wrong when
+ * it was not. Past the size, reading stops (the request is paused, not read
+ * to its end), so a client cannot make the mirror take more than the bound.
+ */
+async function readForm (req: Ctx['req']): Promise<Buffer | string> {
+  const declared = Number(req.headers['content-length'] ?? 0)
+  const tooLarge = `a token request's form is at most ${MAX_TOKEN_FORM_BYTES} bytes`
+  if (declared > MAX_TOKEN_FORM_BYTES) return tooLarge
+  return await new Promise(resolve => {
+    const chunks: Buffer[] = []
+    let size = 0
+    const finish = (result: Buffer | string): void => {
+      clearTimeout(timer)
+      req.off('data', onData)
+      req.off('end', onEnd)
+      req.off('error', onEnd)
+      if (typeof result === 'string') req.pause()
+      resolve(result)
+    }
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length
+      if (size > MAX_TOKEN_FORM_BYTES) finish(tooLarge)
+      else chunks.push(chunk)
+    }
+    const onEnd = (): void => { finish(req.complete ? Buffer.concat(chunks) : 'the token request\'s form did not arrive whole') }
+    const timer = setTimeout(() => finish(`the token request's form did not arrive within ${TOKEN_FORM_TIMEOUT / 1000} s`), TOKEN_FORM_TIMEOUT)
+    req.on('data', onData)
+    req.once('end', onEnd)
+    req.once('error', onEnd)
+  })
+}
+
+/** A token for the caller the credentials name (none: anonymous), checked as every login is. */
+async function issueToken (ctx: Ctx, auth: AppAuth, options: AppOptions, authorization: string | undefined): Promise<IssuedToken> {
+  const address = clientOf(ctx)
+  const { user, login } = await auth.authenticator.identify(authorization, address, () => auth.authenticator.basicChallenge)
+  if (user === undefined && login === undefined && !auth.authenticator.anonymousAllowed(address)) {
+    options.authEvents?.accessDenied('anonymous-network')
+    throw new UnauthorizedError('log in: anonymous access is not allowed from this network', undefined, { 'www-authenticate': auth.authenticator.basicChallenge })
+  }
+  if (user !== undefined) ctx.state.user = user
+  if (login !== undefined) ctx.state.login = login
+  // A login for the passthrough upstream travels inside the token, sealed: the mirror keeps none.
+  // A user's token is bound to the user's htpasswd entry: it ends with the entry.
+  const issued = login === undefined
+    ? auth.tokens.issue(user, { binding: user === undefined ? undefined : auth.authenticator.binding(user) })
+    : auth.tokens.issue(undefined, { login })
+  ctx.set('Cache-Control', 'no-store')
+  return issued
 }
 
 function loginRequired (ctx: Ctx, message: string, scope?: string): UnauthorizedError {
