@@ -220,6 +220,10 @@ t.test('two namespaces: names not in the upstream\'s login form never go upstrea
   t.same(upstream.seen.filter(s => s.authorization !== undefined), [], 'not one of those credentials reached the upstream')
   t.notOk(upstream.seen.some(s => s.path === '/v2/'), 'nor was any login checked there')
 
+  await replaceUsers(mirror, htpasswd, async next => { await setUser(next, 'registry.example/frank', 'frank mirror password') })
+  t.equal((await get(`${mirror.url}/auth/token`, basic('registry.example/frank', 'frank mirror password'))).status, 200, 'a listed name in the login form is still a mirror user')
+  t.same(upstream.seen.filter(s => s.authorization !== undefined), [], 'and his password stayed here')
+
   const login = basic('registry.example/alice', 'a-pass')
   t.equal((await get(tags, login)).status, 200, 'registry.example/alice is alice\'s upstream login')
   t.ok(upstream.seen.length > 0 && upstream.seen.every(s => s.authorization === undefined || s.authorization === basic('alice', 'a-pass')), 'which went upstream as alice, without the prefix')
@@ -276,6 +280,8 @@ t.test('the login form: clientLoginPrefix, checked, and only on a passthrough up
   t.match(String(err), /upstreams\.ghcr\.io\.clientLoginRate/)
   await writeFile(file, 'upstreams:\n  "localhost:5001":\n    url: http://localhost:5001\n    clientCredentials: passthrough\nmetrics:\n  enabled: false\n')
   t.equal((await loadConfig({ file, env: {} })).upstreams.get('localhost:5001')?.passthrough?.loginPrefix, 'localhost/', 'a port is left out: a user name has no colon')
+  await writeFile(file, 'upstreams:\n  "[::1]:5001":\n    url: http://[::1]:5001\n    clientCredentials: passthrough\nmetrics:\n  enabled: false\n')
+  await t.rejects(loadConfig({ file, env: {} }), /upstreams\.\[::1\]:5001\.clientLoginPrefix: needed: \[::1\]:5001 holds a colon even without its port/, 'an IPv6 upstream names its own')
 })
 
 /** The middle of the numbers. */

@@ -170,7 +170,8 @@ export class Authenticator {
     const users = this.#o.users
     const upstream = this.#o.upstreamLogins
     if (upstream !== undefined) {
-      const prefixed = user.startsWith(upstream.loginPrefix)
+      // A name the file lists is a mirror user even in the login form: its password stays here.
+      const prefixed = user.startsWith(upstream.loginPrefix) && users?.has(user) !== true
       if (prefixed || users === undefined) {
         const upstreamUser = prefixed ? user.slice(upstream.loginPrefix.length) : user
         if (upstreamUser === '') return this.#fail(client, 'malformed', user, `${upstream.loginPrefix} needs the upstream's user name after it`, challenge)

@@ -10,8 +10,8 @@ export function isUserName (name: string): boolean {
 
 /**
  * What a passthrough upstream's login form begins with (`ghcr.io/`): a user
- * name's start, so no colon, white space or control characters; a `/` or `@`
- * at its end keeps it apart from any user name the htpasswd file would list.
+ * name's start, so no colon, white space or control characters (a Basic user
+ * name ends at its first colon).
  */
 export function parseLoginPrefix (text: string): string {
   if (!/^[^:\s\p{Cc}]{1,64}$/u.test(text)) throw new Error(`expected the start of a user name (1 to 64 characters, no colon or white space), got ${JSON.stringify(text.slice(0, 80))}`)

@@ -300,6 +300,11 @@ function upstreams (env: NodeJS.ProcessEnv): Field<Map<string, UpstreamConfig>> 
     else if (eligible.includes('docker.io')) defaultName = 'docker.io'
     else if (drafts.length === 1) defaultName = eligible[0]
 
+    for (const { name, entry } of drafts) {
+      if (entry.clientCredentials === 'passthrough' && entry.clientLoginPrefix === undefined && defaultLoginPrefix(name).includes(':')) {
+        problems.add(join(join(path, name), 'clientLoginPrefix'), `needed: ${name} holds a colon even without its port, and a user name cannot (e.g. clientLoginPrefix: "upstream/")`)
+      }
+    }
     for (const { name, entry, credentials } of drafts) {
       result.set(name, {
         name,
