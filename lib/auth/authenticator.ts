@@ -19,7 +19,7 @@ import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
 import { TooManyRequestsError, UnauthorizedError } from '../errors.js'
 import { Inflight } from '../cache/inflight.js'
-import { networkList, plainAddress } from '../ip-address.js'
+import { networkList } from '../ip-address.js'
 import type { AuthFailureReason, MirrorEvents } from '../events.js'
 import type { ClientLogin } from '../upstream/client-login.js'
 import { FailureCounter } from './failure-counter.js'
@@ -143,9 +143,19 @@ export class Authenticator {
    * A name in the passthrough upstream's login form is a login for that upstream,
    * checked there; any other name is a user of the mirror and never goes upstream.
    */
-  async identify (authorization: string | undefined, address: string, challenge: () => string): Promise<Identity> {
+  async identify (authorization: string | undefined, client: string, challenge: () => string): Promise<Identity> {
+    try {
+      return await this.#identify(authorization, client, challenge)
+    } catch (err) {
+      // Every 429 of a login (its address past its failures, the checks at their bounds) is counted as one.
+      if (err instanceof TooManyRequestsError) this.#o.events.authFailed('rate-limited')
+      throw err
+    }
+  }
+
+  /** `client`: the client's address in its plain form, as http/ settled it (ip-address.ts). */
+  async #identify (authorization: string | undefined, client: string, challenge: () => string): Promise<Identity> {
     if (authorization === undefined || authorization === '') return ANONYMOUS
-    const client = plainAddress(address)
     const space = authorization.indexOf(' ')
     const scheme = (space < 0 ? authorization : authorization.slice(0, space)).toLowerCase()
     const value = space < 0 ? '' : authorization.slice(space + 1).trim()
@@ -159,7 +169,7 @@ export class Authenticator {
       // Expired tokens are routine (a client refetches on this 401): not logged as a failed login.
       throw new UnauthorizedError('the token is invalid or has expired; ask for a new one', undefined, { 'www-authenticate': `${challenge()},error="invalid_token"` })
     }
-    this.#rateLimited(() => this.#failures.check(client))
+    this.#failures.check(client)
     if (scheme !== 'basic') return this.#fail(client, 'unsupported-scheme', undefined, `the ${scheme.slice(0, 20)} scheme is not taken here: log in with a user name and password`, challenge)
     const decoded = Buffer.from(value, 'base64').toString('utf8')
     if (decoded === ':') return ANONYMOUS
@@ -192,7 +202,7 @@ export class Authenticator {
     if (this.#verified.get(key)?.generation === generation) return { user, login: undefined }
     if (this.#refused.get(key)?.generation !== generation) {
       const lane = users.has(user) ? 'listed' : 'unlisted'
-      const matched = await this.#rateLimitedAsync(async () => await this.#checks.run(lane, user, async () => await users.verify(user, password)))
+      const matched = await this.#checks.run(lane, user, async () => await users.verify(user, password))
       if (matched) {
         this.#verified.set(key, { generation })
         return { user, login: undefined }
@@ -208,9 +218,9 @@ export class Authenticator {
     if (this.#upstreamVerified.get(login.key) === true) return { user: undefined, login }
     if (this.#upstreamRefused.get(login.key) !== true) {
       if (this.#upstreamChecks.get(login.key) === undefined && this.#upstreamChecks.size >= UPSTREAM_CHECKS) {
-        this.#rateLimited(() => { throw new TooManyRequestsError('too many logins are being checked; try again in a moment', undefined, { 'retry-after': '1' }) })
+        throw new TooManyRequestsError('too many logins are being checked; try again in a moment', undefined, { 'retry-after': '1' })
       }
-      const taken = await this.#rateLimitedAsync(async () => await this.#upstreamChecks.run(login.key, async () => await upstream.checkLogin(login)).promise)
+      const taken = await this.#upstreamChecks.run(login.key, async () => await upstream.checkLogin(login)).promise
       if (taken) {
         this.#upstreamVerified.set(login.key, true)
         return { user: undefined, login }
@@ -230,29 +240,9 @@ export class Authenticator {
   }
 
   /** Whether an anonymous caller at this address is let in at all (before the rules). */
-  anonymousAllowed (address: string): boolean {
+  anonymousAllowed (client: string): boolean {
     if (this.#anonymous === undefined) return true
-    const client = plainAddress(address)
     return this.#anonymous.check(client, isIPv4(client) ? 'ipv4' : 'ipv6')
-  }
-
-  /** A 429 on the way out is counted as a rate-limited login. */
-  #rateLimited (fn: () => void): void {
-    try {
-      fn()
-    } catch (err) {
-      if (err instanceof TooManyRequestsError) this.#o.events.authFailed('rate-limited')
-      throw err
-    }
-  }
-
-  async #rateLimitedAsync<T> (fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn()
-    } catch (err) {
-      if (err instanceof TooManyRequestsError) this.#o.events.authFailed('rate-limited')
-      throw err
-    }
   }
 
   #fail (client: string, reason: AuthFailureReason, user: string | undefined, message: string, challenge: () => string): never {
