@@ -11,7 +11,7 @@ import t from 'tap'
 import { once } from 'node:events'
 import { copyFile, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { connect, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import bcrypt from 'bcryptjs'
@@ -262,6 +262,20 @@ t.test('the token endpoint takes an OAuth2 password form (containerd asks so fir
   t.equal((await post(form({ grant_type: 'password', username: 'alice', password: 'guess 2' }))).status, 401)
   t.equal((await post(form({ grant_type: 'password', username: 'alice', password: 'alice password' }))).status, 429, 'failures count as they do for Basic: past maxFailures, 429')
   t.notOk(mirror.logText().includes('alice password'), 'the password is not logged')
+
+  // A form that trickles: its headers promise 100 bytes, 10 come, then nothing.
+  const { hostname, port } = new URL(mirror.url)
+  const socket = connect(Number(port), hostname)
+  t.teardown(() => socket.destroy())
+  await once(socket, 'connect')
+  const started = Date.now()
+  socket.write('POST /auth/token HTTP/1.1\r\nHost: mirror\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant_type')
+  let reply = ''
+  socket.on('data', chunk => { reply += String(chunk) })
+  await once(socket, 'close')
+  t.match(reply, /^HTTP\/1\.1 400 /, 'a form that does not arrive is answered 400')
+  t.match(reply, /did not arrive within 10 s/)
+  t.ok(Date.now() - started < 15_000, 'after its 10 s, and the connection closed')
 })
 
 t.test('the login form: clientLoginPrefix, checked, and only on a passthrough upstream', async t => {
