@@ -170,14 +170,17 @@ function clientOf (ctx: Ctx): string {
  */
 function perClientLimit (limit: ClientRequestLimit) {
   return async (ctx: Ctx, next: Next): Promise<void> => {
-    const gone = new AbortController()
-    const leave = (): void => { gone.abort() }
-    ctx.res.once('close', leave)
-    let turn: Turn | undefined
-    try {
-      turn = await limit.acquire(clientOf(ctx), gone.signal)
-    } finally {
-      ctx.res.off('close', leave)
+    // Most requests get their turn at once: the signal that a waiting client left is made only for those that wait.
+    let turn = limit.tryAcquire(clientOf(ctx))
+    if (turn === undefined) {
+      const gone = new AbortController()
+      const leave = (): void => { gone.abort() }
+      ctx.res.once('close', leave)
+      try {
+        turn = await limit.acquire(clientOf(ctx), gone.signal)
+      } finally {
+        ctx.res.off('close', leave)
+      }
     }
     // The client left while it waited (or as its turn came): nobody to answer.
     if (turn === undefined) return

@@ -59,11 +59,9 @@ export class ClientRequestLimit {
    * leaves the queue, and there is nobody to answer.
    */
   async acquire (client: string, gone: AbortSignal): Promise<Turn | undefined> {
+    const now = this.tryAcquire(client)
+    if (now !== undefined) return now
     const entry = this.#clients.get(client) ?? this.#track(client)
-    if (entry.underWay < this.#o.maxUnderWay) {
-      entry.underWay++
-      return this.#turn(client, entry)
-    }
     const { maxUnderWay, maxWaiting, maxWait } = this.#o
     if (entry.waiting.size >= maxWaiting) {
       throw new TooManyRequestsError(`${maxUnderWay} requests are under way from this address and ${maxWaiting} more waiting; try again in a moment`, { limit: maxUnderWay, waiting: maxWaiting }, { 'retry-after': '1' })
@@ -98,6 +96,14 @@ export class ClientRequestLimit {
       gone.addEventListener('abort', onGone, { once: true })
       waiting.add(waiter)
     })
+  }
+
+  /** A turn at once while the client has fewer than maxUnderWay under way; undefined when it would have to wait (`acquire`). */
+  tryAcquire (client: string): Turn | undefined {
+    const entry = this.#clients.get(client) ?? this.#track(client)
+    if (entry.underWay >= this.#o.maxUnderWay) return undefined
+    entry.underWay++
+    return this.#turn(client, entry)
   }
 
   #track (client: string): ClientRequests {
