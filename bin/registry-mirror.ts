@@ -275,6 +275,7 @@ async function gcCommand (config: MirrorConfig, dryRun: boolean, verify: boolean
   out(`  files without a row ${dryRun ? 'would be indexed' : 'indexed'} (verified): ${c.filesIndexed}`)
   out(`  files not matching their digest ${verb}: ${c.filesRemoved}`)
   if (verify) out(`  cached blobs and manifests re-hashed, not matching ${verb}: ${c.corruptRemoved}`)
+  if (c.unreadable > 0) out(`  rows and files the storage could not read now, left as they were: ${c.unreadable} (see the log)`)
   out(`  evicted: ${e.removed} entries, ${formatBytes(e.bytes)} (age ${e.byReason.age.count}, size ${e.byReason.size.count})`)
   out(`  cache now: ${formatBytes(e.usedBytes)}${config.storage.maxSize !== undefined ? ` of ${formatBytes(config.storage.maxSize)}` : ''}, pinned ${formatBytes(e.pinnedBytes)}`)
   return 0

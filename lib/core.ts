@@ -1,12 +1,16 @@
 // Opens a data directory: the one way every command (serve, warm, export,
-// import, gc, pin, unpin, stats) gets at the cache. It settles whatever a
-// crash or an interrupted download left (the consistency check), then builds
-// the local cache, eviction and the pull-through services on it. No HTTP here:
-// `serve` adds its listeners on top (lib/server.ts).
+// import, gc, pin, unpin, stats) gets at the cache. It makes the parts (the
+// read-buffer pool, the staging directory, the blob store, the index) and
+// hands them to the local cache, which owns them from then on; it removes
+// what interrupted downloads left in staging, then builds eviction and the
+// pull-through services on the cache. Opening costs the same whatever the
+// cache holds: the full sweep (lib/cache/consistency.ts) runs in `gc`, and
+// once in the background of a serving mirror. No HTTP here: `serve` adds its
+// listeners on top (lib/server.ts).
 
 import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { checkConsistency, repairs, type ConsistencyReport } from './cache/consistency.js'
+import { emptySweepReport, repairs, type SweepOptions, type SweepReport } from './cache/consistency.js'
 import { Evictor } from './cache/eviction.js'
 import { EvictionSchedule } from './cache/eviction-schedule.js'
 import { FileHasher } from './cache/file-hasher.js'
@@ -19,7 +23,9 @@ import { Events, type MirrorEvents } from './events.js'
 import { BlobService } from './mirror/blobs.js'
 import { ListingService } from './mirror/listings.js'
 import { ManifestService } from './mirror/manifests.js'
+import { blobReadBuffers, type BufferPool } from './store/buffer-pool.js'
 import { FsBlobStore } from './store/fs-blob-store.js'
+import { Staging } from './store/staging.js'
 import { UpstreamClient } from './upstream/client.js'
 import { routingTable, type RoutingTable } from './upstream/routing.js'
 
@@ -38,10 +44,11 @@ export interface CoreOptions {
    * its downloads alone.
    */
   readonly owner?: boolean | undefined
-  /** Report what the consistency check would repair, and repair nothing (`gc --dry-run`). */
-  readonly dryRun?: boolean | undefined
-  /** Re-hash every cached blob and manifest at opening (`gc --verify`). */
-  readonly verify?: boolean | undefined
+  /**
+   * Run the full sweep at opening (`gc`), with its dry run and verify; staging is then only
+   * reported too when it is a dry run. Without it, opening only cleans staging.
+   */
+  readonly sweep?: SweepOptions | undefined
 }
 
 /** The cache and its pull-through services, without an HTTP server. */
@@ -58,29 +65,39 @@ export interface MirrorCore {
   readonly upstream: (name: string) => UpstreamClient
   /** Each upstream's state: "up", or since when it is down and when it is tried again. */
   upstreamStates: () => Record<string, string>
-  /** What the consistency check found when the data directory was opened. */
-  readonly consistency: ConsistencyReport
+  /** What opening repaired: staging, and everything else when `sweep` was asked for. */
+  readonly consistency: SweepReport
+  /** The pool blob reads go into; whoever sends a chunk gives its buffer back. */
+  readonly readBuffers: BufferPool
+  /** Resolves when the background sweep of a serving mirror is done (at once for other commands). */
+  readonly swept: Promise<SweepReport | undefined>
   close: () => Promise<void>
 }
 
 export async function openCore (config: MirrorConfig, log: Logger, options: CoreOptions = {}): Promise<MirrorCore> {
   const now = options.now ?? Date.now
   const outer = options.events ?? new Events()
-  const store = new FsBlobStore({ root: config.storage.path, freeBytes: options.freeBytes })
+  const readBuffers = blobReadBuffers()
+  // Staging is on the data directory's volume: a blob file moves into the store by rename.
+  const staging = new Staging({ dir: join(config.storage.path, 'tmp'), freeBytes: options.freeBytes })
+  const store = new FsBlobStore({ root: config.storage.path, readBuffers })
+  await staging.init()
   await store.init()
   const index = new CacheIndex({ path: join(config.storage.path, 'index.db'), now })
-  const cache = new LocalCache({ index, store, hotEntries: config.cache.hotEntries, log, now, events: outer })
+  const cache = new LocalCache({ index, store, staging, readBuffers, hotEntries: config.cache.hotEntries, log, now, events: outer })
   // A serving mirror notes in the index which upstreams are down (the cache listens), for `registry-mirror stats`.
   const events = options.owner === true ? new Events([outer, cache]) : outer
   if (options.owner === true) for (const name of config.upstreams.keys()) cache.noteUpstreamDown(name, 0)
-  let consistency: ConsistencyReport
+  const dryRun = options.sweep?.dryRun === true
+  let consistency: SweepReport
   try {
-    consistency = await checkConsistency({ cache, log, now, dryRun: options.dryRun, verify: options.verify, tempMinAgeMs: options.owner === true ? 0 : LIVE_TEMP_AGE_MS })
+    const cleaned = await cache.cleanStaging({ minAgeMs: options.owner === true ? 0 : LIVE_TEMP_AGE_MS, dryRun, now })
+    consistency = { ...(options.sweep === undefined ? emptySweepReport() : await cache.sweep(options.sweep)), ...cleaned }
   } catch (err) {
     cache.close()
     throw err
   }
-  if (options.dryRun !== true && repairs(consistency) > 0) {
+  if (!dryRun && repairs(consistency) > 0) {
     log.warn(consistency, 'cache was inconsistent at start (interrupted downloads or a crash); repaired')
   }
 
@@ -102,9 +119,25 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
   const manifests = new ManifestService({ cache, upstream, tagTtl: config.cache.tagTtl, log, now, offline, pulls })
   const listings = new ListingService({ cache, upstream, referrersTtl: config.cache.tagTtl, now, offline })
 
+  // A serving mirror sweeps once, in the background: after a crash, blob files without a row
+  // take room the index does not count, and rows may name files lost with it.
+  const stopSweep = new AbortController()
+  const swept: Promise<SweepReport | undefined> = options.owner !== true
+    ? Promise.resolve(undefined)
+    : new Promise<void>(resolve => setImmediate(resolve)).then(async () => await cache.sweep({ signal: stopSweep.signal })).then(report => {
+      if (repairs(report) > 0) log.warn(report, 'the background sweep found the cache inconsistent (a crash?); repaired')
+      else log.debug(report, 'background sweep done')
+      return report
+    }, (err: unknown) => {
+      log.error({ err }, 'background sweep failed')
+      return undefined
+    })
+
   let closing: Promise<void> | undefined
   const close = async (): Promise<void> => {
     closing ??= (async () => {
+      stopSweep.abort()
+      await swept
       await scrubber?.close()
       await Promise.all([...upstreams.values()].map(async u => await u.close()))
       await blobs.idle() // downloads end (committed or discarded) before the index closes
@@ -118,5 +151,5 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
     const down = u.down
     return [u.name, down === undefined ? 'up' : `down since ${new Date(down.since).toISOString()}, tried again after ${new Date(down.until).toISOString()}`]
   }))
-  return { config, cache, evictor, eviction, blobs, manifests, listings, routing: routingTable(config), upstream, upstreamStates, consistency, close }
+  return { config, cache, evictor, eviction, blobs, manifests, listings, routing: routingTable(config), upstream, upstreamStates, consistency, readBuffers, swept, close }
 }

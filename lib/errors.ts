@@ -44,6 +44,19 @@ export class DeniedError extends RegistryError { readonly code = 'DENIED'; reado
 export class TokenRequestInvalidError extends RegistryError { readonly code = 'UNSUPPORTED'; readonly status = 400 }
 export class TooManyRequestsError extends RegistryError { readonly code = 'TOOMANYREQUESTS'; readonly status = 429 }
 export class UnavailableError extends RegistryError { readonly code = 'UNAVAILABLE'; readonly status = 503 }
+/**
+ * The blob store failed with something other than "not found": a volume's EACCES or EIO, a
+ * bucket's 500, SlowDown or timeout. Answered 503 with a message that names no internals; the
+ * cause is kept for the log. Never a reason to drop what the index says is cached.
+ */
+export class StorageUnavailableError extends UnavailableError {
+  readonly operation: string
+  constructor (operation: string, cause: unknown, detail?: unknown) {
+    super('the cache storage cannot be read now; try again later', detail)
+    this.operation = operation
+    this.cause = cause
+  }
+}
 /** The named registry is not one of the configured upstreams: the mirror is not an open proxy. */
 export class RegistryUnknownError extends RegistryError { readonly code = 'NAME_UNKNOWN'; readonly status = 404 }
 /** A path outside the distribution API. */
@@ -146,6 +159,12 @@ export class UsageError extends MirrorFailure { readonly code = 'USAGE' }
 export function errnoCode (err: unknown): string | undefined {
   if (typeof err !== 'object' || err === null || !('code' in err)) return undefined
   return typeof err.code === 'string' ? err.code : undefined
+}
+
+/** A write that failed for want of room (the volume, or the user's quota). */
+export function isDiskFull (err: unknown): boolean {
+  const code = errnoCode(err)
+  return code === 'ENOSPC' || code === 'EDQUOT'
 }
 
 /** An htpasswd file that cannot be read or parsed, or an entry that cannot be added; the message names the file and line. */

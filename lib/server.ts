@@ -8,6 +8,7 @@ import { createServer, type RequestListener, type Server } from 'node:http'
 import { createServer as createTlsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
+import type { SweepReport } from './cache/consistency.js'
 import type { Evictor } from './cache/eviction.js'
 import type { LocalCache } from './cache/local-cache.js'
 import type { AuthConfig, MirrorConfig } from './config/types.js'
@@ -26,6 +27,7 @@ import { HtpasswdFile } from './auth/htpasswd.js'
 import { PassthroughGate, type PassthroughUpstream } from './auth/passthrough.js'
 import { ConfigError, HtpasswdError } from './errors.js'
 import { Metrics } from './metrics.js'
+import type { BufferPool } from './store/buffer-pool.js'
 
 export interface MirrorOptions extends Pick<CoreOptions, 'now' | 'freeBytes'> {
   /** More listeners for the mirror's events (tests). */
@@ -42,6 +44,10 @@ export interface Mirror {
   readonly opsUrl: string | undefined
   readonly cache: LocalCache
   readonly evictor: Evictor
+  /** The pool blob reads go into (tests watch how many buffers it made). */
+  readonly readBuffers: BufferPool
+  /** Resolves when the background sweep after start is done. */
+  readonly swept: Promise<SweepReport | undefined>
   /** Applies batched last-access times and counters now (tests, eviction). */
   flushAccess: () => void
   close: () => Promise<void>
@@ -61,23 +67,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
     metrics,
     upstreams: core.upstreamStates,
     token: config.metrics.token,
-    ready: async () => {
-      const problems: string[] = []
-      try {
-        cache.index.ping()
-      } catch (err) {
-        problems.push(`index: ${err instanceof Error ? err.message : String(err)}`)
-      }
-      try {
-        await cache.store.checkWritable()
-      } catch (err) {
-        problems.push(`storage: ${err instanceof Error ? err.message : String(err)}`)
-      }
-      // Degraded: the index failed a write and none has succeeded since (a probe tries one now).
-      const failure = cache.failure === undefined ? undefined : cache.probeWrite()
-      if (failure !== undefined) problems.push(`index: cannot be written (${failure.operation}: ${failure.message}); answers are served, uncached where need be`)
-      return problems
-    }
+    ready: async () => await cache.problems()
   }
   const separateOps = config.metrics.listen !== undefined
   // Finished requests also go to the counters `registry-mirror stats` reports.
@@ -89,7 +79,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   const limits = config.limits
   const trusted = new TrustedProxies(limits.trustedProxies)
   const requestLimit = new ClientRequestLimit({ maxUnderWay: limits.maxRequestsPerClient, maxWaiting: limits.maxQueuedPerClient, maxWait: limits.queueTimeout })
-  const app = createApp({ blobs, manifests, listings, routing, log, events, trustedProxies: trusted, requestLimit, ops: separateOps ? undefined : ops, sent: chunk => cache.store.readBuffers.give(chunk), auth, authEvents: events })
+  const app = createApp({ blobs, manifests, listings, routing, log, events, trustedProxies: trusted, requestLimit, ops: separateOps ? undefined : ops, sent: chunk => core.readBuffers.give(chunk), auth, authEvents: events })
 
   const server = listener(app.callback(), { limits, trusted, events, name: 'main' }, tls, log)
   server.listen(config.listen.port, config.listen.host)
@@ -134,6 +124,8 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
     opsUrl: opsServer === undefined ? undefined : urlOf(opsServer, tls !== undefined),
     cache,
     evictor: core.evictor,
+    readBuffers: core.readBuffers,
+    swept: core.swept,
     flushAccess: () => cache.access.flush(),
     close
   }

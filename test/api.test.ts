@@ -151,7 +151,7 @@ t.test('PUT, POST, PATCH and DELETE are 405 UNSUPPORTED and nothing is sent upst
     }
   }
   t.equal(upstreamRequests(), 0, 'upstream saw nothing')
-  t.same(mirror.cache.index.repositories(), [], 'nothing cached')
+  t.same(mirror.index.repositories(), [], 'nothing cached')
 })
 
 t.test('a GET or HEAD on the upload endpoints is 405 UNSUPPORTED too', async t => {
@@ -204,7 +204,7 @@ t.test('a bad repository name is 400 NAME_INVALID, and nothing reaches upstream 
     assertEnvelope(t, await send(mirror.url, 'GET', path), 400, 'NAME_INVALID', path)
   }
   t.equal(upstreamRequests(), 0, 'upstream saw nothing')
-  t.same(mirror.cache.index.repositories(), [], 'nothing cached')
+  t.same(mirror.index.repositories(), [], 'nothing cached')
 })
 
 t.test('a bad or unsupported digest is 400 DIGEST_INVALID, and nothing reaches upstream or the cache', async t => {
@@ -228,7 +228,7 @@ t.test('a bad or unsupported digest is 400 DIGEST_INVALID, and nothing reaches u
     assertEnvelope(t, await send(mirror.url, 'GET', path), 400, 'DIGEST_INVALID', path)
   }
   t.equal(upstreamRequests(), 0, 'upstream saw nothing')
-  t.same(mirror.cache.index.repositories(), [], 'nothing cached')
+  t.same(mirror.index.repositories(), [], 'nothing cached')
 })
 
 t.test('a bad tag is 400 MANIFEST_INVALID, and nothing reaches upstream or the cache', async t => {
@@ -239,7 +239,7 @@ t.test('a bad tag is 400 MANIFEST_INVALID, and nothing reaches upstream or the c
     t.equal((await send(mirror.url, 'HEAD', path)).status, 400, `HEAD ${path}`)
   }
   t.equal(upstreamRequests(), 0, 'upstream saw nothing')
-  t.same(mirror.cache.index.repositories(), [], 'nothing cached')
+  t.same(mirror.index.repositories(), [], 'nothing cached')
 })
 
 t.test('a bad n for a listing is 400 PAGINATION_NUMBER_INVALID, and nothing reaches upstream', async t => {
@@ -290,7 +290,7 @@ t.test('?ns=ghcr.io and a /v2/ghcr.io/ path prefix both reach the ghcr.io upstre
   t.equal(manifestByPrefix.status, 200, 'the manifest cached via ?ns= is found via the prefix')
   t.equal(ghcr.count('*', '/manifests/'), 1, 'from the cache')
   t.equal(docker.requests.length, 0, 'docker.io saw nothing')
-  t.same(mirror.cache.index.repositories(), ['ghcr.io/org/app'])
+  t.same(mirror.index.repositories(), ['ghcr.io/org/app'])
 })
 
 t.test('the same name without ns or prefix goes to the default upstream', async t => {
@@ -326,7 +326,7 @@ t.test('a registry that is not configured is refused with NAME_UNKNOWN without c
     assertEnvelope(t, await send(mirror.url, 'GET', path), 404, 'NAME_UNKNOWN', path)
   }
   t.equal(upstreamRequests(), 0)
-  t.same(mirror.cache.index.repositories(), [])
+  t.same(mirror.index.repositories(), [])
 })
 
 t.test('a mirror with no default upstream refuses requests that name no registry', async t => {
@@ -372,8 +372,8 @@ t.test('/v2/_catalog lists cached repositories as <registry>/<name>, n/last pagi
 t.test('/v2/_catalog answers at most 1,000 repositories a page, with a Link to the rest', async t => {
   const { mirror, get } = await setup(t)
   const manifest = { digest: `sha256:${'9'.repeat(64)}`, mediaType: MediaTypes.ociManifest, content: Buffer.from('{}') }
-  mirror.cache.index.transaction(() => {
-    for (let i = 0; i < 1005; i++) mirror.cache.index.putManifest(`docker.io/r/${String(i).padStart(4, '0')}`, manifest)
+  mirror.index.transaction(() => {
+    for (let i = 0; i < 1005; i++) mirror.index.putManifest(`docker.io/r/${String(i).padStart(4, '0')}`, manifest)
   })
   for (const path of ['/v2/_catalog', '/v2/_catalog?n=5000']) {
     const page = await get(path)

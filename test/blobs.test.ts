@@ -75,7 +75,7 @@ t.test('a cached blob is read into reused buffers: the next response allocates n
   const bytes = randomBytes(3 * 1024 * 1024 + 12_345) // several read chunks and a short last one
   const digest = fake.addBlob('library/app', bytes)
   await (await fetch(url + blobPath(digest))).arrayBuffer() // cached now
-  const pool = mirror.cache.store.readBuffers
+  const pool = mirror.readBuffers
   const first = await fetch(url + blobPath(digest))
   t.equal(first.headers.get('x-mirror-cache'), 'hit')
   t.ok(Buffer.from(await first.arrayBuffer()).equals(bytes), 'first hit intact')
@@ -106,8 +106,8 @@ t.test('a cached blob whose file is shorter than indexed cuts the connection, ne
   if ('error' in body) t.not(body.error.name, 'TimeoutError', 'cut by the mirror, not left hanging')
   const later = await fetch(url + '/v2/')
   t.equal(later.status, 200, 'the mirror goes on serving')
-  for (let i = 0; i < 50 && mirror.cache.index.getBlob(digest) !== undefined; i++) await new Promise(resolve => setTimeout(resolve, 10))
-  t.equal(mirror.cache.index.getBlob(digest), undefined, 'the row is dropped at once')
+  for (let i = 0; i < 50 && mirror.index.getBlob(digest) !== undefined; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  t.equal(mirror.index.getBlob(digest), undefined, 'the row is dropped at once')
   const again = await fetch(url + blobPath(digest))
   t.equal(again.headers.get('x-mirror-cache'), 'miss', 'so the next request fetches it again')
   t.ok(Buffer.from(await again.arrayBuffer()).equals(bytes), 'whole')
@@ -126,7 +126,7 @@ t.test('clients leaving a cached blob mid-body leave the mirror serving it whole
   }
   const whole = await fetch(url + blobPath(digest))
   t.ok(Buffer.from(await whole.arrayBuffer()).equals(bytes))
-  t.ok(mirror.cache.store.readBuffers.allocated <= 16, `read buffers stay few (${mirror.cache.store.readBuffers.allocated})`)
+  t.ok(mirror.readBuffers.allocated <= 16, `read buffers stay few (${mirror.readBuffers.allocated})`)
 })
 
 t.test('a storage directory emptied under a running mirror: the next blob is fetched and cached again, not a 500', async t => {
@@ -269,7 +269,7 @@ t.test('HEAD of a cached blob is answered from the cache; once its file is gone,
   t.equal(lost.status, 200)
   t.equal(lost.headers.get('x-mirror-cache'), 'miss', 'a row without a file is a miss, never a 500')
   t.equal(fake.count('HEAD', `/blobs/${digest}`), 1, 'upstream answered the HEAD')
-  t.equal(mirror.cache.index.getBlob(digest), undefined, 'the row was dropped')
+  t.equal(mirror.index.getBlob(digest), undefined, 'the row was dropped')
 })
 
 t.test('an unknown blob is BLOB_UNKNOWN', async t => {

@@ -70,7 +70,7 @@ t.test('a blob larger than the free space is served from upstream uncached, veri
   t.equal(res.status, 200)
   const body = await readBody(res)
   t.ok('bytes' in body && body.bytes.equals(bytes), 'the pull succeeds with the right bytes')
-  t.equal(mirror.cache.index.getBlob(digest), undefined, 'not cached')
+  t.equal(mirror.index.getBlob(digest), undefined, 'not cached')
   t.ok(mirror.logs.some(l => l.msg === 'no room in the cache: serving the blob from upstream without caching it'), 'logged')
   t.equal((await fetch(`${mirror.url}/v2/`)).status, 200, 'still up')
   t.same(readdirSync(join(fs.path, 'data', 'tmp')), [], 'no temp file left')
@@ -89,8 +89,8 @@ t.test('when the disk is short of room, least recently used blobs are evicted to
   const digest = fake.addBlob('library/app', bytes)
   const body = await readBody(await fetch(`${mirror.url}/v2/library/app/blobs/${digest}`))
   t.ok('bytes' in body && body.bytes.equals(bytes))
-  t.equal(mirror.cache.index.getBlob(old), undefined, 'the old blob was evicted to make room')
-  t.ok(mirror.cache.index.getBlob(digest), 'the new one is cached')
+  t.equal(mirror.index.getBlob(old), undefined, 'the old blob was evicted to make room')
+  t.ok(mirror.index.getBlob(digest), 'the new one is cached')
 })
 
 t.test('the disk filling up in the middle of a download: that download is cut, nothing half-written stays, the retry succeeds', { skip }, async t => {
@@ -146,7 +146,7 @@ t.test('with the index unable to write (disk full), tags past their TTL and new 
   t.equal(fresh.headers.get('docker-content-digest'), v2.manifestDigest)
   await fresh.arrayBuffer()
   mirror.flushAccess()
-  t.equal(mirror.cache.index.getTag('docker.io/library/app', 'v2'), undefined, 'not cached')
+  t.equal(mirror.index.getTag('docker.io/library/app', 'v2'), undefined, 'not cached')
 
   const ready = await fetch(`${mirror.url}/readyz`)
   t.equal(ready.status, 503, '/readyz: degraded')
@@ -168,7 +168,7 @@ t.test('with the index unable to write (disk full), tags past their TTL and new 
   t.match(JSON.parse(healthy.stdout), { degraded: null })
   const cached = await fetch(`${mirror.url}/v2/library/app/manifests/v2`)
   await cached.arrayBuffer()
-  t.equal(mirror.cache.index.getTag('docker.io/library/app', 'v2')?.digest, v2.manifestDigest, 'and caching again')
+  t.equal(mirror.index.getTag('docker.io/library/app', 'v2')?.digest, v2.manifestDigest, 'and caching again')
 })
 
 t.test('a log file on a full disk: lines are dropped and counted, nothing throws, and the loss is reported once there is room', { skip }, async t => {
@@ -208,7 +208,7 @@ t.test('space eviction never runs when it cannot free what is needed: the blob i
   const digest = fake.addBlob('library/app', bytes)
   const body = await readBody(await fetch(`${mirror.url}/v2/library/app/blobs/${digest}`))
   t.ok('bytes' in body && body.bytes.equals(bytes), 'served, uncached')
-  t.ok(mirror.cache.index.getBlob(kept), 'what could not have made room enough stays cached')
+  t.ok(mirror.index.getBlob(kept), 'what could not have made room enough stays cached')
   t.notOk(mirror.logs.some(l => l.msg === 'evicting'), 'nothing was evicted')
 })
 
@@ -235,10 +235,10 @@ t.test('making room never evicts the image being pulled', { skip }, async t => {
   await get(`/v2/library/x/blobs/${other.layerDigests[0] ?? ''}`)
   fillUntil(fs.path, 3 * MiB)
   await get(`/v2/library/p/blobs/${pulling.layerDigests[1] ?? ''}`)
-  t.ok(mirror.cache.index.getBlob(pulling.layerDigests[0] ?? ''), 'the first layer of the image being pulled stays')
-  t.ok(mirror.cache.index.getManifest(pulling.manifestDigest), 'and its manifest')
-  t.equal(mirror.cache.index.getBlob(other.layerDigests[0] ?? ''), undefined, 'the other image made the room')
-  t.ok(mirror.cache.index.getBlob(pulling.layerDigests[1] ?? ''), 'and the new layer is cached')
+  t.ok(mirror.index.getBlob(pulling.layerDigests[0] ?? ''), 'the first layer of the image being pulled stays')
+  t.ok(mirror.index.getManifest(pulling.manifestDigest), 'and its manifest')
+  t.equal(mirror.index.getBlob(other.layerDigests[0] ?? ''), undefined, 'the other image made the room')
+  t.ok(mirror.index.getBlob(pulling.layerDigests[1] ?? ''), 'and the new layer is cached')
 })
 
 t.test('a blob of unannounced size that outgrows the disk is served uncached on the next request', { skip }, async t => {
@@ -267,5 +267,5 @@ t.test('a blob of unannounced size that outgrows the disk is served uncached on 
   for (let i = 0; i < 100 && readdirSync(join(fs.path, 'data', 'tmp')).length > 0; i++) await new Promise(resolve => setTimeout(resolve, 20))
   const second = await readBody(await fetch(`${mirror.url}/v2/library/app/blobs/${digest}`))
   t.ok('bytes' in second && second.bytes.equals(bytes), 'the next one is served uncached, whole')
-  t.equal(mirror.cache.index.getBlob(digest), undefined)
+  t.equal(mirror.index.getBlob(digest), undefined)
 })

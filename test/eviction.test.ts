@@ -36,7 +36,7 @@ async function scene (t: Teardown, eviction: Partial<Omit<MirrorConfig['storage'
     for (const digest of image.blobDigests) await fetchBlob(digest, repo)
     mirror.flushAccess()
   }
-  const hasBlob = (digest: string): boolean => mirror.cache.index.getBlob(digest) !== undefined &&
+  const hasBlob = (digest: string): boolean => mirror.index.getBlob(digest) !== undefined &&
     existsSync(join(mirror.storage, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7)))
   return { fake, mirror, clock, pull, fetchBlob, hasBlob }
 }
@@ -84,7 +84,7 @@ t.test('a blob shared by two images survives while either is recent; pinned imag
 
   await pull(pinned)
   await fetch(`${mirror.url}/v2/library/app/manifests/pinned`).then(async r => await r.arrayBuffer())
-  mirror.cache.index.addPin('docker.io/library/app', 'pinned')
+  mirror.index.addPin('docker.io/library/app', 'pinned')
   await pull(x)
   await pull(yImage) // touches the shared layer again
   clock.now += 1000
@@ -101,10 +101,10 @@ t.test('a blob shared by two images survives while either is recent; pinned imag
   t.notOk(hasBlob(x.layerDigests[1] ?? ''), "x's own layer, not used since, went")
   t.ok(hasBlob(shared), 'the layer x shares with y stayed: y used it recently')
   for (const digest of filler) t.ok(hasBlob(digest), 'newer blobs stayed')
-  t.equal(mirror.cache.index.getManifest(x.manifestDigest), undefined, "x's manifest went")
+  t.equal(mirror.index.getManifest(x.manifestDigest), undefined, "x's manifest went")
   for (const digest of pinned.blobDigests) t.ok(hasBlob(digest), `pinned blob ${digest.slice(0, 15)} stayed`)
-  t.ok(mirror.cache.index.getManifest(pinned.manifestDigest), 'pinned manifest stayed')
-  t.equal(mirror.cache.index.getTag('docker.io/library/app', 'pinned')?.digest, pinned.manifestDigest, 'and its tag')
+  t.ok(mirror.index.getManifest(pinned.manifestDigest), 'pinned manifest stayed')
+  t.equal(mirror.index.getTag('docker.io/library/app', 'pinned')?.digest, pinned.manifestDigest, 'and its tag')
 })
 
 t.test('anything not accessed within maxAge goes, measured from last access; its tags go with it', async t => {
@@ -123,8 +123,8 @@ t.test('anything not accessed within maxAge goes, measured from last access; its
   t.equal(result.byReason.age.count, old.blobDigests.length + 1, "old's manifest and blobs went")
   for (const digest of old.blobDigests) t.notOk(hasBlob(digest))
   for (const digest of used.blobDigests) t.ok(hasBlob(digest), 'accessed within maxAge: kept')
-  t.equal(mirror.cache.index.getManifest(old.manifestDigest), undefined)
-  t.equal(mirror.cache.index.getTag('docker.io/library/app', 'old'), undefined, 'no tag left pointing at an evicted manifest')
+  t.equal(mirror.index.getManifest(old.manifestDigest), undefined)
+  t.equal(mirror.index.getTag('docker.io/library/app', 'old'), undefined, 'no tag left pointing at an evicted manifest')
   const again = await fetch(`${mirror.url}/v2/library/app/manifests/old`)
   t.equal(again.status, 200, 'an evicted tag is fetched again from upstream')
   t.equal(again.headers.get('docker-content-digest'), old.manifestDigest)
@@ -153,7 +153,7 @@ t.test('evicting a blob never breaks a response already streaming it', async t =
 t.test('when pins alone exceed maxSize, the log says so and nothing pinned goes', async t => {
   const { fake, mirror, pull, hasBlob } = await scene(t, { maxSize: 100 * KiB, highWatermark: 0.9, lowWatermark: 0.5 })
   const image = makeImage(fake, 'library/app', 'big', { layers: [150 * KiB] })
-  mirror.cache.index.addPin('docker.io/library/app', 'big')
+  mirror.index.addPin('docker.io/library/app', 'big')
   await fetch(`${mirror.url}/v2/library/app/manifests/big`).then(async r => await r.arrayBuffer())
   await pull(image)
   await settle(mirror)

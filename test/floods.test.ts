@@ -355,8 +355,8 @@ t.test('a slow reader of a cached blob holds one read buffer of the mirror\'s me
   const first = await request(mirror.url + path)
   await first.body.dump()
   // Until the download is committed, so that the slow readers read the cached file.
-  for (let i = 0; i < 100 && mirror.cache.index.getBlob(digest) === undefined; i++) await new Promise(resolve => setTimeout(resolve, 20))
-  const pool = mirror.cache.store.readBuffers
+  for (let i = 0; i < 100 && mirror.index.getBlob(digest) === undefined; i++) await new Promise(resolve => setTimeout(resolve, 20))
+  const pool = mirror.readBuffers
   const before = pool.allocated
 
   const SLOW = 20

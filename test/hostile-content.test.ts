@@ -51,8 +51,8 @@ t.test('what is not a manifest is refused with 503, logged, and never cached', a
       t.equal(answer.code, 'UNAVAILABLE')
       t.match(answer.message, why)
     }
-    t.equal(mirror.cache.index.getManifest(digest), undefined, `${tag}: not cached`)
-    t.equal(mirror.cache.index.getTag('docker.io/library/app', tag), undefined)
+    t.equal(mirror.index.getManifest(digest), undefined, `${tag}: not cached`)
+    t.equal(mirror.index.getTag('docker.io/library/app', tag), undefined)
   }
   t.ok(mirror.logs.some(l => l.level === 50 && l.msg === 'upstream sent something that is not a manifest; not cached'), 'logged as an error')
   // The CR/LF manifest never made it into the cache, so it cannot answer 500 later.
@@ -70,7 +70,7 @@ t.test('the Content-Type of a manifest follows from its bytes, whichever upstrea
   await get(`${mirror.url}/v2/ghcr.io/org/other/manifests/v1`)
   const byDigest = await get(`${mirror.url}/v2/library/app/manifests/${digest}`)
   t.equal(byDigest.type, MediaTypes.ociManifest, 'the other upstream did not change the type of these bytes')
-  t.equal(mirror.cache.index.getManifest(digest)?.mediaType, MediaTypes.ociManifest)
+  t.equal(mirror.index.getManifest(digest)?.mediaType, MediaTypes.ociManifest)
 
   // Bytes that state their mediaType are served as that, whatever the header said.
   const stated = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaTypes.dockerManifest, config, layers: [] }))

@@ -115,7 +115,7 @@ t.test('a manifest, tag list or referrers request redirected to another host is 
     t.match(answer.body.errors?.[0]?.message, `to ${other.host}, which is not one of its hosts`)
   }
   t.same(other.seen, [], 'nothing reached the other host')
-  t.equal(mirror.cache.index.getTag('docker.io/library/app', 'v1'), undefined, 'nothing cached')
+  t.equal(mirror.index.getTag('docker.io/library/app', 'v1'), undefined, 'nothing cached')
   t.equal(await refusals(mirror.url, 'redirect-host'), 3)
 })
 

@@ -188,14 +188,14 @@ t.test('an oversized manifest is refused with SIZE_INVALID and not cached', asyn
   const res = await get('/v2/library/app/manifests/big')
   t.equal(res.status, 400)
   t.equal((JSON.parse(res.body.toString()) as { errors: Array<{ code: string }> }).errors[0]?.code, 'SIZE_INVALID')
-  t.equal(mirror.cache.index.getTag('docker.io/library/app', 'big'), undefined)
+  t.equal(mirror.index.getTag('docker.io/library/app', 'big'), undefined)
 })
 
 t.test('a tag is never resolved to a digest the mirror cannot then serve', async t => {
   const { fake, get, mirror } = await setup(t)
   const image = makeImage(fake, 'library/app', 'v1', { layers: [10] })
   await get('/v2/library/app/manifests/v1')
-  const tag = mirror.cache.index.getTag('docker.io/library/app', 'v1')
+  const tag = mirror.index.getTag('docker.io/library/app', 'v1')
   t.equal(tag?.digest, image.manifestDigest)
-  t.ok(mirror.cache.index.getManifest(image.manifestDigest)?.content.equals(image.manifest))
+  t.ok(mirror.index.getManifest(image.manifestDigest)?.content.equals(image.manifest))
 })

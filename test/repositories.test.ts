@@ -57,7 +57,7 @@ t.test('requests under random repository names add nothing to the index or the c
     }
   }
   mirror.flushAccess()
-  t.same(mirror.cache.index.repositories(), ['docker.io/library/app'], 'the catalog holds only what upstream confirmed')
+  t.same(mirror.index.repositories(), ['docker.io/library/app'], 'the catalog holds only what upstream confirmed')
   const catalog = await (await fetch(`${mirror.url}/v2/_catalog`)).json() as { repositories: string[] }
   t.same(catalog.repositories, ['docker.io/library/app'])
 })

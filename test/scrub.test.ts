@@ -40,12 +40,12 @@ t.test('the scrub finds a flipped byte in a cached blob and a changed manifest, 
     db.prepare('UPDATE manifests SET content = ? WHERE digest = ?').run(changed, image.manifestDigest)
     db.close()
   }
-  for (let i = 0; i < 300 && (mirror.cache.index.getBlob(rotten) !== undefined || mirror.cache.index.getManifest(image.manifestDigest) !== undefined); i++) {
+  for (let i = 0; i < 300 && (mirror.index.getBlob(rotten) !== undefined || mirror.index.getManifest(image.manifestDigest) !== undefined); i++) {
     await new Promise(resolve => setTimeout(resolve, 50))
   }
-  t.equal(mirror.cache.index.getBlob(rotten), undefined, 'the rotten blob is gone from the index')
-  t.equal(mirror.cache.index.getManifest(image.manifestDigest), undefined, 'and the changed manifest')
-  t.ok(mirror.cache.index.getBlob(sound), 'what matches stays')
+  t.equal(mirror.index.getBlob(rotten), undefined, 'the rotten blob is gone from the index')
+  t.equal(mirror.index.getManifest(image.manifestDigest), undefined, 'and the changed manifest')
+  t.ok(mirror.index.getBlob(sound), 'what matches stays')
   t.ok(mirror.logs.some(l => l.level === 50 && l.msg === 'scrub: cached blob does not match its digest (bit rot?); removing it' && l.digest === rotten), 'logged as an error')
   const metrics = await (await fetch(`${mirror.url}/metrics`)).text()
   t.equal(sample(metrics, 'registry_mirror_corrupt_removed_total', { kind: 'blob' }), 1)

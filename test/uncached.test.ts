@@ -53,7 +53,7 @@ t.test('a blob served uncached that does not match its digest: the client is cut
   t.equal(sample(metrics, 'registry_mirror_digest_mismatches_total', { upstream: 'docker.io' }), 1, 'counted as a digest mismatch')
   t.equal(sample(metrics, 'registry_mirror_uncached_blobs_total', { reason: 'disk full' }), 1)
 
-  t.equal(mirror.cache.index.getBlob(digest), undefined, 'no row')
+  t.equal(mirror.index.getBlob(digest), undefined, 'no row')
   t.same(readdirSync(join(mirror.storage, 'tmp')), [], 'no temp file')
   fake.clearFaults()
   const again = await readBody(await fetch(mirror.url + blobPath(digest)))
@@ -83,7 +83,7 @@ t.test('a second client of a blob being served uncached gets its own verified up
   for (const b of bodies) t.ok('bytes' in b && b.bytes.equals(bytes), 'each client gets the whole blob')
   t.same(answers.map(r => r.headers.get('x-mirror-cache')), ['miss', 'miss'])
   t.equal(fake.count('GET', `/blobs/${digest}`), 2, 'the uncached body serves one client: the other got its own GET')
-  t.equal(mirror.cache.index.getBlob(digest), undefined, 'nothing cached')
+  t.equal(mirror.index.getBlob(digest), undefined, 'nothing cached')
   const metrics = await (await fetch(`${mirror.url}/metrics`)).text()
   t.equal(sample(metrics, 'registry_mirror_uncached_blobs_total', { reason: 'disk full' }), 2)
   t.equal(sample(metrics, 'registry_mirror_digest_mismatches_total', { upstream: 'docker.io' }) ?? 0, 0)

@@ -128,7 +128,7 @@ t.test('wrong credentials give the client 403 DENIED saying the credentials were
   t.match(error?.message, /credentials/)
   t.equal(fake.tokenRequests, 1)
   t.equal(fake.requests.filter(r => r.path.startsWith('/v2') && r.status === 200).length, 0, 'no registry request succeeded')
-  t.same(mirror.cache.index.repositories(), [])
+  t.same(mirror.index.repositories(), [])
   t.notOk(mirror.logText().includes('wr0ng-pa55'), 'the password is not logged')
 })
 

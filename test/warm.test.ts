@@ -189,7 +189,7 @@ t.test('--server warms through a running mirror, whose cache then serves a secon
   const first = await runCli(['warm', '--config', config, '--server', mirror.url, 'ghcr.io/org/app:v1'])
   t.equal(first.code, 0, first.stderr)
   for (const d of image.blobDigests) t.equal(fake.count('GET', `/blobs/${d}`), 1)
-  t.equal(mirror.cache.index.getTag('ghcr.io/org/app', 'v1')?.digest, image.indexDigest, 'the running mirror cached it')
+  t.equal(mirror.index.getTag('ghcr.io/org/app', 'v1')?.digest, image.indexDigest, 'the running mirror cached it')
   t.notOk(existsSync(join(storage, 'index.db')), 'the local data directory was not touched')
 
   fake.reset()
@@ -221,7 +221,7 @@ t.test('--server with --user logs in to a mirror with auth; without it, or with 
   t.match(wrong.stdout, /the user name or password is wrong/)
   const ok = await runCli(['warm', '--config', config, '--server', mirror.url, '--user', 'ops', 'ghcr.io/org/app:v1'], 'ops password\n')
   t.equal(ok.code, 0, ok.stdout + ok.stderr)
-  t.equal(mirror.cache.index.getTag('ghcr.io/org/app', 'v1')?.digest, image.manifestDigest)
+  t.equal(mirror.index.getTag('ghcr.io/org/app', 'v1')?.digest, image.manifestDigest)
   const stray = await runCli(['warm', '--config', config, '--user', 'ops', 'ghcr.io/org/app:v1'], 'ops password\n')
   t.equal(stray.code, 2)
   t.match(stray.stderr, /--user is for warm --server only/)

@@ -8,7 +8,7 @@ import type { Logger } from 'pino'
 import type { EvictionReason, MirrorEvents } from '../events.js'
 import type { LocalCache } from './local-cache.js'
 import { childrenOf } from '../oci/manifest.js'
-import { bytesOf, pinnedContent, type PinnedContent } from './pins.js'
+import type { PinnedContent } from './pins.js'
 
 export interface EvictionPolicy {
   /** Bytes; undefined = no size bound. */
@@ -93,22 +93,22 @@ export class Evictor {
 
   /** Bytes a pass could free at most: everything but pinned images and those named in `protect`. */
   evictableBytes (protect: Iterable<string> = []): number {
-    const index = this.#o.cache.index
-    const t = index.totals()
-    const kept = this.#kept(pinnedContent(index), protect)
-    return t.blobBytes + t.manifestBytes - bytesOf(index, kept)
+    const { cache } = this.#o
+    const t = cache.totals()
+    const kept = this.#kept(cache.pinnedContent(), protect)
+    return t.blobBytes + t.manifestBytes - cache.bytesOf(kept)
   }
 
   /** Pinned content, and the manifests in `protect` with everything they name. */
   #kept (pinned: PinnedContent, protect: Iterable<string>): Set<string> {
-    const index = this.#o.cache.index
+    const { cache } = this.#o
     const kept = new Set(pinned.digests)
     const visit = (digest: string): void => {
       if (kept.has(digest)) return
       kept.add(digest)
-      const manifest = index.getManifest(digest)
+      const manifest = cache.storedManifest(digest)
       if (manifest === undefined) return
-      for (const child of childrenOf(manifest.content)) visit(child.digest)
+      for (const child of childrenOf(manifest)) visit(child.digest)
     }
     for (const digest of protect) visit(digest)
     return kept
@@ -116,18 +116,17 @@ export class Evictor {
 
   async #pass (options: EvictionRequest): Promise<EvictionResult> {
     const { cache, policy, log } = this.#o
-    const index = cache.index
     // Batched last-access times first, so the least recently used really are.
     cache.access.flush()
-    const pinned = pinnedContent(index)
+    const pinned = cache.pinnedContent()
     // Never evicted: pinned images, and the images being pulled.
     const kept = this.#kept(pinned, options.protect ?? [])
-    const totals = index.totals()
+    const totals = cache.totals()
     let used = totals.blobBytes + totals.manifestBytes
     const byReason: Record<EvictionReason, { count: number, bytes: number }> = {
       age: { count: 0, bytes: 0 }, size: { count: 0, bytes: 0 }, space: { count: 0, bytes: 0 }
     }
-    const pinnedTotal = bytesOf(index, pinned.digests)
+    const pinnedTotal = cache.bytesOf(pinned.digests)
     const remove = async (c: { kind: 'blob' | 'manifest', digest: string, size: number }, reason: EvictionReason): Promise<void> => {
       let tags: Array<{ repository: string, tag: string }> = []
       if (options.dryRun !== true) {
@@ -145,10 +144,10 @@ export class Evictor {
     if (policy.maxAge !== undefined) {
       const cutoff = this.#now() - policy.maxAge
       // Referrers answers too old to be served fresh go with the rest.
-      if (options.dryRun !== true) index.deleteReferrersBefore(cutoff)
+      if (options.dryRun !== true) cache.dropReferrersBefore(cutoff)
       const skipped = new Set<string>()
       for (;;) {
-        const batch = index.evictionCandidates(cutoff, BATCH + skipped.size).filter(c => !skipped.has(c.digest))
+        const batch = cache.evictionCandidates(cutoff, BATCH + skipped.size).filter(c => !skipped.has(c.digest))
         if (batch.length === 0) break
         for (const c of batch) {
           if (kept.has(c.digest) || options.dryRun === true) skipped.add(c.digest)
@@ -169,7 +168,7 @@ export class Evictor {
       const skipped = new Set<string>()
       let exhausted = false
       while (used > target && !exhausted) {
-        const batch = index.evictionCandidates(Number.MAX_SAFE_INTEGER, BATCH + skipped.size)
+        const batch = cache.evictionCandidates(Number.MAX_SAFE_INTEGER, BATCH + skipped.size)
           .filter(c => !skipped.has(c.digest))
         exhausted = true
         for (const c of batch) {

@@ -1,30 +1,41 @@
-// The local cache: the SQLite index, the blob store and the hot in-memory LRU,
-// kept in step. Every change to what the cache holds goes through here, so its
-// invariants live in this one file:
+// The local cache: the SQLite index, the blob store, the staging directory and
+// the hot in-memory LRU, kept in step. It owns them: nothing above lib/cache/
+// reaches the index or the store but through its methods, so its invariants
+// live in this one file:
 //  - a blob's file is in the store, verified, before its row is written;
 //  - on removal a row goes before its file: readers that have the file open
 //    finish, and the next request is a miss that fetches it again;
 //  - a row whose file is gone is a miss (the row is dropped), never a 500;
+//    a store that cannot answer (EACCES, EIO, a bucket's 500) is a 503, and
+//    never taken for "gone": no row is dropped for it;
 //  - the hot LRU holds manifests and tags by one key scheme, and never an
 //    entry the index no longer has (nor one it could not write);
 //  - a write the index cannot make (disk full, I/O error) that an answer does
 //    not depend on (a manifest or tag to cache, a tag confirmation, an
 //    access time) never fails the request: it is logged, counted, and the
-//    cache reports itself degraded until a write succeeds again.
-// `index` stays readable for queries that change nothing (totals, eviction
-// candidates, pins, listings).
+//    cache reports itself degraded until a write succeeds again. A blob whose
+//    row cannot be written is served and left in the store without one (the
+//    next sweep indexes it); a blob whose row cannot be deleted still has its
+//    file removed, since a full disk must be able to free room.
 
+import { createHash } from 'node:crypto'
 import type { Readable } from 'node:stream'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
-import type { BlobRow, CacheIndex } from '../db/cache-index.js'
-import { ShortFileError } from '../errors.js'
+import type { BlobRow, CacheIndex, CacheTotals, EvictionCandidate, Pin } from '../db/cache-index.js'
+import { ShortFileError, StorageUnavailableError } from '../errors.js'
 import type { MirrorEvents } from '../events.js'
-import type { BlobStore, TempFile } from '../store/blob-store.js'
+import type { BlobStore } from '../store/blob-store.js'
+import type { BufferPool } from '../store/buffer-pool.js'
+import type { Staging } from '../store/staging.js'
 import { AccessRecorder } from './access-recorder.js'
+import { BlobDownload } from './blob-download.js'
+import type { FileHasher } from './file-hasher.js'
+import { cleanStaging, sweep, type StagingReport, type SweepOptions, type SweepReport } from './consistency.js'
 import { MAX_REFERRERS_ENTRIES } from '../oci/limits.js'
 import { childrenOf } from '../oci/manifest.js'
-import { bytesOf, pinnedContent } from './pins.js'
+import { parseDigest } from '../oci/reference.js'
+import { bytesOf, pinnedContent, type PinnedContent } from './pins.js'
 
 export interface Manifest { readonly digest: string, readonly mediaType: string, readonly content: Buffer }
 
@@ -63,6 +74,10 @@ export interface CacheSummary {
 export interface LocalCacheOptions {
   readonly index: CacheIndex
   readonly store: BlobStore
+  /** Where downloads and imports are written before they are verified and put in the store. */
+  readonly staging: Staging
+  /** The read-buffer pool the store reads into; hashing gives its buffers back. */
+  readonly readBuffers: BufferPool
   /** Manifests and tags kept in memory. */
   readonly hotEntries: number
   readonly log: Logger
@@ -79,9 +94,14 @@ const FAILURE_LOG_MS = 60_000
 /** SQLite's answers for a database that cannot be written now, as opposed to a query that is wrong. */
 const STORAGE_FAILURE = /^SQLITE_(FULL|IOERR|READONLY|BUSY|LOCKED|CANTOPEN|NOMEM|CORRUPT|NOTADB)/
 
+/** How a pass that hashes stored bytes is paced: called after each chunk, it waits as long as it likes and says whether to go on. */
+export type HashPace = (bytes: number) => Promise<boolean>
+
 export class LocalCache {
-  readonly index: CacheIndex
-  readonly store: BlobStore
+  readonly #index: CacheIndex
+  readonly #store: BlobStore
+  readonly #staging: Staging
+  readonly #readBuffers: BufferPool
   /** Last-access times and request counters, written to the index in batches. */
   readonly access: AccessRecorder
   readonly #log: Logger
@@ -93,8 +113,10 @@ export class LocalCache {
   #failureLoggedAt = -Infinity
 
   constructor (options: LocalCacheOptions) {
-    this.index = options.index
-    this.store = options.store
+    this.#index = options.index
+    this.#store = options.store
+    this.#staging = options.staging
+    this.#readBuffers = options.readBuffers
     this.#log = options.log
     this.#now = options.now ?? Date.now
     this.#events = options.events
@@ -113,7 +135,7 @@ export class LocalCache {
   // Blobs
 
   blob (digest: string): BlobRow | undefined {
-    return this.index.getBlob(digest)
+    return this.#index.getBlob(digest)
   }
 
   /**
@@ -121,7 +143,7 @@ export class LocalCache {
    * its file is gone, which drops the row (a miss, never a 500).
    */
   async openBlob (row: BlobRow, range: { start: number, end: number }): Promise<Readable | undefined> {
-    const body = await this.store.openRead(row.digest, range)
+    const body = await this.#storeCall('read', row.digest, async () => await this.#store.openRead(row.digest, range))
     if (body === undefined) {
       this.#lostFile(row.digest)
       return undefined
@@ -130,7 +152,7 @@ export class LocalCache {
       if (!(err instanceof ShortFileError)) return
       // This answer is cut; the next request is a miss and fetches the blob again.
       this.#log.error({ digest: row.digest, size: row.size, err: err.message }, 'cached blob file is shorter than its row; dropping the row')
-      this.#write('blob row', () => this.index.deleteBlob(row.digest))
+      this.#write('blob row', () => this.#index.deleteBlob(row.digest))
     })
     this.access.blob(row.digest)
     return body
@@ -138,7 +160,7 @@ export class LocalCache {
 
   /** Whether a cached blob's file is there (HEAD), recording the access; a lost file drops the row. */
   async hasBlob (row: BlobRow): Promise<boolean> {
-    if (await this.store.stat(row.digest) === undefined) {
+    if (await this.#storeCall('stat', row.digest, async () => await this.#store.stat(row.digest)) === undefined) {
       this.#lostFile(row.digest)
       return false
     }
@@ -149,26 +171,60 @@ export class LocalCache {
   #lostFile (digest: string): void {
     // The index outlived the file (deleted by hand, lost in a crash).
     this.#log.warn({ digest }, 'indexed blob has no file; dropping the row')
-    this.index.deleteBlob(digest)
+    this.#write('lost blob row', () => this.#index.deleteBlob(digest))
   }
 
-  async createTemp (): Promise<TempFile> {
-    return await this.store.createTemp()
+  /** A store call on a request's path: "not found" is an answer, any other failure a 503 that drops nothing. */
+  async #storeCall<T> (operation: string, digest: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn()
+    } catch (err) {
+      this.#log.error({ digest, operation, store: this.#store.description, err }, 'the blob store failed; answering 503, the row is kept')
+      throw new StorageUnavailableError(operation, err, { digest })
+    }
+  }
+
+  // Staging: where downloads and imports are written before they are verified
+
+  /**
+   * A download of a blob into the cache (run it with the upstream body): staged to a temp file,
+   * verified, then put in the store with its row. Throws when no temp file can be made (ENOSPC).
+   */
+  async startDownload (options: { digest: string, size: number | undefined, repository: string, mediaType: string | null, hasher?: FileHasher | undefined }): Promise<BlobDownload> {
+    const { digest, repository, mediaType } = options
+    return new BlobDownload({
+      digest,
+      size: options.size,
+      temp: await this.#staging.createTemp(),
+      commit: async (tempPath, size) => { await this.addBlob(tempPath, digest, size, repository, mediaType) },
+      discard: async tempPath => await this.#staging.discard(tempPath),
+      buffers: this.#readBuffers,
+      hasher: options.hasher
+    })
+  }
+
+  /** A new staging directory (an import's files); removed with discardTemp. */
+  async createStagingDirectory (prefix: string): Promise<string> {
+    return await this.#staging.createDirectory(prefix)
   }
 
   async discardTemp (path: string): Promise<void> {
-    await this.store.discard(path)
+    await this.#staging.discard(path)
   }
 
-  /** Adds a blob whose bytes in `tempPath` were verified: the file goes into the store, then its row. */
-  async addBlob (tempPath: string, digest: string, size: number, repository: string, mediaType: string | null): Promise<void> {
-    await this.store.put(tempPath, digest)
-    this.index.putBlob(digest, size, repository, mediaType)
+  /** Room left for a download: the staging volume's (which the filesystem store shares). */
+  async freeBytes (): Promise<number> {
+    return await this.#staging.freeBytes()
   }
 
-  /** Indexes a stored file that had no row, once its bytes were found to match its digest (consistency check). */
-  indexStoredBlob (digest: string, size: number): void {
-    if (this.index.getBlob(digest) === undefined) this.index.putBlobRow(digest, size)
+  /**
+   * Adds a blob whose bytes in `tempPath` were verified: the file goes into the store, then its
+   * row. False when the row could not be written: the blob is stored unindexed (the next sweep
+   * indexes it) and the answer is served all the same.
+   */
+  async addBlob (tempPath: string, digest: string, size: number, repository: string, mediaType: string | null): Promise<boolean> {
+    await this.#store.put(tempPath, digest, size)
+    return this.#write('blob', () => this.#index.putBlob(digest, size, repository, mediaType))
   }
 
   /**
@@ -176,32 +232,35 @@ export class LocalCache {
    * under it (or confirmed there), or a cached manifest of that repository names it.
    */
   blobBelongsTo (digest: string, repository: string): boolean {
-    return this.index.blobBelongsTo(digest, repository)
+    return this.#index.blobBelongsTo(digest, repository)
   }
 
   /** Upstream confirmed that the repository has the blob. */
   addBlobRepository (digest: string, repository: string): void {
-    this.#write('blob repository', () => this.index.addBlobRepository(digest, repository))
+    this.#write('blob repository', () => this.#index.addBlobRepository(digest, repository))
   }
 
   /** Whether a cached manifest may be served by digest under a repository: fetched or confirmed there. */
   manifestBelongsTo (digest: string, repository: string): boolean {
     const hot = this.#hot.get(hotKey.manifest(digest))
     if (hot?.kind === 'manifest' && hot.repositories.has(repository)) return true
-    const belongs = this.index.manifestBelongsTo(digest, repository)
+    const belongs = this.#index.manifestBelongsTo(digest, repository)
     if (belongs && hot?.kind === 'manifest') hot.repositories.add(repository)
     return belongs
   }
 
   /** Upstream confirmed that the repository has the manifest. */
   addManifestRepository (digest: string, repository: string): void {
-    this.#write('manifest repository', () => this.index.addManifestRepository(digest, repository))
+    this.#write('manifest repository', () => this.#index.addManifestRepository(digest, repository))
   }
 
-  /** Removes a blob: its row first, then its file. */
+  /**
+   * Removes a blob: its row first, then its file. A row the index cannot delete now (a full
+   * disk) does not keep the file: freeing room comes first, and a row without its file is a miss.
+   */
   async removeBlob (digest: string): Promise<void> {
-    this.index.deleteBlob(digest)
-    await this.store.delete(digest)
+    this.#write('blob removal', () => this.#index.deleteBlob(digest))
+    await this.#store.delete(digest)
   }
 
   // Manifests and tags
@@ -210,7 +269,7 @@ export class LocalCache {
   manifest (digest: string): Manifest | undefined {
     const hot = this.#hot.get(hotKey.manifest(digest))
     if (hot?.kind === 'manifest') return hot.manifest
-    const row = this.index.getManifest(digest)
+    const row = this.#index.getManifest(digest)
     if (row === undefined) return undefined
     const manifest: Manifest = { digest: row.digest, mediaType: row.mediaType, content: row.content }
     this.#hot.set(hotKey.manifest(digest), { kind: 'manifest', manifest, repositories: new Set() })
@@ -222,7 +281,7 @@ export class LocalCache {
     const key = hotKey.tag(repository, tag)
     const hot = this.#hot.get(key)
     if (hot?.kind === 'tag') return hot
-    const row = this.index.getTag(repository, tag)
+    const row = this.#index.getTag(repository, tag)
     if (row === undefined) return undefined
     this.#hot.set(key, { kind: 'tag', digest: row.digest, confirmedAt: row.confirmedAt })
     return row
@@ -235,7 +294,7 @@ export class LocalCache {
   putManifest (repository: string, manifest: Manifest, tag?: string): boolean {
     // Bytes the cache has already keep the media type they were first stored with, whichever upstream sends them again.
     const stored = this.manifest(manifest.digest) ?? manifest
-    if (!this.#write('manifest', () => this.index.putManifest(repository, stored, tag, blobsOf(stored)))) return false
+    if (!this.#write('manifest', () => this.#index.putManifest(repository, stored, tag, blobsOf(stored)))) return false
     const hot = this.#hot.get(hotKey.manifest(manifest.digest))
     const repositories = hot?.kind === 'manifest' ? hot.repositories : new Set<string>()
     repositories.add(repository)
@@ -247,7 +306,7 @@ export class LocalCache {
   /** Records that upstream still maps the tag to the digest the cache has (if the index can take it). */
   confirmTag (repository: string, tag: string, digest: string): void {
     const now = this.#now()
-    if (this.#write('tag confirmation', () => this.index.confirmTag(repository, tag, now))) {
+    if (this.#write('tag confirmation', () => this.#index.confirmTag(repository, tag, now))) {
       this.#hot.set(hotKey.tag(repository, tag), { kind: 'tag', digest, confirmedAt: now })
     }
   }
@@ -255,7 +314,7 @@ export class LocalCache {
   deleteTag (repository: string, tag: string): void {
     // Forgotten in memory whatever the index says: upstream no longer has the tag.
     this.#hot.delete(hotKey.tag(repository, tag))
-    this.#write('tag deletion', () => this.index.deleteTag(repository, tag))
+    this.#write('tag deletion', () => this.#index.deleteTag(repository, tag))
   }
 
   /** As an event sink of a serving mirror: notes in the index which upstreams are down, for `registry-mirror stats`. */
@@ -265,13 +324,13 @@ export class LocalCache {
 
   /** Since when (ms) a serving mirror found an upstream down; 0 when it answers. */
   noteUpstreamDown (upstream: string, since: number): void {
-    this.#write('upstream state', () => this.index.setCounter(`upstream.${upstream}.down_since`, since))
+    this.#write('upstream state', () => this.#index.setCounter(`upstream.${upstream}.down_since`, since))
   }
 
   /** The upstreams a serving mirror has marked down, with since when. */
   upstreamsDown (): Array<{ upstream: string, since: number }> {
     const out: Array<{ upstream: string, since: number }> = []
-    for (const [name, value] of this.index.counters()) {
+    for (const [name, value] of this.#index.counters()) {
       const m = /^upstream\.(.+)\.down_since$/.exec(name)
       if (m?.[1] !== undefined && value > 0) out.push({ upstream: m[1], since: value })
     }
@@ -285,7 +344,7 @@ export class LocalCache {
 
   /** Tries a small write now: a degraded cache whose index can be written again recovers. */
   probeWrite (): WriteFailure | undefined {
-    this.#write('probe', () => this.index.addCounters(new Map([['index.probe', 0]])))
+    this.#write('probe', () => this.#index.addCounters(new Map([['index.probe', 0]])))
     return this.#failure
   }
 
@@ -318,7 +377,7 @@ export class LocalCache {
 
   /** Removes a manifest and every tag that points at it; returns those tags. */
   removeManifest (digest: string): Array<{ repository: string, tag: string }> {
-    const tags = this.index.deleteManifest(digest)
+    const tags = this.#index.deleteManifest(digest)
     this.#hot.delete(hotKey.manifest(digest))
     for (const { repository, tag } of tags) this.#hot.delete(hotKey.tag(repository, tag))
     return tags
@@ -328,20 +387,20 @@ export class LocalCache {
 
   /** The tags the cache knows for a repository, sorted. */
   tags (repository: string): string[] {
-    return this.index.listTags(repository)
+    return this.#index.listTags(repository)
   }
 
   repositories (): string[] {
-    return this.index.repositories()
+    return this.#index.repositories()
   }
 
   referrers (repository: string, subject: string, artifactType: string): { content: Buffer, fetchedAt: number } | undefined {
-    return this.index.getReferrers(repository, subject, artifactType)
+    return this.#index.getReferrers(repository, subject, artifactType)
   }
 
   /** Stores a referrers answer; the cache keeps at most MAX_REFERRERS_ENTRIES, the oldest going first. */
   putReferrers (repository: string, subject: string, artifactType: string, content: Buffer): void {
-    this.#write('referrers', () => this.index.putReferrers(repository, subject, artifactType, content, MAX_REFERRERS_ENTRIES))
+    this.#write('referrers', () => this.#index.putReferrers(repository, subject, artifactType, content, MAX_REFERRERS_ENTRIES))
   }
 
   /**
@@ -359,27 +418,27 @@ export class LocalCache {
     let added = 0
     let present = 0
     for (const blob of blobList) {
-      const row = this.index.getBlob(blob.digest)
-      if (row !== undefined && row.size === blob.size && await this.store.stat(blob.digest) === blob.size) {
+      const row = this.#index.getBlob(blob.digest)
+      if (row !== undefined && row.size === blob.size && await this.#store.stat(blob.digest) === blob.size) {
         present++
         continue
       }
-      await this.store.put(blob.path, blob.digest)
+      await this.#store.put(blob.path, blob.digest, blob.size)
       added++
     }
     // A crash here leaves the rows all in or all out (files already moved without rows
     // are re-hashed and indexed by the next consistency check).
     const tagList = [...tags]
-    this.index.transaction(() => {
+    this.#index.transaction(() => {
       for (const blob of blobList) {
         const [first, ...others] = [...blob.repositories]
-        this.index.putBlob(blob.digest, blob.size, first ?? '', blob.mediaType)
-        for (const repository of others) this.index.addBlobRepository(blob.digest, repository)
+        this.#index.putBlob(blob.digest, blob.size, first ?? '', blob.mediaType)
+        for (const repository of others) this.#index.addBlobRepository(blob.digest, repository)
       }
       for (const m of manifests) {
-        for (const repository of m.repositories) this.index.putManifest(repository, m, undefined, blobsOf(m))
+        for (const repository of m.repositories) this.#index.putManifest(repository, m, undefined, blobsOf(m))
       }
-      for (const { repository, tag, manifest } of tagList) this.index.putManifest(repository, manifest, tag, blobsOf(manifest))
+      for (const { repository, tag, manifest } of tagList) this.#index.putManifest(repository, manifest, tag, blobsOf(manifest))
     })
     // Only once the rows are in: a tag the hot LRU still maps to its old digest is forgotten.
     for (const { repository, tag } of tagList) this.#hot.delete(hotKey.tag(repository, tag))
@@ -390,18 +449,172 @@ export class LocalCache {
 
   /** Bytes of blobs and manifests, from the index. */
   usedBytes (): number {
-    const t = this.index.totals()
+    const t = this.#index.totals()
     return t.blobBytes + t.manifestBytes
   }
 
   summary (): CacheSummary {
-    const t = this.index.totals()
-    return { bytes: t.blobBytes + t.manifestBytes, blobs: t.blobs, manifests: t.manifests, tags: t.tags, pinnedBytes: bytesOf(this.index, pinnedContent(this.index).digests) }
+    const t = this.#index.totals()
+    return { bytes: t.blobBytes + t.manifestBytes, blobs: t.blobs, manifests: t.manifests, tags: t.tags, pinnedBytes: this.bytesOf(this.pinnedContent().digests) }
+  }
+
+  totals (): CacheTotals {
+    return this.#index.totals()
+  }
+
+  /** Request counters and marks (`stats`). */
+  counters (): Map<string, number> {
+    return this.#index.counters()
+  }
+
+  // Pins
+
+  addPin (repository: string, reference: string): void {
+    this.#index.addPin(repository, reference)
+  }
+
+  /** True when there was such a pin. */
+  deletePin (repository: string, reference: string): boolean {
+    return this.#index.deletePin(repository, reference)
+  }
+
+  pins (): Pin[] {
+    return this.#index.pins()
+  }
+
+  /** What the pins protect: their manifests and everything those name. */
+  pinnedContent (): PinnedContent {
+    return pinnedContent(this.#index)
+  }
+
+  /** Bytes the cache holds of these blobs and manifests. */
+  bytesOf (digests: Iterable<string>): number {
+    return bytesOf(this.#index, digests)
+  }
+
+  // For eviction and the scrub: reads that leave the hot LRU and the access times alone
+
+  /** A stored manifest's bytes, read from the index without warming the hot LRU. */
+  storedManifest (digest: string): Buffer | undefined {
+    return this.#index.getManifest(digest)?.content
+  }
+
+  /** Blobs and manifests last accessed before `before`, least recently used first. */
+  evictionCandidates (before: number, limit: number): EvictionCandidate[] {
+    return this.#index.evictionCandidates(before, limit)
+  }
+
+  /** Drops referrers answers fetched before `before`. */
+  dropReferrersBefore (before: number): void {
+    this.#write('referrers expiry', () => this.#index.deleteReferrersBefore(before))
+  }
+
+  /** Blob rows after `digest` in digest order, a page at a time. */
+  blobsAfter (digest: string, limit: number): Array<{ digest: string, size: number }> {
+    return this.#index.blobsAfter(digest, limit)
+  }
+
+  manifestDigests (): string[] {
+    return this.#index.manifestDigests()
+  }
+
+  /**
+   * Whether a stored blob's bytes match its digest: undefined when they could not be read whole
+   * (gone, cut short, the store failing, or `pace` said stop), never a guess.
+   */
+  async storedBlobMatches (digest: string, size: number, pace?: HashPace): Promise<boolean | undefined> {
+    const { algorithm } = parseDigest(digest)
+    const hash = createHash(algorithm)
+    if (size > 0) {
+      let body: Readable | undefined
+      try {
+        body = await this.#store.openRead(digest, { start: 0, end: size - 1 })
+      } catch {
+        return undefined
+      }
+      if (body === undefined) return undefined
+      try {
+        for await (const chunk of body) {
+          const bytes = chunk as Buffer
+          hash.update(bytes)
+          this.#readBuffers.give(bytes)
+          if (pace !== undefined && !await pace(bytes.length)) {
+            body.destroy()
+            return undefined
+          }
+        }
+      } catch {
+        return undefined
+      }
+    }
+    return `${algorithm}:${hash.digest('hex')}` === digest
+  }
+
+  // Consistency
+
+  /** Removes what interrupted downloads and imports left in staging (those younger than `minAgeMs` may still be written). */
+  async cleanStaging (options: { minAgeMs: number, dryRun?: boolean | undefined, now?: (() => number) | undefined }): Promise<StagingReport> {
+    return await cleanStaging({ staging: this.#staging, log: this.#log, ...options })
+  }
+
+  /**
+   * The full sweep: every stored object and every row compared (gc, and once in the background
+   * after `serve` starts). Linear in the cache; never run when a command merely opens it.
+   */
+  async sweep (options: SweepOptions = {}): Promise<SweepReport> {
+    return await sweep({
+      store: this.#store,
+      log: this.#log,
+      rows: () => this.#allBlobRows(),
+      row: digest => this.#index.getBlob(digest),
+      manifests: () => this.#index.manifestDigests(),
+      manifest: digest => this.#index.getManifest(digest)?.content,
+      matches: async (digest, size) => await this.storedBlobMatches(digest, size),
+      removeBlob: async digest => await this.removeBlob(digest),
+      removeManifest: digest => { this.removeManifest(digest) },
+      indexStored: (digest, size) => this.#write('sweep', () => { if (this.#index.getBlob(digest) === undefined) this.#index.putBlobRow(digest, size) })
+    }, options)
+  }
+
+  /** Every blob row, read a page at a time (a cache may hold hundreds of thousands). */
+  * #allBlobRows (): Iterable<{ digest: string, size: number }> {
+    let after = ''
+    for (;;) {
+      const page = this.#index.blobsAfter(after, 1000)
+      if (page.length === 0) return
+      yield * page
+      after = page[page.length - 1]?.digest ?? after
+    }
+  }
+
+  /** What stops this cache from serving, for readiness; empty when nothing does. */
+  async problems (): Promise<string[]> {
+    const problems: string[] = []
+    try {
+      this.#index.ping()
+    } catch (err) {
+      problems.push(`index: ${err instanceof Error ? err.message : String(err)}`)
+    }
+    const checks: Array<[string, () => Promise<void>]> = [
+      ['staging', async () => await this.#staging.checkWritable()],
+      ['storage', async () => await this.#store.checkReady()]
+    ]
+    for (const [what, check] of checks) {
+      try {
+        await check()
+      } catch (err) {
+        problems.push(`${what}: ${err instanceof Error ? err.message : String(err)}`)
+      }
+    }
+    // Degraded: the index failed a write and none has succeeded since (a probe tries one now).
+    const failure = this.#failure === undefined ? undefined : this.probeWrite()
+    if (failure !== undefined) problems.push(`index: cannot be written (${failure.operation}: ${failure.message}); answers are served, uncached where need be`)
+    return problems
   }
 
   close (): void {
     this.access.close()
-    this.index.close()
+    this.#index.close()
   }
 }
 

@@ -1,7 +1,8 @@
 // The background scrub: re-hashes every cached blob and manifest at a
 // bounded rate, pass after pass, and removes what no longer matches its
 // digest (bit rot, a file changed by hand), so that it is fetched again rather
-// than served wrong. Reads go through the blob store like any other.
+// than served wrong. Reads go through the cache (LocalCache.storedBlobMatches)
+// like any other, paced here.
 
 import { createHash } from 'node:crypto'
 import type { Logger } from 'pino'
@@ -49,7 +50,7 @@ export class Scrubber {
     const counts = { blobs: 0, manifests: 0, removed: 0 }
     let after = ''
     while (!this.#stopped) {
-      const page = cache.index.blobsAfter(after, PAGE)
+      const page = cache.blobsAfter(after, PAGE)
       if (page.length === 0) break
       for (const row of page) {
         if (this.#stopped) return counts
@@ -63,9 +64,9 @@ export class Scrubber {
         counts.removed++
       }
     }
-    for (const digest of cache.index.manifestDigests()) {
+    for (const digest of cache.manifestDigests()) {
       if (this.#stopped) return counts
-      const content = cache.index.getManifest(digest)?.content
+      const content = cache.storedManifest(digest)
       if (content === undefined) continue
       counts.manifests++
       const { algorithm } = parseDigest(digest)
@@ -81,34 +82,12 @@ export class Scrubber {
 
   /** False when the stored bytes do not match; undefined when they could not be read whole (gone, cut, being replaced). */
   async #blobMatches (digest: string, size: number): Promise<boolean | undefined> {
-    const { store } = this.#o.cache
-    const hash = createHash(parseDigest(digest).algorithm)
-    if (size > 0) {
-      let body
-      try {
-        body = await store.openRead(digest, { start: 0, end: size - 1 })
-      } catch {
-        return undefined
-      }
-      if (body === undefined) return undefined
-      try {
-        for await (const chunk of body) {
-          const bytes = chunk as Buffer
-          hash.update(bytes)
-          store.readBuffers.give(bytes)
-          this.#o.events?.scrubbed(bytes.length)
-          // The rate bound: each chunk is paid for with the time it is worth.
-          await new Promise(resolve => setTimeout(resolve, bytes.length / this.#o.rate * 1000))
-          if (this.#stopped) {
-            body.destroy()
-            return undefined
-          }
-        }
-      } catch {
-        return undefined
-      }
-    }
-    return `${parseDigest(digest).algorithm}:${hash.digest('hex')}` === digest
+    return await this.#o.cache.storedBlobMatches(digest, size, async bytes => {
+      this.#o.events?.scrubbed(bytes)
+      // The rate bound: each chunk is paid for with the time it is worth.
+      await new Promise(resolve => setTimeout(resolve, bytes / this.#o.rate * 1000))
+      return !this.#stopped
+    })
   }
 
   async close (): Promise<void> {

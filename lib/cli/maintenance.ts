@@ -3,22 +3,21 @@
 // mode lets both at the index, and files only ever appear by rename.
 
 import type { Logger } from 'pino'
-import type { ConsistencyReport } from '../cache/consistency.js'
+import type { SweepReport } from '../cache/consistency.js'
 import type { EvictionResult } from '../cache/eviction.js'
 import type { WriteFailure } from '../cache/local-cache.js'
-import { bytesOf, pinnedContent } from '../cache/pins.js'
 import type { MirrorConfig } from '../config/types.js'
 import { openCore, type MirrorCore } from '../core.js'
 import { formatImageReference, parseImageReference } from '../image-ref.js'
 
-export interface GcResult { consistency: ConsistencyReport, eviction: EvictionResult }
+export interface GcResult { consistency: SweepReport, eviction: EvictionResult }
 
 /**
  * Opens the data directory with the consistency check only reported (dry run) or done (with
  * verify, every cached blob and manifest re-hashed), then evicts what the bounds say must go.
  */
 export async function gc (config: MirrorConfig, log: Logger, dryRun: boolean, verify = false): Promise<GcResult> {
-  const core = await openCore(config, log, { dryRun, verify })
+  const core = await openCore(config, log, { sweep: { dryRun, verify } })
   try {
     return { consistency: core.consistency, eviction: await core.evictor.run({ dryRun }) }
   } finally {
@@ -29,15 +28,15 @@ export async function gc (config: MirrorConfig, log: Logger, dryRun: boolean, ve
 export function pin ({ cache, routing }: MirrorCore, images: readonly string[]): Array<{ image: string, cached: boolean }> {
   const refs = images.map(text => parseImageReference(text, routing))
   return refs.map(ref => {
-    cache.index.addPin(ref.repository, ref.reference)
-    const digest = ref.digest ?? cache.index.getTag(ref.repository, ref.reference)?.digest
-    return { image: formatImageReference(ref), cached: digest !== undefined && cache.index.getManifest(digest) !== undefined }
+    cache.addPin(ref.repository, ref.reference)
+    const digest = ref.digest ?? cache.tag(ref.repository, ref.reference)?.digest
+    return { image: formatImageReference(ref), cached: digest !== undefined && cache.manifest(digest) !== undefined }
   })
 }
 
 export function unpin ({ cache, routing }: MirrorCore, images: readonly string[]): Array<{ image: string, wasPinned: boolean }> {
   const refs = images.map(text => parseImageReference(text, routing))
-  return refs.map(ref => ({ image: formatImageReference(ref), wasPinned: cache.index.deletePin(ref.repository, ref.reference) }))
+  return refs.map(ref => ({ image: formatImageReference(ref), wasPinned: cache.deletePin(ref.repository, ref.reference) }))
 }
 
 export interface Stats {
@@ -62,8 +61,8 @@ export interface Stats {
 }
 
 export function stats ({ cache }: MirrorCore): Stats {
-  const totals = cache.index.totals()
-  const counters = cache.index.counters()
+  const totals = cache.totals()
+  const counters = cache.counters()
   const sum = (outcome: string): number => (counters.get(`blob.${outcome}`) ?? 0) + (counters.get(`manifest.${outcome}`) ?? 0)
   const requests = { hit: sum('hit'), miss: sum('miss'), joined: sum('joined'), stale: sum('stale'), revalidated: sum('revalidated'), error: sum('error') }
   const fromCache = requests.hit + requests.stale + requests.revalidated
@@ -76,8 +75,8 @@ export function stats ({ cache }: MirrorCore): Stats {
     manifestBytes: totals.manifestBytes,
     tags: totals.tags,
     repositories: totals.repositories,
-    pins: cache.index.pins().length,
-    pinnedBytes: bytesOf(cache.index, pinnedContent(cache.index).digests),
+    pins: cache.pins().length,
+    pinnedBytes: cache.bytesOf(cache.pinnedContent().digests),
     degraded: degradation(cache.probeWrite()),
     upstreamsDown: cache.upstreamsDown().map(d => ({ upstream: d.upstream, since: new Date(d.since).toISOString() })),
     requests,

@@ -7,7 +7,7 @@ import type { ServerResponse } from 'node:http'
 import { type Readable, Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { ResponseGoneError } from '../errors.js'
-import { isSendable } from '../store/blob-store.js'
+import { isSendable } from '../sendable-body.js'
 
 /** Bytes the sink queues behind the write under way before its source has to wait. */
 const QUEUED_BYTES = 1024 * 1024

@@ -5,17 +5,16 @@
 import type { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
-import { BlobDownload } from '../cache/blob-download.js'
+import type { BlobDownload } from '../cache/blob-download.js'
 import { Inflight } from '../cache/inflight.js'
 import type { RecentPulls } from '../cache/recent-pulls.js'
 import { LRUCache } from 'lru-cache'
 import type { CacheSpace } from '../cache/eviction-schedule.js'
 import type { FileHasher } from '../cache/file-hasher.js'
-import { BlobUnknownError, DigestMismatchError, UnavailableError } from '../errors.js'
+import { BlobUnknownError, DigestMismatchError, isDiskFull, UnavailableError } from '../errors.js'
 import type { CacheOutcome, MirrorEvents } from '../events.js'
 import { contentLength, header } from '../oci/headers.js'
-import { isDiskFull } from '../store/disk-space.js'
-import { DigestCheck } from '../store/digest-check.js'
+import { DigestCheck } from '../oci/digest-check.js'
 import { passedThroughHeaders } from '../upstream/client.js'
 import type { Route } from '../upstream/routing.js'
 import { parseRange, type ByteRange } from './range.js'
@@ -183,23 +182,14 @@ export class BlobService {
         return { kind: 'bypass', digest, repository: route.repository, upstream: route.upstream, body: res.body, size: res.size, claimed: false }
       }
       if (!await this.#hasRoom(route, digest, res.size)) return bypass('disk full')
-      let temp
+      let download: BlobDownload
       try {
-        temp = await cache.createTemp()
+        download = await cache.startDownload({ digest, size: res.size, repository: route.repository, mediaType: header(res.headers, 'content-type') ?? null, hasher: this.#o.hasher })
       } catch (err) {
         if (isDiskFull(err)) return bypass('disk full')
         res.body.destroy()
         throw err
       }
-      const download = new BlobDownload({
-        digest,
-        size: res.size,
-        temp,
-        commit: async (tempPath, size) => await cache.addBlob(tempPath, digest, size, route.repository, header(res.headers, 'content-type') ?? null),
-        discard: async (tempPath) => await cache.discardTemp(tempPath),
-        buffers: cache.store.readBuffers,
-        hasher: this.#o.hasher
-      })
       events.downloadStarted(digest, route.upstream)
       this.#active.add(download)
       const startedAt = Date.now()
@@ -243,18 +233,18 @@ export class BlobService {
    * repository is pulling.
    */
   async #hasRoom (route: Route, digest: string, size: number | undefined): Promise<boolean> {
-    const { store } = this.#o.cache
+    const { cache } = this.#o
     let reserved = SPACE_MARGIN + (size ?? this.#outgrew.get(digest) ?? 0)
     for (const download of this.#active) {
       // Space the downloads under way will still take, at their announced sizes.
       reserved += Math.max(0, (download.size ?? 0) - download.written)
     }
-    const available = await store.freeBytes()
+    const available = await cache.freeBytes()
     if (available >= reserved) return true
     const protect = this.#o.pulls.of(route.repository)
     if (available + this.#o.space.evictable(protect) < reserved) return false
     await this.#o.space.makeRoom(reserved - available, protect)
-    return await store.freeBytes() >= reserved
+    return await cache.freeBytes() >= reserved
   }
 
   /** A fresh upstream GET served to one client, verified, not cached. */

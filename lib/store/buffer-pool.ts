@@ -49,3 +49,17 @@ export class BufferPool {
     if (this.#free.length < this.#maxFree) this.#free.push(Buffer.from(memory, 0, this.size))
   }
 }
+
+/**
+ * Bytes per blob read buffer. A client that stops reading holds one (file-reader.ts sendTo), so
+ * this is the most of the mirror's memory a slow reader of a cached blob can hold; one that keeps
+ * up gets READ_RUN of them per read.
+ */
+const READ_CHUNK = 256 * 1024
+/** Read buffers kept for reuse between responses. */
+const FREE_READ_BUFFERS = 32
+
+/** The pool blob reads share (cached files, downloads under way, the scrub); one per opened data directory. */
+export function blobReadBuffers (): BufferPool {
+  return new BufferPool(READ_CHUNK, FREE_READ_BUFFERS)
+}

@@ -11,6 +11,7 @@ import { Readable } from 'node:stream'
 import type { FileHandle } from 'node:fs/promises'
 import { ShortFileError } from '../errors.js'
 import type { Limiter } from '../limiter.js'
+import type { ByteOutput, SendableBody } from '../sendable-body.js'
 import type { BufferPool } from './buffer-pool.js'
 
 /** Buffers filled by one read: a run of them costs one trip to the thread pool. */
@@ -32,17 +33,11 @@ export interface FileReaderOptions {
   readonly what: string
 }
 
-/** Where `sendTo` writes: an HTTP response, or anything that calls back once a chunk is out of its hands. */
-export interface ByteOutput {
-  /** Writes a chunk; `done` runs once the output no longer needs the chunk (sent, or failed). */
-  write: (chunk: Uint8Array, done: (err?: Error | null) => void) => unknown
-}
-
 function giveAll (buffers: BufferPool, chunks: readonly Buffer[]): void {
   for (const chunk of chunks) buffers.give(chunk)
 }
 
-export class FileReader extends Readable {
+export class FileReader extends Readable implements SendableBody {
   readonly #handle: FileHandle
   readonly #end: number
   readonly #buffers: BufferPool

@@ -7,9 +7,8 @@
 // rows and tags go into the index. A corrupt or truncated bundle is refused
 // with the bad entry named, and the cache is left as it was.
 
-import { randomBytes } from 'node:crypto'
 import { createReadStream, createWriteStream } from 'node:fs'
-import { mkdir, readFile, rm, stat } from 'node:fs/promises'
+import { readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import type { Logger } from 'pino'
@@ -19,7 +18,7 @@ import { formatImageReference, parseImageReference } from '../image-ref.js'
 import { parseDigest } from '../oci/reference.js'
 import { MediaTypes } from '../oci/media-types.js'
 import type { Route, RoutingTable } from '../upstream/routing.js'
-import { DigestCheck } from '../store/digest-check.js'
+import { DigestCheck } from '../oci/digest-check.js'
 import { MAX_INDEX_DEPTH, MAX_LAYOUT_FILE_BYTES, MAX_LAYOUT_INDEX_BYTES, MAX_MANIFEST_BYTES } from '../oci/limits.js'
 import { parseManifestStrictly } from '../oci/manifest.js'
 import { REF_NAME, WRAPPER_FOR } from './export.js'
@@ -52,7 +51,7 @@ interface PlannedBlob { readonly digest: string, readonly size: number, readonly
 
 export async function importBundle (options: ImportOptions): Promise<ImportReport> {
   const { progress } = options
-  const { store } = options.cache
+  const { cache } = options
   let total: number
   try {
     total = (await stat(options.bundle)).size
@@ -60,8 +59,7 @@ export async function importBundle (options: ImportOptions): Promise<ImportRepor
     throw new BundleInvalidError(`cannot read ${options.bundle}: ${err instanceof Error ? err.message : String(err)}`)
   }
   progress.plan(undefined, total)
-  const staging = join(store.tmpDir, `import-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`)
-  await mkdir(staging)
+  const staging = await cache.createStagingDirectory('import')
   try {
     const read = await readBundle(options.bundle, staging, progress)
     const plan = await planImport(read, options.routing)
@@ -70,7 +68,7 @@ export async function importBundle (options: ImportOptions): Promise<ImportRepor
     if (err instanceof TarError) throw new BundleInvalidError(err.message)
     throw err
   } finally {
-    await rm(staging, { recursive: true, force: true })
+    await cache.discardTemp(staging)
   }
 }
 

@@ -55,7 +55,7 @@ export async function warm (options: WarmOptions): Promise<WarmReport> {
     if (options.pin === true) {
       for (const r of results) {
         if (!r.ok) continue
-        core.cache.index.addPin(r.image.ref.repository, r.image.ref.reference)
+        core.cache.addPin(r.image.ref.repository, r.image.ref.reference)
         pinned.push(r.image.name)
       }
     }

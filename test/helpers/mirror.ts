@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import type { MirrorConfig, UpstreamConfig } from '../../lib/config/types.js'
+import { CacheIndex } from '../../lib/db/cache-index.js'
 import { createLogger } from '../../lib/log.js'
 import { createMirror, type Mirror, type MirrorOptions } from '../../lib/server.js'
 import { listenAddress, loadYamlConfig, ms, type YamlAccess, type YamlAuth, type YamlConfig, type YamlUpstream } from './config.js'
@@ -46,6 +47,11 @@ export interface TestMirrorOptions {
 
 export interface TestMirror extends Mirror {
   readonly storage: string
+  /**
+   * The data directory's index, opened beside the mirror's own connection (SQLite in WAL mode):
+   * what tests assert on, or seed. The mirror's hot LRU does not see rows written here.
+   */
+  readonly index: CacheIndex
   /** Every log line written, parsed. */
   readonly logs: Array<Record<string, unknown>>
   /** Raw log text, for redaction checks. */
@@ -71,11 +77,13 @@ export async function startMirror (t: Teardown, options: TestMirrorOptions): Pro
   })
   const log = createLogger('debug', sink)
   const mirror = await createMirror(config, log, options.hooks)
+  const index = new CacheIndex({ path: join(storage, 'index.db') })
   t.teardown(async () => {
+    index.close()
     await mirror.close()
     if (options.storage === undefined) await rm(storage, { recursive: true, force: true })
   })
-  return Object.assign(mirror, { storage, logs, logText: () => text })
+  return Object.assign(mirror, { storage, index, logs, logText: () => text })
 }
 
 /** The options as mirror.config.yml: short timeouts, debug logs, eviction unbounded and hourly unless asked. */

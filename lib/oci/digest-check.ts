@@ -7,7 +7,7 @@
 import { createHash, type Hash } from 'node:crypto'
 import { Transform, type TransformCallback } from 'node:stream'
 import { DigestMismatchError } from '../errors.js'
-import { parseDigest } from '../oci/reference.js'
+import { parseDigest } from './reference.js'
 
 export interface DigestCheckOptions {
   /** Names the bytes in messages: `blob sha256:...`, `entry blobs/sha256/...`. */
