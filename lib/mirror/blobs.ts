@@ -57,8 +57,12 @@ export class BlobService {
   readonly #downloads = new Map<string, Promise<Started>>()
   /** Downloads writing to disk now, for the free-space check. */
   readonly #active = new Set<BlobDownload>()
-  /** Bytes a blob of unannounced size had reached when the disk filled up under it. */
-  readonly #outgrew = new LRUCache<string, number>({ max: 10_000 })
+  /**
+   * What a full disk taught about blobs upstream sends without a length: how far one got before
+   * the disk filled up under it (`exact` false), or its true size, once served uncached and
+   * verified (`exact` true).
+   */
+  readonly #sizes = new LRUCache<string, { bytes: number, exact: boolean }>({ max: 10_000 })
   /** HEADs under way that confirm a repository has a blob the cache holds for another. */
   readonly #confirming = new Inflight<void>()
 
@@ -181,6 +185,9 @@ export class BlobService {
         events.uncachedStarted(digest, route.upstream, reason)
         return { kind: 'bypass', digest, repository: route.repository, upstream: route.upstream, body: res.body, size: res.size, claimed: false }
       }
+      // Once such a blob outgrew the disk, how much more it needs is unknown: evicting for it could
+      // fail again, so it is served uncached (which learns its size) rather than tried again.
+      if (res.size === undefined && this.#sizes.get(digest)?.exact === false) return bypass('disk full')
       if (!await this.#hasRoom(route, digest, res.size)) return bypass('disk full')
       let download: BlobDownload
       try {
@@ -207,7 +214,7 @@ export class BlobService {
         events.downloadEnded(digest, route.upstream, mismatch ? 'mismatch' : full ? 'disk-full' : 'error', download.written)
         if (full) {
           // The next request knows how much room this blob needs at least, announced or not.
-          this.#outgrew.set(digest, Math.max(download.size ?? 0, download.written + SPACE_MARGIN))
+          this.#sizes.set(digest, download.size !== undefined ? { bytes: download.size, exact: true } : { bytes: download.written, exact: false })
         }
       }).finally(() => {
         this.#active.delete(download)
@@ -234,7 +241,7 @@ export class BlobService {
    */
   async #hasRoom (route: Route, digest: string, size: number | undefined): Promise<boolean> {
     const { cache } = this.#o
-    let reserved = SPACE_MARGIN + (size ?? this.#outgrew.get(digest) ?? 0)
+    let reserved = SPACE_MARGIN + (size ?? this.#sizes.get(digest)?.bytes ?? 0)
     for (const download of this.#active) {
       // Space the downloads under way will still take, at their announced sizes.
       reserved += Math.max(0, (download.size ?? 0) - download.written)
@@ -268,6 +275,8 @@ export class BlobService {
     const verified = new DigestCheck(digest, size, { what: `blob ${digest} from upstream`, holdLast: true })
     // The client's side of the pipe ends (or is cut) through the response's own pipeline; this one only feeds it.
     pipeline(body, verified).then(() => {
+      // Verified whole: its size is known from now on, announced or not.
+      if (size === undefined && this.#sizes.has(digest)) this.#sizes.set(digest, { bytes: verified.bytes, exact: true })
       events.uncachedEnded(digest, upstream, 'ok', verified.bytes)
     }, (err: unknown) => {
       if (err instanceof DigestMismatchError) {
