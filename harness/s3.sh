@@ -49,7 +49,8 @@ daemon_pid() {
     local pid
     pid=$(cat "$1" 2>/dev/null) || return 1
     [ -n "$pid" ] && alive "$pid" || return 1
-    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-c $CONF " || return 1
+    # (grep without -q reads all its input: under pipefail, tr must not die of SIGPIPE)
+    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -F -- "-c $CONF " >/dev/null || return 1
     echo "$pid"
 }
 
@@ -109,12 +110,11 @@ start_rgw() {
     for _ in $(seq 600); do    # up to 60 s: the first start creates its pools
         status=$(http_status "$PORT")
         [ "$status" = 200 ] && return 0
+        # (grep without -q reads all its input: under pipefail, tail must not die of SIGPIPE)
+        tail -n +"$((lines + 1))" "$rgw_log" 2>/dev/null | grep 'Address already in use' >/dev/null \
+            && die "port $PORT already in use"
         if [ -z "$pid" ]; then pid=$(daemon_pid "$DIR/run/client.rgw.s3.pid") || pid=""; fi
-        if [ -n "$pid" ] && ! alive "$pid"; then
-            tail -n +"$((lines + 1))" "$rgw_log" | grep -q 'Address already in use' \
-                && die "port $PORT already in use"
-            die "radosgw exited (see $DIR/log/client.rgw.s3.log)"
-        fi
+        [ -n "$pid" ] && ! alive "$pid" && die "radosgw exited (see $DIR/log/client.rgw.s3.log)"
         sleep 0.1
     done
     die "radosgw not answering on $PORT (last status: ${status:-none})"
@@ -142,7 +142,9 @@ case $COMMAND in
         . "$DIR/ports"
         daemon_pid "$DIR/run/client.rgw.s3.pid" >/dev/null && exit 0
         daemon_pid "$DIR/run/mon.a.pid" >/dev/null || die "the mon of $DIR is not running"
+        trap 'rc=$?; if [ $rc != 0 ]; then kill_daemons "$DIR/run/client.rgw.s3.pid"; fi' EXIT
         start_rgw
+        trap - EXIT
         exit 0 ;;
     start)
         [ $# -ge 3 ] || usage
