@@ -16,7 +16,14 @@ const packages: Readonly<Record<string, string>> = {
   docker: 'docker.io',
   podman: 'podman',
   openssl: 'openssl',
-  nginx: 'nginx-light'
+  nginx: 'nginx-light',
+  // Ceph's radosgw as the tests' S3 server (harness/s3.sh); monmaptool comes with ceph-base, which ceph-mon pulls in.
+  'ceph-mon': 'ceph-mon',
+  'ceph-osd': 'ceph-osd',
+  radosgw: 'radosgw',
+  ceph: 'ceph-common',
+  'radosgw-admin': 'ceph-common',
+  monmaptool: 'ceph-base'
 }
 
 export function findOnPath (tool: string): string | undefined {
