@@ -19,12 +19,15 @@ import { RecentPulls } from './cache/recent-pulls.js'
 import { Scrubber } from './cache/scrubber.js'
 import type { MirrorConfig } from './config/types.js'
 import { CacheIndex } from './db/cache-index.js'
+import { ConfigError } from './errors.js'
 import { Events, type MirrorEvents } from './events.js'
 import { BlobService } from './mirror/blobs.js'
 import { ListingService } from './mirror/listings.js'
 import { ManifestService } from './mirror/manifests.js'
 import { blobReadBuffers, type BufferPool } from './store/buffer-pool.js'
+import type { BlobStore } from './store/blob-store.js'
 import { FsBlobStore } from './store/fs-blob-store.js'
+import { BucketSetupError, S3BlobStore } from './store/s3-blob-store.js'
 import { Staging } from './store/staging.js'
 import { UpstreamClient } from './upstream/client.js'
 import { routingTable, type RoutingTable } from './upstream/routing.js'
@@ -49,6 +52,8 @@ export interface CoreOptions {
    * reported too when it is a dry run. Without it, opening only cleans staging.
    */
   readonly sweep?: SweepOptions | undefined
+  /** Milliseconds between tries at putting a blob into a bucket (tests of a failing store). */
+  readonly uploadRetryDelays?: readonly number[] | undefined
 }
 
 /** The cache and its pull-through services, without an HTTP server. */
@@ -79,12 +84,20 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
   const outer = options.events ?? new Events()
   const readBuffers = blobReadBuffers()
   // Staging is on the data directory's volume: a blob file moves into the store by rename.
-  const staging = new Staging({ dir: join(config.storage.path, 'tmp'), freeBytes: options.freeBytes })
-  const store = new FsBlobStore({ root: config.storage.path, readBuffers })
+  const staging = new Staging({ dir: join(config.storage.path, 'tmp'), freeBytes: options.freeBytes, readBuffers })
+  const s3 = config.storage.s3
+  const store: BlobStore = s3 === undefined ? new FsBlobStore({ root: config.storage.path, readBuffers }) : new S3BlobStore({ config: s3 })
   await staging.init()
-  await store.init()
+  try {
+    await store.init()
+  } catch (err) {
+    store.close?.()
+    // A bucket that is missing or refuses the credentials stops the start, naming the key at fault.
+    if (err instanceof BucketSetupError) throw new ConfigError(config.source ?? 'config', [`${err.key}: ${err.message}`])
+    throw err
+  }
   const index = new CacheIndex({ path: join(config.storage.path, 'index.db'), now })
-  const cache = new LocalCache({ index, store, staging, readBuffers, hotEntries: config.cache.hotEntries, log, now, events: outer })
+  const cache = new LocalCache({ index, store, staging, readBuffers, hotEntries: config.cache.hotEntries, log, now, events: outer, uploadRetryDelays: options.uploadRetryDelays })
   // A serving mirror notes in the index which upstreams are down (the cache listens), for `registry-mirror stats`.
   const events = options.owner === true ? new Events([outer, cache]) : outer
   if (options.owner === true) for (const name of config.upstreams.keys()) cache.noteUpstreamDown(name, 0)
@@ -115,7 +128,7 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
   const hasher = new FileHasher()
   const offline = config.offline
   const pulls = new RecentPulls(now)
-  const blobs = new BlobService({ cache, upstream, log, events, space: eviction, pulls, offline, hasher })
+  const blobs = new BlobService({ cache, upstream, log, events, space: eviction, pulls, offline, hasher, redirect: s3?.redirect })
   const manifests = new ManifestService({ cache, upstream, tagTtl: config.cache.tagTtl, log, now, offline, pulls })
   const listings = new ListingService({ cache, upstream, referrersTtl: config.cache.tagTtl, now, offline })
 
@@ -141,9 +154,11 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
       await scrubber?.close()
       await Promise.all([...upstreams.values()].map(async u => await u.close()))
       await blobs.idle() // downloads end (committed or discarded) before the index closes
+      await cache.finishUploads()
       await hasher.close()
       await eviction.close()
       cache.close()
+      store.close?.()
     })()
     await closing
   }

@@ -50,6 +50,9 @@ export type UncachedResult = 'ok' | 'mismatch' | 'error'
 
 export type EvictionReason = 'age' | 'size' | 'space'
 
+/** How one try of putting a verified blob into a remote store ended: stored, to be tried again, or given up. */
+export type StoreUploadResult = 'ok' | 'retry' | 'failed'
+
 export interface EvictedItem {
   readonly kind: 'blob' | 'manifest'
   readonly digest: string
@@ -81,6 +84,8 @@ export interface MirrorEvents {
   corruptRemoved: (kind: 'blob' | 'manifest', digest: string) => void
   /** An index write an answer did not depend on failed (disk full, I/O error); the answer was served anyway. */
   indexWriteFailed: (operation: string) => void
+  /** A try at putting a verified blob into the remote store (a bucket) ended. */
+  storeUpload: (result: StoreUploadResult, bytes: number) => void
   /** A client's credentials were refused (or not checked: too many failures from its address). */
   authFailed: (reason: AuthFailureReason) => void
   /** A client was refused a repository by the access rules (or, anonymous, by its network). */
@@ -122,6 +127,7 @@ export class Events implements MirrorEvents {
   scrubbed (bytes: number): void { for (const s of this.#sinks) s.scrubbed?.(bytes) }
   corruptRemoved (kind: 'blob' | 'manifest', digest: string): void { for (const s of this.#sinks) s.corruptRemoved?.(kind, digest) }
   indexWriteFailed (operation: string): void { for (const s of this.#sinks) s.indexWriteFailed?.(operation) }
+  storeUpload (result: StoreUploadResult, bytes: number): void { for (const s of this.#sinks) s.storeUpload?.(result, bytes) }
   authFailed (reason: AuthFailureReason): void { for (const s of this.#sinks) s.authFailed?.(reason) }
   accessDenied (reason: DenialReason): void { for (const s of this.#sinks) s.accessDenied?.(reason) }
   passthroughChecked (upstream: string, result: PassthroughResult): void { for (const s of this.#sinks) s.passthroughChecked?.(upstream, result) }

@@ -2,7 +2,7 @@
 // how the cache answered, what it cost upstream, and what the cache holds.
 
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
-import type { ConnectionRefusal, DownloadResult, EvictedItem, MirrorEvents, RefusalReason, AuthFailureReason, DenialReason, PassthroughResult, RequestRecord, UncachedResult, UpstreamAnswer } from './events.js'
+import type { ConnectionRefusal, DownloadResult, EvictedItem, MirrorEvents, RefusalReason, AuthFailureReason, DenialReason, PassthroughResult, RequestRecord, StoreUploadResult, UncachedResult, UpstreamAnswer } from './events.js'
 
 /** What the gauges read, when Prometheus scrapes. */
 export interface CacheState {
@@ -38,6 +38,8 @@ export class Metrics implements MirrorEvents {
   readonly #evictedBytes: Counter<'reason'>
   readonly #uncached: Counter<'reason'>
   readonly #indexWriteFailures: Counter<'operation'>
+  readonly #storeUploads: Counter<'result'>
+  readonly #storeUploadBytes: Counter
   readonly #scrubbed: Counter
   readonly #corrupt: Counter<'kind'>
   readonly #connectionsRefused: Counter<'reason'>
@@ -68,6 +70,8 @@ export class Metrics implements MirrorEvents {
     this.#evictions = new Counter({ name: 'registry_mirror_evictions_total', help: 'Blobs and manifests evicted, by reason', labelNames: ['reason'], registers })
     this.#evictedBytes = new Counter({ name: 'registry_mirror_evicted_bytes_total', help: 'Bytes evicted, by reason', labelNames: ['reason'], registers })
     this.#uncached = new Counter({ name: 'registry_mirror_uncached_blobs_total', help: 'Blobs served from upstream without caching them (disk full)', labelNames: ['reason'], registers })
+    this.#storeUploads = new Counter({ name: 'registry_mirror_store_uploads_total', help: 'Tries at putting a verified blob into the remote store (a bucket), by result: ok, retry (to be tried again), failed (given up; nothing indexed)', labelNames: ['result'], registers })
+    this.#storeUploadBytes = new Counter({ name: 'registry_mirror_store_uploaded_bytes_total', help: 'Bytes of blobs put into the remote store', registers })
     this.#indexWriteFailures = new Counter({ name: 'registry_mirror_index_write_failures_total', help: 'Index writes that failed (disk full, I/O error) while the answer was served anyway, by operation', labelNames: ['operation'], registers })
     this.#scrubbed = new Counter({ name: 'registry_mirror_scrubbed_bytes_total', help: 'Bytes of cached blobs the background scrub re-hashed', registers })
     this.#corrupt = new Counter({ name: 'registry_mirror_corrupt_removed_total', help: 'Cached blobs and manifests found not to match their digest (bit rot), and removed', labelNames: ['kind'], registers })
@@ -147,6 +151,10 @@ export class Metrics implements MirrorEvents {
   }
 
   indexWriteFailed (operation: string): void { this.#indexWriteFailures.inc({ operation }) }
+  storeUpload (result: StoreUploadResult, bytes: number): void {
+    this.#storeUploads.inc({ result })
+    if (result === 'ok') this.#storeUploadBytes.inc(bytes)
+  }
   scrubbed (bytes: number): void { this.#scrubbed.inc(bytes) }
   corruptRemoved (kind: 'blob' | 'manifest'): void { this.#corrupt.inc({ kind }) }
 

@@ -29,7 +29,7 @@ import { ConfigError, HtpasswdError } from './errors.js'
 import { Metrics } from './metrics.js'
 import type { BufferPool } from './store/buffer-pool.js'
 
-export interface MirrorOptions extends Pick<CoreOptions, 'now' | 'freeBytes'> {
+export interface MirrorOptions extends Pick<CoreOptions, 'now' | 'freeBytes' | 'uploadRetryDelays'> {
   /** More listeners for the mirror's events (tests). */
   readonly events?: readonly EventSink[]
   /** Log lines the log destination dropped so far, for the metrics. */
@@ -60,7 +60,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   const users = config.auth === undefined ? undefined : await loadUsers(config, log)
   const metrics = config.metrics.enabled ? new Metrics() : undefined
   const sinks = [metrics, ...options.events ?? []]
-  const core = await openCore(config, log, { events: new Events(sinks), now: options.now, freeBytes: options.freeBytes, owner: true })
+  const core = await openCore(config, log, { events: new Events(sinks), now: options.now, freeBytes: options.freeBytes, uploadRetryDelays: options.uploadRetryDelays, owner: true })
   const { cache, blobs, manifests, listings, routing } = core
   metrics?.watch({ summary: () => cache.summary(), downloadsInFlight: () => blobs.downloadsInFlight, downloadClients: () => blobs.downloadClients, logLinesDropped: options.logLinesDropped })
   const ops: OpsOptions = {

@@ -208,6 +208,27 @@ t.test('storage.path', async t => {
   })
 })
 
+t.test('storage.s3: a bucket, its endpoint and addressing, checked; credentials never from the file', async t => {
+  t.equal(parse(HUB).storage.s3, undefined, 'blobs on local disk unless storage.s3 is written')
+  t.same(parse(`storage:\n  s3: { bucket: registry-mirror }\n${HUB}`).storage.s3, {
+    endpoint: undefined, bucket: 'registry-mirror', region: 'us-east-1', prefix: '', forcePathStyle: false, redirect: false, publicEndpoint: undefined, timeout: 30_000
+  }, 'AWS defaults')
+  t.same(parse(`storage:\n  s3: { endpoint: "http://rgw.local:7480/", bucket: blobs, region: eu-1, prefix: /fleet/a, forcePathStyle: true, redirect: true, publicEndpoint: "https://s3.example.com", timeout: 5s }\n${HUB}`).storage.s3, {
+    endpoint: 'http://rgw.local:7480', bucket: 'blobs', region: 'eu-1', prefix: 'fleet/a/', forcePathStyle: true, redirect: true, publicEndpoint: 'https://s3.example.com', timeout: 5000
+  }, 'a prefix is a folder: no leading slash, one trailing')
+  t.same(problemsOf(`storage:\n  s3: { endpoint: "http://rgw.local" }\n${HUB}`), [
+    'storage.s3.bucket: is required with storage.s3 (the bucket blobs go to; credentials come from the environment, e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)'
+  ])
+  t.same(problemsOf(`storage:\n  s3: { bucket: Blobs_1, endpoint: "ftp://x", region: "us east", prefix: "../up", publicEndpoint: "https://s3.example.com", accessKey: AKIA }\n${HUB}`), [
+    'storage.s3.endpoint: expected an http(s) URL, got "ftp://x"',
+    'storage.s3.bucket: expected an S3 bucket name (3-63 lowercase letters, digits, "." and "-"), got "Blobs_1"',
+    'storage.s3.region: expected a region name like "us-east-1", got "us east"',
+    'storage.s3.prefix: expected a key prefix of letters, digits and !_.*\'()/- like "mirror/", got "../up"',
+    'storage.s3.accessKey: unknown key (expected one of endpoint, bucket, region, prefix, forcePathStyle, redirect, publicEndpoint, timeout)'
+  ])
+  t.same(problemsOf(`storage:\n  s3: { bucket: blobs, publicEndpoint: "https://s3.example.com" }\n${HUB}`), ['storage.s3.publicEndpoint: is used only with redirect: true'])
+})
+
 t.test('precedence: flags > environment > file > defaults', async t => {
   const file = `listen: 10.0.0.1:5000\nstorage: { path: ./file-data }\nlog: { level: warn }\n${HUB}`
   const env = { MIRROR_LISTEN: '10.0.0.2:6000', MIRROR_STORAGE_PATH: '/env/data', MIRROR_LOG_LEVEL: 'debug' }

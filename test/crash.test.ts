@@ -103,6 +103,10 @@ t.test('killed with SIGKILL during eviction: restarts consistent, gc finds nothi
     t.equal(res.status, 200)
     t.equal(`sha256:${createHash('sha256').update(body).digest('hex')}`, digest)
   }
+  // A file whose row went just before the kill is the background sweep's to index (serving never waits for it).
+  const swept = /"msg":"(background sweep done|the background sweep found the cache inconsistent[^"]*)"/
+  for (let i = 0; i < 300 && !swept.test(mirror.output()); i++) await new Promise(resolve => setTimeout(resolve, 50))
+  t.match(mirror.output(), swept, 'the background sweep ran to its end')
   await mirror.kill('SIGTERM')
   const dry = await runCli(['gc', '--dry-run', '--config', config])
   t.match(dry.stdout, /index rows without a file would be dropped: 0/)

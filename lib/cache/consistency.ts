@@ -172,6 +172,10 @@ export async function sweep (parts: SweepParts, options: SweepOptions): Promise<
     }
   }
 
+  // A remote store may be shared with other nodes: what it holds without a row here is theirs
+  // (or found on demand, before going upstream), never re-hashed nor removed by this node.
+  if (store.kind === 'remote') return report
+
   // 3. Stored files without a row: kept only if their bytes match their name.
   for (const [digest, size] of stored) {
     if (options.signal?.aborted === true) return report

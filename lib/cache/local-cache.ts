@@ -29,6 +29,7 @@ import type { BlobStore } from '../store/blob-store.js'
 import type { BufferPool } from '../store/buffer-pool.js'
 import type { Staging } from '../store/staging.js'
 import { AccessRecorder } from './access-recorder.js'
+import { Uploads } from './uploads.js'
 import { BlobDownload } from './blob-download.js'
 import type { FileHasher } from './file-hasher.js'
 import { cleanStaging, sweep, type StagingReport, type SweepOptions, type SweepReport } from './consistency.js'
@@ -82,7 +83,9 @@ export interface LocalCacheOptions {
   readonly hotEntries: number
   readonly log: Logger
   readonly now?: () => number
-  readonly events?: Pick<MirrorEvents, 'indexWriteFailed'> | undefined
+  readonly events?: Pick<MirrorEvents, 'indexWriteFailed' | 'storeUpload'> | undefined
+  /** Milliseconds between tries at putting a blob into a remote store (tests); see uploads.ts. */
+  readonly uploadRetryDelays?: readonly number[] | undefined
 }
 
 /** A failed index write, as the cache reports it. */
@@ -102,6 +105,8 @@ export class LocalCache {
   readonly #store: BlobStore
   readonly #staging: Staging
   readonly #readBuffers: BufferPool
+  /** Verified blobs on their way to a remote store; undefined for a local one. */
+  readonly #uploads: Uploads | undefined
   /** Last-access times and request counters, written to the index in batches. */
   readonly access: AccessRecorder
   readonly #log: Logger
@@ -117,6 +122,17 @@ export class LocalCache {
     this.#store = options.store
     this.#staging = options.staging
     this.#readBuffers = options.readBuffers
+    this.#uploads = options.store.kind === 'local'
+      ? undefined
+      : new Uploads({
+        put: async blob => await options.store.put(blob.path, blob.digest, blob.size),
+        // Only now, with the object in the store, is the blob indexed.
+        stored: blob => { this.#write('blob', () => options.index.putBlob(blob.digest, blob.size, blob.repository, blob.mediaType)) },
+        abandoned: async blob => await options.staging.discard(blob.path),
+        log: options.log,
+        events: options.events,
+        retryDelays: options.uploadRetryDelays
+      })
     this.#log = options.log
     this.#now = options.now ?? Date.now
     this.#events = options.events
@@ -134,8 +150,12 @@ export class LocalCache {
 
   // Blobs
 
+  /** A cached blob: indexed, or verified and on its way to a remote store. */
   blob (digest: string): BlobRow | undefined {
-    return this.#index.getBlob(digest)
+    const row = this.#index.getBlob(digest)
+    if (row !== undefined) return row
+    const pending = this.#uploads?.get(digest)
+    return pending === undefined ? undefined : { digest, size: pending.size, mediaType: pending.mediaType, createdAt: 0, accessedAt: 0 }
   }
 
   /**
@@ -143,6 +163,13 @@ export class LocalCache {
    * its file is gone, which drops the row (a miss, never a 500).
    */
   async openBlob (row: BlobRow, range: { start: number, end: number }): Promise<Readable | undefined> {
+    const pending = this.#uploads?.get(row.digest)
+    // On its way to the store: read from staging (gone there once stored: then from the store).
+    const staged = pending === undefined ? undefined : await this.#staging.openRead(pending.path, range)
+    if (staged !== undefined) {
+      this.access.blob(row.digest)
+      return staged
+    }
     const body = await this.#storeCall('read', row.digest, async () => await this.#store.openRead(row.digest, range))
     if (body === undefined) {
       this.#lostFile(row.digest)
@@ -158,8 +185,45 @@ export class LocalCache {
     return body
   }
 
-  /** Whether a cached blob's file is there (HEAD), recording the access; a lost file drops the row. */
+  /**
+   * A blob another node put into a shared remote store, indexed here when the store has it: asked
+   * before going upstream. False for a local store, and when the store cannot answer now (the
+   * blob is then fetched from upstream, which a failing store need not stop).
+   */
+  async adoptStored (digest: string): Promise<boolean> {
+    if (this.#uploads === undefined) return false
+    let size: number | undefined
+    try {
+      size = await this.#store.stat(digest)
+    } catch (err) {
+      this.#log.warn({ digest, store: this.#store.description, err }, 'the blob store could not say whether it has a blob; asking upstream')
+      return false
+    }
+    if (size === undefined) return false
+    this.#log.debug({ digest, size }, 'blob found in the shared store')
+    return this.#write('adopted blob', () => { if (this.#index.getBlob(digest) === undefined) this.#index.putBlobRow(digest, size) })
+  }
+
+  /**
+   * Where a client can fetch a stored blob itself (a presigned URL), when the store offers one;
+   * undefined for a blob still on its way to the store, or a store that cannot.
+   */
+  async blobUrl (row: BlobRow): Promise<string | undefined> {
+    const presign = this.#store.presignedUrl
+    if (presign === undefined || this.#uploads?.get(row.digest) !== undefined) return undefined
+    const url = await this.#storeCall('presign', row.digest, async () => await presign.call(this.#store, row.digest, row.size))
+    this.access.blob(row.digest)
+    return url
+  }
+
+  /** Whether a cached blob's file is there (HEAD), recording the access; a lost file drops the row (a local store). */
   async hasBlob (row: BlobRow): Promise<boolean> {
+    // A remote store is not asked: its row was written only once the object was there, and a
+    // bucket round trip per HEAD (clients HEAD every blob) would cost more than it tells.
+    if (this.#uploads !== undefined) {
+      this.access.blob(row.digest)
+      return true
+    }
     if (await this.#storeCall('stat', row.digest, async () => await this.#store.stat(row.digest)) === undefined) {
       this.#lostFile(row.digest)
       return false
@@ -223,6 +287,11 @@ export class LocalCache {
    * indexes it) and the answer is served all the same.
    */
   async addBlob (tempPath: string, digest: string, size: number, repository: string, mediaType: string | null): Promise<boolean> {
+    if (this.#uploads !== undefined) {
+      // A remote store: the upload is never on a client's path (uploads.ts); served from staging meanwhile.
+      if (!this.#uploads.add({ digest, size, path: tempPath, repository, mediaType })) await this.#staging.discard(tempPath)
+      return true
+    }
     await this.#store.put(tempPath, digest, size)
     return this.#write('blob', () => this.#index.putBlob(digest, size, repository, mediaType))
   }
@@ -232,7 +301,7 @@ export class LocalCache {
    * under it (or confirmed there), or a cached manifest of that repository names it.
    */
   blobBelongsTo (digest: string, repository: string): boolean {
-    return this.#index.blobBelongsTo(digest, repository)
+    return this.#uploads?.get(digest)?.repository === repository || this.#index.blobBelongsTo(digest, repository)
   }
 
   /** Upstream confirmed that the repository has the blob. */
@@ -610,6 +679,11 @@ export class LocalCache {
     const failure = this.#failure === undefined ? undefined : this.probeWrite()
     if (failure !== undefined) problems.push(`index: cannot be written (${failure.operation}: ${failure.message}); answers are served, uncached where need be`)
     return problems
+  }
+
+  /** Resolves once the blobs on their way to a remote store are stored or given up; takes no more. */
+  async finishUploads (): Promise<void> {
+    await this.#uploads?.close()
   }
 
   close (): void {

@@ -140,3 +140,27 @@ export function parseNetwork (text: string): string {
   }
   return text
 }
+
+/** An S3 bucket name (the rules AWS gives for new buckets: 3-63 of a-z, 0-9, ".", "-"). */
+export function parseBucketName (text: string): string {
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(text) || text.includes('..')) {
+    throw new Error(`expected an S3 bucket name (3-63 lowercase letters, digits, "." and "-"), got ${JSON.stringify(text)}`)
+  }
+  return text
+}
+
+/** An S3 region name such as "us-east-1" (Ceph and MinIO accept any; "us-east-1" is their usual one). */
+export function parseRegion (text: string): string {
+  if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(text)) throw new Error(`expected a region name like "us-east-1", got ${JSON.stringify(text)}`)
+  return text
+}
+
+/** A key prefix for a bucket shared with other data: "" or path segments, always ending in "/". */
+export function parseKeyPrefix (text: string): string {
+  const trimmed = text.replace(/^\/+/, '')
+  if (trimmed === '') return ''
+  if (!/^[A-Za-z0-9!_.*'()/-]+$/.test(trimmed) || trimmed.split('/').some(s => s === '.' || s === '..')) {
+    throw new Error(`expected a key prefix of letters, digits and !_.*'()/- like "mirror/", got ${JSON.stringify(text)}`)
+  }
+  return trimmed.endsWith('/') ? trimmed : `${trimmed}/`
+}

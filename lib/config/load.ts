@@ -15,13 +15,13 @@ import { dirname, resolve } from 'node:path'
 import { parseDocument, type YAMLError } from 'yaml'
 import { defaultLoginPrefix, isUserName, parseLoginPrefix, patternProblem } from './access-grammar.js'
 import { ConfigError } from '../errors.js'
-import { parseAuthHost, parseEnvName, parseListen, parseNetwork, parseRegistryHost, parseUpstreamUrl, type ListenAddress } from './addresses.js'
+import { parseAuthHost, parseBucketName, parseEnvName, parseKeyPrefix, parseListen, parseNetwork, parseRegion, parseRegistryHost, parseUpstreamUrl, type ListenAddress } from './addresses.js'
 import {
   Problems, describe, duration, entriesOf, flag, integer, isMapping, join, keyName, list, nonEmptyString, oneOf, parsed, size,
   required, secret, section, withDefault, type Field
 } from './fields.js'
 import { deepFreeze } from './freeze.js'
-import type { AccessRuleConfig, AuthConfig, MirrorConfig, TlsConfig, UpstreamConfig } from './types.js'
+import type { AccessRuleConfig, AuthConfig, MirrorConfig, S3StorageConfig, TlsConfig, UpstreamConfig } from './types.js'
 
 export type LogLevel = MirrorConfig['log']['level']
 export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
@@ -62,6 +62,8 @@ export const DEFAULTS = Object.freeze({
   /** Bytes per second the background scrub re-hashes: a 50 GiB cache in about 7 hours. */
   scrubRate: 2 * 1024 * 1024,
   scrubInterval: 60 * MINUTE,
+  /** A request to the blob bucket that has not answered in this long is given up (the client gets a 503). */
+  s3Timeout: 30 * SECOND,
   /** A client connection's time to send its request headers. */
   clientHeadersTimeout: 20 * SECOND,
   idleTimeout: 30 * SECOND,
@@ -146,9 +148,20 @@ const upstreamEntry = section<UpstreamEntry>({
   })
 })
 
+interface S3Entry {
+  endpoint: string | undefined
+  bucket: string | undefined
+  region: string
+  prefix: string
+  forcePathStyle: boolean
+  redirect: boolean
+  publicEndpoint: string | undefined
+  timeout: number
+}
+
 interface FileConfig {
   listen: ListenAddress
-  storage: { path: string, maxSize: number | undefined, maxAge: number | undefined, highWatermark: number, lowWatermark: number, evictionInterval: number, scrubRate: number, scrubInterval: number }
+  storage: { path: string, maxSize: number | undefined, maxAge: number | undefined, highWatermark: number, lowWatermark: number, evictionInterval: number, scrubRate: number, scrubInterval: number, s3: S3Entry }
   upstreams: Map<string, UpstreamConfig>
   cache: { tagTtl: number, hotEntries: number }
   log: { level: LogLevel }
@@ -171,7 +184,17 @@ function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
       lowWatermark: withDefault(parsed(parseFraction, 'a fraction of maxSize like 0.8 or "80%"'), DEFAULTS.lowWatermark),
       evictionInterval: withDefault(duration({ min: 1000 }), DEFAULTS.evictionInterval),
       scrubRate: withDefault(size(), DEFAULTS.scrubRate),
-      scrubInterval: withDefault(duration({ min: 1000 }), DEFAULTS.scrubInterval)
+      scrubInterval: withDefault(duration({ min: 1000 }), DEFAULTS.scrubInterval),
+      s3: section<S3Entry>({
+        endpoint: parsed(parseUpstreamUrl, 'an http(s) URL like "https://s3.example.com"'),
+        bucket: parsed(parseBucketName, 'an S3 bucket name like "registry-mirror"'),
+        region: withDefault(parsed(parseRegion, 'a region like "us-east-1"'), 'us-east-1'),
+        prefix: withDefault(parsed(parseKeyPrefix, 'a key prefix like "mirror/"'), ''),
+        forcePathStyle: withDefault(flag(), false),
+        redirect: withDefault(flag(), false),
+        publicEndpoint: parsed(parseUpstreamUrl, 'an http(s) URL like "https://s3.example.com"'),
+        timeout: withDefault(duration({ min: 100 }), DEFAULTS.s3Timeout)
+      })
     }),
     upstreams: upstreams(env),
     cache: section({
@@ -420,6 +443,8 @@ export function parseConfig (
     problems.add('limits.maxConnectionsPerClient', `must be at most limits.maxConnections (${file.limits.maxConnections}), got ${perClient}: it is one address's share of them`)
   }
 
+  const s3 = s3Config(file.storage.s3, written(document, 'storage', 's3'), problems)
+
   if (file.storage.lowWatermark >= file.storage.highWatermark) {
     problems.add('storage.lowWatermark', `must be below storage.highWatermark (${file.storage.highWatermark}), got ${file.storage.lowWatermark}`)
   }
@@ -452,7 +477,8 @@ export function parseConfig (
       lowWatermark: file.storage.lowWatermark,
       evictionInterval: file.storage.evictionInterval,
       scrubRate: file.storage.scrubRate,
-      scrubInterval: file.storage.scrubInterval
+      scrubInterval: file.storage.scrubInterval,
+      s3
     },
     upstreams: file.upstreams,
     cache: { tagTtl: file.cache.tagTtl, hotEntries: file.cache.hotEntries },
@@ -588,6 +614,17 @@ function layered<T> (problems: Problems, parse: (text: string) => T, layers: Arr
     }
   }
   return undefined
+}
+
+/** storage.s3, when the file has it: a bucket is required, and redirects need nothing else. */
+function s3Config (entry: S3Entry, present: boolean, problems: Problems): S3StorageConfig | undefined {
+  if (!present) return undefined
+  if (entry.bucket === undefined) {
+    if (!problems.list.some(p => p.startsWith('storage.s3.bucket'))) problems.add('storage.s3.bucket', 'is required with storage.s3 (the bucket blobs go to; credentials come from the environment, e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)')
+    return undefined
+  }
+  if (entry.publicEndpoint !== undefined && !entry.redirect) problems.add('storage.s3.publicEndpoint', 'is used only with redirect: true')
+  return { ...entry, bucket: entry.bucket }
 }
 
 /** Whether the file itself sets `section.key` (a default may exceed a bound the file lowered). */

@@ -89,6 +89,24 @@ export interface AuthConfig {
   readonly defaultPull: boolean
 }
 
+/** storage.s3: the bucket blobs live in. Credentials come from the AWS SDK's default chain, never from the file. */
+export interface S3StorageConfig {
+  /** The S3 API's base URL; undefined: AWS for the region. */
+  readonly endpoint: string | undefined
+  readonly bucket: string
+  readonly region: string
+  /** Put before every key: "" or ends in "/". */
+  readonly prefix: string
+  /** bucket in the path (Ceph RGW, MinIO, Garage) instead of the host name. */
+  readonly forcePathStyle: boolean
+  /** Answer cached blob GETs with a redirect to a presigned URL instead of streaming them. */
+  readonly redirect: boolean
+  /** The endpoint presigned URLs name, when clients reach the store at another address than the mirror does. */
+  readonly publicEndpoint: string | undefined
+  /** Milliseconds a request to the store may take to answer before it is given up (a hung store gets a 503, never a hang). */
+  readonly timeout: number
+}
+
 export interface MirrorConfig {
   /** Where the config was read from, for messages; undefined when built in code. */
   readonly source?: string | undefined
@@ -108,6 +126,8 @@ export interface MirrorConfig {
     readonly scrubRate: number
     /** Milliseconds before the first scrub pass and between passes. */
     readonly scrubInterval: number
+    /** Blobs and manifests in an S3-compatible bucket (path then holds the index and staging); undefined: on local disk under path. */
+    readonly s3: S3StorageConfig | undefined
   }
   /** Keyed by registry host; insertion order is the config file's order. */
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>

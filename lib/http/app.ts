@@ -527,6 +527,13 @@ async function blob (ctx: Ctx, options: AppOptions, r: Route, ref: string): Prom
   ctx.state.cache = answer.outcome
   ctx.set(CACHE_HEADER, answer.outcome)
   for (const [k, v] of Object.entries(answer.headers)) ctx.set(k, v)
+  if (answer.redirect !== undefined) {
+    // As the reference registry does for a store that can redirect: the client follows, with its Range.
+    ctx.status = 307
+    ctx.set('Location', answer.redirect)
+    ctx.set('Docker-Content-Digest', digest)
+    return
+  }
   ctx.status = answer.range !== undefined ? 206 : 200
   ctx.type = 'application/octet-stream'
   ctx.set('Docker-Content-Digest', digest)

@@ -27,8 +27,10 @@ export interface BlobAnswer {
   readonly size: number | undefined
   /** Set when a Range was honoured. */
   readonly range: ByteRange | undefined
-  /** Undefined for HEAD. */
+  /** Undefined for HEAD, and for a redirect. */
   readonly body: Readable | undefined
+  /** Where the client is sent to fetch the bytes itself (a presigned URL of the store), instead of a body. */
+  readonly redirect?: string | undefined
   readonly headers: Readonly<Record<string, string>>
 }
 
@@ -49,6 +51,8 @@ export interface BlobServiceOptions extends ServiceOptions {
   readonly pulls: RecentPulls
   /** Hashes large downloads on a worker thread. */
   readonly hasher?: FileHasher | undefined
+  /** Answer cached blob GETs with a redirect to the store, when it can give a URL (storage.s3.redirect). */
+  readonly redirect?: boolean | undefined
 }
 
 export class BlobService {
@@ -95,6 +99,11 @@ export class BlobService {
 
     const cached = await this.#fromCache(route, digest, request)
     if (cached !== undefined) return cached
+    // A store shared by the fleet may have it from another node: asked before upstream.
+    if (await this.#o.cache.adoptStored(digest)) {
+      const adopted = await this.#fromCache(route, digest, request)
+      if (adopted !== undefined) return adopted
+    }
     if (this.#o.offline === true) throw new BlobUnknownError('blob not in the cache, and this mirror is offline', { digest })
 
     if (request.method === 'HEAD') return await this.#headUpstream(route, digest)
@@ -145,6 +154,11 @@ export class BlobService {
     }
     const range = parseRange(request.range, row.size)
     let body: Readable | undefined
+    if (request.method === 'GET' && this.#o.redirect === true) {
+      // The client fetches the bytes (and any range) from the store itself.
+      const url = await cache.blobUrl(row)
+      if (url !== undefined) return { outcome: 'hit', digest, size: row.size, range: undefined, body: undefined, redirect: url, headers: {} }
+    }
     if (request.method === 'GET') {
       body = await cache.openBlob(row, range ?? { start: 0, end: row.size - 1 })
       if (body === undefined) return undefined

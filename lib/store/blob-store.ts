@@ -22,6 +22,12 @@ export interface StoredObject { readonly key: string, readonly digest: string | 
 export interface BlobStore {
   /** Names the store in logs and readiness ("filesystem /var/lib/...", "s3 bucket ..."). */
   readonly description: string
+  /**
+   * local: a put is a rename on the staging volume, done before a download's clients are
+   * released. remote: a put is an upload, done in the background after they are (cache/uploads.ts),
+   * and the store may be shared by other nodes (the sweep leaves objects without a row alone).
+   */
+  readonly kind: 'local' | 'remote'
   /** Makes what the store needs (directories); idempotent. */
   init: () => Promise<void>
   /** Puts a verified local file in under its digest; the local file is gone afterwards (moved, or uploaded and removed). */
@@ -38,4 +44,8 @@ export interface BlobStore {
   removeObject: (key: string) => Promise<void>
   /** Throws, naming what is wrong, when blobs can be neither read nor written (readiness). */
   checkReady: () => Promise<void>
+  /** A URL a client can fetch the blob from itself (a presigned GET); only stores that can offer one have it. */
+  readonly presignedUrl?: (digest: string, size: number) => Promise<string>
+  /** Lets go of connections; after the cache has closed. */
+  readonly close?: () => void
 }

@@ -25,6 +25,7 @@ export interface FsBlobStoreOptions {
 
 export class FsBlobStore implements BlobStore {
   readonly description: string
+  readonly kind = 'local'
   readonly #blobs: string
   readonly #readBuffers: BufferPool
   readonly #reads = new Limiter(READS_AT_ONCE)

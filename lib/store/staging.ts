@@ -10,7 +10,13 @@ import { constants } from 'node:fs'
 import { access, mkdir, open, readdir, rm, stat, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { errnoCode } from '../errors.js'
+import { Limiter } from '../limiter.js'
+import type { BufferPool } from './buffer-pool.js'
 import { freeBytes } from './disk-space.js'
+import { FileReader } from './file-reader.js'
+
+/** Reads of staged files for responses under way at once (a blob verified and on its way to a bucket). */
+const READS_AT_ONCE = 8
 
 export interface TempFile { readonly path: string, readonly handle: FileHandle }
 
@@ -21,15 +27,20 @@ export interface StagingOptions {
   readonly dir: string
   /** Free bytes on the volume of a path; statfs unless a test of a full disk says otherwise. */
   readonly freeBytes?: ((path: string) => Promise<number>) | undefined
+  /** Buffers reads of staged files go into. */
+  readonly readBuffers: BufferPool
 }
 
 export class Staging {
   readonly #dir: string
   readonly #freeBytes: (path: string) => Promise<number>
+  readonly #readBuffers: BufferPool
+  readonly #reads = new Limiter(READS_AT_ONCE)
 
   constructor (options: StagingOptions) {
     this.#dir = options.dir
     this.#freeBytes = options.freeBytes ?? freeBytes
+    this.#readBuffers = options.readBuffers
   }
 
   async init (): Promise<void> {
@@ -55,6 +66,18 @@ export class Staging {
     await this.init()
     await mkdir(path)
     return path
+  }
+
+  /** Bytes [start, end] (inclusive) of a staged file; undefined when it is gone. */
+  async openRead (path: string, range: { start: number, end: number }): Promise<FileReader | undefined> {
+    let handle
+    try {
+      handle = await open(path, 'r')
+    } catch (err) {
+      if (errnoCode(err) === 'ENOENT') return undefined
+      throw err
+    }
+    return new FileReader(handle, { start: range.start, end: range.end + 1, buffers: this.#readBuffers, reads: this.#reads, what: `staged file ${path}` })
   }
 
   /** Removes a temp file or directory of this staging area (gone already is fine). */

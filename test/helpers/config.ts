@@ -9,6 +9,18 @@ import { stringify } from 'yaml'
 import { loadConfig, type ConfigOverrides } from '../../lib/config/load.js'
 import type { MirrorConfig } from '../../lib/config/types.js'
 
+/** storage.s3 as written in the file. */
+export interface YamlS3 {
+  readonly endpoint?: string
+  readonly bucket?: string
+  readonly region?: string
+  readonly prefix?: string
+  readonly forcePathStyle?: boolean
+  readonly redirect?: boolean
+  readonly publicEndpoint?: string
+  readonly timeout?: string
+}
+
 /** The keys of mirror.config.yml (see lib/config/load.ts), as they are written in the file. */
 export interface YamlConfig {
   readonly listen?: string
@@ -23,6 +35,7 @@ export interface YamlConfig {
     readonly evictionInterval?: string
     readonly scrubRate?: number | string
     readonly scrubInterval?: string
+    readonly s3?: YamlS3
   }
   readonly upstreams: Readonly<Record<string, YamlUpstream>>
   readonly cache?: { readonly tagTtl?: string, readonly hotEntries?: number }

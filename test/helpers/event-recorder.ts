@@ -1,6 +1,6 @@
 // A test's listener for the mirror's events: every event, in order, as data.
 
-import type { ConnectionRefusal, DownloadResult, EvictedItem, MirrorEvents, RefusalReason, AuthFailureReason, DenialReason, PassthroughResult, RequestRecord, UncachedResult, UpstreamAnswer } from '../../lib/events.js'
+import type { AuthFailureReason, ConnectionRefusal, DenialReason, DownloadResult, EvictedItem, MirrorEvents, PassthroughResult, RefusalReason, RequestRecord, StoreUploadResult, UncachedResult, UpstreamAnswer } from '../../lib/events.js'
 
 export type RecordedEvent =
   | { readonly event: 'upstreamResponse', readonly answer: UpstreamAnswer }
@@ -16,6 +16,7 @@ export type RecordedEvent =
   | { readonly event: 'uncachedEnded', readonly digest: string, readonly upstream: string, readonly result: UncachedResult, readonly bytes: number }
   | { readonly event: 'evicted', readonly item: EvictedItem }
   | { readonly event: 'indexWriteFailed', readonly operation: string }
+  | { readonly event: 'storeUpload', readonly result: StoreUploadResult, readonly bytes: number }
   | { readonly event: 'scrubbed', readonly bytes: number }
   | { readonly event: 'corruptRemoved', readonly kind: 'blob' | 'manifest', readonly digest: string }
   | { readonly event: 'connectionRefused', readonly reason: ConnectionRefusal }
@@ -44,6 +45,7 @@ export class EventRecorder implements MirrorEvents {
 
   evicted (item: EvictedItem): void { this.events.push({ event: 'evicted', item }) }
   indexWriteFailed (operation: string): void { this.events.push({ event: 'indexWriteFailed', operation }) }
+  storeUpload (result: StoreUploadResult, bytes: number): void { this.events.push({ event: 'storeUpload', result, bytes }) }
   scrubbed (bytes: number): void { this.events.push({ event: 'scrubbed', bytes }) }
   corruptRemoved (kind: 'blob' | 'manifest', digest: string): void { this.events.push({ event: 'corruptRemoved', kind, digest }) }
   connectionRefused (reason: ConnectionRefusal): void { this.events.push({ event: 'connectionRefused', reason }) }

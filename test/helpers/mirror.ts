@@ -9,7 +9,7 @@ import type { MirrorConfig, UpstreamConfig } from '../../lib/config/types.js'
 import { CacheIndex } from '../../lib/db/cache-index.js'
 import { createLogger } from '../../lib/log.js'
 import { createMirror, type Mirror, type MirrorOptions } from '../../lib/server.js'
-import { listenAddress, loadYamlConfig, ms, type YamlAccess, type YamlAuth, type YamlConfig, type YamlUpstream } from './config.js'
+import { listenAddress, loadYamlConfig, ms, type YamlAccess, type YamlAuth, type YamlConfig, type YamlS3, type YamlUpstream } from './config.js'
 
 export interface TestMirrorOptions {
   /** registry host -> upstream URL; the first is the default unless `defaultUpstream` says otherwise */
@@ -41,6 +41,8 @@ export interface TestMirrorOptions {
   readonly listen?: string
   /** The environment the config is read in (auth.tokenKeyEnv, passwordEnv); empty when not given. */
   readonly env?: NodeJS.ProcessEnv
+  /** storage.s3: blobs in a bucket (credentials from the environment, as the SDK reads them). */
+  readonly s3?: YamlS3
   /** Eviction bounds; unbounded when not given. */
   readonly eviction?: Partial<Omit<MirrorConfig['storage'], 'path'>>
 }
@@ -125,7 +127,8 @@ function testMirrorYaml (storage: string, options: TestMirrorOptions): YamlConfi
       lowWatermark: eviction.lowWatermark ?? 0.8,
       evictionInterval: ms(eviction.evictionInterval ?? 3_600_000),
       scrubRate: options.scrub?.rate,
-      scrubInterval: options.scrub === undefined ? undefined : ms(options.scrub.interval)
+      scrubInterval: options.scrub === undefined ? undefined : ms(options.scrub.interval),
+      s3: options.s3
     },
     upstreams,
     cache: { tagTtl: ms(options.tagTtl ?? 300_000), hotEntries: 1000 },

@@ -1,0 +1,155 @@
+// storage.s3 against a real S3 server (Ceph's radosgw, harness/ceph-rgw.ts):
+// blobs are verified on the mirror's disk, put into the bucket in the
+// background, served from it by ranged reads (or a presigned redirect), found
+// there by a node that never fetched them, and a store that is stopped,
+// refuses the credentials or lacks the bucket is handled as the issue says.
+// Credentials come from the environment, as the SDK's default chain reads
+// them; this file's process sets them.
+
+import t from 'tap'
+import { randomBytes } from 'node:crypto'
+import { readdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { HeadObjectCommand } from '@aws-sdk/client-s3'
+import { ConfigError } from '../../lib/errors.js'
+import { requireTools } from '../../harness/tools.js'
+import { CephRgw } from '../../harness/ceph-rgw.js'
+import { startFakeRegistry, type FakeRegistry } from '../helpers/fake-registry.js'
+import { readBody, startMirror, type TestMirror } from '../helpers/mirror.js'
+import { rejectedBy } from '../helpers/throws.js'
+import type { YamlS3 } from '../helpers/config.js'
+
+const skip = requireTools(t, ['ceph-mon', 'ceph-osd', 'radosgw', 'ceph', 'monmaptool', 'radosgw-admin'])
+
+const MiB = 1024 * 1024
+const hexOf = (digest: string): string => digest.slice('sha256:'.length)
+
+async function waitUntil (what: string, check: () => boolean | Promise<boolean>, ms = 20_000): Promise<void> {
+  const until = Date.now() + ms
+  while (!await check()) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+}
+
+t.test('blobs in a bucket', { skip }, async t => {
+  const rgw = await CephRgw.start({ label: 'storage' })
+  t.teardown(async () => await rgw.close())
+  const bucket = await rgw.createBucket('blobs')
+  process.env.AWS_ACCESS_KEY_ID = rgw.accessKeyId
+  process.env.AWS_SECRET_ACCESS_KEY = rgw.secretAccessKey
+  const admin = rgw.client()
+  const s3: YamlS3 = { endpoint: rgw.endpoint, bucket, forcePathStyle: true, prefix: 'mirror/', timeout: '3s' }
+  const fake: FakeRegistry = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  const small = randomBytes(300_000)
+  const large = randomBytes(12 * MiB) // a multipart upload: three parts of 5 MiB or less
+  const smallDigest = fake.addBlob('library/app', small)
+  const largeDigest = fake.addBlob('library/app', large)
+  const inBucket = async (digest: string): Promise<number | undefined> =>
+    await admin.send(new HeadObjectCommand({ Bucket: bucket, Key: `mirror/blobs/sha256/${hexOf(digest)}` })).then(r => r.ContentLength, () => undefined)
+  const start = async (extra: Partial<YamlS3> = {}, storage?: string): Promise<TestMirror> =>
+    await startMirror(t, { upstreams: { 'docker.io': fake.url }, s3: { ...s3, ...extra }, storage, hooks: { uploadRetryDelays: [200, 400, 800, 1600, 3200, 6400] } })
+
+  const a = await start()
+  const blobUrl = (m: TestMirror, digest: string): string => `${m.url}/v2/library/app/blobs/${digest}`
+
+  await t.test('a cold blob is served while it arrives, then put into the bucket and indexed once it is there', async t => {
+    for (const [digest, bytes] of [[smallDigest, small], [largeDigest, large]] as const) {
+      const got = await readBody(await fetch(blobUrl(a, digest)))
+      t.ok('bytes' in got && got.bytes.equals(bytes), 'the client gets every byte')
+      await waitUntil('the row', () => a.index.getBlob(digest) !== undefined)
+      t.equal(await inBucket(digest), bytes.length, 'the object is in the bucket, under the prefix')
+      t.equal(fake.hits(`/blobs/${digest}`), 1, 'one upstream GET')
+    }
+    const uploads = (await rgw.requests()).filter(r => r.path.includes(hexOf(largeDigest)) && r.method === 'PUT')
+    t.ok(uploads.length >= 3, `the large blob went up in parts (${uploads.length} PUTs)`)
+    t.same(await readdirOf(a.storage), [], 'nothing left in staging')
+  })
+
+  await t.test('a hit is a ranged read of the bucket; HEAD is answered by the mirror itself', async t => {
+    const mark = await rgw.mark()
+    const got = await readBody(await fetch(blobUrl(a, largeDigest)))
+    t.ok('bytes' in got && got.bytes.equals(large), 'every byte')
+    const ranged = await fetch(blobUrl(a, largeDigest), { headers: { range: 'bytes=5242870-5242899' } })
+    t.equal(ranged.status, 206)
+    t.ok(Buffer.from(await ranged.arrayBuffer()).equals(large.subarray(5242870, 5242900)), 'a range across a part boundary')
+    const head = await fetch(blobUrl(a, largeDigest), { method: 'HEAD' })
+    t.equal(head.status, 200)
+    t.equal(head.headers.get('content-length'), String(large.length))
+    const seen = (await rgw.requestsSince(mark)).filter(r => r.path.includes(hexOf(largeDigest)))
+    t.same(seen.map(r => r.method), ['GET', 'GET'], 'two GETs reached the bucket, the HEAD none')
+    t.equal(fake.hits(`/blobs/${largeDigest}`), 1, 'and nothing reached upstream')
+  })
+
+  await t.test('a node that never fetched a blob finds it in the bucket before going upstream', async t => {
+    const b = await start()
+    const before = fake.hits(`/blobs/${smallDigest}`)
+    const got = await readBody(await fetch(blobUrl(b, smallDigest)))
+    t.ok('bytes' in got && got.bytes.equals(small), 'every byte')
+    t.ok(fake.hits(`/blobs/${smallDigest}`) <= before + 1, 'at most one upstream request: the HEAD that confirms the repository has it, never a GET')
+    t.ok(b.index.getBlob(smallDigest), 'and the node indexed it')
+  })
+
+  await t.test('with redirect: true, a hit is a 307 to a presigned URL sized to the blob; HEAD stays with the mirror', async t => {
+    const r = await start({ redirect: true })
+    const res = await fetch(blobUrl(r, largeDigest), { redirect: 'manual' })
+    t.equal(res.status, 307)
+    const location = res.headers.get('location') ?? ''
+    t.match(location, new RegExp(`^${rgw.endpoint}/${bucket}/mirror/blobs/sha256/${hexOf(largeDigest)}\\?.*X-Amz-Signature=`), 'to the object, signed')
+    const expires = Number(new URL(location).searchParams.get('X-Amz-Expires'))
+    t.ok(expires >= 15 * 60 + 12 && expires <= 15 * 60 + 13, `valid for the slow client's time for 12 MiB (${expires} s)`)
+    const followed = await readBody(await fetch(blobUrl(r, largeDigest)))
+    t.ok('bytes' in followed && followed.bytes.equals(large), 'a client that follows gets every byte from the store')
+    const ranged = await fetch(blobUrl(r, largeDigest), { headers: { range: 'bytes=10-19' } })
+    t.equal(ranged.status, 206, 'a range follows the redirect')
+    t.ok(Buffer.from(await ranged.arrayBuffer()).equals(large.subarray(10, 20)))
+    t.equal((await fetch(blobUrl(r, largeDigest), { method: 'HEAD', redirect: 'manual' })).status, 200)
+  })
+
+  await t.test('the store stopped: cached blobs get a fast 503, a cold one is served from upstream and put in the bucket once it is back', async t => {
+    await rgw.stopGateway()
+    const started = Date.now()
+    const res = await fetch(blobUrl(a, largeDigest))
+    t.equal(res.status, 503)
+    t.match(await res.json(), { errors: [{ code: 'UNAVAILABLE' }] }, 'in the OCI envelope')
+    t.ok(Date.now() - started < 3000, `within the store's timeout (${Date.now() - started} ms)`)
+    t.ok(a.index.getBlob(largeDigest), 'the row is kept')
+
+    const cold = randomBytes(200_000)
+    const coldDigest = fake.addBlob('library/app', cold)
+    const got = await readBody(await fetch(blobUrl(a, coldDigest)))
+    t.ok('bytes' in got && got.bytes.equals(cold), 'a cold blob is served all the same')
+    const again = await readBody(await fetch(blobUrl(a, coldDigest)))
+    t.ok('bytes' in again && again.bytes.equals(cold), 'and again, from the mirror\'s disk while the upload waits')
+    t.equal(fake.hits(`/blobs/${coldDigest}`), 1, 'with one upstream GET')
+    t.equal(a.index.getBlob(coldDigest), undefined, 'not indexed: the bucket does not have it')
+    await waitUntil('a failed upload try', () => a.logs.some(l => l.msg === 'could not put a verified blob into the store; trying again' && l.digest === coldDigest))
+
+    await rgw.startGateway()
+    await waitUntil('the upload to succeed on a later try', () => a.index.getBlob(coldDigest) !== undefined)
+    t.equal(await inBucket(coldDigest), cold.length, 'the bucket has it')
+    const served = await readBody(await fetch(blobUrl(a, largeDigest)))
+    t.ok('bytes' in served && served.bytes.equals(large), 'and the cached blob is served again')
+  })
+})
+
+t.test('a bucket that is missing, or refuses the credentials, stops the start naming the key at fault', { skip }, async t => {
+  const rgw = await CephRgw.start({ label: 'setup' })
+  t.teardown(async () => await rgw.close())
+  const bucket = await rgw.createBucket('present')
+  const fake = await startFakeRegistry()
+  t.teardown(async () => await fake.close())
+  process.env.AWS_ACCESS_KEY_ID = rgw.accessKeyId
+  process.env.AWS_SECRET_ACCESS_KEY = rgw.secretAccessKey
+  t.match((await rejectedBy(t, startMirror(t, { upstreams: { 'docker.io': fake.url }, s3: { endpoint: rgw.endpoint, bucket: 'absent', forcePathStyle: true } }), ConfigError, 'a missing bucket'))?.message, /storage\.s3\.bucket: bucket "absent" does not exist at http:\/\/127\.0\.0\.1:\d+/)
+  process.env.AWS_SECRET_ACCESS_KEY = 'x'.repeat(40)
+  t.match((await rejectedBy(t, startMirror(t, { upstreams: { 'docker.io': fake.url }, s3: { endpoint: rgw.endpoint, bucket, forcePathStyle: true } }), ConfigError, 'a wrong secret'))?.message, /storage\.s3: the store at http:\/\/127\.0\.0\.1:\d+ refused the credentials for bucket "present"/)
+  process.env.AWS_SECRET_ACCESS_KEY = rgw.secretAccessKey
+  await rgw.stopGateway()
+  t.match((await rejectedBy(t, startMirror(t, { upstreams: { 'docker.io': fake.url }, s3: { endpoint: rgw.endpoint, bucket, forcePathStyle: true, timeout: '1s' } }), ConfigError, 'a store that is down'))?.message, /storage\.s3\.endpoint: cannot reach bucket "present" at http:\/\/127\.0\.0\.1:\d+/)
+})
+
+async function readdirOf (storage: string): Promise<string[]> {
+  return await readdir(join(storage, 'tmp'))
+}
