@@ -29,6 +29,7 @@ import type { BlobStore } from '../store/blob-store.js'
 import type { BufferPool } from '../store/buffer-pool.js'
 import type { Staging } from '../store/staging.js'
 import { AccessRecorder } from './access-recorder.js'
+import { FleetShare } from './fleet-share.js'
 import { Uploads } from './uploads.js'
 import { BlobDownload } from './blob-download.js'
 import type { FileHasher } from './file-hasher.js'
@@ -107,6 +108,8 @@ export class LocalCache {
   readonly #readBuffers: BufferPool
   /** Verified blobs on their way to a remote store; undefined for a local one. */
   readonly #uploads: Uploads | undefined
+  /** What this node tells the fleet through a shared store, and asks it; undefined when the store is not shared. */
+  readonly #fleet: FleetShare | undefined
   /** Last-access times and request counters, written to the index in batches. */
   readonly access: AccessRecorder
   readonly #log: Logger
@@ -122,12 +125,16 @@ export class LocalCache {
     this.#store = options.store
     this.#staging = options.staging
     this.#readBuffers = options.readBuffers
+    this.#fleet = options.store.shared === undefined ? undefined : new FleetShare(options.store.shared, options.log)
     this.#uploads = options.store.kind === 'local'
       ? undefined
       : new Uploads({
         put: async blob => await options.store.put(blob.path, blob.digest, blob.size),
         // Only now, with the object in the store, is the blob indexed.
-        stored: blob => { this.#write('blob', () => options.index.putBlob(blob.digest, blob.size, blob.repository, blob.mediaType)) },
+        stored: blob => {
+          this.#write('blob', () => options.index.putBlob(blob.digest, blob.size, blob.repository, blob.mediaType))
+          this.#fleet?.linked(blob.repository, blob.digest)
+        },
         abandoned: async blob => await options.staging.discard(blob.path),
         log: options.log,
         events: options.events,
@@ -190,7 +197,7 @@ export class LocalCache {
    * before going upstream. False for a local store, and when the store cannot answer now (the
    * blob is then fetched from upstream, which a failing store need not stop).
    */
-  async adoptStored (digest: string): Promise<boolean> {
+  async adoptStored (digest: string, repository: string): Promise<boolean> {
     if (this.#uploads === undefined) return false
     let size: number | undefined
     try {
@@ -200,8 +207,25 @@ export class LocalCache {
       return false
     }
     if (size === undefined) return false
-    this.#log.debug({ digest, size }, 'blob found in the shared store')
-    return this.#write('adopted blob', () => { if (this.#index.getBlob(digest) === undefined) this.#index.putBlobRow(digest, size) })
+    // Another node recorded that upstream showed this repository has it: no HEAD upstream to confirm.
+    const linked = await this.#fleet?.isLinked(repository, digest) === true
+    this.#log.debug({ digest, size, repository, linked }, 'blob found in the shared store')
+    return this.#write('adopted blob', () => {
+      if (this.#index.getBlob(digest) === undefined) this.#index.putBlobRow(digest, size)
+      if (linked) this.#index.addBlobRepository(digest, repository)
+    })
+  }
+
+  /**
+   * A manifest another node cached under this repository, from the shared store, stored here as
+   * if fetched: asked before going upstream for a manifest by digest. Undefined without a shared
+   * store, when it has none for the repository, or when it cannot answer.
+   */
+  async adoptStoredManifest (digest: string, repository: string): Promise<Manifest | undefined> {
+    const found = await this.#fleet?.manifest(repository, digest)
+    if (found === undefined) return undefined
+    // Stored as fetched, without telling the fleet what it just told us.
+    return this.#putManifest(repository, found, undefined, false) ? this.manifest(digest) ?? found : found
   }
 
   /**
@@ -307,6 +331,7 @@ export class LocalCache {
   /** Upstream confirmed that the repository has the blob. */
   addBlobRepository (digest: string, repository: string): void {
     this.#write('blob repository', () => this.#index.addBlobRepository(digest, repository))
+    this.#fleet?.linked(repository, digest)
   }
 
   /** Whether a cached manifest may be served by digest under a repository: fetched or confirmed there. */
@@ -321,6 +346,7 @@ export class LocalCache {
   /** Upstream confirmed that the repository has the manifest. */
   addManifestRepository (digest: string, repository: string): void {
     this.#write('manifest repository', () => this.#index.addManifestRepository(digest, repository))
+    this.#fleet?.linked(repository, digest)
   }
 
   /**
@@ -361,9 +387,14 @@ export class LocalCache {
    * False when the index could not take it: the answer is then served uncached.
    */
   putManifest (repository: string, manifest: Manifest, tag?: string): boolean {
+    return this.#putManifest(repository, manifest, tag, true)
+  }
+
+  #putManifest (repository: string, manifest: Manifest, tag: string | undefined, share: boolean): boolean {
     // Bytes the cache has already keep the media type they were first stored with, whichever upstream sends them again.
     const stored = this.manifest(manifest.digest) ?? manifest
     if (!this.#write('manifest', () => this.#index.putManifest(repository, stored, tag, blobsOf(stored)))) return false
+    if (share) this.#fleet?.manifestStored(repository, stored)
     const hot = this.#hot.get(hotKey.manifest(manifest.digest))
     const repositories = hot?.kind === 'manifest' ? hot.repositories : new Set<string>()
     repositories.add(repository)
@@ -684,6 +715,7 @@ export class LocalCache {
   /** Resolves once the blobs on their way to a remote store are stored or given up; takes no more. */
   async finishUploads (): Promise<void> {
     await this.#uploads?.close()
+    await this.#fleet?.idle()
   }
 
   close (): void {

@@ -100,7 +100,7 @@ export class BlobService {
     const cached = await this.#fromCache(route, digest, request)
     if (cached !== undefined) return cached
     // A store shared by the fleet may have it from another node: asked before upstream.
-    if (await this.#o.cache.adoptStored(digest)) {
+    if (await this.#o.cache.adoptStored(digest, route.repository)) {
       const adopted = await this.#fromCache(route, digest, request)
       if (adopted !== undefined) return adopted
     }

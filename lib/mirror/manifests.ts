@@ -61,15 +61,19 @@ export class ManifestService {
     const local = this.#o.cache.manifest(digest)
     if (local !== undefined && this.#o.cache.manifestBelongsTo(digest, route.repository)) return { ...local, outcome: 'hit', headers: {} }
     if (local !== undefined && this.#o.offline !== true) {
-      // Cached for another repository: served under this one's name only once upstream says it has it.
+      // Cached for another repository: served under this one's name only once upstream says it has it
+      // (or another node of the fleet recorded that it did).
       await this.#flights.run(`c:${route.repository}:${digest}`, async () => {
-        await this.#confirm(route, digest)
+        if (await this.#o.cache.adoptStoredManifest(digest, route.repository) === undefined) await this.#confirm(route, digest)
         return { manifest: local, headers: {}, outcome: 'hit' }
       }).promise
       return { ...local, outcome: 'hit', headers: {} }
     }
-    if (this.#o.offline === true) throw new ManifestUnknownError('manifest not in the cache, and this mirror is offline', { digest })
     const { promise, joined } = this.#flights.run(`d:${route.repository}:${digest}`, async () => {
+      // A store shared by the fleet may have it from another node, linked to this repository.
+      const shared = await this.#o.cache.adoptStoredManifest(digest, route.repository)
+      if (shared !== undefined) return { manifest: shared, headers: {}, outcome: 'hit' }
+      if (this.#o.offline === true) throw new ManifestUnknownError('manifest not in the cache, and this mirror is offline', { digest })
       const fetched = await this.#fetch(route, digest, mergeAccept(accept))
       this.#store(route, fetched.manifest)
       return { ...fetched, outcome: 'miss' }

@@ -16,6 +16,20 @@
 
 import type { Readable } from 'node:stream'
 
+/**
+ * What a store shared by a fleet keeps besides blobs, so that a node serves what another fetched
+ * without asking upstream: manifests by digest, and which repository upstream showed to have
+ * which digest (the check every node makes before serving content under a repository's name).
+ */
+export interface SharedContent {
+  putManifest: (digest: string, mediaType: string, content: Buffer) => Promise<void>
+  /** Undefined when the store has none (or one larger than a manifest may be). */
+  getManifest: (digest: string) => Promise<{ mediaType: string, content: Buffer } | undefined>
+  /** Upstream showed that the repository has the content (fetched there, or confirmed with a HEAD). */
+  putLink: (repository: string, digest: string) => Promise<void>
+  hasLink: (repository: string, digest: string) => Promise<boolean>
+}
+
 /** A stored object found by `list`: its digest when its name is one, else undefined (a stray object). */
 export interface StoredObject { readonly key: string, readonly digest: string | undefined, readonly size: number }
 
@@ -46,6 +60,8 @@ export interface BlobStore {
   checkReady: () => Promise<void>
   /** A URL a client can fetch the blob from itself (a presigned GET); only stores that can offer one have it. */
   readonly presignedUrl?: (digest: string, size: number) => Promise<string>
+  /** Manifests and repository links for a fleet; only a store nodes share has it. */
+  readonly shared?: SharedContent
   /** Lets go of connections; after the cache has closed. */
   readonly close?: () => void
 }

@@ -20,14 +20,16 @@ import { Transform, type Readable, type TransformCallback } from 'node:stream'
 import { pipeline } from 'node:stream'
 import {
   DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand, ListObjectsV2Command,
-  S3Client, S3ServiceException, type S3ClientConfig
+  PutObjectCommand, S3Client, S3ServiceException, type S3ClientConfig
 } from '@aws-sdk/client-s3'
 import { Upload } from '@aws-sdk/lib-storage'
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner'
 import type { S3StorageConfig } from '../config/types.js'
 import { ShortFileError } from '../errors.js'
 import { DIGEST_ALGORITHMS, parseDigest } from '../oci/reference.js'
-import type { BlobStore, StoredObject } from './blob-store.js'
+import { MAX_MANIFEST_BYTES } from '../oci/limits.js'
+import { readLimited } from '../read-limited.js'
+import type { BlobStore, SharedContent, StoredObject } from './blob-store.js'
 
 /** S3's smallest part (but the last); parts grow with the blob so that none needs more than MAX_PARTS. */
 const MIN_PART = 5 * 1024 * 1024
@@ -56,9 +58,11 @@ export class BucketSetupError extends Error {
   }
 }
 
-export class S3BlobStore implements BlobStore {
+export class S3BlobStore implements BlobStore, SharedContent {
   readonly description: string
   readonly kind = 'remote'
+  /** A bucket is what a fleet shares: manifests and repository links go there too. */
+  readonly shared: SharedContent = this
   readonly #config: S3StorageConfig
   readonly #client: S3Client
   /** Signs URLs for clients: on the public endpoint when the config names one. */
@@ -86,6 +90,53 @@ export class S3BlobStore implements BlobStore {
   #key (digest: string): string {
     const { algorithm, hex } = parseDigest(digest)
     return `${this.#blobs}${algorithm}/${hex}`
+  }
+
+  #manifestKey (digest: string): string {
+    const { algorithm, hex } = parseDigest(digest)
+    return `${this.#config.prefix}manifests/${algorithm}/${hex}`
+  }
+
+  #linkKey (repository: string, digest: string): string {
+    const { algorithm, hex } = parseDigest(digest)
+    return `${this.#config.prefix}links/${repository}/${algorithm}/${hex}`
+  }
+
+  async putManifest (digest: string, mediaType: string, content: Buffer): Promise<void> {
+    await this.#client.send(new PutObjectCommand({ Bucket: this.#config.bucket, Key: this.#manifestKey(digest), Body: content, ContentLength: content.length, ContentType: mediaType }))
+  }
+
+  async getManifest (digest: string): Promise<{ mediaType: string, content: Buffer } | undefined> {
+    let body: Readable
+    let mediaType: string | undefined
+    try {
+      const res = await this.#client.send(new GetObjectCommand({ Bucket: this.#config.bucket, Key: this.#manifestKey(digest) }))
+      if ((res.ContentLength ?? 0) > MAX_MANIFEST_BYTES) {
+        (res.Body as Readable).destroy()
+        return undefined
+      }
+      body = res.Body as Readable
+      mediaType = res.ContentType
+    } catch (err) {
+      if (isNotFound(err)) return undefined
+      throw err
+    }
+    const content = await readLimited(body, MAX_MANIFEST_BYTES)
+    return content === undefined || mediaType === undefined ? undefined : { mediaType, content }
+  }
+
+  async putLink (repository: string, digest: string): Promise<void> {
+    await this.#client.send(new PutObjectCommand({ Bucket: this.#config.bucket, Key: this.#linkKey(repository, digest), Body: Buffer.alloc(0), ContentLength: 0 }))
+  }
+
+  async hasLink (repository: string, digest: string): Promise<boolean> {
+    try {
+      await this.#client.send(new HeadObjectCommand({ Bucket: this.#config.bucket, Key: this.#linkKey(repository, digest) }))
+      return true
+    } catch (err) {
+      if (isNotFound(err)) return false
+      throw err
+    }
   }
 
   /** Checks that the bucket is there and the credentials may use it; throws a BucketSetupError naming the key at fault. */

@@ -15,6 +15,7 @@ import { ConfigError } from '../../lib/errors.js'
 import { requireTools } from '../../harness/tools.js'
 import { CephRgw } from '../../harness/ceph-rgw.js'
 import { startFakeRegistry, type FakeRegistry } from '../helpers/fake-registry.js'
+import { makeImage } from '../helpers/images.js'
 import { readBody, startMirror, type TestMirror } from '../helpers/mirror.js'
 import { rejectedBy } from '../helpers/throws.js'
 import type { YamlS3 } from '../helpers/config.js'
@@ -89,6 +90,30 @@ t.test('blobs in a bucket', { skip }, async t => {
     t.ok('bytes' in got && got.bytes.equals(small), 'every byte')
     t.ok(fake.hits(`/blobs/${smallDigest}`) <= before + 1, 'at most one upstream request: the HEAD that confirms the repository has it, never a GET')
     t.ok(b.index.getBlob(smallDigest), 'and the node indexed it')
+  })
+
+  await t.test('a node that joins serves an image by digest from what another cached, with no upstream request at all', async t => {
+    const image = makeImage(fake, 'library/shared', 'v1', { layers: [100_000, 200_000] })
+    const first = await start()
+    const manifestUrl = (m: TestMirror, ref: string): string => `${m.url}/v2/library/shared/manifests/${ref}`
+    const pull = async (m: TestMirror, ref: string): Promise<void> => {
+      const res = await fetch(manifestUrl(m, ref), { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } })
+      t.equal(res.status, 200, `${ref}: manifest`)
+      t.equal(res.headers.get('docker-content-digest'), image.manifestDigest)
+      await res.arrayBuffer()
+      for (const digest of [image.configDigest, ...image.layerDigests]) {
+        const got = await readBody(await fetch(`${m.url}/v2/library/shared/blobs/${digest}`))
+        t.ok('bytes' in got, `${digest.slice(0, 19)}: every byte`)
+      }
+    }
+    await pull(first, 'v1')
+    await waitUntil('the first node\'s uploads', () => [image.configDigest, ...image.layerDigests].every(d => first.index.getBlob(d) !== undefined))
+    await first.close() // its puts to the bucket end before it does
+    const before = fake.requests.length
+    const joiner = await start()
+    await pull(joiner, image.manifestDigest)
+    t.same(fake.requests.slice(before).map(r => `${r.method} ${r.path}`), [], 'upstream was asked nothing: manifest, repository links and blobs came from the bucket')
+    t.ok(joiner.index.manifestBelongsTo(image.manifestDigest, 'docker.io/library/shared'), 'the joiner has the manifest under the repository now')
   })
 
   await t.test('with redirect: true, a hit is a 307 to a presigned URL sized to the blob; HEAD stays with the mirror', async t => {

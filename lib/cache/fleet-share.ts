@@ -1,0 +1,107 @@
+// What a node tells the fleet through a shared store, and asks it, so that a
+// node serves what another fetched without asking upstream: each manifest it
+// caches (by digest), and each repository upstream showed to have a digest (a
+// "link": the check every node makes before serving content under a
+// repository's name, which would otherwise cost a HEAD upstream per node).
+//
+// Telling is never on a request's path: puts run in the background, a few at
+// a time, and a failure is logged and forgotten (the other nodes then ask
+// upstream, as a lone node would). Asking is on the path of a miss only, and a
+// store that cannot answer is a "no": the miss goes upstream.
+
+import { createHash } from 'node:crypto'
+import type { Logger } from 'pino'
+import { Limiter } from '../limiter.js'
+import { manifestMediaType } from '../oci/manifest.js'
+import { parseDigest } from '../oci/reference.js'
+import type { SharedContent } from '../store/blob-store.js'
+
+/** Puts to the shared store under way at once. */
+const PUTS_AT_ONCE = 4
+/** Puts waiting beyond this are dropped: sharing is best effort, never a queue that grows. */
+const MAX_WAITING = 1000
+/** How often a run of failing puts is logged again. */
+const FAILURE_LOG_MS = 60_000
+
+export interface SharedManifest { readonly digest: string, readonly mediaType: string, readonly content: Buffer }
+
+export class FleetShare {
+  readonly #shared: SharedContent
+  readonly #log: Logger
+  readonly #puts = new Limiter(PUTS_AT_ONCE)
+  readonly #underWay = new Set<Promise<void>>()
+  #failedSinceLogged = 0
+  #loggedAt = -Infinity
+
+  constructor (shared: SharedContent, log: Logger) {
+    this.#shared = shared
+    this.#log = log
+  }
+
+  /** A manifest this node cached under a repository: its bytes and its link. */
+  manifestStored (repository: string, manifest: SharedManifest): void {
+    this.#put('manifest', async () => await this.#shared.putManifest(manifest.digest, manifest.mediaType, manifest.content))
+    this.linked(repository, manifest.digest)
+  }
+
+  /** Upstream showed the repository has the digest (fetched there, or confirmed with a HEAD). */
+  linked (repository: string, digest: string): void {
+    this.#put('link', async () => await this.#shared.putLink(repository, digest))
+  }
+
+  /** Whether another node recorded that upstream showed the repository has the digest; false when the store cannot say. */
+  async isLinked (repository: string, digest: string): Promise<boolean> {
+    try {
+      return await this.#shared.hasLink(repository, digest)
+    } catch (err) {
+      this.#log.warn({ repository, digest, err }, 'the shared store could not say whether a repository has content; asking upstream')
+      return false
+    }
+  }
+
+  /**
+   * A manifest another node cached under this repository, checked against its digest and parsed
+   * as a manifest; undefined when there is none, it is not linked to the repository, or the store
+   * cannot answer.
+   */
+  async manifest (repository: string, digest: string): Promise<SharedManifest | undefined> {
+    if (!await this.isLinked(repository, digest)) return undefined
+    let found
+    try {
+      found = await this.#shared.getManifest(digest)
+    } catch (err) {
+      this.#log.warn({ digest, err }, 'the shared store could not give a manifest; asking upstream')
+      return undefined
+    }
+    if (found === undefined) return undefined
+    const { algorithm } = parseDigest(digest)
+    if (`${algorithm}:${createHash(algorithm).update(found.content).digest('hex')}` !== digest) {
+      this.#log.error({ digest }, 'a manifest in the shared store does not match its digest; not used')
+      return undefined
+    }
+    try {
+      return { digest, mediaType: manifestMediaType(found.mediaType, found.content), content: found.content }
+    } catch {
+      this.#log.error({ digest }, 'an object in the shared store is not a manifest; not used')
+      return undefined
+    }
+  }
+
+  /** Resolves when the puts under way have ended. */
+  async idle (): Promise<void> {
+    while (this.#underWay.size > 0) await Promise.allSettled([...this.#underWay])
+  }
+
+  #put (what: string, fn: () => Promise<void>): void {
+    if (this.#puts.waiting >= MAX_WAITING) return
+    const put = this.#puts.run(fn).catch((err: unknown) => {
+      this.#failedSinceLogged++
+      const now = Date.now()
+      if (now - this.#loggedAt < FAILURE_LOG_MS) return
+      this.#log.warn({ what, failures: this.#failedSinceLogged, err }, 'could not tell the fleet through the shared store; other nodes will ask upstream')
+      this.#loggedAt = now
+      this.#failedSinceLogged = 0
+    }).finally(() => this.#underWay.delete(put))
+    this.#underWay.add(put)
+  }
+}
