@@ -277,6 +277,7 @@ async function gcCommand (config: MirrorConfig, dryRun: boolean, verify: boolean
   if (verify) out(`  cached blobs and manifests re-hashed, not matching ${verb}: ${c.corruptRemoved}`)
   if (c.unreadable > 0) out(`  rows and files the storage could not read now, left as they were: ${c.unreadable} (see the log)`)
   out(`  evicted: ${e.removed} entries, ${formatBytes(e.bytes)} (age ${e.byReason.age.count}, size ${e.byReason.size.count})`)
+  if (e.bucket !== undefined) out(`  shared bucket: ${dryRun ? 'would evict' : 'evicted'} ${e.bucket.removed} blobs, ${formatBytes(e.bucket.bytes)}; ${formatBytes(e.bucket.bucketBytes)} left${e.bucket.spared > 0 ? `; ${e.bucket.spared} spared (served since the listing)` : ''}`)
   out(`  cache now: ${formatBytes(e.usedBytes)}${config.storage.maxSize !== undefined ? ` of ${formatBytes(config.storage.maxSize)}` : ''}, pinned ${formatBytes(e.pinnedBytes)}`)
   return 0
 }

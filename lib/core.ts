@@ -8,6 +8,8 @@
 // once in the background of a serving mirror. No HTTP here: `serve` adds its
 // listeners on top (lib/server.ts).
 
+import { createHash } from 'node:crypto'
+import { hostname } from 'node:os'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { emptySweepReport, repairs, type SweepOptions, type SweepReport } from './cache/consistency.js'
@@ -121,7 +123,7 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
     if (client === undefined) throw new Error(`no upstream client for ${name}`)
     return client
   }
-  const evictor = new Evictor({ cache, log, now, policy: config.storage, events })
+  const evictor = new Evictor({ cache, log, now, policy: config.storage, events, node: nodeName(config) })
   const eviction = new EvictionSchedule({ evictor, usedBytes: cache.usedBytes(), interval: config.storage.evictionInterval, log })
   // Only a mirror that owns the data directory scrubs it; a command run beside it does not.
   const scrubber = options.owner === true ? new Scrubber({ cache, rate: config.storage.scrubRate, interval: config.storage.scrubInterval, log, events }) : undefined
@@ -167,4 +169,9 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
     return [u.name, down === undefined ? 'up' : `down since ${new Date(down.since).toISOString()}, tried again after ${new Date(down.until).toISOString()}`]
   }))
   return { config, cache, evictor, eviction, blobs, manifests, listings, routing: routingTable(config), upstream, upstreamStates, consistency, readBuffers, swept, close }
+}
+
+/** This node's name among a fleet's: its host, and its data directory (two mirrors may share a host). */
+function nodeName (config: MirrorConfig): string {
+  return `${hostname()}-${createHash('sha256').update(config.storage.path).digest('hex').slice(0, 8)}`
 }

@@ -8,6 +8,7 @@ import type { Logger } from 'pino'
 import type { EvictionReason, MirrorEvents } from '../events.js'
 import type { LocalCache } from './local-cache.js'
 import { childrenOf } from '../oci/manifest.js'
+import type { BucketEvictionResult } from './bucket-eviction.js'
 import type { PinnedContent } from './pins.js'
 
 export interface EvictionPolicy {
@@ -27,6 +28,8 @@ export interface EvictionResult {
   /** Bytes cached after the run. */
   readonly usedBytes: number
   readonly pinnedBytes: number
+  /** The shared bucket's pass, when the blobs are in one. */
+  readonly bucket?: BucketEvictionResult | undefined
 }
 
 export interface EvictionRequest {
@@ -44,6 +47,8 @@ export interface EvictorOptions {
   readonly now?: () => number
   /** Told of each removal. */
   readonly events?: Pick<MirrorEvents, 'evicted'> | undefined
+  /** This node's name among the fleet's (its pins in a shared bucket). */
+  readonly node?: string | undefined
 }
 
 const BATCH = 500
@@ -94,6 +99,8 @@ export class Evictor {
   /** Bytes a pass could free at most: everything but pinned images and those named in `protect`. */
   evictableBytes (protect: Iterable<string> = []): number {
     const { cache } = this.#o
+    // Rows of a bucket's blobs take no room on this node's disk: dropping them frees none.
+    if (!cache.evictionFreesDisk) return 0
     const t = cache.totals()
     const kept = this.#kept(cache.pinnedContent(), protect)
     return t.blobBytes + t.manifestBytes - cache.bytesOf(kept)
@@ -193,7 +200,11 @@ export class Evictor {
     if (removed > 0) {
       log.info({ removed, bytes, byReason, usedBytes: used, dryRun: options.dryRun === true }, 'evicted cache entries')
     }
-    return { removed, bytes, byReason, usedBytes: used, pinnedBytes: pinnedTotal }
+    // A shared bucket is bounded by the fleet's last access to each blob, not by this node's rows.
+    const bucket = options.needBytes === undefined
+      ? await cache.evictShared(policy, { node: this.#o.node ?? 'node', dryRun: options.dryRun, events: this.#o.events })
+      : undefined
+    return { removed, bytes, byReason, usedBytes: used, pinnedBytes: pinnedTotal, bucket }
   }
 }
 

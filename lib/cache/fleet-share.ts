@@ -10,8 +10,10 @@
 // store that cannot answer is a "no": the miss goes upstream.
 
 import { createHash } from 'node:crypto'
+import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
 import { Limiter } from '../limiter.js'
+import { MARK_EVERY_MS } from './bucket-eviction.js'
 import { manifestMediaType } from '../oci/manifest.js'
 import { parseDigest } from '../oci/reference.js'
 import type { SharedContent } from '../store/blob-store.js'
@@ -30,6 +32,8 @@ export class FleetShare {
   readonly #log: Logger
   readonly #puts = new Limiter(PUTS_AT_ONCE)
   readonly #underWay = new Set<Promise<void>>()
+  /** When this node last marked each blob it served. */
+  readonly #marked = new LRUCache<string, number>({ max: 100_000 })
   #failedSinceLogged = 0
   #loggedAt = -Infinity
 
@@ -47,6 +51,23 @@ export class FleetShare {
   /** Upstream showed the repository has the digest (fetched there, or confirmed with a HEAD). */
   linked (repository: string, digest: string): void {
     this.#put('link', async () => await this.#shared.putLink(repository, digest))
+  }
+
+  /**
+   * This node served the blob now: marked in the bucket, at most every MARK_EVERY_MS, so that no
+   * node's eviction pass takes it while clients still fetch it. `handedOut` (a redirect: the
+   * client fetches from the store itself) waits for the mark; a stream does not need to.
+   */
+  async accessed (digest: string, now: number, handedOut: boolean): Promise<void> {
+    const last = this.#marked.get(digest)
+    if (last !== undefined && now - last < MARK_EVERY_MS) return
+    this.#marked.set(digest, now)
+    const mark = this.#shared.mark(digest).catch((err: unknown) => {
+      this.#marked.delete(digest)
+      this.#log.warn({ digest, err }, 'could not mark a blob as served in the shared store')
+    })
+    if (handedOut) await mark
+    else this.#track(mark)
   }
 
   /** Whether another node recorded that upstream showed the repository has the digest; false when the store cannot say. */
@@ -101,7 +122,12 @@ export class FleetShare {
       this.#log.warn({ what, failures: this.#failedSinceLogged, err }, 'could not tell the fleet through the shared store; other nodes will ask upstream')
       this.#loggedAt = now
       this.#failedSinceLogged = 0
-    }).finally(() => this.#underWay.delete(put))
-    this.#underWay.add(put)
+    })
+    this.#track(put)
+  }
+
+  #track (work: Promise<void>): void {
+    const tracked = work.finally(() => this.#underWay.delete(tracked))
+    this.#underWay.add(tracked)
   }
 }

@@ -29,6 +29,8 @@ import type { BlobStore } from '../store/blob-store.js'
 import type { BufferPool } from '../store/buffer-pool.js'
 import type { Staging } from '../store/staging.js'
 import { AccessRecorder } from './access-recorder.js'
+import { evictBucket, type BucketEvictionResult } from './bucket-eviction.js'
+import type { EvictionPolicy } from './eviction.js'
 import { FleetShare } from './fleet-share.js'
 import { Uploads } from './uploads.js'
 import { BlobDownload } from './blob-download.js'
@@ -178,6 +180,7 @@ export class LocalCache {
       return staged
     }
     const body = await this.#storeCall('read', row.digest, async () => await this.#store.openRead(row.digest, range))
+    if (body !== undefined) void this.#fleet?.accessed(row.digest, this.#now(), false)
     if (body === undefined) {
       this.#lostFile(row.digest)
       return undefined
@@ -235,6 +238,8 @@ export class LocalCache {
   async blobUrl (row: BlobRow): Promise<string | undefined> {
     const presign = this.#store.presignedUrl
     if (presign === undefined || this.#uploads?.get(row.digest) !== undefined) return undefined
+    // Marked first: no node's eviction may take it while this client may still fetch it.
+    await this.#fleet?.accessed(row.digest, this.#now(), true)
     const url = await this.#storeCall('presign', row.digest, async () => await presign.call(this.#store, row.digest, row.size))
     this.access.blob(row.digest)
     return url
@@ -355,7 +360,29 @@ export class LocalCache {
    */
   async removeBlob (digest: string): Promise<void> {
     this.#write('blob removal', () => this.#index.deleteBlob(digest))
-    await this.#store.delete(digest)
+    // A shared bucket's objects go only by the fleet's rule (bucket-eviction.ts), never by one node's rows.
+    if (this.#fleet === undefined) await this.#store.delete(digest)
+  }
+
+  /** Whether removing blobs frees room on this node's disk (a local store), for making room. */
+  get evictionFreesDisk (): boolean {
+    return this.#store.kind === 'local'
+  }
+
+  /** The shared bucket's eviction pass (bucket-eviction.ts); undefined without a shared store. */
+  async evictShared (policy: EvictionPolicy, options: { node: string, dryRun?: boolean | undefined, events?: Pick<MirrorEvents, 'evicted'> | undefined }): Promise<BucketEvictionResult | undefined> {
+    const shared = this.#store.shared
+    if (shared === undefined) return undefined
+    return await evictBucket({
+      store: this.#store,
+      shared,
+      node: options.node,
+      pinned: () => new Set(this.pinnedContent().digests),
+      dropRow: digest => { this.#write('blob removal', () => this.#index.deleteBlob(digest)) },
+      log: this.#log,
+      now: this.#now,
+      events: options.events
+    }, policy, options)
   }
 
   // Manifests and tags

@@ -28,10 +28,28 @@ export interface SharedContent {
   /** Upstream showed that the repository has the content (fetched there, or confirmed with a HEAD). */
   putLink: (repository: string, digest: string) => Promise<void>
   hasLink: (repository: string, digest: string) => Promise<boolean>
+  /** Marks a blob as served now, fleet-wide (its mark's time is the fleet's last access to it). */
+  mark: (digest: string) => Promise<void>
+  /** When a blob was last marked (ms), or undefined. */
+  markedAt: (digest: string) => Promise<number | undefined>
+  /** Every mark: the fleet's last access of each blob. */
+  marks: () => AsyncIterable<{ readonly digest: string, readonly at: number }>
+  /** Records that a node pins a blob or manifest (no node's eviction pass deletes it). */
+  putPin: (node: string, digest: string) => Promise<void>
+  removePin: (node: string, digest: string) => Promise<void>
+  pins: () => AsyncIterable<{ readonly node: string, readonly digest: string }>
+  /** How long after a client was last handed a blob it may still fetch it (a presigned URL's life), in ms. */
+  holdMs: (size: number) => number
 }
 
 /** A stored object found by `list`: its digest when its name is one, else undefined (a stray object). */
-export interface StoredObject { readonly key: string, readonly digest: string | undefined, readonly size: number }
+export interface StoredObject {
+  readonly key: string
+  readonly digest: string | undefined
+  readonly size: number
+  /** When it was stored (ms), where the store says. */
+  readonly storedAt?: number | undefined
+}
 
 export interface BlobStore {
   /** Names the store in logs and readiness ("filesystem /var/lib/...", "s3 bucket ..."). */

@@ -201,7 +201,7 @@ export class S3BlobStore implements BlobStore, SharedContent {
       const page = await this.#client.send(new ListObjectsV2Command({ Bucket: this.#config.bucket, Prefix: this.#blobs, ContinuationToken: token }))
       for (const object of page.Contents ?? []) {
         if (object.Key === undefined) continue
-        yield { key: object.Key, digest: digestOf(object.Key.slice(this.#blobs.length)), size: object.Size ?? 0 }
+        yield { key: object.Key, digest: digestOf(object.Key.slice(this.#blobs.length)), size: object.Size ?? 0, storedAt: object.LastModified?.getTime() }
       }
       token = page.IsTruncated === true ? page.NextContinuationToken : undefined
     } while (token !== undefined)
@@ -222,14 +222,82 @@ export class S3BlobStore implements BlobStore, SharedContent {
 
   /** A URL a client can GET the blob from for as long as a slow client needs for its size. */
   async presignedUrl (digest: string, size: number): Promise<string> {
-    const expiresIn = Math.min(PRESIGN_MAX_SECONDS, PRESIGN_BASE_SECONDS + Math.ceil(size / SLOW_CLIENT_BYTES_PER_SECOND))
-    return await getSignedUrl(this.#presigner, new GetObjectCommand({ Bucket: this.#config.bucket, Key: this.#key(digest) }), { expiresIn })
+    return await getSignedUrl(this.#presigner, new GetObjectCommand({ Bucket: this.#config.bucket, Key: this.#key(digest) }), { expiresIn: presignSeconds(size) })
+  }
+
+  holdMs (size: number): number {
+    return presignSeconds(size) * 1000
+  }
+
+  #markKey (digest: string): string {
+    const { algorithm, hex } = parseDigest(digest)
+    return `${this.#config.prefix}marks/${algorithm}/${hex}`
+  }
+
+  async mark (digest: string): Promise<void> {
+    await this.#client.send(new PutObjectCommand({ Bucket: this.#config.bucket, Key: this.#markKey(digest), Body: Buffer.alloc(0), ContentLength: 0 }))
+  }
+
+  async markedAt (digest: string): Promise<number | undefined> {
+    try {
+      const res = await this.#client.send(new HeadObjectCommand({ Bucket: this.#config.bucket, Key: this.#markKey(digest) }))
+      return res.LastModified?.getTime()
+    } catch (err) {
+      if (isNotFound(err)) return undefined
+      throw err
+    }
+  }
+
+  async * marks (): AsyncIterable<{ digest: string, at: number }> {
+    const prefix = `${this.#config.prefix}marks/`
+    for await (const object of this.#listKeys(prefix)) {
+      const digest = digestOf(object.key.slice(prefix.length))
+      if (digest !== undefined && object.at !== undefined) yield { digest, at: object.at }
+    }
+  }
+
+  #pinKey (node: string, digest: string): string {
+    const { algorithm, hex } = parseDigest(digest)
+    return `${this.#config.prefix}pins/${encodeURIComponent(node)}/${algorithm}/${hex}`
+  }
+
+  async putPin (node: string, digest: string): Promise<void> {
+    await this.#client.send(new PutObjectCommand({ Bucket: this.#config.bucket, Key: this.#pinKey(node, digest), Body: Buffer.alloc(0), ContentLength: 0 }))
+  }
+
+  async removePin (node: string, digest: string): Promise<void> {
+    await this.#client.send(new DeleteObjectCommand({ Bucket: this.#config.bucket, Key: this.#pinKey(node, digest) }))
+  }
+
+  async * pins (): AsyncIterable<{ node: string, digest: string }> {
+    const prefix = `${this.#config.prefix}pins/`
+    for await (const object of this.#listKeys(prefix)) {
+      const [node, ...rest] = object.key.slice(prefix.length).split('/')
+      const digest = digestOf(rest.join('/'))
+      if (node !== undefined && digest !== undefined) yield { node: decodeURIComponent(node), digest }
+    }
+  }
+
+  async * #listKeys (prefix: string): AsyncIterable<{ key: string, at: number | undefined }> {
+    let token: string | undefined
+    do {
+      const page = await this.#client.send(new ListObjectsV2Command({ Bucket: this.#config.bucket, Prefix: prefix, ContinuationToken: token }))
+      for (const object of page.Contents ?? []) {
+        if (object.Key !== undefined) yield { key: object.Key, at: object.LastModified?.getTime() }
+      }
+      token = page.IsTruncated === true ? page.NextContinuationToken : undefined
+    } while (token !== undefined)
   }
 
   close (): void {
     this.#client.destroy()
     if (this.#presigner !== this.#client) this.#presigner.destroy()
   }
+}
+
+/** A presigned URL's life: long enough for a slow client to fetch a blob of this size. */
+function presignSeconds (size: number): number {
+  return Math.min(PRESIGN_MAX_SECONDS, PRESIGN_BASE_SECONDS + Math.ceil(size / SLOW_CLIENT_BYTES_PER_SECOND))
 }
 
 /** Errors a stream that ends before `wanted` bytes went through (a store that cut its answer). */
