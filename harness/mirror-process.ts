@@ -12,7 +12,8 @@ import { Daemon, tailOf } from './process.js'
 import { makeTempDir, removeTempDir } from './temp.js'
 import type { Mirror, UpstreamEntry } from './mirror-api.js'
 
-function repoRoot (): string {
+/** The checkout this harness runs from: the directory of package.json (dist/ is inside it). */
+export function repoRoot (): string {
   let dir = dirname(fileURLToPath(import.meta.url))
   while (!existsSync(join(dir, 'package.json'))) {
     const parent = dirname(dir)
@@ -84,6 +85,8 @@ export interface MirrorProcessOptions {
   readonly access?: MirrorAccess
   /** The address to listen on (default 127.0.0.1); the port is the system's choice. */
   readonly address?: string
+  /** limits.trustedProxies: the balancers (CIDR) whose X-Forwarded-For the mirror believes. */
+  readonly trustedProxies?: readonly string[]
   readonly startTimeoutMs?: number
 }
 
@@ -140,6 +143,7 @@ export class MirrorProcess implements Mirror {
       if (upstream.default === true) lines.push('    default: true')
     }
     lines.push('cache:', `  tagTtl: ${options.tagTtl ?? '5m'}`)
+    if (options.trustedProxies !== undefined) lines.push('limits:', `  trustedProxies: ${JSON.stringify(options.trustedProxies)}`)
     if (options.tls !== undefined) {
       lines.push('tls:', `  cert: ${options.tls.cert}`, `  key: ${options.tls.key}`)
       if (options.tls.clientCA !== undefined) lines.push(`  clientCA: ${options.tls.clientCA}`)
@@ -169,6 +173,13 @@ export class MirrorProcess implements Mirror {
     })
     this.#daemon = daemon
     this.#url = url
+  }
+
+  get running (): boolean { return this.#daemon?.running === true }
+
+  /** SIGKILL, as a crash or a pulled plug would stop it: no draining. Its dir and logs stay until close(). */
+  async kill (): Promise<void> {
+    await this.#daemon?.kill()
   }
 
   async close (): Promise<void> {

@@ -99,6 +99,20 @@ export class Daemon {
     liveGroups.delete(pid)
   }
 
+  /** SIGKILL to the whole group at once, as a crash would stop it: nothing drains, nothing is flushed. */
+  async kill (): Promise<void> {
+    const pid = this.child.pid
+    if (pid === undefined) return
+    killGroup(pid, 'SIGKILL')
+    await this.exited
+    liveGroups.delete(pid)
+  }
+
+  /** Sends a signal to the leader alone (SIGHUP: nginx reloads its config; SIGUSR2: HAProxy's master does). */
+  signal (signal: NodeJS.Signals): void {
+    if (this.running) this.child.kill(signal)
+  }
+
   /** The last lines of the log, for failure messages. */
   tail (lines = 40): string {
     const parts = [this.logPath]

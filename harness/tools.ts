@@ -17,6 +17,7 @@ const packages: Readonly<Record<string, string>> = {
   podman: 'podman',
   openssl: 'openssl',
   nginx: 'nginx-light',
+  haproxy: 'haproxy',
   // Ceph's radosgw as the tests' S3 server (harness/s3.sh); monmaptool comes with ceph-base, which ceph-mon pulls in.
   'ceph-mon': 'ceph-mon',
   'ceph-osd': 'ceph-osd',
