@@ -8,10 +8,11 @@
 
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { link, mkdir, writeFile } from 'node:fs/promises'
+import { copyFile, link, mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { CacheIndex } from '../lib/db/cache-index.js'
+import { CephRgw } from '../harness/ceph-rgw.js'
 import type { ReferenceRegistry } from '../harness/reference-registry.js'
 import { RegistryMirrorServer, type RegistryMirrorOptions } from './servers.js'
 
@@ -29,6 +30,8 @@ export interface BigCacheResult {
   readonly statsSeconds: number
   /** The reference registry's start over the same blobs, to its first /v2/ answer. */
   readonly referenceStartSeconds: number
+  /** The same index with its blobs in a bucket (radosgw): serve and stats. */
+  readonly bucket: { readonly serveSeconds: number, readonly statsSeconds: number }
 }
 
 export async function bigCache (options: { count: number, mirror: Omit<RegistryMirrorOptions, 'cpuProfDir'>, reference: ReferenceRegistry, entryPoint: string }): Promise<BigCacheResult> {
@@ -77,15 +80,42 @@ export async function bigCache (options: { count: number, mirror: Omit<RegistryM
     await server.stop()
   }
 
-  const statsStarted = Date.now()
-  const { stdout } = await run(process.execPath, [options.entryPoint, 'stats', '--json', '--config', join(options.mirror.dir, 'mirror.config.yml')], { maxBuffer: 1024 * 1024 })
-  const statsSeconds = (Date.now() - statsStarted) / 1000
-  const blobs = (JSON.parse(stdout) as { blobs: number }).blobs
-  if (blobs !== count) throw new Error(`workload 10: stats counted ${blobs} blobs, ${count} were written`)
+  const stats = async (dir: string, env: NodeJS.ProcessEnv = process.env): Promise<number> => {
+    const statsStarted = Date.now()
+    const { stdout } = await run(process.execPath, [options.entryPoint, 'stats', '--json', '--config', join(dir, 'mirror.config.yml')], { maxBuffer: 1024 * 1024, env })
+    const seconds = (Date.now() - statsStarted) / 1000
+    const blobs = (JSON.parse(stdout) as { blobs: number }).blobs
+    if (blobs !== count) throw new Error(`workload 10: stats counted ${blobs} blobs, ${count} were written`)
+    return seconds
+  }
+  const statsSeconds = await stats(options.mirror.dir)
+
+  // The same index, its blobs said to be in a bucket: opening must not list the bucket either.
+  // (The bucket is empty: the radosgw here keeps objects in memory. The index is what is opened.)
+  const rgw = await CephRgw.start({ label: 'big-cache' })
+  let bucket: BigCacheResult['bucket']
+  try {
+    const bucketName = await rgw.createBucket('big-cache')
+    const dir = `${options.mirror.dir}-bucket`
+    await mkdir(join(dir, 'data'), { recursive: true })
+    await copyFile(join(data, 'index.db'), join(dir, 'data', 'index.db'))
+    const env = { AWS_ACCESS_KEY_ID: rgw.accessKeyId, AWS_SECRET_ACCESS_KEY: rgw.secretAccessKey, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' }
+    const storageYaml = ['s3:', `  endpoint: ${rgw.endpoint}`, `  bucket: ${bucketName}`, '  forcePathStyle: true']
+    // stats first: the serving mirror's background sweep would drop the rows the empty bucket lacks.
+    await RegistryMirrorServer.writeConfig({ ...options.mirror, dir, storageYaml })
+    const bucketStats = await stats(dir, { ...process.env, ...env })
+    const bucketServeStarted = Date.now()
+    const server = await RegistryMirrorServer.start({ ...options.mirror, dir, storageYaml, env })
+    const bucketServe = (Date.now() - bucketServeStarted) / 1000
+    await server.stop()
+    bucket = { serveSeconds: bucketServe, statsSeconds: bucketStats }
+  } finally {
+    await rgw.close()
+  }
 
   await reference.stop()
   const refStarted = Date.now()
   await reference.start()
   const referenceStartSeconds = (Date.now() - refStarted) / 1000
-  return { blobs, fillSeconds, serveSeconds, statsSeconds, referenceStartSeconds }
+  return { blobs: count, fillSeconds, serveSeconds, statsSeconds, referenceStartSeconds, bucket }
 }

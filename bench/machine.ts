@@ -13,7 +13,9 @@ const TOOLS: ReadonlyArray<readonly [tool: string, pkg: string, why: string]> = 
   ['skopeo', 'skopeo', 'pushes the generated images, and is the client of workload 5'],
   ['nginx', 'nginx', 'serves the warm blob with sendfile: the ceiling of workload 3'],
   ['wrk', 'wrk', 'the load generator of workloads 3 and 4'],
-  ['curl', 'curl', 'the client of the cold pulls (workloads 1 and 2)']
+  ['curl', 'curl', 'the client of the cold pulls (workloads 1 and 2)'],
+  ['radosgw', 'radosgw', 'the S3 bucket of workload 10 (with ceph-mon, ceph-osd, ceph-common)'],
+  ['ceph-mon', 'ceph-mon', 'the S3 bucket\'s cluster (workload 10)']
 ]
 
 /** What is missing, as lines a person can act on; empty when all is there. */

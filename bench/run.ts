@@ -474,7 +474,9 @@ async function manyCachedBlobs (bench: Bench, upstreamUrl: string, entryPoint: s
     const name = `10. a cache of ${r.blobs.toLocaleString('en-US')} blobs`
     bench.rows.push(
       { workload: `${name}: serve ready (the reference: its start)`, mirror: seconds(r.serveSeconds), reference: seconds(r.referenceStartSeconds), ratio: ratio(r.serveSeconds, r.referenceStartSeconds), target: `≤ ${BIG_CACHE_LIMIT_SECONDS} s`, met: r.serveSeconds <= BIG_CACHE_LIMIT_SECONDS },
-      { workload: `${name}: stats answered`, mirror: seconds(r.statsSeconds), reference: '— (no such command)', ratio: '', target: `≤ ${BIG_CACHE_LIMIT_SECONDS} s`, met: r.statsSeconds <= BIG_CACHE_LIMIT_SECONDS }
+      { workload: `${name}: stats answered`, mirror: seconds(r.statsSeconds), reference: '— (no such command)', ratio: '', target: `≤ ${BIG_CACHE_LIMIT_SECONDS} s`, met: r.statsSeconds <= BIG_CACHE_LIMIT_SECONDS },
+      { workload: `${name} in a bucket (radosgw): serve ready`, mirror: seconds(r.bucket.serveSeconds), reference: '—', ratio: '', target: `≤ ${BIG_CACHE_LIMIT_SECONDS} s`, met: r.bucket.serveSeconds <= BIG_CACHE_LIMIT_SECONDS },
+      { workload: `${name} in a bucket (radosgw): stats answered`, mirror: seconds(r.bucket.statsSeconds), reference: '—', ratio: '', target: `≤ ${BIG_CACHE_LIMIT_SECONDS} s`, met: r.bucket.statsSeconds <= BIG_CACHE_LIMIT_SECONDS }
     )
   } finally {
     await reference.close()

@@ -21,6 +21,10 @@ export interface RegistryMirrorOptions {
   readonly cpuProfDir?: string | undefined
   /** Another build's bin/registry-mirror.js (a patched copy, to try a fix); default: this repository's dist/. */
   readonly entryPoint?: string | undefined
+  /** Lines under `storage:` beyond its path (a bucket, say), each indented two spaces. */
+  readonly storageYaml?: readonly string[] | undefined
+  /** Environment variables beyond the bench's own (a bucket's credentials). */
+  readonly env?: Readonly<Record<string, string>> | undefined
 }
 
 /** `node dist/bin/registry-mirror.js serve --config FILE`, ready once it logs "listening". */
@@ -34,7 +38,8 @@ export class RegistryMirrorServer {
     this.#daemon = daemon
   }
 
-  static async start (options: RegistryMirrorOptions): Promise<RegistryMirrorServer> {
+  /** Writes `dir`/mirror.config.yml (start does it too), for commands run on the data directory. */
+  static async writeConfig (options: Omit<RegistryMirrorOptions, 'cpuProfDir' | 'entryPoint' | 'env'>): Promise<string> {
     const { dir } = options
     await mkdir(join(dir, 'data'), { recursive: true })
     const configPath = join(dir, 'mirror.config.yml')
@@ -42,6 +47,7 @@ export class RegistryMirrorServer {
       'listen: 127.0.0.1:0',
       'storage:',
       `  path: ${join(dir, 'data')}`,
+      ...(options.storageYaml ?? []).map(line => `  ${line}`),
       'upstreams:',
       '  docker.io:',
       `    url: ${options.upstreamUrl}`,
@@ -58,7 +64,13 @@ export class RegistryMirrorServer {
       '  maxConnectionsPerClient: 4096',
       ''
     ].join('\n'))
-    const env = { ...process.env }
+    return configPath
+  }
+
+  static async start (options: RegistryMirrorOptions): Promise<RegistryMirrorServer> {
+    const { dir } = options
+    const configPath = await RegistryMirrorServer.writeConfig(options)
+    const env = { ...process.env, ...options.env }
     // The file says everything; overrides from the caller's shell would change what is measured.
     for (const key of ['MIRROR_LISTEN', 'MIRROR_STORAGE_PATH', 'MIRROR_LOG_LEVEL']) delete env[key]
     // As `npm start` and the image run it (README, Memory).

@@ -556,17 +556,22 @@ export class LocalCache {
     // A crash here leaves the rows all in or all out (files already moved without rows
     // are re-hashed and indexed by the next consistency check).
     const tagList = [...tags]
+    const manifestList = [...manifests]
     this.#index.transaction(() => {
       for (const blob of blobList) {
         const [first, ...others] = [...blob.repositories]
         this.#index.putBlob(blob.digest, blob.size, first ?? '', blob.mediaType)
         for (const repository of others) this.#index.addBlobRepository(blob.digest, repository)
       }
-      for (const m of manifests) {
+      for (const m of manifestList) {
         for (const repository of m.repositories) this.#index.putManifest(repository, m, undefined, blobsOf(m))
       }
       for (const { repository, tag, manifest } of tagList) this.#index.putManifest(repository, manifest, tag, blobsOf(manifest))
     })
+    // A fleet sharing the bucket serves what was imported here too (an air-gapped site imports into one node).
+    for (const blob of blobList) for (const repository of blob.repositories) this.#fleet?.linked(repository, blob.digest)
+    for (const m of manifestList) for (const repository of m.repositories) this.#fleet?.manifestStored(repository, m)
+    for (const { repository, manifest } of tagList) this.#fleet?.manifestStored(repository, manifest)
     // Only once the rows are in: a tag the hot LRU still maps to its old digest is forgotten.
     for (const { repository, tag } of tagList) this.#hot.delete(hotKey.tag(repository, tag))
     return { added, present }
