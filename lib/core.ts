@@ -30,6 +30,7 @@ import { blobReadBuffers, type BufferPool } from './store/buffer-pool.js'
 import type { BlobStore } from './store/blob-store.js'
 import { FsBlobStore } from './store/fs-blob-store.js'
 import { BucketSetupError, S3BlobStore } from './store/s3-blob-store.js'
+import { TieredBlobStore } from './store/tiered-blob-store.js'
 import { Staging } from './store/staging.js'
 import { UpstreamClient } from './upstream/client.js'
 import { routingTable, type RoutingTable } from './upstream/routing.js'
@@ -88,7 +89,12 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
   // Staging is on the data directory's volume: a blob file moves into the store by rename.
   const staging = new Staging({ dir: join(config.storage.path, 'tmp'), freeBytes: options.freeBytes, readBuffers })
   const s3 = config.storage.s3
-  const store: BlobStore = s3 === undefined ? new FsBlobStore({ root: config.storage.path, readBuffers }) : new S3BlobStore({ config: s3 })
+  const store: BlobStore = s3 === undefined
+    ? new FsBlobStore({ root: config.storage.path, readBuffers })
+    : s3.localCache === undefined
+      ? new S3BlobStore({ config: s3 })
+      // Hot blobs on the node's own disk, beside staging (a copy is a hard link to the staged file).
+      : new TieredBlobStore({ remote: new S3BlobStore({ config: s3 }), dir: join(config.storage.path, 'hot'), maxBytes: s3.localCache, readBuffers, log })
   await staging.init()
   try {
     await store.init()

@@ -211,8 +211,9 @@ t.test('storage.path', async t => {
 t.test('storage.s3: a bucket, its endpoint and addressing, checked; credentials never from the file', async t => {
   t.equal(parse(HUB).storage.s3, undefined, 'blobs on local disk unless storage.s3 is written')
   t.same(parse(`storage:\n  s3: { bucket: registry-mirror }\n${HUB}`).storage.s3, {
-    endpoint: undefined, bucket: 'registry-mirror', region: 'us-east-1', prefix: '', forcePathStyle: false, redirect: false, publicEndpoint: undefined, timeout: 30_000
+    endpoint: undefined, bucket: 'registry-mirror', region: 'us-east-1', prefix: '', forcePathStyle: false, redirect: false, publicEndpoint: undefined, timeout: 30_000, localCache: undefined
   }, 'AWS defaults')
+  t.equal(parse(`storage:\n  s3: { bucket: blobs, localCache: 20GiB }\n${HUB}`).storage.s3?.localCache, 20 * 1024 ** 3, 'a local disk in front, by size')
   t.same(parse(`storage:\n  s3: { endpoint: "http://rgw.local:7480/", bucket: blobs, region: eu-1, prefix: /fleet/a, forcePathStyle: true, redirect: true, publicEndpoint: "https://s3.example.com", timeout: 5s }\n${HUB}`).storage.s3, {
     endpoint: 'http://rgw.local:7480', bucket: 'blobs', region: 'eu-1', prefix: 'fleet/a/', forcePathStyle: true, redirect: true, publicEndpoint: 'https://s3.example.com', timeout: 5000
   }, 'a prefix is a folder: no leading slash, one trailing')
@@ -224,7 +225,7 @@ t.test('storage.s3: a bucket, its endpoint and addressing, checked; credentials 
     'storage.s3.bucket: expected an S3 bucket name (3-63 lowercase letters, digits, "." and "-"), got "Blobs_1"',
     'storage.s3.region: expected a region name like "us-east-1", got "us east"',
     'storage.s3.prefix: expected a key prefix of letters, digits and !_.*\'()/- like "mirror/", got "../up"',
-    'storage.s3.accessKey: unknown key (expected one of endpoint, bucket, region, prefix, forcePathStyle, redirect, publicEndpoint, timeout)'
+    'storage.s3.accessKey: unknown key (expected one of endpoint, bucket, region, prefix, forcePathStyle, redirect, publicEndpoint, timeout, localCache)'
   ])
   t.same(problemsOf(`storage:\n  s3: { bucket: blobs, publicEndpoint: "https://s3.example.com" }\n${HUB}`), ['storage.s3.publicEndpoint: is used only with redirect: true'])
 })

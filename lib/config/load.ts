@@ -157,6 +157,7 @@ interface S3Entry {
   redirect: boolean
   publicEndpoint: string | undefined
   timeout: number
+  localCache: number | undefined
 }
 
 interface FileConfig {
@@ -193,7 +194,8 @@ function fileSchema (env: NodeJS.ProcessEnv): Field<FileConfig> {
         forcePathStyle: withDefault(flag(), false),
         redirect: withDefault(flag(), false),
         publicEndpoint: parsed(parseUpstreamUrl, 'an http(s) URL like "https://s3.example.com"'),
-        timeout: withDefault(duration({ min: 100 }), DEFAULTS.s3Timeout)
+        timeout: withDefault(duration({ min: 100 }), DEFAULTS.s3Timeout),
+        localCache: size({ min: 1 })
       })
     }),
     upstreams: upstreams(env),

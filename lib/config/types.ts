@@ -105,6 +105,8 @@ export interface S3StorageConfig {
   readonly publicEndpoint: string | undefined
   /** Milliseconds a request to the store may take to answer before it is given up (a hung store gets a 503, never a hang). */
   readonly timeout: number
+  /** Bytes of hot blobs kept on the node's own disk in front of the bucket; undefined: none. */
+  readonly localCache: number | undefined
 }
 
 export interface MirrorConfig {

@@ -116,6 +116,38 @@ t.test('blobs in a bucket', { skip }, async t => {
     t.ok(joiner.index.manifestBelongsTo(image.manifestDigest, 'docker.io/library/shared'), 'the joiner has the manifest under the repository now')
   })
 
+  await t.test('a local disk in front of the bucket: hot blobs cost no bucket round trip, within its size', async t => {
+    const first = randomBytes(600_000)
+    const second = randomBytes(600_000)
+    const firstDigest = fake.addBlob('library/app', first)
+    const secondDigest = fake.addBlob('library/app', second)
+    const hot = await start({ localCache: '1MiB' })
+    const bucketGets = async (mark: number, digest: string): Promise<number> =>
+      (await rgw.requestsSince(mark)).filter(r => r.method === 'GET' && r.path.endsWith(`/blobs/sha256/${hexOf(digest)}`)).length
+    for (const [digest, bytes] of [[firstDigest, first], [secondDigest, second]] as const) {
+      t.ok('bytes' in await readBody(await fetch(blobUrl(hot, digest))), 'fetched')
+      await waitUntil('the upload', () => hot.index.getBlob(digest) !== undefined)
+      const mark = await rgw.mark()
+      const got = await readBody(await fetch(blobUrl(hot, digest)))
+      t.ok('bytes' in got && got.bytes.equals(bytes), 'a hit')
+      t.equal(await bucketGets(mark, digest), 0, 'served from the local copy the upload left')
+    }
+    const mark = await rgw.mark()
+    const got = await readBody(await fetch(blobUrl(hot, firstDigest)))
+    t.ok('bytes' in got && got.bytes.equals(first), 'the first again')
+    t.ok(await bucketGets(mark, firstDigest) >= 1, 'from the bucket: 1 MiB held only the second')
+
+    // A blob another node put in the bucket: read from it once, copied, then local.
+    const other = await start({ localCache: '10MiB' })
+    const m1 = await rgw.mark()
+    t.ok('bytes' in await readBody(await fetch(blobUrl(other, smallDigest))), 'a blob this node never fetched')
+    await waitUntil('the copy', async () => (await bucketGets(m1, smallDigest)) >= 2)
+    const m2 = await rgw.mark()
+    const again = await readBody(await fetch(blobUrl(other, smallDigest)))
+    t.ok('bytes' in again && again.bytes.equals(small), 'served again')
+    t.equal(await bucketGets(m2, smallDigest), 0, 'from the copy it made')
+  })
+
   await t.test('with redirect: true, a hit is a 307 to a presigned URL sized to the blob; HEAD stays with the mirror', async t => {
     const r = await start({ redirect: true })
     const res = await fetch(blobUrl(r, largeDigest), { redirect: 'manual' })

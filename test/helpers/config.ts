@@ -19,6 +19,7 @@ export interface YamlS3 {
   readonly redirect?: boolean
   readonly publicEndpoint?: string
   readonly timeout?: string
+  readonly localCache?: string | number
 }
 
 /** The keys of mirror.config.yml (see lib/config/load.ts), as they are written in the file. */
