@@ -56,11 +56,12 @@ export class FleetShare {
   /**
    * This node served the blob now: marked in the bucket, at most every MARK_EVERY_MS, so that no
    * node's eviction pass takes it while clients still fetch it. `handedOut` (a redirect: the
-   * client fetches from the store itself) waits for the mark; a stream does not need to.
+   * client fetches from the store itself) waits for the mark; a stream does not need to. True
+   * when it marked now: the blob may have been evicted before (a mark protects it only from now).
    */
-  async accessed (digest: string, now: number, handedOut: boolean): Promise<void> {
+  async accessed (digest: string, now: number, handedOut: boolean): Promise<boolean> {
     const last = this.#marked.get(digest)
-    if (last !== undefined && now - last < MARK_EVERY_MS) return
+    if (last !== undefined && now - last < MARK_EVERY_MS) return false
     this.#marked.set(digest, now)
     const mark = this.#shared.mark(digest).catch((err: unknown) => {
       this.#marked.delete(digest)
@@ -68,6 +69,7 @@ export class FleetShare {
     })
     if (handedOut) await mark
     else this.#track(mark)
+    return true
   }
 
   /** Whether another node recorded that upstream showed the repository has the digest; false when the store cannot say. */

@@ -238,8 +238,13 @@ export class LocalCache {
   async blobUrl (row: BlobRow): Promise<string | undefined> {
     const presign = this.#store.presignedUrl
     if (presign === undefined || this.#uploads?.get(row.digest) !== undefined) return undefined
-    // Marked first: no node's eviction may take it while this client may still fetch it.
-    await this.#fleet?.accessed(row.digest, this.#now(), true)
+    // Marked first: no node's eviction may take it while this client may still fetch it. A mark
+    // written now protects it from now only: the object may have gone before, so it is looked at.
+    if (await this.#fleet?.accessed(row.digest, this.#now(), true) === true &&
+      await this.#storeCall('stat', row.digest, async () => await this.#store.stat(row.digest)) === undefined) {
+      this.#lostFile(row.digest)
+      return undefined
+    }
     const url = await this.#storeCall('presign', row.digest, async () => await presign.call(this.#store, row.digest, row.size))
     this.access.blob(row.digest)
     return url
