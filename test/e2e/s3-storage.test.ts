@@ -10,7 +10,7 @@ import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { HeadObjectCommand } from '@aws-sdk/client-s3'
+import { DeleteObjectCommand, HeadObjectCommand } from '@aws-sdk/client-s3'
 import { ConfigError } from '../../lib/errors.js'
 import { requireTools } from '../../harness/tools.js'
 import { CephRgw } from '../../harness/ceph-rgw.js'
@@ -213,6 +213,24 @@ t.test('blobs in a bucket', { skip }, async t => {
     const refetched = await readBody(await fetch(`${c.url}/v2/library/evict/blobs/${layer}`))
     t.ok('bytes' in refetched && refetched.bytes.equals(image.layers[0] ?? Buffer.alloc(0)), 'asked again, C finds it gone: a miss, fetched again')
     t.equal(fake.hits(`/blobs/${layer}`), gets + 1, 'with one upstream GET')
+  })
+
+  await t.test('with redirect: true, a blob whose object went since this node last marked it is a miss, never a redirect to nothing', async t => {
+    const bytes = randomBytes(150_000)
+    const digest = fake.addBlob('library/app', bytes)
+    let skew = 0
+    const r = await startMirror(t, { upstreams: { 'docker.io': fake.url }, s3: { ...s3, redirect: true }, hooks: { now: () => Date.now() + skew } })
+    t.ok('bytes' in await readBody(await fetch(blobUrl(r, digest))), 'fetched')
+    await waitUntil('the upload', () => r.index.getBlob(digest) !== undefined)
+    t.equal((await fetch(blobUrl(r, digest), { redirect: 'manual' })).status, 307, 'a hit is redirected (and marked)')
+    await admin.send(new DeleteObjectCommand({ Bucket: bucket, Key: `mirror/blobs/sha256/${hexOf(digest)}` }))
+    skew = 11 * 60_000 // past the mark interval: the next redirect marks it again, and looks
+    const gets = fake.hits(`/blobs/${digest}`)
+    const res = await fetch(blobUrl(r, digest), { redirect: 'manual' })
+    t.equal(res.status, 200, 'not redirected to an object that is gone')
+    const got = Buffer.from(await res.arrayBuffer())
+    t.ok(got.equals(bytes), 'fetched again, every byte')
+    t.equal(fake.hits(`/blobs/${digest}`), gets + 1, 'with one upstream GET')
   })
 
   await t.test('the store stopped: cached blobs get a fast 503, a cold one is served from upstream and put in the bucket once it is back', async t => {
