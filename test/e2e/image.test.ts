@@ -25,6 +25,10 @@ import { waitFor } from '../../harness/wait.js'
 import { setUser } from '../../lib/auth/htpasswd.js'
 
 const skip = requireTools(t, ['dockerd', 'docker', 'containerd', 'debootstrap', 'docker-registry', 'skopeo'], { root: true })
+// The stand-in base images (debootstrap) and the build (npm ci and better-sqlite3 on vfs) take
+// about 7 minutes on a quiet machine and twice that on a busy one: more than tap's 15 minutes
+// per file allows, though within the steps' own bounds (15 and 20 minutes).
+t.setTimeout(40 * 60_000)
 const root = fileURLToPath(new URL('../..', import.meta.url))
 const IMAGE = 'registry-mirror:e2e'
 
