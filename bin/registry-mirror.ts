@@ -9,7 +9,6 @@ import { BundleInvalidError, ConfigError, ExportFailedError, HtpasswdError, Imag
 import { createLogger } from '../lib/log.js'
 import { LogSink } from '../lib/log-sink.js'
 import { openCore, type MirrorCore } from '../lib/core.js'
-import { createMirror } from '../lib/server.js'
 import { resolveImages } from '../lib/warm/image-list.js'
 import { routingTable } from '../lib/upstream/routing.js'
 import { parsePlatform, type PlatformSpec } from '../lib/oci/platform.js'
@@ -188,6 +187,8 @@ async function serve (config: MirrorConfig): Promise<number> {
   // stdout through a sink that never blocks the mirror nor stops it: a stalled pipe or a full disk costs log lines only.
   const sink = new LogSink(1)
   const log = createLogger(config.log.level, sink)
+  // Loaded for serve only: the HTTP stack costs the other commands' start time for nothing.
+  const { createMirror } = await import('../lib/server.js')
   const mirror = await createMirror(config, log, { logLinesDropped: () => sink.dropped })
   log.info({ url: mirror.url, listen: `${config.listen.host}:${config.listen.port}`, storage: config.storage.path, upstreams: [...config.upstreams.keys()], offline: config.offline === true }, 'listening')
   await new Promise<void>(resolve => {

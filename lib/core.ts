@@ -29,8 +29,6 @@ import { ManifestService } from './mirror/manifests.js'
 import { blobReadBuffers, type BufferPool } from './store/buffer-pool.js'
 import type { BlobStore } from './store/blob-store.js'
 import { FsBlobStore } from './store/fs-blob-store.js'
-import { BucketSetupError, S3BlobStore } from './store/s3-blob-store.js'
-import { TieredBlobStore } from './store/tiered-blob-store.js'
 import { Staging } from './store/staging.js'
 import { UpstreamClient } from './upstream/client.js'
 import { routingTable, type RoutingTable } from './upstream/routing.js'
@@ -89,20 +87,28 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
   // Staging is on the data directory's volume: a blob file moves into the store by rename.
   const staging = new Staging({ dir: join(config.storage.path, 'tmp'), freeBytes: options.freeBytes, readBuffers })
   const s3 = config.storage.s3
-  const store: BlobStore = s3 === undefined
-    ? new FsBlobStore({ root: config.storage.path, readBuffers })
-    : s3.localCache === undefined
-      ? new S3BlobStore({ config: s3 })
-      // Hot blobs on the node's own disk, beside staging (a copy is a hard link to the staged file).
-      : new TieredBlobStore({ remote: new S3BlobStore({ config: s3 }), dir: join(config.storage.path, 'hot'), maxBytes: s3.localCache, readBuffers, log })
   await staging.init()
-  try {
+  let store: BlobStore
+  if (s3 === undefined) {
+    store = new FsBlobStore({ root: config.storage.path, readBuffers })
     await store.init()
-  } catch (err) {
-    store.close?.()
-    // A bucket that is missing or refuses the credentials stops the start, naming the key at fault.
-    if (err instanceof BucketSetupError) throw new ConfigError(config.source ?? 'config', [`${err.key}: ${err.message}`])
-    throw err
+  } else {
+    // The AWS SDK is loaded only for a bucket: a third of a second of every command's start.
+    const { BucketSetupError, S3BlobStore } = await import('./store/s3-blob-store.js')
+    const { TieredBlobStore } = await import('./store/tiered-blob-store.js')
+    const remote = new S3BlobStore({ config: s3 })
+    store = s3.localCache === undefined
+      ? remote
+      // Hot blobs on the node's own disk, beside staging (a copy is a hard link to the staged file).
+      : new TieredBlobStore({ remote, dir: join(config.storage.path, 'hot'), maxBytes: s3.localCache, readBuffers, log })
+    try {
+      await store.init()
+    } catch (err) {
+      store.close?.()
+      // A bucket that is missing or refuses the credentials stops the start, naming the key at fault.
+      if (err instanceof BucketSetupError) throw new ConfigError(config.source ?? 'config', [`${err.key}: ${err.message}`])
+      throw err
+    }
   }
   const index = new CacheIndex({ path: join(config.storage.path, 'index.db'), now })
   const cache = new LocalCache({ index, store, staging, readBuffers, hotEntries: config.cache.hotEntries, log, now, events: outer, uploadRetryDelays: options.uploadRetryDelays })
