@@ -9,6 +9,11 @@
 // changed so that these lines cannot be found fails loudly rather than being
 // half used.
 //
+// With s3, every node has storage.s3 on one bucket (the credentials in its
+// environment, as the SDK's default chain reads them) and still its own
+// storage.path for the index and staging: the fleet of issue 17 sharing an
+// S3-compatible store.
+//
 // Nodes can be killed (SIGKILL, left in the balancer's list, as a crashed
 // host would be) and added (the config rewritten and reloaded: SIGHUP to
 // nginx's master, SIGUSR2 to HAProxy's). Each node's request log lines (the
@@ -18,8 +23,9 @@
 import { readFile, writeFile, mkdir } from 'node:fs/promises'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import Database from 'better-sqlite3'
 import { Daemon, run } from './process.js'
-import { MirrorProcess, repoRoot } from './mirror-process.js'
+import { MirrorProcess, repoRoot, type MirrorS3 } from './mirror-process.js'
 import type { UpstreamEntry } from './mirror-api.js'
 import { freePort } from './ports.js'
 import { makeTempDir, removeTempDir } from './temp.js'
@@ -83,6 +89,22 @@ export class FleetNode {
   get host (): string { return this.mirror.host }
   get url (): string { return this.mirror.url }
   get running (): boolean { return this.mirror.running }
+  /** Its storage.path: index.db and staging (tmp/), and blobs/ when it has no bucket. */
+  get dataDir (): string { return this.mirror.files.data }
+
+  /**
+   * The digests of the blob rows in the node's index, read from index.db
+   * beside the running node (SQLite in WAL mode lets a reader in). With
+   * storage.s3, a row is written only once the bucket has the blob.
+   */
+  indexedBlobs (): string[] {
+    const db = new Database(join(this.dataDir, 'index.db'), { readonly: true, fileMustExist: true })
+    try {
+      return db.prepare('SELECT digest FROM blobs ORDER BY digest').pluck().all().filter((d): d is string => typeof d === 'string')
+    } finally {
+      db.close()
+    }
+  }
 
   /** As a crash would stop it; the balancer still lists it. */
   async kill (): Promise<void> {
@@ -116,6 +138,8 @@ export interface FleetOptions {
   readonly upstreams: readonly UpstreamEntry[]
   /** The mirrors' cache.tagTtl (default 5m: a tag is not asked upstream again during a test). */
   readonly tagTtl?: string
+  /** storage.s3 of every node: the bucket the fleet shares, and the credentials put in each node's environment. */
+  readonly s3?: MirrorS3
 }
 
 /** Positions in each node's request log, for Fleet.requestsSince(). */
@@ -139,8 +163,7 @@ export class Fleet {
       for (const result of started) if (result.status === 'fulfilled') nodes.push(result.value)
       const failed = started.find((result): result is PromiseRejectedResult => result.status === 'rejected')
       if (failed !== undefined) throw failed.reason
-      const hosts = nodes.map(node => node.host)
-      const balancer = options.balancer === 'nginx' ? await NginxBalancer.start(hosts) : await HaproxyBalancer.start(hosts)
+      const balancer = await startBalancer(options.balancer, nodes.map(node => node.host))
       return new Fleet(balancer, nodes, options)
     } catch (err) {
       await Promise.all(nodes.map(async node => await node.mirror.close()))
@@ -160,9 +183,9 @@ export class Fleet {
     return found
   }
 
-  /** Starts one more mirror and lists it in the balancer's config, reloaded. */
-  async addNode (): Promise<FleetNode> {
-    const node = new FleetNode(`node${this.#nodes.length + 1}`, await startNode(this.#options))
+  /** Starts one more mirror (with the fleet's options, or these in their place) and lists it in the balancer's config, reloaded. */
+  async addNode (overrides: Pick<FleetOptions, 's3'> = {}): Promise<FleetNode> {
+    const node = new FleetNode(`node${this.#nodes.length + 1}`, await startNode({ ...this.#options, ...overrides }))
     this.#nodes.push(node)
     await this.balancer.setNodes(this.#nodes.map(n => n.host))
     return node
@@ -194,7 +217,16 @@ export class Fleet {
 
 async function startNode (options: FleetOptions): Promise<MirrorProcess> {
   // The balancer connects from 127.0.0.1; its X-Forwarded-For names the client.
-  return await MirrorProcess.start({ upstreams: options.upstreams, tagTtl: options.tagTtl ?? '5m', trustedProxies: ['127.0.0.1/32'] })
+  return await MirrorProcess.start({ upstreams: options.upstreams, tagTtl: options.tagTtl ?? '5m', trustedProxies: ['127.0.0.1/32'], s3: options.s3 })
+}
+
+/**
+ * The shipped balancer config in front of any servers (host:port) that speak
+ * the registry API: a fleet's nodes, or the reference registry's proxies the
+ * bench compares them with.
+ */
+export async function startBalancer (kind: BalancerKind, hosts: readonly string[]): Promise<Balancer> {
+  return kind === 'nginx' ? await NginxBalancer.start(hosts) : await HaproxyBalancer.start(hosts)
 }
 
 /** The balancer in front of the fleet. */

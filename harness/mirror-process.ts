@@ -76,6 +76,25 @@ export interface MirrorAccess {
   readonly default?: 'deny' | 'pull'
 }
 
+/**
+ * The config's storage.s3 section: blobs, manifests and repository links in a
+ * bucket (storage.path keeps the index and staging). The credentials are not
+ * written to the config, which has no key for them: they go into the mirror's
+ * environment, where the AWS SDK's default chain reads them.
+ */
+export interface MirrorS3 {
+  readonly endpoint: string
+  readonly bucket: string
+  readonly region?: string
+  readonly prefix?: string
+  readonly forcePathStyle?: boolean
+  /** Cached blob GETs answered with a 307 to a presigned URL of the store. */
+  readonly redirect?: boolean
+  /** storage.s3.timeout, e.g. "3s". */
+  readonly timeout?: string
+  readonly credentials: { readonly accessKeyId: string, readonly secretAccessKey: string }
+}
+
 export interface MirrorProcessOptions {
   readonly upstreams: readonly UpstreamEntry[]
   readonly tagTtl?: string
@@ -87,6 +106,7 @@ export interface MirrorProcessOptions {
   readonly address?: string
   /** limits.trustedProxies: the balancers (CIDR) whose X-Forwarded-For the mirror believes. */
   readonly trustedProxies?: readonly string[]
+  readonly s3?: MirrorS3
   readonly startTimeoutMs?: number
 }
 
@@ -137,7 +157,17 @@ export class MirrorProcess implements Mirror {
 
   async #start (entry: string, options: MirrorProcessOptions): Promise<void> {
     await mkdir(join(this.dir, 'data'))
-    const lines = [`listen: ${options.address ?? '127.0.0.1'}:0`, 'storage:', `  path: ${join(this.dir, 'data')}`, 'upstreams:']
+    const lines = [`listen: ${options.address ?? '127.0.0.1'}:0`, 'storage:', `  path: ${join(this.dir, 'data')}`]
+    const s3 = options.s3
+    if (s3 !== undefined) {
+      lines.push('  s3:', `    endpoint: ${s3.endpoint}`, `    bucket: ${s3.bucket}`)
+      if (s3.region !== undefined) lines.push(`    region: ${s3.region}`)
+      if (s3.prefix !== undefined) lines.push(`    prefix: ${JSON.stringify(s3.prefix)}`)
+      if (s3.forcePathStyle !== undefined) lines.push(`    forcePathStyle: ${String(s3.forcePathStyle)}`)
+      if (s3.redirect !== undefined) lines.push(`    redirect: ${String(s3.redirect)}`)
+      if (s3.timeout !== undefined) lines.push(`    timeout: ${s3.timeout}`)
+    }
+    lines.push('upstreams:')
     for (const upstream of options.upstreams) {
       lines.push(`  ${upstream.name}:`, `    url: ${upstream.url}`)
       if (upstream.default === true) lines.push('    default: true')
@@ -161,9 +191,14 @@ export class MirrorProcess implements Mirror {
     }
     await writeFile(this.configPath, lines.join('\n') + '\n')
 
+    // The SDK's default chain reads the keys from the environment; nothing else of the caller's AWS setup counts.
+    const env = s3 === undefined
+      ? undefined
+      : { ...withoutAws(process.env), AWS_ACCESS_KEY_ID: s3.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey }
     const { daemon, url } = await startMirrorDaemon({
       name: 'registry-mirror',
       entry,
+      env,
       configPath: this.configPath,
       cwd: this.dir,
       logPath: this.logPath,
@@ -176,6 +211,8 @@ export class MirrorProcess implements Mirror {
   }
 
   get running (): boolean { return this.#daemon?.running === true }
+  /** The node process's pid (its VmRSS, say); undefined before it started. */
+  get pid (): number | undefined { return this.#daemon?.child.pid }
 
   /** SIGKILL, as a crash or a pulled plug would stop it: no draining. Its dir and logs stay until close(). */
   async kill (): Promise<void> {
@@ -209,6 +246,11 @@ export function listeningUrl (line: string): string | undefined {
   return record.msg === 'listening' && typeof record.url === 'string' ? record.url.replace(/\/$/, '') : undefined
 }
 
+/** The environment less every AWS_* variable: the credentials, profile and region the caller's shell may set. */
+function withoutAws (env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(env).filter(([key]) => !key.startsWith('AWS_')))
+}
+
 export interface MirrorDaemonOptions {
   /** Names the daemon in messages. */
   readonly name: string
@@ -216,6 +258,8 @@ export interface MirrorDaemonOptions {
   readonly entry: string
   readonly configPath: string
   readonly cwd: string
+  /** Its environment (default: this process's). */
+  readonly env?: NodeJS.ProcessEnv | undefined
   /** Where its stdout is copied, line by line as it is watched. */
   readonly logPath: string
   readonly stderrPath: string
@@ -231,6 +275,7 @@ export interface MirrorDaemonOptions {
 export async function startMirrorDaemon (options: MirrorDaemonOptions): Promise<{ daemon: Daemon, url: string }> {
   const daemon = new Daemon(options.name, process.execPath, [options.entry, 'serve', '--config', options.configPath], {
     cwd: options.cwd,
+    env: options.env,
     logPath: options.logPath,
     stderrPath: options.stderrPath,
     pipeStdout: true
