@@ -17,6 +17,26 @@ export interface ReferenceRegistryOptions {
   readonly proxyRemoteUrl?: string
   /** Token authentication (harness/token-server.ts): every request needs a token from this realm. */
   readonly tokenAuth?: { readonly realm: string, readonly service: string, readonly issuer: string, readonly rootCertBundle: string }
+  /** Everything in an S3-compatible bucket (distribution's s3 driver) instead of a directory. */
+  readonly s3?: ReferenceS3
+}
+
+/**
+ * distribution 2.8's storage.s3 (driver s3-aws) on a store that is not AWS:
+ * regionendpoint makes it address the bucket path-style, secure: false speaks
+ * HTTP to it. With redirect, blob GETs are answered with a redirect to a
+ * presigned URL (storage.redirect.disable: false); without, the registry
+ * streams them itself.
+ */
+export interface ReferenceS3 {
+  readonly endpoint: string
+  readonly bucket: string
+  readonly region: string
+  readonly accessKeyId: string
+  readonly secretAccessKey: string
+  /** Keys under this folder of the bucket, e.g. /reference. */
+  readonly rootDirectory?: string
+  readonly redirect: boolean
 }
 
 const flushMarker = 'e2e-flush'
@@ -27,11 +47,13 @@ export class ReferenceRegistry {
   readonly port: number
   #daemon: Daemon | undefined
   #flushes = 0
+  readonly #env: NodeJS.ProcessEnv | undefined
 
-  private constructor (label: string, dir: string, port: number) {
+  private constructor (label: string, dir: string, port: number, env: NodeJS.ProcessEnv | undefined) {
     this.label = label
     this.dir = dir
     this.port = port
+    this.#env = env
   }
 
   static async start (options: ReferenceRegistryOptions): Promise<ReferenceRegistry> {
@@ -39,8 +61,11 @@ export class ReferenceRegistry {
     await mkdir(join(dir, 'data'))
     // A port free a moment ago can be taken by the time the registry binds it.
     for (let attempt = 1; ; attempt++) {
-      const registry = new ReferenceRegistry(options.label, dir, await freePort())
-      await writeFile(registry.configPath, configYaml(dir, registry.port, options.proxyRemoteUrl, options.tokenAuth))
+      // With s3, the keys are in the config; any AWS_* of the caller's shell would be read as well by the
+      // AWS SDK for Go (AWS_CA_BUNDLE, say, makes the driver panic at start: "unable to load custom CA bundle").
+      const env = options.s3 === undefined ? undefined : Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('AWS_')))
+      const registry = new ReferenceRegistry(options.label, dir, await freePort(), env)
+      await writeFile(registry.configPath, configYaml(dir, registry.port, options))
       try {
         await registry.start()
         return registry
@@ -67,6 +92,7 @@ export class ReferenceRegistry {
   async start (): Promise<void> {
     if (this.running) return
     const daemon = new Daemon(`docker-registry ${this.label}`, 'docker-registry', ['serve', this.configPath], {
+      env: this.#env,
       logPath: this.accessLogPath,
       stderrPath: this.logPath
     })
@@ -130,7 +156,23 @@ export class ReferenceRegistry {
   }
 }
 
-function configYaml (dir: string, port: number, proxyRemoteUrl: string | undefined, tokenAuth: ReferenceRegistryOptions['tokenAuth']): string {
+function configYaml (dir: string, port: number, options: ReferenceRegistryOptions): string {
+  const { proxyRemoteUrl, tokenAuth, s3 } = options
+  const storage = s3 === undefined
+    ? ['  filesystem:', `    rootdirectory: ${join(dir, 'data')}`]
+    : [
+        '  s3:',
+        `    accesskey: ${s3.accessKeyId}`,
+        `    secretkey: ${s3.secretAccessKey}`,
+        `    region: ${s3.region}`,
+        `    regionendpoint: ${s3.endpoint}`,
+        `    bucket: ${s3.bucket}`,
+        `    secure: ${String(!s3.endpoint.startsWith('http://'))}`,
+        '    v4auth: true',
+        ...s3.rootDirectory === undefined ? [] : [`    rootdirectory: ${s3.rootDirectory}`],
+        '  redirect:',
+        `    disable: ${String(!s3.redirect)}`
+      ]
   const lines = [
     'version: 0.1',
     'log:',
@@ -139,8 +181,7 @@ function configYaml (dir: string, port: number, proxyRemoteUrl: string | undefin
     '  accesslog:',
     '    disabled: false',
     'storage:',
-    '  filesystem:',
-    `    rootdirectory: ${join(dir, 'data')}`,
+    ...storage,
     '  delete:',
     '    enabled: true',
     'http:',
