@@ -140,6 +140,10 @@ export interface FleetOptions {
   readonly tagTtl?: string
   /** storage.s3 of every node: the bucket the fleet shares, and the credentials put in each node's environment. */
   readonly s3?: MirrorS3
+  /** More environment variables for every node. */
+  readonly env?: Readonly<Record<string, string>>
+  /** Another build's bin/registry-mirror.js for every node (default: this checkout's dist/). */
+  readonly entryPoint?: string
 }
 
 /** Positions in each node's request log, for Fleet.requestsSince(). */
@@ -217,7 +221,7 @@ export class Fleet {
 
 async function startNode (options: FleetOptions): Promise<MirrorProcess> {
   // The balancer connects from 127.0.0.1; its X-Forwarded-For names the client.
-  return await MirrorProcess.start({ upstreams: options.upstreams, tagTtl: options.tagTtl ?? '5m', trustedProxies: ['127.0.0.1/32'], s3: options.s3 })
+  return await MirrorProcess.start({ upstreams: options.upstreams, tagTtl: options.tagTtl ?? '5m', trustedProxies: ['127.0.0.1/32'], s3: options.s3, env: options.env, entryPoint: options.entryPoint })
 }
 
 /**

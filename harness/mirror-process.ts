@@ -107,6 +107,10 @@ export interface MirrorProcessOptions {
   /** limits.trustedProxies: the balancers (CIDR) whose X-Forwarded-For the mirror believes. */
   readonly trustedProxies?: readonly string[]
   readonly s3?: MirrorS3
+  /** More environment variables for the node (MALLOC_MMAP_THRESHOLD_, as `npm start` sets it). */
+  readonly env?: Readonly<Record<string, string>>
+  /** Another build's bin/registry-mirror.js (default: this checkout's dist/). */
+  readonly entryPoint?: string
   readonly startTimeoutMs?: number
 }
 
@@ -127,7 +131,7 @@ export class MirrorProcess implements Mirror {
   }
 
   static async start (options: MirrorProcessOptions): Promise<MirrorProcess> {
-    const entry = MirrorProcess.entryPoint
+    const entry = options.entryPoint ?? MirrorProcess.entryPoint
     try {
       await access(entry)
     } catch {
@@ -193,8 +197,8 @@ export class MirrorProcess implements Mirror {
 
     // The SDK's default chain reads the keys from the environment; nothing else of the caller's AWS setup counts.
     const env = s3 === undefined
-      ? undefined
-      : { ...withoutAws(process.env), AWS_ACCESS_KEY_ID: s3.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey }
+      ? options.env === undefined ? undefined : { ...process.env, ...options.env }
+      : { ...withoutAws(process.env), ...options.env, AWS_ACCESS_KEY_ID: s3.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey }
     const { daemon, url } = await startMirrorDaemon({
       name: 'registry-mirror',
       entry,
