@@ -18,9 +18,19 @@ const TOOLS: ReadonlyArray<readonly [tool: string, pkg: string, why: string]> = 
   ['ceph-mon', 'ceph-mon', 'the S3 bucket\'s cluster (workload 10)']
 ]
 
+/** Workload 11's: the fleet's balancer, and radosgw on a throw-away Ceph cluster (harness/s3.sh) as the shared bucket. */
+const FLEET_TOOLS: ReadonlyArray<readonly [tool: string, pkg: string, why: string]> = [
+  ['ceph-mon', 'ceph-mon', 'the S3 store of workload 11 (radosgw on a one-node Ceph cluster)'],
+  ['ceph-osd', 'ceph-osd', 'the S3 store of workload 11'],
+  ['radosgw', 'radosgw', 'the S3 store of workload 11'],
+  ['ceph', 'ceph-common', 'the S3 store of workload 11'],
+  ['radosgw-admin', 'ceph-common', 'the S3 store of workload 11'],
+  ['monmaptool', 'ceph-base', 'the S3 store of workload 11']
+]
+
 /** What is missing, as lines a person can act on; empty when all is there. */
-export function missingTools (): string[] {
-  return TOOLS
+export function missingTools (options: { fleet?: boolean } = {}): string[] {
+  return [...TOOLS, ...options.fleet === true ? FLEET_TOOLS : []]
     .filter(([tool]) => findOnPath(tool) === undefined)
     .map(([tool, pkg, why]) => `  ${tool}: ${why} (apt-get install -y ${pkg})`)
 }
@@ -65,7 +75,8 @@ export function describeEnvironment (root: string): Environment {
       ['nginx', firstLine('nginx', ['-v']).replace(/^nginx version:\s*nginx\//, '')],
       ['wrk', firstLine('wrk', ['-v']).replace(/^wrk\s+/, '').replace(/\s+Copyright.*$/, '')],
       ['skopeo', firstLine('skopeo', ['--version']).replace(/^skopeo version\s+/, '')],
-      ['curl', firstLine('curl', ['--version']).split(' ')[1] ?? 'unknown']
+      ['curl', firstLine('curl', ['--version']).split(' ')[1] ?? 'unknown'],
+      ['radosgw', firstLine('radosgw', ['--version']).replace(/^ceph version\s+/, '').replace(/\s+\(.*$/, '')]
     ]
   }
 }

@@ -22,6 +22,7 @@ import { SlowUpstream } from './slow-upstream.js'
 import { gigabytesPerSecond, MB, megabytes, milliseconds, perSecond, ratio, renderEnvironment, renderTable, seconds, type Row } from './report.js'
 import { findProcess, NginxServer, RegistryMirrorServer } from './servers.js'
 import { bigCache } from './big-cache.js'
+import { fleetOnBucket, type FleetSideResult } from './fleet.js'
 import { blobGetsOf, UpstreamMeter, type UpstreamTraffic } from './upstream-meter.js'
 import { wrk, WRK_THREADS, type WrkResult } from './wrk.js'
 
@@ -483,6 +484,26 @@ async function manyCachedBlobs (bench: Bench, upstreamUrl: string, entryPoint: s
   }
 }
 
+/** Workload 11 (bench/fleet.ts): a fleet of three on one bucket, against three reference proxies on another. */
+async function fleetWorkload (bench: Bench, upstream: ReferenceRegistry, entryPoint: string | undefined): Promise<void> {
+  const r = await fleetOnBucket({ upstream, meter: bench.meter, skopeo: bench.skopeo, workDir: bench.work, seed: freshSeed(), entryPoint, log })
+  bench.details.push(...r.details)
+  const { rm, ref } = r.sides
+  const perBlob = (side: FleetSideResult): number => side.upstreamBlobGets / side.distinctBlobs
+  const gets = (side: FleetSideResult): string => `${perBlob(side).toFixed(2)} (${side.upstreamBlobGets} GETs, at most ${side.mostGetsOfOneBlob} of one)`
+  const most = (peaks: readonly number[]): number => Math.max(0, ...peaks)
+  const name = '11. fleet of 3 behind nginx, one RGW bucket'
+  const pull = `${name}, 3 skopeo clients at once, 3 images sharing layers (${rm.distinctBlobs} blobs, ${megabytes(rm.distinctBytes)})`
+  const read = `${name}, cached ${megabytes(r.warmBlobBytes)} blob, 8 reads at once`
+  bench.rows.push(
+    { workload: `${pull}: upstream GETs per distinct blob`, mirror: gets(rm), reference: gets(ref), ratio: ratio(perBlob(rm), perBlob(ref)), target: 'exactly 1', met: rm.upstreamBlobGets === rm.distinctBlobs && rm.mostGetsOfOneBlob === 1 },
+    { workload: `${pull}: wall time`, mirror: seconds(rm.pullSeconds), reference: seconds(ref.pullSeconds), ratio: ratio(rm.pullSeconds, ref.pullSeconds), target: '', met: undefined },
+    { workload: `${read}, streamed by the nodes (redirect off): throughput`, mirror: gigabytesPerSecond(rm.streamed.bytesPerSecond), reference: gigabytesPerSecond(ref.streamed.bytesPerSecond), ratio: ratio(rm.streamed.bytesPerSecond, ref.streamed.bytesPerSecond), target: '', met: undefined },
+    { workload: `${read}, 307 to a presigned URL (redirect on): throughput`, mirror: gigabytesPerSecond(rm.redirected.bytesPerSecond), reference: gigabytesPerSecond(ref.redirected.bytesPerSecond), ratio: ratio(rm.redirected.bytesPerSecond, ref.redirected.bytesPerSecond), target: '', met: undefined },
+    { workload: `${name}: peak RSS per node, the most of 3 (pull and streamed reads)`, mirror: megabytes(most(rm.peakRss)), reference: megabytes(most(ref.peakRss)), ratio: ratio(most(rm.peakRss), most(ref.peakRss)), target: '', met: undefined }
+  )
+}
+
 function rssRows (bench: Bench): void {
   const last = bench.rss[bench.rss.length - 1]
   if (last === undefined) return
@@ -515,7 +536,7 @@ function required<T> (partial: Partial<PerMirror<T>>): PerMirror<T> {
   return { rm, ref }
 }
 
-const WORKLOADS = ['1', '2', '3', '4', '5', '7', '8', '9', '10'] as const
+const WORKLOADS = ['1', '2', '3', '4', '5', '7', '8', '9', '10', '11'] as const
 type Workload = typeof WORKLOADS[number]
 
 function imagePlans (selected: ReadonlySet<Workload>): ImagePlan[] {
@@ -558,7 +579,7 @@ async function main (): Promise<number> {
   const complete = selected.size === WORKLOADS.length && !profiling && entryPoint === undefined
   const write = complete && values['no-write'] !== true
 
-  const missing = missingTools()
+  const missing = missingTools({ fleet: selected.has('11') })
   if (missing.length > 0) {
     process.stderr.write(`npm run bench needs these programs, which are not on the PATH:\n${missing.join('\n')}\n`)
     return 1
@@ -629,6 +650,7 @@ async function main (): Promise<number> {
       if (selected.has('8')) await measured('8', slowReaders)
       if (selected.has('9')) await measured('9', async b => await coldTagBesideSlowDownloads(b, upstream.url, entryPoint))
       if (selected.has('10')) await measured('10', async b => await manyCachedBlobs(b, upstream.url, entryPoint))
+      if (selected.has('11')) await measured('11', async b => await fleetWorkload(b, upstream, entryPoint))
     } catch (err) {
       if (err instanceof Error) err.message += `\n${rmServer.tail()}\n${proxy.tail()}`
       throw err
