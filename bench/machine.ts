@@ -14,23 +14,17 @@ const TOOLS: ReadonlyArray<readonly [tool: string, pkg: string, why: string]> = 
   ['nginx', 'nginx', 'serves the warm blob with sendfile: the ceiling of workload 3'],
   ['wrk', 'wrk', 'the load generator of workloads 3 and 4'],
   ['curl', 'curl', 'the client of the cold pulls (workloads 1 and 2)'],
-  ['radosgw', 'radosgw', 'the S3 bucket of workload 10 (with ceph-mon, ceph-osd, ceph-common)'],
-  ['ceph-mon', 'ceph-mon', 'the S3 bucket\'s cluster (workload 10)']
-]
-
-/** Workload 11's: the fleet's balancer, and radosgw on a throw-away Ceph cluster (harness/s3.sh) as the shared bucket. */
-const FLEET_TOOLS: ReadonlyArray<readonly [tool: string, pkg: string, why: string]> = [
-  ['ceph-mon', 'ceph-mon', 'the S3 store of workload 11 (radosgw on a one-node Ceph cluster)'],
-  ['ceph-osd', 'ceph-osd', 'the S3 store of workload 11'],
-  ['radosgw', 'radosgw', 'the S3 store of workload 11'],
-  ['ceph', 'ceph-common', 'the S3 store of workload 11'],
-  ['radosgw-admin', 'ceph-common', 'the S3 store of workload 11'],
-  ['monmaptool', 'ceph-base', 'the S3 store of workload 11']
+  ['radosgw', 'radosgw', 'the S3 buckets of workloads 10 and 11 (with ceph-mon, ceph-osd, ceph-common)'],
+  ['ceph-mon', 'ceph-mon', 'the S3 bucket\'s cluster (workloads 10 and 11)'],
+  ['ceph-osd', 'ceph-osd', 'the S3 bucket\'s cluster (workloads 10 and 11)'],
+  ['ceph', 'ceph-common', 'the S3 bucket\'s cluster (workloads 10 and 11)'],
+  ['radosgw-admin', 'ceph-common', 'the S3 bucket\'s user and keys (workloads 10 and 11)'],
+  ['monmaptool', 'ceph-base', 'the S3 bucket\'s cluster (workloads 10 and 11)']
 ]
 
 /** What is missing, as lines a person can act on; empty when all is there. */
-export function missingTools (options: { fleet?: boolean } = {}): string[] {
-  return [...TOOLS, ...options.fleet === true ? FLEET_TOOLS : []]
+export function missingTools (): string[] {
+  return TOOLS
     .filter(([tool]) => findOnPath(tool) === undefined)
     .map(([tool, pkg, why]) => `  ${tool}: ${why} (apt-get install -y ${pkg})`)
 }
