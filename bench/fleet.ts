@@ -30,7 +30,7 @@ import type { Skopeo } from '../harness/skopeo.js'
 import { removeTempDir } from '../harness/temp.js'
 import { isBlobGet } from '../harness/access-log.js'
 import { timedSkopeoPull } from './clients.js'
-import { peakRss } from './proc.js'
+import { cpuTicks, peakRss } from './proc.js'
 import { findProcess } from './servers.js'
 import type { UpstreamMeter } from './upstream-meter.js'
 
@@ -86,6 +86,8 @@ export interface FleetBenchResult {
   readonly sides: Readonly<Record<Side, FleetSideResult>>
   /** The blob read in the throughput measurements. */
   readonly warmBlobBytes: number
+  /** CPU ticks the gateway's cluster spent over its whole life (it daemonizes, out of the bench's process tree). */
+  readonly gatewayCpuTicks: number
   readonly details: readonly string[]
 }
 
@@ -263,9 +265,10 @@ export async function fleetOnBucket (options: FleetBenchOptions): Promise<FleetB
   try {
     const rm = await measureSide('rm', rgw, options, details)
     const ref = await measureSide('ref', rgw, options, details)
-    const osd = rgw.daemons().map(daemon => `${daemon.name} ${mb(daemon.rssBytes)}`).join(', ')
-    details.push(`workload 11: the gateway's daemons at the end: ${osd}`)
-    return { sides: { rm: rm.result, ref: ref.result }, warmBlobBytes: rm.warmBlobBytes, details }
+    const daemons = rgw.daemons()
+    const gatewayCpuTicks = await cpuTicks(daemons.map(daemon => daemon.pid))
+    details.push(`workload 11: the gateway's daemons at the end: ${daemons.map(daemon => `${daemon.name} ${mb(daemon.rssBytes)}`).join(', ')}; ${gatewayCpuTicks} CPU ticks in all`)
+    return { sides: { rm: rm.result, ref: ref.result }, warmBlobBytes: rm.warmBlobBytes, gatewayCpuTicks, details }
   } finally {
     await rgw.close()
   }

@@ -77,11 +77,22 @@ export async function cpuSample (): Promise<CpuSample> {
   }
 }
 
-/** The share of the machine's CPU (0-1) that went to other processes between two samples. */
-export function foreignShare (before: CpuSample, after: CpuSample): number {
+/** CPU ticks the processes have spent so far, each its own and its reaped children's. */
+export async function cpuTicks (pids: readonly number[]): Promise<number> {
+  let total = 0
+  for (const pid of pids) total += await ticksOf(pid)
+  return total
+}
+
+/**
+ * The share of the machine's CPU (0-1) that went to other processes between two samples.
+ * oursElsewhere: ticks the workload's own daemons spent outside this process's tree meanwhile
+ * (the Ceph daemons daemonize: their parent is init, not the bench).
+ */
+export function foreignShare (before: CpuSample, after: CpuSample, oursElsewhere = 0): number {
   const total = after.machineTotal - before.machineTotal
   if (total <= 0) return 0
-  const foreign = (after.machineBusy - before.machineBusy) - (after.ours - before.ours)
+  const foreign = (after.machineBusy - before.machineBusy) - (after.ours - before.ours) - oursElsewhere
   return Math.max(0, foreign / total)
 }
 
