@@ -14,7 +14,7 @@ import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
 import { Limiter } from '../limiter.js'
 import { MARK_EVERY_MS } from './bucket-eviction.js'
-import { manifestMediaType } from '../oci/manifest.js'
+import { childrenOf, manifestMediaType } from '../oci/manifest.js'
 import { parseDigest } from '../oci/reference.js'
 import type { SharedContent } from '../store/blob-store.js'
 
@@ -24,6 +24,8 @@ const PUTS_AT_ONCE = 4
 const MAX_WAITING = 1000
 /** How often a run of failing puts is logged again. */
 const FAILURE_LOG_MS = 60_000
+/** A put that failed is tried again after each of these (a store down for a while, then back). */
+const RETRY_DELAYS_MS = [5_000, 30_000, 120_000, 300_000]
 
 export interface SharedManifest { readonly digest: string, readonly mediaType: string, readonly content: Buffer }
 
@@ -32,6 +34,8 @@ export class FleetShare {
   readonly #log: Logger
   readonly #puts = new Limiter(PUTS_AT_ONCE)
   readonly #underWay = new Set<Promise<void>>()
+  readonly #retries = new Set<NodeJS.Timeout>()
+  #closed = false
   /** When this node last marked each blob it served. */
   readonly #marked = new LRUCache<string, number>({ max: 100_000 })
   #failedSinceLogged = 0
@@ -42,10 +46,14 @@ export class FleetShare {
     this.#log = log
   }
 
-  /** A manifest this node cached under a repository: its bytes and its link. */
+  /**
+   * A manifest this node cached under a repository: its bytes, its link, and a link for each
+   * blob and manifest it names, which belong to the repository with it (as in the node's index).
+   */
   manifestStored (repository: string, manifest: SharedManifest): void {
     this.#put('manifest', async () => await this.#shared.putManifest(manifest.digest, manifest.mediaType, manifest.content))
     this.linked(repository, manifest.digest)
+    for (const child of childrenOf(manifest.content)) this.linked(repository, child.digest)
   }
 
   /** Upstream showed the repository has the digest (fetched there, or confirmed with a HEAD). */
@@ -110,20 +118,37 @@ export class FleetShare {
     }
   }
 
+  /** Drops the tries still waiting (the node is closing); the puts under way end on their own. */
+  close (): void {
+    this.#closed = true
+    for (const timer of this.#retries) clearTimeout(timer)
+    this.#retries.clear()
+  }
+
   /** Resolves when the puts under way have ended. */
   async idle (): Promise<void> {
     while (this.#underWay.size > 0) await Promise.allSettled([...this.#underWay])
   }
 
-  #put (what: string, fn: () => Promise<void>): void {
-    if (this.#puts.waiting >= MAX_WAITING) return
+  #put (what: string, fn: () => Promise<void>, attempt = 0): void {
+    if (this.#puts.waiting >= MAX_WAITING || this.#closed) return
     const put = this.#puts.run(fn).catch((err: unknown) => {
       this.#failedSinceLogged++
       const now = Date.now()
-      if (now - this.#loggedAt < FAILURE_LOG_MS) return
-      this.#log.warn({ what, failures: this.#failedSinceLogged, err }, 'could not tell the fleet through the shared store; other nodes will ask upstream')
-      this.#loggedAt = now
-      this.#failedSinceLogged = 0
+      if (now - this.#loggedAt >= FAILURE_LOG_MS) {
+        this.#log.warn({ what, failures: this.#failedSinceLogged, err }, 'could not tell the fleet through the shared store; trying again later, other nodes ask upstream meanwhile')
+        this.#loggedAt = now
+        this.#failedSinceLogged = 0
+      }
+      // Tried again after a while: a store down for minutes must not leave the fleet without it for good.
+      const delay = RETRY_DELAYS_MS[attempt]
+      if (delay === undefined) return
+      const timer = setTimeout(() => {
+        this.#retries.delete(timer)
+        this.#put(what, fn, attempt + 1)
+      }, delay)
+      timer.unref()
+      this.#retries.add(timer)
     })
     this.#track(put)
   }

@@ -752,6 +752,7 @@ export class LocalCache {
   /** Resolves once the blobs on their way to a remote store are stored or given up; takes no more. */
   async finishUploads (): Promise<void> {
     await this.#uploads?.close()
+    this.#fleet?.close()
     await this.#fleet?.idle()
   }
 
