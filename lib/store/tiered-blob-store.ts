@@ -6,7 +6,7 @@
 // removes it) and when it reads one from the bucket (written beside, in the
 // background, at most a few at a time, and only if it still fits).
 //
-// A copy is verified bytes under their digest, as any stored blob is: serving
+// A copy is verified bytes under their digest, like every stored blob: serving
 // one whose object another node has since evicted from the bucket serves the
 // right bytes. Stat, list and delete go to the bucket; a delete drops the copy
 // too.
