@@ -149,7 +149,7 @@ export function parseBucketName (text: string): string {
   return text
 }
 
-/** An S3 region name such as "us-east-1" (Ceph and MinIO accept any; "us-east-1" is their usual one). */
+/** An S3 region name such as "us-east-1" (Ceph and MinIO take whatever is given; "us-east-1" is their usual one). */
 export function parseRegion (text: string): string {
   if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(text)) throw new Error(`expected a region name like "us-east-1", got ${JSON.stringify(text)}`)
   return text
