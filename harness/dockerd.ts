@@ -1,7 +1,9 @@
 // A private dockerd (own data-root, exec-root, pidfile, socket, and its own
 // containerd) configured like a user's machine with `registry-mirrors`, and
 // the docker CLI as its client. vfs storage and no networking: it only has to
-// pull, which needs neither overlayfs nor iptables.
+// pull, which needs neither overlayfs nor iptables. A build asks for overlay2
+// where the kernel mounts it: vfs copies the whole root filesystem at every
+// step of a Dockerfile.
 
 import { mkdir, writeFile, access, rm, rmdir } from 'node:fs/promises'
 import { existsSync, rmSync, rmdirSync } from 'node:fs'
@@ -58,6 +60,24 @@ export interface DockerdOptions {
   readonly mirrors?: readonly string[]
   /** host:port pairs dockerd may talk plain HTTP to. */
   readonly insecureRegistries?: readonly string[]
+  /** vfs (the default) works everywhere; overlay2 needs overlayfs (see overlayWorks). */
+  readonly storageDriver?: 'vfs' | 'overlay2'
+}
+
+/** Whether this kernel mounts overlayfs here (it may not inside a container): tried on a scratch dir. */
+export async function overlayWorks (): Promise<boolean> {
+  const dir = await makeTempDir('overlay-probe')
+  try {
+    for (const sub of ['lower', 'upper', 'work', 'merged']) await mkdir(join(dir, sub))
+    const merged = join(dir, 'merged')
+    await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${join(dir, 'lower')},upperdir=${join(dir, 'upper')},workdir=${join(dir, 'work')}`, merged], { timeoutMs: 10_000 })
+    await run('umount', [merged], { timeoutMs: 10_000 })
+    return true
+  } catch {
+    return false // not permitted, or no overlay module: vfs it is
+  } finally {
+    await removeTempDir(dir)
+  }
 }
 
 export class Dockerd {
@@ -99,7 +119,7 @@ export class Dockerd {
     await writeFile(config, JSON.stringify({
       'registry-mirrors': options.mirrors ?? [],
       'insecure-registries': options.insecureRegistries ?? [],
-      'storage-driver': 'vfs',
+      'storage-driver': options.storageDriver ?? 'vfs',
       iptables: false,
       ip6tables: false,
       'ip-forward': false,
