@@ -18,9 +18,8 @@
 // is found by the row it gets or by a second look before anything is
 // removed, and a file that vanishes while it is hashed is left alone.
 
-import { createHash } from 'node:crypto'
 import type { Logger } from 'pino'
-import { parseDigest } from '../oci/reference.js'
+import { matchesDigest } from '../oci/digest-check.js'
 import type { BlobStore } from '../store/blob-store.js'
 import type { Staging } from '../store/staging.js'
 
@@ -164,8 +163,7 @@ export async function sweep (parts: SweepParts, options: SweepOptions): Promise<
     for (const digest of parts.manifests()) {
       const content = parts.manifest(digest)
       if (content === undefined) continue
-      const { algorithm } = parseDigest(digest)
-      if (`${algorithm}:${createHash(algorithm).update(content).digest('hex')}` === digest) continue
+      if (matchesDigest(content, digest)) continue
       log.error({ digest, dryRun }, 'cached manifest does not match its digest; removing it')
       if (!dryRun) parts.removeManifest(digest)
       report.corruptRemoved++

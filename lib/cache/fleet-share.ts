@@ -9,13 +9,12 @@
 // upstream, as a lone node would). Asking is on the path of a miss only, and a
 // store that cannot answer is a "no": the miss goes upstream.
 
-import { createHash } from 'node:crypto'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
 import { Limiter } from '../limiter.js'
 import { MARK_EVERY_MS } from './bucket-eviction.js'
 import { childrenOf, manifestMediaType } from '../oci/manifest.js'
-import { parseDigest } from '../oci/reference.js'
+import { matchesDigest } from '../oci/digest-check.js'
 import type { SharedContent } from '../store/blob-store.js'
 
 /** Puts to the shared store under way at once. */
@@ -105,8 +104,7 @@ export class FleetShare {
       return undefined
     }
     if (found === undefined) return undefined
-    const { algorithm } = parseDigest(digest)
-    if (`${algorithm}:${createHash(algorithm).update(found.content).digest('hex')}` !== digest) {
+    if (!matchesDigest(found.content, digest)) {
       this.#log.error({ digest }, 'a manifest in the shared store does not match its digest; not used')
       return undefined
     }

@@ -4,10 +4,9 @@
 // than served wrong. Reads go through the cache (LocalCache.storedBlobMatches)
 // like any other, paced here.
 
-import { createHash } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { MirrorEvents } from '../events.js'
-import { parseDigest } from '../oci/reference.js'
+import { matchesDigest } from '../oci/digest-check.js'
 import type { LocalCache } from './local-cache.js'
 
 export interface ScrubberOptions {
@@ -69,8 +68,7 @@ export class Scrubber {
       const content = cache.storedManifest(digest)
       if (content === undefined) continue
       counts.manifests++
-      const { algorithm } = parseDigest(digest)
-      if (`${algorithm}:${createHash(algorithm).update(content).digest('hex')}` === digest) continue
+      if (matchesDigest(content, digest)) continue
       log.error({ digest }, 'scrub: cached manifest does not match its digest; removing it')
       cache.removeManifest(digest)
       events?.corruptRemoved('manifest', digest)

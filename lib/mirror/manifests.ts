@@ -4,13 +4,13 @@
 // upstream can't answer, the cached answer is served stale. Bytes are stored
 // and served exactly as upstream sent them.
 
-import { createHash } from 'node:crypto'
 import type { Logger } from 'pino'
 import { Inflight } from '../cache/inflight.js'
 import type { Manifest } from '../cache/local-cache.js'
 import type { RecentPulls } from '../cache/recent-pulls.js'
 import { ManifestInvalidError, ManifestUnknownError, RegistryError, SizeInvalidError, UnavailableError } from '../errors.js'
 import { parseDigest, type ManifestReference } from '../oci/reference.js'
+import { digestOf } from '../oci/digest-check.js'
 import { accepts, MANIFEST_ACCEPT, MediaTypes } from '../oci/media-types.js'
 import type { CacheOutcome } from '../events.js'
 import { contentLength, header } from '../oci/headers.js'
@@ -202,7 +202,7 @@ export class ManifestService {
     const content = await readLimited(res.body, MAX_MANIFEST_BYTES)
     if (content === undefined) throw new SizeInvalidError(`manifest is larger than ${MAX_MANIFEST_BYTES} bytes`, { reference })
     const algorithm = reference.includes(':') ? parseDigest(reference).algorithm : 'sha256'
-    const digest = `${algorithm}:${createHash(algorithm).update(content).digest('hex')}`
+    const digest = digestOf(content, algorithm)
     if (reference.includes(':') && digest !== reference) {
       this.#o.log.error({ upstream: route.upstream, repository: route.name, expected: reference, actual: digest }, 'manifest from upstream does not match its digest; not cached')
       throw new ManifestInvalidError('manifest from upstream does not match the requested digest', { expected: reference })

@@ -9,6 +9,16 @@ import { Transform, type TransformCallback } from 'node:stream'
 import { DigestMismatchError } from '../errors.js'
 import { parseDigest } from './reference.js'
 
+/** The digest of bytes held in memory (a manifest), with the algorithm named: `sha256:<hex>`. */
+export function digestOf (content: Uint8Array, algorithm = 'sha256'): string {
+  return `${algorithm}:${createHash(algorithm).update(content).digest('hex')}`
+}
+
+/** Whether bytes held in memory are what `digest` (already parsed as valid) names. */
+export function matchesDigest (content: Uint8Array, digest: string): boolean {
+  return digestOf(content, parseDigest(digest).algorithm) === digest
+}
+
 export interface DigestCheckOptions {
   /** Names the bytes in messages: `blob sha256:...`, `entry blobs/sha256/...`. */
   readonly what: string

@@ -20,6 +20,7 @@ import { MAX_CONFIG_BYTES } from '../oci/limits.js'
 import { readLimited } from '../read-limited.js'
 import { openCore, type MirrorCore } from '../core.js'
 import { parseDigest } from '../oci/reference.js'
+import { digestOf } from '../oci/digest-check.js'
 import { MediaTypes } from '../oci/media-types.js'
 import type { Route } from '../upstream/routing.js'
 import type { RequestedImage } from './image-list.js'
@@ -97,7 +98,7 @@ async function writeBundle (core: MirrorCore, images: readonly WarmedImage[], ou
     descriptors.push({ ...top, annotations: { [REF_NAME]: image.image.name } })
     const wrapper = await ociWrapper(core, image)
     if (wrapper === undefined) continue
-    const digest = `sha256:${createHash('sha256').update(wrapper).digest('hex')}`
+    const digest = digestOf(wrapper)
     manifests.set(digest, wrapper)
     descriptors.push({ mediaType: MediaTypes.ociIndex, digest, size: wrapper.length, annotations: { [REF_NAME]: image.image.name, [WRAPPER_FOR]: image.top.digest } })
   }

@@ -3,7 +3,6 @@
 // exactly as a pull through the mirror would: a manifest by tag or digest,
 // and a blob as a stream that must be consumed or destroyed.
 
-import { createHash } from 'node:crypto'
 import { MirrorAnswerError } from '../errors.js'
 import { readLimited } from '../read-limited.js'
 import type { Readable } from 'node:stream'
@@ -13,6 +12,7 @@ import type { ManifestService } from '../mirror/manifests.js'
 import { basicAuthorization, contentLength, header } from '../oci/headers.js'
 import { MAX_MANIFEST_BYTES } from '../oci/limits.js'
 import { parseDigest, parseManifestReference } from '../oci/reference.js'
+import { digestOf } from '../oci/digest-check.js'
 import { MANIFEST_ACCEPT } from '../oci/media-types.js'
 import type { Route } from '../upstream/routing.js'
 
@@ -83,7 +83,7 @@ export function serverSource (base: string, credentials?: { readonly user: strin
       if (content === undefined) throw new Error(`manifest ${reference} is larger than ${MAX_MANIFEST_BYTES} bytes`)
       const expected = reference.includes(':') ? reference : header(res.headers, 'docker-content-digest')
       const algorithm = expected === undefined ? 'sha256' : parseDigest(expected).algorithm
-      const digest = `${algorithm}:${createHash(algorithm).update(content).digest('hex')}`
+      const digest = digestOf(content, algorithm)
       if (expected !== undefined && digest !== expected) {
         throw new Error(`manifest ${reference} from the mirror does not match its digest ${expected}: got ${digest}`)
       }
