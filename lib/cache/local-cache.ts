@@ -23,7 +23,7 @@ import type { Readable } from 'node:stream'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
 import type { BlobRow, CacheIndex, CacheTotals, EvictionCandidate, Pin } from '../db/cache-index.js'
-import { ShortFileError, StorageUnavailableError } from '../errors.js'
+import { DigestMismatchError, ShortFileError, StorageUnavailableError } from '../errors.js'
 import type { MirrorEvents } from '../events.js'
 import type { BlobStore } from '../store/blob-store.js'
 import type { BufferPool } from '../store/buffer-pool.js'
@@ -186,6 +186,15 @@ export class LocalCache {
       return undefined
     }
     body.once('error', err => {
+      if (err instanceof DigestMismatchError) {
+        // Only a shared store's reads are checked (its bytes cross a network, and other nodes write
+        // to it): the object is not what its name says, so it goes, for every node, and this answer
+        // is cut before its last byte. The next request fetches the blob again.
+        this.#log.error({ digest: row.digest, size: row.size, err: err.message }, 'a stored blob does not match its digest; removing it')
+        this.#write('blob row', () => this.#index.deleteBlob(row.digest))
+        this.#store.delete(row.digest).catch((err: unknown) => this.#log.warn({ digest: row.digest, err }, 'could not remove a corrupt blob from the store'))
+        return
+      }
       if (!(err instanceof ShortFileError)) return
       // This answer is cut; the next request is a miss and fetches the blob again.
       this.#log.error({ digest: row.digest, size: row.size, err: err.message }, 'cached blob file is shorter than its row; dropping the row')

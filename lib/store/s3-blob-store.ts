@@ -27,6 +27,7 @@ import { getSignedUrl } from '@aws-sdk/s3-request-presigner'
 import type { S3StorageConfig } from '../config/types.js'
 import { ShortFileError } from '../errors.js'
 import { DIGEST_ALGORITHMS, parseDigest } from '../oci/reference.js'
+import { DigestCheck } from '../oci/digest-check.js'
 import { MAX_MANIFEST_BYTES } from '../oci/limits.js'
 import { readLimited } from '../read-limited.js'
 import type { BlobStore, SharedContent, StoredObject } from './blob-store.js'
@@ -163,18 +164,28 @@ export class S3BlobStore implements BlobStore, SharedContent {
 
   async openRead (digest: string, range: { start: number, end: number }): Promise<Readable | undefined> {
     let body: Readable
+    let whole: boolean
     try {
       const res = await this.#client.send(new GetObjectCommand({ Bucket: this.#config.bucket, Key: this.#key(digest), Range: `bytes=${range.start}-${range.end}` }))
       body = res.Body as Readable
+      whole = range.start === 0 && totalOf(res.ContentRange) === range.end + 1
     } catch (err) {
       if (isNotFound(err)) return undefined
       throw err
     }
     const wanted = range.end - range.start + 1
-    const check = new LengthCheck(wanted, `object ${this.#key(digest)}`)
-    // A client that goes away destroys `check`, and pipeline lets the store's connection go with it.
-    pipeline(body, check, () => {})
-    return check
+    const what = `object ${this.#key(digest)}`
+    const check = new LengthCheck(wanted, what)
+    // A client that goes away destroys the last stream, and pipeline lets the store's connection go with it.
+    if (!whole) {
+      pipeline(body, check, () => {})
+      return check
+    }
+    // The whole blob: its bytes crossed a network from a store other nodes write to, so they are
+    // hashed on the way, and the last chunk is held until they match (DigestMismatchError if not).
+    const verified = new DigestCheck(digest, wanted, { what, holdLast: true })
+    pipeline(body, check, verified, () => {})
+    return verified
   }
 
   async stat (digest: string): Promise<number | undefined> {
@@ -201,7 +212,7 @@ export class S3BlobStore implements BlobStore, SharedContent {
       const page = await this.#client.send(new ListObjectsV2Command({ Bucket: this.#config.bucket, Prefix: this.#blobs, ContinuationToken: token }))
       for (const object of page.Contents ?? []) {
         if (object.Key === undefined) continue
-        yield { key: object.Key, digest: digestOf(object.Key.slice(this.#blobs.length)), size: object.Size ?? 0, storedAt: object.LastModified?.getTime() }
+        yield { key: object.Key, digest: digestFromKey(object.Key.slice(this.#blobs.length)), size: object.Size ?? 0, storedAt: object.LastModified?.getTime() }
       }
       token = page.IsTruncated === true ? page.NextContinuationToken : undefined
     } while (token !== undefined)
@@ -251,7 +262,7 @@ export class S3BlobStore implements BlobStore, SharedContent {
   async * marks (): AsyncIterable<{ digest: string, at: number }> {
     const prefix = `${this.#config.prefix}marks/`
     for await (const object of this.#listKeys(prefix)) {
-      const digest = digestOf(object.key.slice(prefix.length))
+      const digest = digestFromKey(object.key.slice(prefix.length))
       if (digest !== undefined && object.at !== undefined) yield { digest, at: object.at }
     }
   }
@@ -273,7 +284,7 @@ export class S3BlobStore implements BlobStore, SharedContent {
     const prefix = `${this.#config.prefix}pins/`
     for await (const object of this.#listKeys(prefix)) {
       const [node, ...rest] = object.key.slice(prefix.length).split('/')
-      const digest = digestOf(rest.join('/'))
+      const digest = digestFromKey(rest.join('/'))
       if (node !== undefined && digest !== undefined) yield { node: decodeURIComponent(node), digest }
     }
   }
@@ -326,7 +337,13 @@ class LengthCheck extends Transform {
   }
 }
 
-function digestOf (name: string): string | undefined {
+/** The whole object's size from `bytes 0-99/12345`; undefined when the store did not say. */
+function totalOf (contentRange: string | undefined): number | undefined {
+  const m = /^bytes \d+-\d+\/(\d+)$/.exec(contentRange ?? '')
+  return m?.[1] === undefined ? undefined : Number(m[1])
+}
+
+function digestFromKey (name: string): string | undefined {
   const [algorithm, hex, ...rest] = name.split('/')
   if (algorithm === undefined || hex === undefined || rest.length > 0) return undefined
   const length = DIGEST_ALGORITHMS.get(algorithm)

@@ -3,20 +3,21 @@
 // most recently on its own disk, so that hot blobs cost no bucket round trip.
 // Bounded by size, least recently read first out. A copy is taken when this
 // node uploads a blob (a hard link to the staged file, before the upload
-// removes it) and when it reads one from the bucket (written beside, in the
-// background, at most a few at a time, and only if it still fits).
+// removes it) and when it reads one from the bucket: from the very bytes a
+// client is sent when it reads from the start, else by a read of its own in
+// the background, at most a few at a time, and only if it still fits.
 //
 // A copy is verified bytes under their digest, like every stored blob: serving
 // one whose object another node has since evicted from the bucket serves the
 // right bytes. Stat, list and delete go to the bucket; a delete drops the copy
 // too.
 
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes, type Hash } from 'node:crypto'
 import { createWriteStream } from 'node:fs'
-import { link, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises'
+import { link, mkdir, open, readdir, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
-import type { Readable } from 'node:stream'
+import { Transform, type Readable, type TransformCallback } from 'node:stream'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
 import { errnoCode } from '../errors.js'
@@ -129,8 +130,27 @@ export class TieredBlobStore implements BlobStore {
       }
     }
     const body = await this.#remote.openRead(digest, range)
-    if (body !== undefined) this.#fill(digest)
+    if (body === undefined) return undefined
+    // Read from the start: the copy is written from these same bytes as they go to the client.
+    // From elsewhere (a resumed pull): copied in the background, by a read of its own.
+    if (range.start === 0 && range.end < (this.#copies.maxSize ?? 0) && !this.#filling.has(digest)) return this.#tee(digest, body)
+    this.#fill(digest)
     return body
+  }
+
+  /** Passes `body` on while a copy is written beside (CopyingReader), kept if it is the whole blob. */
+  #tee (digest: string, body: Readable): Readable {
+    this.#filling.add(digest)
+    const target = this.#pathOf(digest)
+    const copying = new CopyingReader(digest, `${target}.${randomBytes(4).toString('hex')}.part`, async (temp, size) => {
+      if (this.#copies.has(digest)) return false
+      await rename(temp, target)
+      this.#copies.set(digest, size)
+      return true
+    }, this.#log)
+    copying.once('close', () => this.#filling.delete(digest))
+    pipeline(body, copying).catch(() => {}) // the reader sees its errors
+    return copying
   }
 
   /** Copies a blob read from the bucket to local disk, in the background, once. */
@@ -185,5 +205,93 @@ export class TieredBlobStore implements BlobStore {
 
   close (): void {
     this.#remote.close?.()
+  }
+}
+
+/**
+ * Passes a blob's bytes on unchanged while writing them to `temp`, and hands the file to `keep` at
+ * the end if the bytes hash to the digest (a read of part of the blob never does). Written before
+ * passed on, so the copy is in place when the reader sees the end. A failed write (a full disk)
+ * drops the copy, never the read; a reader that goes away leaves no file.
+ */
+class CopyingReader extends Transform {
+  readonly #digest: string
+  readonly #temp: string
+  readonly #keep: (temp: string, size: number) => Promise<boolean>
+  readonly #log: Logger
+  readonly #hash: Hash
+  #file: FileHandle | undefined
+  #copying = true
+  #bytes = 0
+
+  constructor (digest: string, temp: string, keep: (temp: string, size: number) => Promise<boolean>, log: Logger) {
+    super()
+    this.#digest = digest
+    this.#temp = temp
+    this.#keep = keep
+    this.#log = log
+    this.#hash = createHash(parseDigest(digest).algorithm)
+  }
+
+  override _transform (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    if (!this.#copying) {
+      callback(null, chunk)
+      return
+    }
+    this.#write(chunk).then(() => callback(null, chunk), async (err: unknown) => {
+      this.#log.debug({ digest: this.#digest, err }, 'could not copy a blob from the bucket to local disk')
+      this.#copying = false
+      await this.#discard()
+      callback(null, chunk)
+    })
+  }
+
+  async #write (chunk: Buffer): Promise<void> {
+    if (this.#file === undefined) {
+      await mkdir(dirname(this.#temp), { recursive: true })
+      this.#file = await open(this.#temp, 'wx')
+    }
+    await this.#file.write(chunk)
+    this.#hash.update(chunk)
+    this.#bytes += chunk.length
+  }
+
+  override _flush (callback: TransformCallback): void {
+    void this.#finish().finally(() => callback())
+  }
+
+  async #finish (): Promise<void> {
+    if (!this.#copying) return
+    this.#copying = false
+    const whole = `${parseDigest(this.#digest).algorithm}:${this.#hash.digest('hex')}` === this.#digest
+    try {
+      await this.#file?.close()
+      this.#file = undefined
+      if (whole && (this.#bytes > 0 || await this.#empty()) && await this.#keep(this.#temp, this.#bytes)) return
+    } catch (err) {
+      this.#log.debug({ digest: this.#digest, err }, 'could not keep a copy of a blob from the bucket')
+    }
+    await this.#discard()
+  }
+
+  /** An empty blob still gets its (empty) file. */
+  async #empty (): Promise<boolean> {
+    await writeFile(this.#temp, '', { flag: 'wx' })
+    return true
+  }
+
+  async #discard (): Promise<void> {
+    await this.#file?.close().catch(() => {})
+    this.#file = undefined
+    await rm(this.#temp, { force: true })
+  }
+
+  override _destroy (err: Error | null, callback: (error?: Error | null) => void): void {
+    if (!this.#copying) {
+      callback(err)
+      return
+    }
+    this.#copying = false
+    void this.#discard().finally(() => callback(err))
   }
 }

@@ -7,10 +7,10 @@
 // them; this file's process sets them.
 
 import t from 'tap'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { DeleteObjectCommand, HeadObjectCommand } from '@aws-sdk/client-s3'
+import { DeleteObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3'
 import { ConfigError } from '../../lib/errors.js'
 import { requireTools } from '../../harness/tools.js'
 import { CephRgw } from '../../harness/ceph-rgw.js'
@@ -116,6 +116,38 @@ t.test('blobs in a bucket', { skip }, async t => {
     t.ok(joiner.index.manifestBelongsTo(image.manifestDigest, 'docker.io/library/shared'), 'the joiner has the manifest under the repository now')
   })
 
+  await t.test('bytes in the bucket that are not what their names say (a hand, a bug, rot) are never served as them', async t => {
+    const image = makeImage(fake, 'library/rot', 'v1', { layers: [300_000] })
+    const [layer] = image.layerDigests
+    if (layer === undefined) throw new Error('no layer')
+    const first = await start()
+    await (await fetch(`${first.url}/v2/library/rot/manifests/v1`)).arrayBuffer()
+    for (const digest of [image.configDigest, layer]) await readBody(await fetch(`${first.url}/v2/library/rot/blobs/${digest}`))
+    await waitUntil('the uploads', () => [image.configDigest, layer].every(d => first.index.getBlob(d) !== undefined))
+    await first.close()
+    const layerKey = `mirror/blobs/sha256/${hexOf(layer)}`
+    await admin.send(new PutObjectCommand({ Bucket: bucket, Key: layerKey, Body: randomBytes(300_000) })) // the same size, other bytes
+    await admin.send(new PutObjectCommand({ Bucket: bucket, Key: `mirror/manifests/sha256/${hexOf(image.manifestDigest)}`, Body: '{"schemaVersion":2}' }))
+
+    const joiner = await start()
+    const manifestHits = fake.hits(`/manifests/${image.manifestDigest}`)
+    const res = await fetch(`${joiner.url}/v2/library/rot/manifests/${image.manifestDigest}`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } })
+    t.equal(res.status, 200)
+    t.equal(res.headers.get('docker-content-digest'), image.manifestDigest)
+    t.equal(createHash('sha256').update(Buffer.from(await res.arrayBuffer())).digest('hex'), hexOf(image.manifestDigest), 'the manifest\'s own bytes')
+    t.equal(fake.hits(`/manifests/${image.manifestDigest}`), manifestHits + 1, 'from upstream: the bucket\'s copy did not match its digest')
+
+    const layerGets = fake.hits(`/blobs/${layer}`)
+    const cut = await readBody(await fetch(`${joiner.url}/v2/library/rot/blobs/${layer}`))
+    t.ok('error' in cut, 'a read of the whole blob is cut before its last byte')
+    await waitUntil('the object removed', async () => await inBucket(layer) === undefined)
+    t.equal(joiner.index.getBlob(layer), undefined, 'and the row')
+    const got = await readBody(await fetch(`${joiner.url}/v2/library/rot/blobs/${layer}`))
+    t.ok('bytes' in got && createHash('sha256').update(got.bytes).digest('hex') === hexOf(layer), 'the next request gets the blob')
+    t.ok(fake.hits(`/blobs/${layer}`) > layerGets, 'from upstream')
+    await waitUntil('put back', async () => await inBucket(layer) === 300_000)
+  })
+
   await t.test('a local disk in front of the bucket: hot blobs cost no bucket round trip, within its size', async t => {
     const first = randomBytes(600_000)
     const second = randomBytes(600_000)
@@ -137,15 +169,33 @@ t.test('blobs in a bucket', { skip }, async t => {
     t.ok('bytes' in got && got.bytes.equals(first), 'the first again')
     t.ok(await bucketGets(mark, firstDigest) >= 1, 'from the bucket: 1 MiB held only the second')
 
-    // A blob another node put in the bucket: read from it once, copied, then local.
+    // A blob another node put in the bucket: read from it once, copied from the bytes sent, then local.
     const other = await start({ localCache: '10MiB' })
     const m1 = await rgw.mark()
-    t.ok('bytes' in await readBody(await fetch(blobUrl(other, smallDigest))), 'a blob this node never fetched')
-    await waitUntil('the copy', async () => (await bucketGets(m1, smallDigest)) >= 2)
+    const first1 = await readBody(await fetch(blobUrl(other, smallDigest)))
+    t.ok('bytes' in first1 && first1.bytes.equals(small), 'a blob this node never fetched')
+    t.equal(await bucketGets(m1, smallDigest), 1, 'one bucket read: the copy was written from the bytes the client got')
     const m2 = await rgw.mark()
     const again = await readBody(await fetch(blobUrl(other, smallDigest)))
     t.ok('bytes' in again && again.bytes.equals(small), 'served again')
     t.equal(await bucketGets(m2, smallDigest), 0, 'from the copy it made')
+
+    // Read from its middle (a resumed pull): the copy takes a read of its own, in the background.
+    const third = randomBytes(200_000)
+    const thirdDigest = fake.addBlob('library/app', third)
+    t.ok('bytes' in await readBody(await fetch(blobUrl(a, thirdDigest))), 'put in the bucket by another node')
+    await waitUntil('the upload', () => a.index.getBlob(thirdDigest) !== undefined)
+    const m3 = await rgw.mark()
+    const ranged = await fetch(blobUrl(other, thirdDigest), { headers: { range: 'bytes=100-199' } })
+    t.equal(ranged.status, 206)
+    t.ok(Buffer.from(await ranged.arrayBuffer()).equals(third.subarray(100, 200)), 'the range')
+    await waitUntil('the copy', async () => (await bucketGets(m3, thirdDigest)) >= 2)
+    await waitUntil('the copy kept', async () => {
+      const m4 = await rgw.mark()
+      const got = await readBody(await fetch(blobUrl(other, thirdDigest)))
+      return 'bytes' in got && got.bytes.equals(third) && await bucketGets(m4, thirdDigest) === 0
+    })
+    t.pass('then served from the copy')
   })
 
   await t.test('with redirect: true, a hit is a 307 to a presigned URL sized to the blob; HEAD stays with the mirror', async t => {
