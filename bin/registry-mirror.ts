@@ -160,7 +160,7 @@ async function main (argv: string[]): Promise<number> {
   if (command === 'gc') return await gcCommand(config, values['dry-run'] === true, values.verify === true)
   const core = await openCore(config, createLogger('warn', process.stderr))
   try {
-    return maintenance(command, core, config, args, values.json === true)
+    return await maintenance(command, core, config, args, values.json === true)
   } finally {
     await core.close()
   }
@@ -283,11 +283,21 @@ async function gcCommand (config: MirrorConfig, dryRun: boolean, verify: boolean
   return 0
 }
 
-function maintenance (command: string, core: MirrorCore, config: MirrorConfig, args: string[], json: boolean): number {
+/** Pins change what every node of a fleet may evict: a shared bucket is told at once, or at this node's next eviction pass. */
+async function tellFleet (core: MirrorCore): Promise<void> {
+  try {
+    await core.cache.publishPins()
+  } catch (err) {
+    process.stderr.write(`registry-mirror: the shared bucket could not be told of the pins now (${err instanceof Error ? err.message : String(err)}); this node's next eviction pass tells it\n`)
+  }
+}
+
+async function maintenance (command: string, core: MirrorCore, config: MirrorConfig, args: string[], json: boolean): Promise<number> {
   const out = (line: string): void => { process.stdout.write(`${line}\n`) }
   switch (command) {
     case 'pin':
       for (const r of pin(core, args)) out(`pinned ${r.image}${r.cached ? '' : ' (not cached yet: protected once pulled)'}`)
+      await tellFleet(core)
       return 0
     case 'unpin': {
       let missing = 0
@@ -298,6 +308,7 @@ function maintenance (command: string, core: MirrorCore, config: MirrorConfig, a
           missing++
         }
       }
+      await tellFleet(core)
       return missing > 0 ? 1 : 0
     }
     case 'stats': {

@@ -111,7 +111,7 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
     }
   }
   const index = new CacheIndex({ path: join(config.storage.path, 'index.db'), now })
-  const cache = new LocalCache({ index, store, staging, readBuffers, hotEntries: config.cache.hotEntries, log, now, events: outer, uploadRetryDelays: options.uploadRetryDelays })
+  const cache = new LocalCache({ index, store, staging, readBuffers, hotEntries: config.cache.hotEntries, log, now, events: outer, uploadRetryDelays: options.uploadRetryDelays, node: nodeName(config) })
   // A serving mirror notes in the index which upstreams are down (the cache listens), for `registry-mirror stats`.
   const events = options.owner === true ? new Events([outer, cache]) : outer
   if (options.owner === true) for (const name of config.upstreams.keys()) cache.noteUpstreamDown(name, 0)
@@ -135,7 +135,7 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
     if (client === undefined) throw new Error(`no upstream client for ${name}`)
     return client
   }
-  const evictor = new Evictor({ cache, log, now, policy: config.storage, events, node: nodeName(config) })
+  const evictor = new Evictor({ cache, log, now, policy: config.storage, events })
   const eviction = new EvictionSchedule({ evictor, usedBytes: cache.usedBytes(), interval: config.storage.evictionInterval, log })
   // Only a mirror that owns the data directory scrubs it; a command run beside it does not.
   const scrubber = options.owner === true ? new Scrubber({ cache, rate: config.storage.scrubRate, interval: config.storage.scrubInterval, log, events }) : undefined

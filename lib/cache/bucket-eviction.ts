@@ -50,23 +50,32 @@ export interface BucketEvictionResult {
   readonly spared: number
 }
 
+/**
+ * Writes what `node` pins into the bucket (and takes back what it no longer pins); returns what
+ * every node pins. Run by each eviction pass, and by `pin`/`unpin` at once, so that no other
+ * node's pass takes a blob in between.
+ */
+export async function publishPins (shared: SharedContent, node: string, own: ReadonlySet<string>, options: { dryRun?: boolean } = {}): Promise<Set<string>> {
+  const everyones = new Set<string>(own)
+  const listedOwn = new Set<string>()
+  for await (const pin of shared.pins()) {
+    everyones.add(pin.digest)
+    if (pin.node === node) listedOwn.add(pin.digest)
+  }
+  if (options.dryRun !== true) {
+    for (const digest of own) if (!listedOwn.has(digest)) await shared.putPin(node, digest)
+    for (const digest of listedOwn) if (!own.has(digest)) await shared.removePin(node, digest)
+  }
+  return everyones
+}
+
 export async function evictBucket (parts: BucketEvictionParts, policy: EvictionPolicy, options: { dryRun?: boolean | undefined } = {}): Promise<BucketEvictionResult> {
   const { store, shared, log } = parts
   const now = parts.now()
   const dryRun = options.dryRun === true
 
   // 1. This node's pins, written into the bucket; everyone's, read back.
-  const own = parts.pinned()
-  const protectedDigests = new Set<string>(own)
-  const listedOwn = new Set<string>()
-  for await (const pin of shared.pins()) {
-    protectedDigests.add(pin.digest)
-    if (pin.node === parts.node) listedOwn.add(pin.digest)
-  }
-  if (!dryRun) {
-    for (const digest of own) if (!listedOwn.has(digest)) await shared.putPin(parts.node, digest)
-    for (const digest of listedOwn) if (!own.has(digest)) await shared.removePin(parts.node, digest)
-  }
+  const protectedDigests = await publishPins(shared, parts.node, parts.pinned(), { dryRun })
   if (policy.maxAge === undefined && policy.maxSize === undefined) return { removed: 0, bytes: 0, bucketBytes: 0, spared: 0 }
 
   // 2. What the bucket holds, and when the fleet last touched each blob.

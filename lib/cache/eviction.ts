@@ -47,8 +47,6 @@ export interface EvictorOptions {
   readonly now?: () => number
   /** Told of each removal. */
   readonly events?: Pick<MirrorEvents, 'evicted'> | undefined
-  /** This node's name among the fleet's (its pins in a shared bucket). */
-  readonly node?: string | undefined
 }
 
 const BATCH = 500
@@ -202,7 +200,7 @@ export class Evictor {
     }
     // A shared bucket is bounded by the fleet's last access to each blob, not by this node's rows.
     const bucket = options.needBytes === undefined
-      ? await cache.evictShared(policy, { node: this.#o.node ?? 'node', dryRun: options.dryRun, events: this.#o.events })
+      ? await cache.evictShared(policy, { dryRun: options.dryRun, events: this.#o.events })
       : undefined
     return { removed, bytes, byReason, usedBytes: used, pinnedBytes: pinnedTotal, bucket }
   }

@@ -29,7 +29,7 @@ import type { BlobStore } from '../store/blob-store.js'
 import type { BufferPool } from '../store/buffer-pool.js'
 import type { Staging } from '../store/staging.js'
 import { AccessRecorder } from './access-recorder.js'
-import { evictBucket, type BucketEvictionResult } from './bucket-eviction.js'
+import { evictBucket, publishPins, type BucketEvictionResult } from './bucket-eviction.js'
 import type { EvictionPolicy } from './eviction.js'
 import { FleetShare } from './fleet-share.js'
 import { Uploads } from './uploads.js'
@@ -89,6 +89,8 @@ export interface LocalCacheOptions {
   readonly events?: Pick<MirrorEvents, 'indexWriteFailed' | 'storeUpload'> | undefined
   /** Milliseconds between tries at putting a blob into a remote store (tests); see uploads.ts. */
   readonly uploadRetryDelays?: readonly number[] | undefined
+  /** This node's name among a fleet's: its pins in a shared store go under it. */
+  readonly node?: string | undefined
 }
 
 /** A failed index write, as the cache reports it. */
@@ -118,6 +120,7 @@ export class LocalCache {
   readonly #hot: LRUCache<string, HotEntry>
   readonly #now: () => number
   readonly #events: Pick<MirrorEvents, 'indexWriteFailed'> | undefined
+  readonly #node: string
   #failure: WriteFailure | undefined
   #failuresSinceLogged = 0
   #failureLoggedAt = -Infinity
@@ -145,6 +148,7 @@ export class LocalCache {
     this.#log = options.log
     this.#now = options.now ?? Date.now
     this.#events = options.events
+    this.#node = options.node ?? 'node'
     this.access = new AccessRecorder({
       sink: { recordAccess: batch => { this.#write('access', () => options.index.recordAccess(batch)) } },
       now: this.#now,
@@ -384,13 +388,13 @@ export class LocalCache {
   }
 
   /** The shared bucket's eviction pass (bucket-eviction.ts); undefined without a shared store. */
-  async evictShared (policy: EvictionPolicy, options: { node: string, dryRun?: boolean | undefined, events?: Pick<MirrorEvents, 'evicted'> | undefined }): Promise<BucketEvictionResult | undefined> {
+  async evictShared (policy: EvictionPolicy, options: { dryRun?: boolean | undefined, events?: Pick<MirrorEvents, 'evicted'> | undefined }): Promise<BucketEvictionResult | undefined> {
     const shared = this.#store.shared
     if (shared === undefined) return undefined
     return await evictBucket({
       store: this.#store,
       shared,
-      node: options.node,
+      node: this.#node,
       pinned: () => new Set(this.pinnedContent().digests),
       dropRow: digest => { this.#write('blob removal', () => this.#index.deleteBlob(digest)) },
       log: this.#log,
@@ -626,6 +630,17 @@ export class LocalCache {
 
   pins (): Pin[] {
     return this.#index.pins()
+  }
+
+  /**
+   * Tells a shared store what this node pins now (pin and unpin do, so that no other node's
+   * eviction pass takes a pinned blob before this node's next one): false without a shared store.
+   */
+  async publishPins (): Promise<boolean> {
+    const shared = this.#store.shared
+    if (shared === undefined) return false
+    await publishPins(shared, this.#node, new Set(this.pinnedContent().digests))
+    return true
   }
 
   /** What the pins protect: their manifests and everything those name. */

@@ -10,7 +10,7 @@ import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { DeleteObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3'
+import { DeleteObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3'
 import { ConfigError } from '../../lib/errors.js'
 import { requireTools } from '../../harness/tools.js'
 import { CephRgw } from '../../harness/ceph-rgw.js'
@@ -227,7 +227,9 @@ t.test('blobs in a bucket', { skip }, async t => {
       await waitUntil('the uploads', () => img.layerDigests.every(d => fetcher.index.getBlob(d) !== undefined))
     }
     fetcher.cache.addPin('docker.io/library/pinned', 'v1')
-    await fetcher.evictor.run() // writes its pins into the bucket
+    t.ok(await fetcher.cache.publishPins(), 'the pins are written into the bucket at once (as `registry-mirror pin` does), not at the next eviction pass')
+    const pins = await admin.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'mirror/pins/' }))
+    t.ok((pins.Contents ?? []).some(o => o.Key?.endsWith(`/sha256/${hexOf(pinnedLayer)}`) === true), 'the pinned layer among them')
 
     // Node B hands the layer out by redirect; node A, whose clock says now and whose maxAge is 1 s, evicts.
     const b = await start({ redirect: true })
