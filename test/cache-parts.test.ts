@@ -2,6 +2,9 @@ import t from 'tap'
 import { AccessRecorder } from '../lib/cache/access-recorder.js'
 import type { AccessBatch } from '../lib/db/cache-index.js'
 import { Inflight } from '../lib/cache/inflight.js'
+import { FleetShare, MAX_WAITING } from '../lib/cache/fleet-share.js'
+import type { SharedContent } from '../lib/store/blob-store.js'
+import { pino } from 'pino'
 import { PaginationNumberInvalidError } from '../lib/errors.js'
 import { asciiOrder, paginate, parsePage } from '../lib/mirror/listings.js'
 import { thrownBy } from './helpers/throws.js'
@@ -219,4 +222,47 @@ t.test('paginate never hands back the array it was given', async t => {
   const page = paginate(source, { n: undefined, last: undefined })
   page.items.push('c')
   t.same(source, ['a', 'b'])
+})
+
+// ---------------------------------------------------------------- FleetShare
+
+/** A shared store whose writes hang (a store under water) or fail (a store down); reads say "none". */
+function troubledShared (mode: 'hang' | 'fail'): SharedContent & { calls: number } {
+  const state = { calls: 0 }
+  const write = async (): Promise<void> => {
+    state.calls++
+    if (mode === 'fail') throw new Error('store down')
+    await new Promise<void>(() => {})
+  }
+  return {
+    get calls () { return state.calls },
+    putManifest: write,
+    getManifest: async () => undefined,
+    putLink: write,
+    hasLink: async () => false,
+    mark: write,
+    markedAt: async () => undefined,
+    marks: async function * () {},
+    putPin: write,
+    removePin: write,
+    pins: async function * () {},
+    holdMs: () => 0
+  }
+}
+
+t.test('a flood of distinct digests never grows what a node has to tell the fleet past its bound', async t => {
+  for (const mode of ['hang', 'fail'] as const) {
+    const shared = troubledShared(mode)
+    const share = new FleetShare(shared, pino({ level: 'silent' }))
+    t.teardown(() => share.close())
+    const digest = (i: number): string => `sha256:${i.toString(16).padStart(64, '0')}`
+    for (let i = 0; i < 5 * MAX_WAITING; i++) {
+      share.linked(`library/app${i}`, digest(i))
+      await share.accessed(digest(i), Date.now(), false)
+    }
+    await new Promise(resolve => setImmediate(resolve))
+    t.ok(share.backlog <= MAX_WAITING * 2, `${mode}: waiting puts and retries stay bounded (${share.backlog} for ${10 * MAX_WAITING} told)`)
+    if (mode === 'hang') t.equal(shared.calls, 4, 'hang: only the few puts at once reached the store; marks wait their turn with them')
+    else t.ok(shared.calls > MAX_WAITING, `fail: each failed quickly and the next was tried (${shared.calls}); only the retries are kept, ${MAX_WAITING} at most`)
+  }
 })

@@ -19,8 +19,12 @@ import type { SharedContent } from '../store/blob-store.js'
 
 /** Puts to the shared store under way at once. */
 const PUTS_AT_ONCE = 4
-/** Puts waiting beyond this are dropped: sharing is best effort, never a queue that grows. */
-const MAX_WAITING = 1000
+/**
+ * Puts waiting beyond this are dropped, and so are failed puts beyond this waiting to be tried
+ * again: sharing is best effort, never a queue that a flood of distinct digests (or a store down
+ * for an hour) makes grow. What is dropped is told again when next cached or confirmed.
+ */
+export const MAX_WAITING = 1000
 /** How often a run of failing puts is logged again. */
 const FAILURE_LOG_MS = 60_000
 /** A put that failed is tried again after each of these (a store down for a while, then back). */
@@ -69,13 +73,21 @@ export class FleetShare {
   async accessed (digest: string, now: number, handedOut: boolean): Promise<boolean> {
     const last = this.#marked.get(digest)
     if (last !== undefined && now - last < MARK_EVERY_MS) return false
-    this.#marked.set(digest, now)
-    const mark = this.#shared.mark(digest).catch((err: unknown) => {
-      this.#marked.delete(digest)
+    const failed = (err: unknown): void => {
+      this.#marked.delete(digest) // marked again at the next access
       this.#log.warn({ digest, err }, 'could not mark a blob as served in the shared store')
-    })
-    if (handedOut) await mark
-    else this.#track(mark)
+    }
+    if (handedOut) {
+      // The client is sent to the store only once the mark is there: not queued behind other puts.
+      this.#marked.set(digest, now)
+      await this.#shared.mark(digest).catch(failed)
+      return true
+    }
+    // A stream: marked in the background, in turn with the other puts (a flood of hits on
+    // distinct blobs is not a flood of requests to the store).
+    if (this.#puts.waiting >= MAX_WAITING || this.#closed) return false
+    this.#marked.set(digest, now)
+    this.#track(this.#puts.run(async () => await this.#shared.mark(digest)).catch(failed))
     return true
   }
 
@@ -116,6 +128,11 @@ export class FleetShare {
     }
   }
 
+  /** Puts waiting their turn, and failed puts waiting to be tried again. */
+  get backlog (): number {
+    return this.#puts.waiting + this.#retries.size
+  }
+
   /** Drops the tries still waiting (the node is closing); the puts under way end on their own. */
   close (): void {
     this.#closed = true
@@ -140,7 +157,7 @@ export class FleetShare {
       }
       // Tried again after a while: a store down for minutes must not leave the fleet without it for good.
       const delay = RETRY_DELAYS_MS[attempt]
-      if (delay === undefined) return
+      if (delay === undefined || this.#retries.size >= MAX_WAITING || this.#closed) return
       const timer = setTimeout(() => {
         this.#retries.delete(timer)
         this.#put(what, fn, attempt + 1)
