@@ -158,7 +158,8 @@ async function main (argv: string[]): Promise<number> {
   }
 
   if (command === 'gc') return await gcCommand(config, values['dry-run'] === true, values.verify === true)
-  const core = await openCore(config, createLogger('warn', process.stderr))
+  // stats, pin, unpin: the data directory only, no upstream.
+  const core = await openCore(config, createLogger('warn', process.stderr), { upstreams: false })
   try {
     return await maintenance(command, core, config, args, values.json === true)
   } finally {

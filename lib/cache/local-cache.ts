@@ -599,8 +599,7 @@ export class LocalCache {
 
   /** Bytes of blobs and manifests, from the index. */
   usedBytes (): number {
-    const t = this.#index.totals()
-    return t.blobBytes + t.manifestBytes
+    return this.#index.usedBytes()
   }
 
   summary (): CacheSummary {

@@ -354,9 +354,10 @@ export class CacheIndex {
   }
 
   totals (): CacheTotals {
-    const b = this.#db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes, min(accessed_at) AS oldest, max(accessed_at) AS newest FROM blobs')
+    // One scan per table for the count and the bytes; the oldest and newest from the access index.
+    const b = this.#db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes, (SELECT min(accessed_at) FROM blobs) AS oldest, (SELECT max(accessed_at) FROM blobs) AS newest FROM blobs')
       .get() as { n: number, bytes: number, oldest: number | null, newest: number | null }
-    const m = this.#db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes, min(accessed_at) AS oldest, max(accessed_at) AS newest FROM manifests')
+    const m = this.#db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes, (SELECT min(accessed_at) FROM manifests) AS oldest, (SELECT max(accessed_at) FROM manifests) AS newest FROM manifests')
       .get() as { n: number, bytes: number, oldest: number | null, newest: number | null }
     const tags = (this.#db.prepare('SELECT count(*) AS n FROM tags').get() as { n: number }).n
     const oldest = [b.oldest, m.oldest].filter((v): v is number => v !== null)
@@ -371,6 +372,11 @@ export class CacheIndex {
       oldestAccess: oldest.length > 0 ? Math.min(...oldest) : null,
       newestAccess: newest.length > 0 ? Math.max(...newest) : null
     }
+  }
+
+  /** Bytes of blobs and manifests: what eviction bounds (a scan of sizes only, cheaper than totals). */
+  usedBytes (): number {
+    return (this.#db.prepare('SELECT (SELECT coalesce(sum(size), 0) FROM blobs) + (SELECT coalesce(sum(size), 0) FROM manifests) AS bytes').get() as { bytes: number }).bytes
   }
 
   /** Blobs and manifests last accessed before `before`, least recently used first. */

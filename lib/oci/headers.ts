@@ -17,6 +17,18 @@ export function contentLength (headers: HeaderMap): number | undefined {
   return Number.isSafeInteger(n) ? n : undefined
 }
 
+const PASSED_THROUGH = ['ratelimit-limit', 'ratelimit-remaining', 'docker-ratelimit-source']
+
+/** Headers of an upstream answer that the mirror hands on to its client (rate limits). */
+export function passedThroughHeaders (headers: HeaderMap): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const name of PASSED_THROUGH) {
+    const v = header(headers, name)
+    if (v !== undefined) out[name] = v
+  }
+  return out
+}
+
 /** The Authorization value of HTTP Basic credentials. */
 export function basicAuthorization (username: string, password: string): string {
   return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`

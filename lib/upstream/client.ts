@@ -6,7 +6,7 @@ import { Agent, request, type Dispatcher } from 'undici'
 import type { Logger } from 'pino'
 import type { UpstreamConfig } from '../config/types.js'
 import type { MirrorEvents } from '../events.js'
-import { basicAuthorization, contentLength, header, type HeaderMap } from '../oci/headers.js'
+import { basicAuthorization, contentLength, header, passedThroughHeaders, type HeaderMap } from '../oci/headers.js'
 import { DeniedError, errnoCode, RegistryError, TooManyRequestsError, UnavailableError } from '../errors.js'
 import { MAX_TOKEN_BYTES } from '../oci/limits.js'
 import { readLimited } from '../read-limited.js'
@@ -23,7 +23,6 @@ const METADATA_CONNECTIONS = 16
 export const DEFAULT_CONCURRENT_DOWNLOADS = 16
 /** Blob connections beyond the downloads: HEADs, and the uncached answers to a full disk's clients. */
 const BLOB_HEADROOM = 8
-const PASSED_THROUGH = ['ratelimit-limit', 'ratelimit-remaining', 'docker-ratelimit-source']
 
 type Headers = HeaderMap
 
@@ -33,15 +32,6 @@ export interface UpstreamResponse {
   readonly body: Dispatcher.ResponseData['body']
 }
 
-/** Headers of an upstream answer that the mirror hands on to its client (rate limits). */
-export function passedThroughHeaders (headers: Headers): Record<string, string> {
-  const out: Record<string, string> = {}
-  for (const name of PASSED_THROUGH) {
-    const v = header(headers, name)
-    if (v !== undefined) out[name] = v
-  }
-  return out
-}
 
 
 type UpstreamEventSink = Pick<MirrorEvents, 'upstreamResponse' | 'tokenFetched' | 'upstreamRetried' | 'upstreamRefused' | 'upstreamState'>
