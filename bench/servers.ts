@@ -167,6 +167,88 @@ export class NginxServer {
   }
 }
 
+/**
+ * nginx as a caching proxy of the upstream, the way nginx-based registry caches mirror today
+ * (docker-registry-proxy): blobs cached on disk under their digest, `proxy_cache_lock` so that
+ * clients asking for a blob being fetched wait for it instead of fetching it again (for up to
+ * 880 s, as docker-registry-proxy sets it), manifests and the rest passed through uncached.
+ */
+export class NginxCacheServer {
+  readonly url: string
+  readonly host: string
+  readonly #daemon: Daemon
+
+  private constructor (url: string, daemon: Daemon) {
+    this.url = url
+    this.host = url.replace(/^http:\/\//, '')
+    this.#daemon = daemon
+  }
+
+  static async start (dir: string, upstreamUrl: string): Promise<NginxCacheServer> {
+    await mkdir(join(dir, 'tmp'), { recursive: true })
+    await mkdir(join(dir, 'cache'), { recursive: true })
+    const port = await freePort()
+    const temp = join(dir, 'tmp')
+    const conf = join(dir, 'nginx.conf')
+    const user = process.getuid?.() === 0 ? ['user root;'] : []
+    await writeFile(conf, [
+      ...user,
+      'worker_processes auto;',
+      'daemon off;',
+      `pid ${join(dir, 'nginx.pid')};`,
+      `error_log ${join(dir, 'error.log')} warn;`,
+      'events { worker_connections 1024; }',
+      'http {',
+      '  access_log off;',
+      '  sendfile on;',
+      '  tcp_nopush on;',
+      '  keepalive_requests 100000;',
+      ...['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map(kind => `  ${kind}_temp_path ${temp};`),
+      `  proxy_cache_path ${join(dir, 'cache')} levels=1:2 keys_zone=blobs:10m inactive=60d max_size=32g use_temp_path=off;`,
+      // Regexes with braces are quoted, or nginx reads the brace as a block.
+      '  map $uri $blob_digest { "~/blobs/(?<digest>sha256:[a-f0-9]{64})$" $digest; default ""; }',
+      '  proxy_http_version 1.1;',
+      '  proxy_read_timeout 900;',
+      '  server {',
+      `    listen 127.0.0.1:${port};`,
+      '    location ~ "^/v2/.+/blobs/sha256:[a-f0-9]{64}$" {',
+      `      proxy_pass ${upstreamUrl};`,
+      '      proxy_cache blobs;',
+      '      proxy_cache_key $blob_digest;',
+      '      proxy_cache_valid 200 60d;',
+      '      proxy_cache_lock on;',
+      '      proxy_cache_lock_timeout 880s;',
+      '      proxy_cache_lock_age 880s;',
+      '    }',
+      `    location / { proxy_pass ${upstreamUrl}; }`,
+      '  }',
+      '}',
+      ''
+    ].join('\n'))
+    const daemon = new Daemon('nginx proxy_cache', 'nginx', ['-p', dir, '-c', conf, '-e', join(dir, 'error.log')], { logPath: join(dir, 'nginx.log') })
+    const url = `http://127.0.0.1:${port}`
+    try {
+      await waitFor(`nginx to answer on ${url}`, async () => {
+        if (!daemon.running) throw new WaitAborted('nginx exited')
+        const response = await fetch(`${url}/v2/`)
+        await response.arrayBuffer()
+        return true
+      }, { timeoutMs: 15_000, intervalMs: 50, describe: () => daemon.tail() })
+    } catch (err) {
+      await daemon.stop()
+      throw err
+    }
+    return new NginxCacheServer(url, daemon)
+  }
+
+  /** The master's pid: its workers are its children (peakRss counts the tree). */
+  get pid (): number { return pidOf(this.#daemon) }
+
+  async stop (): Promise<void> {
+    await this.#daemon.stop()
+  }
+}
+
 function pidOf (daemon: Daemon): number {
   const pid = daemon.child.pid
   if (pid === undefined) throw new Error(`${daemon.name} has no pid`)
