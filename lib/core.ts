@@ -15,7 +15,7 @@ import type { Logger } from 'pino'
 import { emptySweepReport, repairs, type SweepOptions, type SweepReport } from './cache/consistency.js'
 import { Evictor } from './cache/eviction.js'
 import { EvictionSchedule } from './cache/eviction-schedule.js'
-import { FileHasher } from './cache/file-hasher.js'
+import { ChunkHasher } from './cache/chunk-hasher.js'
 import { LocalCache } from './cache/local-cache.js'
 import { RecentPulls } from './cache/recent-pulls.js'
 import { Scrubber } from './cache/scrubber.js'
@@ -136,7 +136,7 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
   const upstreams = new Map<string, UpstreamClient>()
   if (options.upstreams !== false) {
     const { UpstreamClient } = await import('./upstream/client.js')
-    for (const u of config.upstreams.values()) upstreams.set(u.name, new UpstreamClient({ config: u, log, events, now }))
+    for (const u of config.upstreams.values()) upstreams.set(u.name, new UpstreamClient({ config: u, log, events, now, buffers: readBuffers }))
   }
   const upstream = (name: string): UpstreamClient => {
     const client = upstreams.get(name)
@@ -147,7 +147,7 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
   const eviction = new EvictionSchedule({ evictor, usedBytes: cache.usedBytes(), interval: config.storage.evictionInterval, log })
   // Only a mirror that owns the data directory scrubs it; a command run beside it does not.
   const scrubber = options.owner === true ? new Scrubber({ cache, rate: config.storage.scrubRate, interval: config.storage.scrubInterval, log, events }) : undefined
-  const hasher = new FileHasher()
+  const hasher = new ChunkHasher()
   const offline = config.offline
   const pulls = new RecentPulls(now)
   const blobs = new BlobService({ cache, upstream, log, events, space: eviction, pulls, offline, hasher, redirect: s3?.redirect })

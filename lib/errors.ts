@@ -77,6 +77,22 @@ export abstract class MirrorFailure extends Error {
 /** A stored blob ended before the size its row records: the file was cut (by hand, by a crash, by bit rot). */
 export class ShortFileError extends MirrorFailure { readonly code = 'SHORT_FILE' }
 
+/** An upstream (or a host it redirected to) broke HTTP/1.1: a malformed head or chunk, conflicting lengths. */
+export class UpstreamProtocolError extends MirrorFailure { readonly code = 'UPSTREAM_PROTOCOL' }
+
+/** The connection closed before the upstream's answer was complete. */
+export class UpstreamClosedError extends MirrorFailure { readonly code = 'UPSTREAM_CLOSED' }
+
+/** An upstream connection, head or body took longer than its configured timeout. */
+export class UpstreamTimeoutError extends MirrorFailure {
+  readonly code: 'CONNECT_TIMEOUT' | 'HEADERS_TIMEOUT' | 'BODY_TIMEOUT'
+
+  constructor (code: UpstreamTimeoutError['code'], message: string) {
+    super(message)
+    this.code = code
+  }
+}
+
 /** Bytes from upstream did not match the digest or size they were asked for. */
 export class DigestMismatchError extends Error {
   readonly code = 'DIGEST_MISMATCH'

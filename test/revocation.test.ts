@@ -19,6 +19,7 @@ import { PassthroughGate } from '../lib/auth/passthrough.js'
 import { DeniedError } from '../lib/errors.js'
 import type { MirrorEvents } from '../lib/events.js'
 import { createLogger } from '../lib/log.js'
+import { blobReadBuffers } from '../lib/store/buffer-pool.js'
 import { UpstreamClient, type UpstreamResponse } from '../lib/upstream/client.js'
 import type { PassthroughCaller } from '../lib/upstream/client-login.js'
 import { loadYamlConfig } from './helpers/config.js'
@@ -105,7 +106,7 @@ async function passthroughClient (t: Teardown, url: string, ttl: number, now: ()
   })
   const upstream = config.upstreams.get('registry.example')
   if (upstream === undefined) throw new Error('no upstream in the config')
-  const client = new UpstreamClient({ config: upstream, log, events: noEvents, now })
+  const client = new UpstreamClient({ config: upstream, log, events: noEvents, now, buffers: blobReadBuffers() })
   t.teardown(async () => await client.close(0))
   return client
 }

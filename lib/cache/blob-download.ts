@@ -1,7 +1,6 @@
 // One upstream download of one blob, that any number of clients stream from
 // while it is still arriving. Bytes go to a temp file as they come, hashed on
-// the way (a large blob by a worker thread reading the file behind the
-// writes); a reader that has caught up takes new bytes from memory, one that
+// the way (a large blob by a worker thread, from the same buffers); a reader that has caught up takes new bytes from memory, one that
 // fell behind reads the file by position. At the end the digest and size are
 // checked, the file flushed to disk and committed; on any failure every reader
 // is destroyed (its response is cut, never completed) and the temp file
@@ -15,7 +14,7 @@ import { DigestMismatchError } from '../errors.js'
 import { parseDigest } from '../oci/reference.js'
 import type { BufferPool } from '../store/buffer-pool.js'
 import { READ_RUN, readPooledRun } from '../store/file-reader.js'
-import type { FileHashJob, FileHasher } from './file-hasher.js'
+import type { ChunkHasher, HashJob } from './chunk-hasher.js'
 
 /**
  * A large download is flushed to disk in the background every this many bytes, so that
@@ -50,10 +49,13 @@ export interface BlobDownloadOptions {
   /** Runs after the bytes were verified: moves the file into place and indexes it. */
   readonly commit: (tempPath: string, size: number) => Promise<void>
   readonly discard: (tempPath: string) => Promise<void>
-  /** Buffers readers read the temp file into; the HTTP layer gives them back once sent. */
+  /**
+   * Buffers readers read the temp file into; the HTTP layer gives them back once sent. The
+   * body's chunks may be this pool's shared buffers: each is given back once written.
+   */
   readonly buffers: BufferPool
-  /** Hashes large downloads off the main thread; without it, they are hashed as they arrive. */
-  readonly hasher?: FileHasher | undefined
+  /** Hashes large downloads off the main thread; without it, they are hashed on it. */
+  readonly hasher?: ChunkHasher | undefined
 }
 
 export class BlobDownload {
@@ -91,10 +93,11 @@ export class BlobDownload {
   }
 
   async #run (body: Readable): Promise<void> {
-    const { hasher } = this.#options
+    const { hasher, buffers } = this.#options
     const algorithm = parseDigest(this.digest).algorithm
-    const offThread: FileHashJob | undefined = hasher !== undefined && (this.size === undefined || this.size >= HASH_OFF_THREAD_FROM)
-      ? hasher.start(this.#temp.path, algorithm)
+    // The hasher holds views of its own, given back once hashed.
+    const offThread: HashJob | undefined = hasher !== undefined && (this.size === undefined || this.size >= HASH_OFF_THREAD_FROM)
+      ? hasher.start(algorithm, chunk => buffers.give(chunk))
       : undefined
     const inline = createHash(algorithm) // used when nothing hashes off the thread
     // One background flush at a time; its failure fails the download at the end.
@@ -113,18 +116,25 @@ export class BlobDownload {
     const writeAll = (chunks: Buffer[], cb: (err?: Error | null) => void): void => {
       const length = chunks.reduce((n, c) => n + c.length, 0)
       if (this.size !== undefined && this.#written + length > this.size) {
+        for (const c of chunks) buffers.give(c)
         cb(new DigestMismatchError(this.digest, 'unknown', `upstream sent more than the announced ${this.size} bytes for ${this.digest}`))
         return
       }
       const start = this.#written
+      // Hashed off the thread while they are written.
+      offThread?.update(chunks.map(c => buffers.view(c, 0, c.length)))
       writeFully(this.#temp.handle, chunks, length, start).then(() => {
         if (offThread === undefined) for (const c of chunks) inline.update(c)
         this.#written += length
-        offThread?.written(this.#written)
         flushInBackground()
+        // Readers take views of their own; then the chunks' pooled buffers can be read into again.
         this.#notify(chunks, start)
+        for (const c of chunks) buffers.give(c)
         cb()
-      }, cb)
+      }, (err: Error) => {
+        for (const c of chunks) buffers.give(c)
+        cb(err)
+      })
     }
     const sink = new Writable({
       highWaterMark: WRITE_BUFFER,
@@ -136,7 +146,7 @@ export class BlobDownload {
       if (this.size !== undefined && this.#written !== this.size) {
         throw new DigestMismatchError(this.digest, 'unknown', `upstream sent ${this.#written} of ${this.size} bytes for ${this.digest}`)
       }
-      const hex = offThread !== undefined ? await offThread.end(this.#written) : inline.digest('hex')
+      const hex = offThread !== undefined ? await offThread.end() : inline.digest('hex')
       const actual = `${algorithm}:${hex}`
       if (actual !== this.digest) throw new DigestMismatchError(this.digest, actual)
       await flushing
@@ -220,7 +230,9 @@ export class BlobDownload {
           for (const chunk of chunks) {
             const from = Math.max(position, offset)
             const to = Math.min(offset + chunk.length, stop)
-            if (to > from) parts.push(chunk.subarray(from - offset, to - offset))
+            // A counted view when the chunk is one of the pool's (a socket read): the reader's client
+            // gives it back once sent.
+            if (to > from) parts.push(buffers.view(chunk, from - offset, to - offset))
             offset += chunk.length
           }
           if (parts.length === 0 || chunksStart > position) {

@@ -34,7 +34,7 @@ import type { EvictionPolicy } from './eviction.js'
 import { FleetShare } from './fleet-share.js'
 import { Uploads } from './uploads.js'
 import { BlobDownload } from './blob-download.js'
-import type { FileHasher } from './file-hasher.js'
+import type { ChunkHasher } from './chunk-hasher.js'
 import { cleanStaging, sweep, type StagingReport, type SweepOptions, type SweepReport } from './consistency.js'
 import { MAX_REFERRERS_ENTRIES } from '../oci/limits.js'
 import { childrenOf } from '../oci/manifest.js'
@@ -301,7 +301,7 @@ export class LocalCache {
    * A download of a blob into the cache (run it with the upstream body): staged to a temp file,
    * verified, then put in the store with its row. Throws when no temp file can be made (ENOSPC).
    */
-  async startDownload (options: { digest: string, size: number | undefined, repository: string, mediaType: string | null, hasher?: FileHasher | undefined }): Promise<BlobDownload> {
+  async startDownload (options: { digest: string, size: number | undefined, repository: string, mediaType: string | null, hasher?: ChunkHasher | undefined }): Promise<BlobDownload> {
     const { digest, repository, mediaType } = options
     return new BlobDownload({
       digest,

@@ -10,7 +10,7 @@ import { Inflight } from '../cache/inflight.js'
 import type { RecentPulls } from '../cache/recent-pulls.js'
 import { LRUCache } from 'lru-cache'
 import type { CacheSpace } from '../cache/eviction-schedule.js'
-import type { FileHasher } from '../cache/file-hasher.js'
+import type { ChunkHasher } from '../cache/chunk-hasher.js'
 import { BlobUnknownError, DigestMismatchError, isDiskFull, UnavailableError } from '../errors.js'
 import type { CacheOutcome, MirrorEvents } from '../events.js'
 import { contentLength, header, passedThroughHeaders } from '../oci/headers.js'
@@ -49,7 +49,7 @@ export interface BlobServiceOptions extends ServiceOptions {
   /** The images being pulled, which making room leaves alone. */
   readonly pulls: RecentPulls
   /** Hashes large downloads on a worker thread. */
-  readonly hasher?: FileHasher | undefined
+  readonly hasher?: ChunkHasher | undefined
   /** Answer cached blob GETs with a redirect to the store, when it can give a URL (storage.s3.redirect). */
   readonly redirect?: boolean | undefined
 }

@@ -3,6 +3,14 @@
 // V8 running a major GC several times a second for the external memory alone,
 // its marking threads taking the very cores that serve: reusing the buffers
 // took `npm run bench` workload 3 from ~1.0 to ~1.7 GB/s on a 2-core machine.
+//
+// A download's socket reads into the same buffers (upstream/blob-agent.ts),
+// shared: each part of one handed on (to the temp file's write, to each client
+// streaming the download) is a counted view, and the buffer is read into again
+// only once every view has been given back. A view never given back (a client
+// gone with bytes queued) only means the buffer is left to the garbage
+// collector. Fresh 1 MiB buffers per socket read had the kernel zeroing new
+// pages for a fifth of the main thread's time on a cold 200 MB pull.
 
 export class BufferPool {
   /** Bytes per buffer. */
@@ -11,6 +19,8 @@ export class BufferPool {
   readonly #free: Buffer[] = []
   /** Memory handed out and not yet given back: only these are ever taken back, and once. */
   readonly #out = new WeakSet<ArrayBufferLike>()
+  /** Memory handed out shared: its views still out, and how many. */
+  readonly #shared = new WeakMap<ArrayBufferLike, { refs: number, readonly views: WeakSet<Uint8Array> }>()
 
   constructor (size: number, maxFree: number) {
     if (!Number.isInteger(size) || size <= 0) throw new RangeError(`BufferPool size must be a positive integer, got ${size}`)
@@ -27,14 +37,44 @@ export class BufferPool {
   get allocated (): number { return this.#allocated }
 
   take (): Buffer {
-    let buffer = this.#free.pop()
-    if (buffer === undefined) {
-      // allocUnsafeSlow: a buffer of its own, never a slice of Node's shared pool.
-      buffer = Buffer.allocUnsafeSlow(this.size)
-      this.#allocated++
-    }
+    const buffer = this.#next()
     this.#out.add(buffer.buffer)
     return buffer
+  }
+
+  /**
+   * A buffer to hand on in parts: the buffer itself is the first counted view
+   * (the taker's own hold), and view() makes more. Reused once all are given back.
+   */
+  takeShared (): Buffer {
+    const buffer = this.#next()
+    this.#shared.set(buffer.buffer, { refs: 1, views: new WeakSet([buffer]) })
+    return buffer
+  }
+
+  /**
+   * Bytes [start, end) of `of`. Of a counted view (from takeShared or view), the
+   * result is counted too and holds the buffer until given back; of anything else
+   * it is a plain subarray.
+   */
+  view (of: Buffer, start: number, end: number): Buffer {
+    const part = of.subarray(start, end)
+    const shared = this.#shared.get(of.buffer)
+    if (shared === undefined) return part
+    // A view of one already given back could see its bytes overwritten: that is a bug, said loudly.
+    if (!shared.views.has(of)) throw new Error('BufferPool.view of a shared buffer\'s view that was given back')
+    shared.views.add(part)
+    shared.refs++
+    return part
+  }
+
+  #next (): Buffer {
+    const buffer = this.#free.pop()
+    if (buffer !== undefined) return buffer
+    this.#allocated++
+    // Memory of its own, never a slice of Node's shared pool; shared, so that the hashing
+    // worker can read a download's chunks where they are (cache/chunk-hasher.ts).
+    return Buffer.from(new SharedArrayBuffer(this.size))
   }
 
   /**
@@ -44,8 +84,15 @@ export class BufferPool {
    */
   give (chunk: Uint8Array): void {
     const memory = chunk.buffer
-    if (!this.#out.has(memory)) return
-    this.#out.delete(memory)
+    const shared = this.#shared.get(memory)
+    if (shared !== undefined) {
+      // Shared: each counted view once; the buffer when the last is back.
+      if (!shared.views.delete(chunk) || --shared.refs > 0) return
+      this.#shared.delete(memory)
+    } else {
+      if (!this.#out.has(memory)) return
+      this.#out.delete(memory)
+    }
     if (this.#free.length < this.#maxFree) this.#free.push(Buffer.from(memory, 0, this.size))
   }
 }
@@ -56,10 +103,10 @@ export class BufferPool {
  * up gets READ_RUN of them per read.
  */
 const READ_CHUNK = 256 * 1024
-/** Read buffers kept for reuse between responses. */
-const FREE_READ_BUFFERS = 32
+/** Read buffers kept for reuse between responses (a cold download has some 40 in use: its body's, its write's, its clients'). */
+const FREE_READ_BUFFERS = 64
 
-/** The pool blob reads share (cached files, downloads under way, the scrub); one per opened data directory. */
+/** The pool blob reads share (cached files, downloads under way, their sockets, the scrub); one per opened data directory. */
 export function blobReadBuffers (): BufferPool {
   return new BufferPool(READ_CHUNK, FREE_READ_BUFFERS)
 }

@@ -2,6 +2,7 @@
 // redirects (blobs go to a CDN; credentials never follow to another host),
 // timeouts, and the translation of upstream failures into OCI errors.
 
+import type { Readable } from 'node:stream'
 import { Agent, request, type Dispatcher } from 'undici'
 import type { Logger } from 'pino'
 import type { UpstreamConfig } from '../config/types.js'
@@ -12,6 +13,7 @@ import { MAX_TOKEN_BYTES } from '../oci/limits.js'
 import { readLimited } from '../read-limited.js'
 import { Limiter } from '../limiter.js'
 import { guardedLookup, isLinkLocal } from './address-guard.js'
+import { BlobAgent, type ReadBuffers } from './blob-agent.js'
 import { CircuitBreaker } from './circuit-breaker.js'
 import { parseChallenges, type Challenge } from './challenge.js'
 import { DEFAULT_TOKEN_LIFETIME_S, TokenCache } from './token-cache.js'
@@ -23,13 +25,17 @@ const METADATA_CONNECTIONS = 16
 export const DEFAULT_CONCURRENT_DOWNLOADS = 16
 /** Blob connections beyond the downloads: HEADs, and the uncached answers to a full disk's clients. */
 const BLOB_HEADROOM = 8
+const KEEP_ALIVE_MS = 30_000
 
 type Headers = HeaderMap
+
+/** An answer's body, from undici or, for a blob GET, from the blob agent. */
+export type UpstreamBody = Readable & { dump: () => Promise<void> }
 
 export interface UpstreamResponse {
   readonly status: number
   readonly headers: Headers
-  readonly body: Dispatcher.ResponseData['body']
+  readonly body: UpstreamBody
 }
 
 
@@ -41,6 +47,10 @@ export interface UpstreamClientOptions {
   readonly log: Logger
   readonly events: UpstreamEventSink
   readonly now?: () => number
+  /** The pool blob bodies are read into (store/buffer-pool.ts); whoever takes a chunk may give it back. */
+  readonly buffers: ReadBuffers
+  /** Extra TLS settings for every upstream connection (a private CA). */
+  readonly tls?: { readonly ca: string | Buffer } | undefined
 }
 
 export class UpstreamClient {
@@ -48,8 +58,10 @@ export class UpstreamClient {
   readonly #config: UpstreamConfig
   /** Manifests, tags, referrers and tokens: never queued behind blob downloads. */
   readonly #agent: Agent
-  /** Blob downloads, at most maxConcurrentDownloads at once; the rest wait their turn in order. */
+  /** Blob HEADs, and the uncached answers to a full disk's clients. */
   readonly #blobAgent: Agent
+  /** Blob GETs: bodies read into large buffers (blob-agent.ts). */
+  readonly #blobGets: BlobAgent
   readonly #downloads: Limiter
   readonly #circuit: CircuitBreaker
   readonly #log: Logger
@@ -75,15 +87,25 @@ export class UpstreamClient {
     this.#ownHosts = new Set([base.host, ...(options.config.authHosts ?? [])].map(h => h.toLowerCase()))
     this.#plainHttp = base.protocol === 'http:'
     const pool = (connections: number): Agent => new Agent({
-      connect: { timeout: options.config.connectTimeout, lookup: guardedLookup },
+      connect: { timeout: options.config.connectTimeout, lookup: guardedLookup, ...options.tls },
       headersTimeout: options.config.headersTimeout,
       bodyTimeout: options.config.bodyTimeout,
-      keepAliveTimeout: 30_000,
+      keepAliveTimeout: KEEP_ALIVE_MS,
       connections
     })
     const downloads = options.config.maxConcurrentDownloads ?? DEFAULT_CONCURRENT_DOWNLOADS
     this.#agent = pool(METADATA_CONNECTIONS)
     this.#blobAgent = pool(downloads + BLOB_HEADROOM)
+    this.#blobGets = new BlobAgent({
+      connectTimeout: options.config.connectTimeout,
+      headersTimeout: options.config.headersTimeout,
+      bodyTimeout: options.config.bodyTimeout,
+      keepAliveTimeout: KEEP_ALIVE_MS,
+      maxIdlePerOrigin: downloads,
+      lookup: guardedLookup,
+      tls: options.tls,
+      buffers: options.buffers
+    })
     this.#downloads = new Limiter(downloads)
     this.#circuit = new CircuitBreaker({
       now: options.now,
@@ -129,9 +151,11 @@ export class UpstreamClient {
       const headers = { ...baseHeaders }
       const sameOrigin = url.origin === new URL(this.#config.url).origin
       if (authorization !== undefined && sameOrigin) headers.authorization = authorization
-      let res: Dispatcher.ResponseData
+      let res: { statusCode: number, headers: Headers, body: UpstreamBody }
       try {
-        res = await request(url, { method, headers, dispatcher: options.kind === 'blob' ? this.#blobAgent : this.#agent })
+        res = method === 'GET' && options.kind === 'blob'
+          ? await this.#blobGets.get(url, headers)
+          : await request(url, { method, headers, dispatcher: options.kind === 'blob' ? this.#blobAgent : this.#agent })
       } catch (err) {
         if (!retried && isRetryable(err)) {
           retried = true
@@ -350,10 +374,10 @@ export class UpstreamClient {
   async close (graceMs = 5_000): Promise<void> {
     let timer: NodeJS.Timeout | undefined
     const cut = new Promise<void>(resolve => {
-      timer = setTimeout(() => { Promise.all([this.#agent.destroy(), this.#blobAgent.destroy()]).then(() => resolve(), resolve) }, graceMs)
+      timer = setTimeout(() => { Promise.all([this.#agent.destroy(), this.#blobAgent.destroy(), this.#blobGets.destroy()]).then(() => resolve(), resolve) }, graceMs)
       timer.unref()
     })
-    await Promise.race([Promise.all([this.#agent.close(), this.#blobAgent.close()]), cut])
+    await Promise.race([Promise.all([this.#agent.close(), this.#blobAgent.close(), this.#blobGets.close()]), cut])
     clearTimeout(timer)
   }
 }
@@ -378,5 +402,6 @@ function tokenFrom (body: unknown): { token: string, expiresIn: number } | undef
 
 function isRetryable (err: unknown): boolean {
   const code = errnoCode(err)
-  return code === 'ECONNRESET' || code === 'UND_ERR_SOCKET' || code === 'EPIPE'
+  // UPSTREAM_CLOSED: a kept-alive connection the upstream closed as the request went out.
+  return code === 'ECONNRESET' || code === 'UND_ERR_SOCKET' || code === 'EPIPE' || code === 'UPSTREAM_CLOSED'
 }
