@@ -1,9 +1,9 @@
-// The HTTP client for one upstream registry: Docker's bearer-token flow,
-// redirects (blobs go to a CDN; credentials never follow to another host),
-// timeouts, and the translation of upstream failures into OCI errors.
+// The client for one upstream registry: Docker's bearer-token flow, redirects
+// (blobs go to a CDN; credentials never follow to another host), timeouts,
+// and the translation of upstream failures into OCI errors. Policy only: the
+// HTTP is http1-agent.ts's.
 
 import type { Readable } from 'node:stream'
-import { Agent, request, type Dispatcher } from 'undici'
 import type { Logger } from 'pino'
 import type { UpstreamConfig } from '../config/types.js'
 import type { MirrorEvents } from '../events.js'
@@ -13,7 +13,7 @@ import { MAX_TOKEN_BYTES } from '../oci/limits.js'
 import { readLimited } from '../read-limited.js'
 import { Limiter } from '../limiter.js'
 import { guardedLookup, isLinkLocal } from './address-guard.js'
-import { BlobAgent, type ReadBuffers } from './blob-agent.js'
+import { Http1Agent, type Http1Response, type ReadBuffers } from './http1-agent.js'
 import { CircuitBreaker } from './circuit-breaker.js'
 import { parseChallenges, type Challenge } from './challenge.js'
 import { DEFAULT_TOKEN_LIFETIME_S, TokenCache } from './token-cache.js'
@@ -29,7 +29,7 @@ const KEEP_ALIVE_MS = 30_000
 
 type Headers = HeaderMap
 
-/** An answer's body, from undici or, for a blob GET, from the blob agent. */
+/** An answer's body: its chunks are views of the read pool's buffers, which a reader done with one may give back. */
 export type UpstreamBody = Readable & { dump: () => Promise<void> }
 
 export interface UpstreamResponse {
@@ -57,11 +57,9 @@ export class UpstreamClient {
   readonly name: string
   readonly #config: UpstreamConfig
   /** Manifests, tags, referrers and tokens: never queued behind blob downloads. */
-  readonly #agent: Agent
-  /** Blob HEADs, and the uncached answers to a full disk's clients. */
-  readonly #blobAgent: Agent
-  /** Blob GETs: bodies read into large buffers (blob-agent.ts). */
-  readonly #blobGets: BlobAgent
+  readonly #agent: Http1Agent
+  /** Blobs: the downloads, their HEADs, and the uncached answers to a full disk's clients. */
+  readonly #blobAgent: Http1Agent
   readonly #downloads: Limiter
   readonly #circuit: CircuitBreaker
   readonly #log: Logger
@@ -86,26 +84,20 @@ export class UpstreamClient {
     const base = new URL(options.config.url)
     this.#ownHosts = new Set([base.host, ...(options.config.authHosts ?? [])].map(h => h.toLowerCase()))
     this.#plainHttp = base.protocol === 'http:'
-    const pool = (connections: number): Agent => new Agent({
-      connect: { timeout: options.config.connectTimeout, lookup: guardedLookup, ...options.tls },
-      headersTimeout: options.config.headersTimeout,
-      bodyTimeout: options.config.bodyTimeout,
-      keepAliveTimeout: KEEP_ALIVE_MS,
-      connections
-    })
-    const downloads = options.config.maxConcurrentDownloads ?? DEFAULT_CONCURRENT_DOWNLOADS
-    this.#agent = pool(METADATA_CONNECTIONS)
-    this.#blobAgent = pool(downloads + BLOB_HEADROOM)
-    this.#blobGets = new BlobAgent({
+    const pool = (connections: number): Http1Agent => new Http1Agent({
       connectTimeout: options.config.connectTimeout,
       headersTimeout: options.config.headersTimeout,
       bodyTimeout: options.config.bodyTimeout,
       keepAliveTimeout: KEEP_ALIVE_MS,
-      maxIdlePerOrigin: downloads,
+      maxConnectionsPerOrigin: connections,
+      maxIdlePerOrigin: connections,
       lookup: guardedLookup,
       tls: options.tls,
       buffers: options.buffers
     })
+    const downloads = options.config.maxConcurrentDownloads ?? DEFAULT_CONCURRENT_DOWNLOADS
+    this.#agent = pool(METADATA_CONNECTIONS)
+    this.#blobAgent = pool(downloads + BLOB_HEADROOM)
     this.#downloads = new Limiter(downloads)
     this.#circuit = new CircuitBreaker({
       now: options.now,
@@ -151,11 +143,9 @@ export class UpstreamClient {
       const headers = { ...baseHeaders }
       const sameOrigin = url.origin === new URL(this.#config.url).origin
       if (authorization !== undefined && sameOrigin) headers.authorization = authorization
-      let res: { statusCode: number, headers: Headers, body: UpstreamBody }
+      let res: Http1Response
       try {
-        res = method === 'GET' && options.kind === 'blob'
-          ? await this.#blobGets.get(url, headers)
-          : await request(url, { method, headers, dispatcher: options.kind === 'blob' ? this.#blobAgent : this.#agent })
+        res = await (options.kind === 'blob' ? this.#blobAgent : this.#agent).request(method, url, headers)
       } catch (err) {
         if (!retried && isRetryable(err)) {
           retried = true
@@ -328,9 +318,9 @@ export class UpstreamClient {
     }
     this.#events.tokenFetched(this.name)
     const askedAt = this.#now()
-    let res: Dispatcher.ResponseData
+    let res: Http1Response
     try {
-      res = await request(url, { method: 'GET', headers, dispatcher: this.#agent })
+      res = await this.#agent.request('GET', url, headers)
     } catch (err) {
       throw this.#unavailable(err, url)
     }
@@ -374,10 +364,10 @@ export class UpstreamClient {
   async close (graceMs = 5_000): Promise<void> {
     let timer: NodeJS.Timeout | undefined
     const cut = new Promise<void>(resolve => {
-      timer = setTimeout(() => { Promise.all([this.#agent.destroy(), this.#blobAgent.destroy(), this.#blobGets.destroy()]).then(() => resolve(), resolve) }, graceMs)
+      timer = setTimeout(() => { Promise.all([this.#agent.destroy(), this.#blobAgent.destroy()]).then(() => resolve(), resolve) }, graceMs)
       timer.unref()
     })
-    await Promise.race([Promise.all([this.#agent.close(), this.#blobAgent.close(), this.#blobGets.close()]), cut])
+    await Promise.race([Promise.all([this.#agent.close(), this.#blobAgent.close()]), cut])
     clearTimeout(timer)
   }
 }
@@ -403,5 +393,5 @@ function tokenFrom (body: unknown): { token: string, expiresIn: number } | undef
 function isRetryable (err: unknown): boolean {
   const code = errnoCode(err)
   // UPSTREAM_CLOSED: a kept-alive connection the upstream closed as the request went out.
-  return code === 'ECONNRESET' || code === 'UND_ERR_SOCKET' || code === 'EPIPE' || code === 'UPSTREAM_CLOSED'
+  return code === 'ECONNRESET' || code === 'EPIPE' || code === 'UPSTREAM_CLOSED'
 }

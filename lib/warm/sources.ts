@@ -6,7 +6,7 @@
 import { MirrorAnswerError } from '../errors.js'
 import { readLimited } from '../read-limited.js'
 import type { Readable } from 'node:stream'
-import { Agent, request } from 'undici'
+import type { Dispatcher } from 'undici'
 import type { BlobService } from '../mirror/blobs.js'
 import type { ManifestService } from '../mirror/manifests.js'
 import { basicAuthorization, contentLength, header } from '../oci/headers.js'
@@ -54,14 +54,16 @@ export function coreSource (core: { readonly manifests: ManifestService, readonl
 
 /** A running mirror at `base` (http://host:port), by the path-prefix form `/v2/<registry>/<name>/...`. */
 /** `credentials` (user and password) go with every request, for a mirror with auth. */
-export function serverSource (base: string, credentials?: { readonly user: string, readonly password: string }): ContentSource {
+export async function serverSource (base: string, credentials?: { readonly user: string, readonly password: string }): Promise<ContentSource> {
+  // Loaded here, for warm --server only: `serve` never needs undici (its upstreams are http1-agent.ts's).
+  const { Agent, request } = await import('undici')
   const root = base.replace(/\/+$/, '')
   const login: Record<string, string> = credentials === undefined ? {} : { authorization: basicAuthorization(credentials.user, credentials.password) }
   const agent = new Agent({ connections: 32, headersTimeout: 300_000, bodyTimeout: 300_000 })
   const url = (route: Route, what: 'manifests' | 'blobs', reference: string): string =>
     `${root}/v2/${route.upstream}/${route.name}/${what}/${reference}`
 
-  const fail = async (res: Awaited<ReturnType<typeof request>>, what: string): Promise<never> => {
+  const fail = async (res: Dispatcher.ResponseData, what: string): Promise<never> => {
     const text = await res.body.text().catch(() => '')
     let code = 'UNKNOWN'
     let message = `the mirror answered HTTP ${res.statusCode} for ${what}`

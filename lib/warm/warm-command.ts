@@ -38,7 +38,7 @@ export async function warm (options: WarmOptions): Promise<WarmReport> {
   const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY
   if (options.server !== undefined) {
     if (options.pin === true) throw new Error('--pin works on the data directory; run registry-mirror pin on the mirror\'s host')
-    const source = serverSource(options.server, options.credentials)
+    const source = await serverSource(options.server, options.credentials)
     try {
       const warmer = new Warmer({ source, platforms: options.platforms, concurrency, verifyCached: true, progress: options.progress })
       return { results: await warmer.run(options.images), pinned: [] }

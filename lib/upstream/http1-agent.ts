@@ -1,12 +1,12 @@
-// Blob GETs over HTTP/1.1, read off the socket into large buffers. undici's
-// parser copies every socket read (64 KiB) into its wasm memory and out again,
-// and each copy is a new external buffer for V8 to account and collect: on a
-// cold 200 MB blob that was most of the mirror's CPU beside the hash
-// (bench/README.md, "The cold path, profiled"). Here the socket reads straight
-// into pooled buffers (net's `onread`; store/buffer-pool.ts), and the body is
-// handed on as counted views of them: the only copies left are the kernel's.
-// Everything else an upstream sends (tokens, manifests, HEADs) still goes
-// through undici.
+// Every request to an upstream (and to the hosts it redirects to), over
+// HTTP/1.1 of the mirror's own. undici's parser copied every socket read
+// (64 KiB) into its wasm memory and out again, each copy a new external buffer
+// for V8 to account and collect: on a cold 200 MB blob that was most of the
+// mirror's CPU beside the hash (bench/README.md, "The cold path, profiled"),
+// and loading undici was a quarter of the process's memory at start. Here the
+// socket reads straight into pooled buffers (net's `onread`;
+// store/buffer-pool.ts), and a body is handed on as counted views of them:
+// the only copies left are the kernel's.
 //
 // One connection carries one request at a time and is kept for the next while
 // it stays clean: a body read to its end, no bytes beyond it, no
@@ -35,7 +35,7 @@ export interface ReadBuffers {
   give: (chunk: Uint8Array) => void
 }
 
-export interface BlobAgentOptions {
+export interface Http1AgentOptions {
   /** Milliseconds to connect, TLS handshake included. */
   readonly connectTimeout: number
   /** Milliseconds from the request written to its response head read whole. */
@@ -44,6 +44,8 @@ export interface BlobAgentOptions {
   readonly bodyTimeout: number
   /** Milliseconds an idle connection is kept for the next request. */
   readonly keepAliveTimeout: number
+  /** Connections per origin at once; more requests wait their turn, in order. */
+  readonly maxConnectionsPerOrigin: number
   /** Idle connections kept per origin. */
   readonly maxIdlePerOrigin: number
   /** Resolves host names (the link-local guard). */
@@ -53,7 +55,7 @@ export interface BlobAgentOptions {
   readonly buffers: ReadBuffers
 }
 
-export interface BlobResponse {
+export interface Http1Response {
   readonly statusCode: number
   readonly headers: Record<string, string | string[]>
   readonly body: ResponseBody
@@ -103,28 +105,49 @@ export class ResponseBody extends Readable {
   }
 }
 
-export class BlobAgent {
-  readonly #options: BlobAgentOptions
+export class Http1Agent {
+  readonly #options: Http1AgentOptions
   readonly #idle = new Map<string, Connection[]>()
   readonly #busy = new Set<Connection>()
+  /** Connections per origin, busy or idle. */
+  readonly #open = new Map<string, number>()
+  /** Requests waiting for a connection to an origin at its cap: handed an idle one, or room for a new one. */
+  readonly #waiting = new Map<string, Array<(connection: Connection | undefined) => void>>()
   #closed = false
   #drained: (() => void) | undefined
 
-  constructor (options: BlobAgentOptions) {
+  constructor (options: Http1AgentOptions) {
     this.#options = options
   }
 
   /**
-   * Sends a GET for `url` with `headers` and resolves with the response head
+   * Sends `method` for `url` with `headers` and resolves with the response head
    * and a body to read; rejects when no head arrives (the socket's error, an
-   * UpstreamTimeoutError, UpstreamClosedError or UpstreamProtocolError).
+   * UpstreamTimeoutError, UpstreamClosedError or UpstreamProtocolError). At
+   * maxConnectionsPerOrigin, waits for one of them, in order.
    */
-  async get (url: URL, headers: Readonly<Record<string, string>>): Promise<BlobResponse> {
-    if (this.#closed) throw new UpstreamClosedError('the blob agent is closed')
-    const request = requestHead(url, headers)
-    const connection = this.#idleConnection(url.origin) ?? new Connection(url, this.#options, c => this.#released(c))
+  async request (method: 'GET' | 'HEAD', url: URL, headers: Readonly<Record<string, string>>): Promise<Http1Response> {
+    const request = requestHead(method, url, headers)
+    const origin = url.origin
+    if (this.#closed) throw new UpstreamClosedError('the upstream agent is closed')
+    let connection = this.#idleConnection(origin)
+    if (connection === undefined && (this.#open.get(origin) ?? 0) >= this.#options.maxConnectionsPerOrigin) {
+      connection = await new Promise<Connection | undefined>(resolve => {
+        const queue = this.#waiting.get(origin) ?? []
+        queue.push(resolve)
+        this.#waiting.set(origin, queue)
+      })
+      if (this.#closed) {
+        connection?.destroy()
+        throw new UpstreamClosedError('the upstream agent is closed')
+      }
+    }
+    if (connection === undefined) {
+      this.#open.set(origin, (this.#open.get(origin) ?? 0) + 1)
+      connection = new Connection(url, this.#options, { released: c => this.#released(c), gone: c => this.#gone(c) })
+    }
     this.#busy.add(connection)
-    return await connection.exchange(request)
+    return await connection.exchange(request, method)
   }
 
   /** Idle connections now, over every origin. */
@@ -152,6 +175,8 @@ export class BlobAgent {
   #dropIdle (): void {
     for (const list of this.#idle.values()) for (const c of list) c.destroy()
     this.#idle.clear()
+    for (const queue of this.#waiting.values()) for (const wake of queue.splice(0)) wake(undefined)
+    this.#waiting.clear()
   }
 
   #idleConnection (origin: string): Connection | undefined {
@@ -162,31 +187,55 @@ export class BlobAgent {
     return connection
   }
 
-  /** A connection's exchange has ended: kept if it can carry another, else gone. */
+  /** The next request waiting for this origin, if one is. */
+  #nextWaiting (origin: string): ((connection: Connection | undefined) => void) | undefined {
+    const queue = this.#waiting.get(origin)
+    const wake = queue?.shift()
+    if (queue !== undefined && queue.length === 0) this.#waiting.delete(origin)
+    return wake
+  }
+
+  /** A connection's exchange has ended: to a request waiting for it, kept if it can carry another, else closed. */
   #released (connection: Connection): void {
     this.#busy.delete(connection)
-    const list = this.#idle.get(connection.origin) ?? []
-    if (!this.#closed && connection.reusable && list.length < this.#options.maxIdlePerOrigin) {
-      list.push(connection)
-      this.#idle.set(connection.origin, list)
-      connection.idle(() => this.#forget(connection))
+    if (!this.#closed && connection.reusable) {
+      const wake = this.#nextWaiting(connection.origin)
+      if (wake !== undefined) {
+        wake(connection)
+        return
+      }
+      const list = this.#idle.get(connection.origin) ?? []
+      if (list.length < this.#options.maxIdlePerOrigin) {
+        list.push(connection)
+        this.#idle.set(connection.origin, list)
+        connection.idle()
+      } else {
+        connection.destroy()
+      }
     } else {
       connection.destroy()
     }
     if (this.#busy.size === 0) this.#drained?.()
   }
 
-  #forget (connection: Connection): void {
-    const list = this.#idle.get(connection.origin)
-    if (list === undefined) return
-    const at = list.indexOf(connection)
-    if (at >= 0) list.splice(at, 1)
-    if (list.length === 0) this.#idle.delete(connection.origin)
+  /** A connection is closed (once): its origin has room for another. */
+  #gone (connection: Connection): void {
+    const origin = connection.origin
+    const open = (this.#open.get(origin) ?? 1) - 1
+    if (open > 0) this.#open.set(origin, open)
+    else this.#open.delete(origin)
+    const list = this.#idle.get(origin)
+    const at = list?.indexOf(connection) ?? -1
+    if (list !== undefined && at >= 0) {
+      list.splice(at, 1)
+      if (list.length === 0) this.#idle.delete(origin)
+    }
+    this.#nextWaiting(origin)?.(undefined)
   }
 }
 
-function requestHead (url: URL, headers: Readonly<Record<string, string>>): string {
-  let head = `GET ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\n`
+function requestHead (method: 'GET' | 'HEAD', url: URL, headers: Readonly<Record<string, string>>): string {
+  let head = `${method} ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\n`
   for (const [name, value] of Object.entries(headers)) {
     // A token from an upstream's token service ends up here: it must not end the line.
     if (!TOKEN.test(name) || BAD_VALUE.test(value)) throw new UpstreamProtocolError(`header ${JSON.stringify(name)} cannot be sent: it holds a line break or is no field name`)
@@ -197,12 +246,19 @@ function requestHead (url: URL, headers: Readonly<Record<string, string>>): stri
 
 type Phase = 'connecting' | 'head' | 'body' | 'idle' | 'gone'
 
+interface ConnectionOwner {
+  /** The exchange has ended (its body read or abandoned): the connection may be free for another. */
+  readonly released: (c: Connection) => void
+  /** The connection is closed; called once. */
+  readonly gone: (c: Connection) => void
+}
+
 /** One socket to one origin, carrying one exchange at a time. */
 class Connection {
   readonly origin: string
   readonly #socket: Socket
-  readonly #options: BlobAgentOptions
-  readonly #onReleased: (c: Connection) => void
+  readonly #options: Http1AgentOptions
+  readonly #owner: ConnectionOwner
   #phase: Phase = 'connecting'
   #connected = false
   /** The pooled buffer socket reads go into (this connection's hold on it), and how much of it they filled. */
@@ -211,16 +267,16 @@ class Connection {
   #timer: NodeJS.Timeout | undefined
   #reusable = true
   /** The exchange under way: its head, or its body. */
-  #head: { resolve: (r: BlobResponse) => void, reject: (err: Error) => void, bytes: Buffer, sawAny: boolean } | undefined
+  #head: { resolve: (r: Http1Response) => void, reject: (err: Error) => void, bytes: Buffer, sawAny: boolean } | undefined
   #body: { stream: ResponseBody, framing: BodyFraming, remaining: number, chunked: ChunkedDecoder | undefined } | undefined
   #paused = false
-  #onIdleGone: (() => void) | undefined
+  #method: 'GET' | 'HEAD' = 'GET'
   #pendingRequest: string | undefined
 
-  constructor (url: URL, options: BlobAgentOptions, onReleased: (c: Connection) => void) {
+  constructor (url: URL, options: Http1AgentOptions, owner: ConnectionOwner) {
     this.origin = url.origin
     this.#options = options
-    this.#onReleased = onReleased
+    this.#owner = owner
     const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname
     const https = url.protocol === 'https:'
     const port = url.port !== '' ? Number(url.port) : (https ? 443 : 80)
@@ -247,22 +303,21 @@ class Connection {
   get reusable (): boolean { return this.#reusable && this.#phase === 'idle' }
 
   /** Sends `request` (a whole request head) and resolves with the response head. */
-  async exchange (request: string): Promise<BlobResponse> {
-    if (this.#phase === 'idle') {
-      clearTimeout(this.#timer)
-      this.#onIdleGone = undefined
-    }
-    return await new Promise<BlobResponse>((resolve, reject) => {
+  async exchange (request: string, method: 'GET' | 'HEAD'): Promise<Http1Response> {
+    // Closed while it was being handed over: the caller may try again on another.
+    if (this.#phase === 'gone') throw new UpstreamClosedError(`the connection to ${this.origin} closed before the request went out`)
+    this.#method = method
+    if (this.#phase === 'idle') clearTimeout(this.#timer)
+    return await new Promise<Http1Response>((resolve, reject) => {
       this.#head = { resolve, reject, bytes: Buffer.alloc(0), sawAny: false }
       if (this.#connected) this.#send(request)
       else this.#pendingRequest = request
     })
   }
 
-  /** Kept for the next request; `gone` runs if it closes or times out meanwhile. */
-  idle (gone: () => void): void {
+  /** Kept for the next request, until keepAliveTimeout. */
+  idle (): void {
     this.#phase = 'idle'
-    this.#onIdleGone = gone
     this.#socket.setTimeout(0)
     this.#arm(this.#options.keepAliveTimeout, () => new UpstreamClosedError('idle'))
   }
@@ -354,7 +409,7 @@ class Connection {
       return
     }
     head.bytes = Buffer.alloc(0)
-    const parsed = parseResponseHead(bytes.toString('latin1', 0, end), 'GET')
+    const parsed = parseResponseHead(bytes.toString('latin1', 0, end), this.#method)
     const buffers = this.#options.buffers
     // The body's first bytes: a counted view when the head came in this one chunk.
     const rest = bytes === chunk ? buffers.view(chunk, end + 4, chunk.length) : bytes.subarray(end + 4)
@@ -420,7 +475,7 @@ class Connection {
     this.#phase = 'idle'
     this.#paused = false
     body?.stream.push(null)
-    this.#onReleased(this)
+    this.#owner.released(this)
   }
 
   #resume (): void {
@@ -438,7 +493,7 @@ class Connection {
     this.#reusable = false
     this.#phase = 'gone'
     this.#socket.destroy()
-    this.#onReleased(this)
+    this.#owner.released(this)
   }
 
   #onEnd (): void {
@@ -466,7 +521,7 @@ class Connection {
     this.#body = undefined
     if (head !== undefined) head.reject(err)
     if (body !== undefined) body.stream.destroy(err)
-    if (phase === 'idle') this.#onIdleGone?.()
-    else if (head !== undefined || body !== undefined) this.#onReleased(this)
+    if (phase !== 'idle' && (head !== undefined || body !== undefined)) this.#owner.released(this)
+    this.#owner.gone(this)
   }
 }

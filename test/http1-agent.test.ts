@@ -1,4 +1,4 @@
-// The blob client against raw TCP servers that answer byte for byte as told:
+// The upstream HTTP/1.1 client against raw TCP servers that answer byte for byte as told:
 // framing, reuse of connections, timeouts, hostile heads, back-pressure, the
 // pooled buffers, TLS.
 
@@ -10,7 +10,7 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { createServer as createTlsServer } from 'node:tls'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { makeCA } from '../harness/certs.js'
-import { BlobAgent, type BlobAgentOptions, type ResponseBody } from '../lib/upstream/blob-agent.js'
+import { Http1Agent, type Http1AgentOptions, type ResponseBody } from '../lib/upstream/http1-agent.js'
 import { ChunkedDecoder, parseResponseHead } from '../lib/upstream/h1-message.js'
 import { BufferPool } from '../lib/store/buffer-pool.js'
 import { tempDir } from './helpers/temp-dir.js'
@@ -57,10 +57,10 @@ async function rawServer (t: Test, answer: (socket: Socket, request: string, n: 
   return Object.assign(state, { url: `${scheme}://127.0.0.1:${(server.address() as AddressInfo).port}` })
 }
 
-function agentFor (t: Test, options: Partial<BlobAgentOptions> = {}): { agent: BlobAgent, pool: BufferPool } {
+function agentFor (t: Test, options: Partial<Http1AgentOptions> = {}): { agent: Http1Agent, pool: BufferPool } {
   const pool = new BufferPool(256 * 1024, 64)
-  const agent = new BlobAgent({
-    connectTimeout: 2000, headersTimeout: 2000, bodyTimeout: 2000, keepAliveTimeout: 5000, maxIdlePerOrigin: 4, lookup, buffers: pool, ...options
+  const agent = new Http1Agent({
+    connectTimeout: 2000, headersTimeout: 2000, bodyTimeout: 2000, keepAliveTimeout: 5000, maxConnectionsPerOrigin: 8, maxIdlePerOrigin: 4, lookup, buffers: pool, ...options
   })
   t.teardown(async () => await agent.destroy())
   return { agent, pool }
@@ -83,7 +83,7 @@ t.test('a Content-Length body arrives whole, and the connection carries the next
   const server = await rawServer(t, socket => socket.write(ok(bytes, 'docker-content-digest: sha256:x\r\n')))
   const { agent, pool } = agentFor(t)
   for (let i = 0; i < 3; i++) {
-    const res = await agent.get(new URL(`${server.url}/v2/a/blobs/x?i=${i}`), { authorization: 'Bearer t' })
+    const res = await agent.request('GET', new URL(`${server.url}/v2/a/blobs/x?i=${i}`), { authorization: 'Bearer t' })
     t.equal(res.statusCode, 200)
     t.equal(res.headers['docker-content-digest'], 'sha256:x')
     t.ok((await readAll(res.body, pool)).equals(bytes))
@@ -96,10 +96,10 @@ t.test('socket reads go into the pool\'s buffers and come back: a second body ta
   const bytes = randomBytes(8_000_000)
   const server = await rawServer(t, socket => socket.write(ok(bytes)))
   const { agent, pool } = agentFor(t)
-  t.ok((await readAll((await agent.get(new URL(server.url + '/b'), {})).body, pool)).equals(bytes))
+  t.ok((await readAll((await agent.request('GET', new URL(server.url + '/b'), {})).body, pool)).equals(bytes))
   const after = pool.allocated
   t.ok(after < 16, `a few buffers for 8 MB (${after})`)
-  t.ok((await readAll((await agent.get(new URL(server.url + '/b'), {})).body, pool)).equals(bytes))
+  t.ok((await readAll((await agent.request('GET', new URL(server.url + '/b'), {})).body, pool)).equals(bytes))
   t.equal(pool.allocated, after, 'none more for the second')
 })
 
@@ -107,7 +107,7 @@ t.test('a chunked body is decoded, extensions and trailers dropped, and the conn
   const server = await rawServer(t, socket => socket.write('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nx-trailer: 1\r\n\r\n'))
   const { agent } = agentFor(t)
   for (let i = 0; i < 2; i++) {
-    const res = await agent.get(new URL(server.url + '/c'), {})
+    const res = await agent.request('GET', new URL(server.url + '/c'), {})
     t.equal((await readAll(res.body)).toString(), 'hello world')
   }
   t.equal(server.connections, 1)
@@ -116,8 +116,8 @@ t.test('a chunked body is decoded, extensions and trailers dropped, and the conn
 t.test('a body without length runs to the close, and that connection is not kept', async t => {
   const server = await rawServer(t, socket => { socket.end('HTTP/1.1 200 OK\r\n\r\nuntil the end') })
   const { agent } = agentFor(t)
-  t.equal((await readAll((await agent.get(new URL(server.url + '/d'), {})).body)).toString(), 'until the end')
-  t.equal((await readAll((await agent.get(new URL(server.url + '/d'), {})).body)).toString(), 'until the end')
+  t.equal((await readAll((await agent.request('GET', new URL(server.url + '/d'), {})).body)).toString(), 'until the end')
+  t.equal((await readAll((await agent.request('GET', new URL(server.url + '/d'), {})).body)).toString(), 'until the end')
   t.equal(server.connections, 2)
 })
 
@@ -130,8 +130,8 @@ t.test('Connection: close, an HTTP/1.0 answer, or bytes past the body: the conne
   for (const answer of answers) {
     const server = await rawServer(t, socket => socket.write(answer))
     const { agent } = agentFor(t)
-    t.equal((await readAll((await agent.get(new URL(server.url + '/e'), {})).body)).toString(), 'ok')
-    t.equal((await readAll((await agent.get(new URL(server.url + '/e'), {})).body)).toString(), 'ok', 'the next answer is its own, never the bytes left over')
+    t.equal((await readAll((await agent.request('GET', new URL(server.url + '/e'), {})).body)).toString(), 'ok')
+    t.equal((await readAll((await agent.request('GET', new URL(server.url + '/e'), {})).body)).toString(), 'ok', 'the next answer is its own, never the bytes left over')
     t.equal(server.connections, 2, answer.split('\r\n')[0] ?? '')
   }
 })
@@ -139,7 +139,7 @@ t.test('Connection: close, an HTTP/1.0 answer, or bytes past the body: the conne
 t.test('100 Continue and 103 Early Hints before the answer are passed over', async t => {
   const server = await rawServer(t, socket => socket.write('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\nHTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\nnope'))
   const { agent } = agentFor(t)
-  const res = await agent.get(new URL(server.url + '/f'), {})
+  const res = await agent.request('GET', new URL(server.url + '/f'), {})
   t.equal(res.statusCode, 404)
   t.equal((await readAll(res.body)).toString(), 'nope')
 })
@@ -163,7 +163,7 @@ t.test('a head the mirror cannot trust is refused with UPSTREAM_PROTOCOL, naming
   for (const [answer, message] of cases) {
     const server = await rawServer(t, socket => socket.write(answer))
     const { agent } = agentFor(t)
-    await t.rejects(agent.get(new URL(server.url + '/g'), {}), { code: 'UPSTREAM_PROTOCOL', message }, JSON.stringify(answer.slice(0, 40)))
+    await t.rejects(agent.request('GET', new URL(server.url + '/g'), {}), { code: 'UPSTREAM_PROTOCOL', message }, JSON.stringify(answer.slice(0, 40)))
     await sleep(10)
     t.equal(server.closed.length, 1, 'its connection is closed')
   }
@@ -181,7 +181,7 @@ t.test('chunked framing the mirror cannot trust fails the body', async t => {
   for (const [body, message] of cases) {
     const server = await rawServer(t, socket => socket.write(`HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n${body}`))
     const { agent } = agentFor(t)
-    const res = await agent.get(new URL(server.url + '/h'), {})
+    const res = await agent.request('GET', new URL(server.url + '/h'), {})
     await t.rejects(readAll(res.body), { code: 'UPSTREAM_PROTOCOL', message }, JSON.stringify(body.slice(0, 20)))
   }
 })
@@ -225,7 +225,7 @@ t.test('no head within headersTimeout: HEADERS_TIMEOUT, even for a head that tri
   const { agent } = agentFor(t, { headersTimeout: 300 })
   for (const server of [silent, trickle]) {
     const started = Date.now()
-    await t.rejects(agent.get(new URL(server.url + '/i'), {}), { code: 'HEADERS_TIMEOUT' })
+    await t.rejects(agent.request('GET', new URL(server.url + '/i'), {}), { code: 'HEADERS_TIMEOUT' })
     t.ok(Date.now() - started < 1500)
   }
 })
@@ -234,8 +234,8 @@ t.test('a body that goes quiet for bodyTimeout fails with BODY_TIMEOUT; one cut 
   const stall = await rawServer(t, socket => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf'))
   const cut = await rawServer(t, socket => socket.end('HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf'))
   const { agent } = agentFor(t, { bodyTimeout: 300 })
-  await t.rejects(readAll((await agent.get(new URL(stall.url + '/j'), {})).body), { code: 'BODY_TIMEOUT' })
-  await t.rejects(readAll((await agent.get(new URL(cut.url + '/j'), {})).body), { code: 'UPSTREAM_CLOSED', message: /before the body's end/ })
+  await t.rejects(readAll((await agent.request('GET', new URL(stall.url + '/j'), {})).body), { code: 'BODY_TIMEOUT' })
+  await t.rejects(readAll((await agent.request('GET', new URL(cut.url + '/j'), {})).body), { code: 'UPSTREAM_CLOSED', message: /before the body's end/ })
 })
 
 t.test('a TLS handshake not done within connectTimeout: CONNECT_TIMEOUT', async t => {
@@ -243,7 +243,7 @@ t.test('a TLS handshake not done within connectTimeout: CONNECT_TIMEOUT', async 
   const mute = await rawServer(t, () => {})
   const { agent } = agentFor(t, { connectTimeout: 200 })
   const started = Date.now()
-  await t.rejects(agent.get(new URL(mute.url.replace('http:', 'https:') + '/k'), {}), { code: 'CONNECT_TIMEOUT' })
+  await t.rejects(agent.request('GET', new URL(mute.url.replace('http:', 'https:') + '/k'), {}), { code: 'CONNECT_TIMEOUT' })
   t.ok(Date.now() - started < 1500)
 })
 
@@ -265,7 +265,7 @@ t.test('a reader that stops: the socket is paused, the body timeout does not run
     pump()
   })
   const { agent } = agentFor(t, { bodyTimeout: 200 })
-  const res = await agent.get(new URL(server.url + '/l'), {})
+  const res = await agent.request('GET', new URL(server.url + '/l'), {})
   await sleep(600)
   t.ok(res.body.readableLength <= 2 * 1024 * 1024, `the body holds ${res.body.readableLength} bytes`)
   t.ok(sent < size / 2, `the server could send ${sent} of ${size}`)
@@ -280,9 +280,9 @@ t.test('a body destroyed by its reader closes its connection; the next request g
   const bytes = randomBytes(4_000_000)
   const server = await rawServer(t, socket => socket.write(ok(bytes)))
   const { agent } = agentFor(t)
-  const res = await agent.get(new URL(server.url + '/m'), {})
+  const res = await agent.request('GET', new URL(server.url + '/m'), {})
   res.body.destroy()
-  t.ok((await readAll((await agent.get(new URL(server.url + '/m'), {})).body)).equals(bytes))
+  t.ok((await readAll((await agent.request('GET', new URL(server.url + '/m'), {})).body)).equals(bytes))
   t.equal(server.connections, 2)
   await sleep(20)
   t.ok(server.closed.includes(1), 'the first was closed')
@@ -291,40 +291,78 @@ t.test('a body destroyed by its reader closes its connection; the next request g
 t.test('an idle connection the server closes is dropped, and the next request connects again', async t => {
   const server = await rawServer(t, socket => { socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'); setTimeout(() => socket.end(), 20) })
   const { agent } = agentFor(t)
-  t.equal((await readAll((await agent.get(new URL(server.url + '/n'), {})).body)).toString(), 'ok')
+  t.equal((await readAll((await agent.request('GET', new URL(server.url + '/n'), {})).body)).toString(), 'ok')
   t.equal(agent.idle, 1)
   await sleep(100)
   t.equal(agent.idle, 0)
-  t.equal((await readAll((await agent.get(new URL(server.url + '/n'), {})).body)).toString(), 'ok')
+  t.equal((await readAll((await agent.request('GET', new URL(server.url + '/n'), {})).body)).toString(), 'ok')
   t.equal(server.connections, 2)
 })
 
 t.test('idle connections are closed after keepAliveTimeout', async t => {
   const server = await rawServer(t, socket => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok'))
   const { agent } = agentFor(t, { keepAliveTimeout: 100 })
-  await readAll((await agent.get(new URL(server.url + '/o'), {})).body)
+  await readAll((await agent.request('GET', new URL(server.url + '/o'), {})).body)
   t.equal(agent.idle, 1)
   await sleep(250)
   t.equal(agent.idle, 0)
   t.same(server.closed, [1])
 })
 
+t.test('HEAD: the answer has no body, whatever its Content-Length says, and the connection is kept', async t => {
+  const server = await rawServer(t, (socket, request) => socket.write(request.startsWith('HEAD ')
+    ? 'HTTP/1.1 200 OK\r\ncontent-length: 1234\r\ndocker-content-digest: sha256:y\r\n\r\n'
+    : 'HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nget'))
+  const { agent } = agentFor(t)
+  const head = await agent.request('HEAD', new URL(server.url + '/s'), {})
+  t.equal(head.headers['content-length'], '1234')
+  t.equal((await readAll(head.body)).length, 0)
+  t.equal((await readAll((await agent.request('GET', new URL(server.url + '/s'), {})).body)).toString(), 'get', 'the next answer is read whole')
+  t.equal(server.connections, 1)
+  t.match(server.requests[0], /^HEAD \/s HTTP\/1\.1\r\n/)
+})
+
+t.test('at maxConnectionsPerOrigin, requests wait in order for a connection; other origins do not wait', async t => {
+  const gates: Array<() => void> = []
+  const server = await rawServer(t, (socket, _request, n) => { gates.push(() => socket.write(`HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n${n}`)) })
+  const other = await rawServer(t, socket => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nother'))
+  const { agent } = agentFor(t, { maxConnectionsPerOrigin: 2 })
+  const order: string[] = []
+  const answers = [1, 2, 3, 4].map(async i => {
+    const res = await agent.request('GET', new URL(`${server.url}/t${i}`), {})
+    const body = (await readAll(res.body)).toString()
+    order.push(`t${i}:${body}`)
+  })
+  await sleep(50)
+  t.equal(server.connections, 2, 'two connections, two requests waiting')
+  t.equal(server.requests.length, 2)
+  t.equal((await readAll((await agent.request('GET', new URL(other.url + '/u'), {})).body)).toString(), 'other', 'another origin is not held up')
+  for (let i = 0; i < 4; i++) {
+    while (gates.length === 0) await sleep(5)
+    gates.shift()?.()
+  }
+  await Promise.all(answers)
+  t.equal(server.connections, 2, 'the waiting requests took the connections as they came free')
+  t.same(server.requests.map(r => r.split(' ')[1]), ['/t1', '/t2', '/t3', '/t4'], 'in order')
+  t.equal(order.length, 4)
+})
+
 t.test('a header value with a line break is never sent', async t => {
   const server = await rawServer(t, socket => socket.write('HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n'))
   const { agent } = agentFor(t)
-  await t.rejects(agent.get(new URL(server.url + '/p'), { authorization: 'Bearer x\r\nx-injected: 1' }), { code: 'UPSTREAM_PROTOCOL' })
-  await t.rejects(agent.get(new URL(server.url + '/p'), { 'bad name': 'x' }), { code: 'UPSTREAM_PROTOCOL' })
+  await t.rejects(agent.request('GET', new URL(server.url + '/p'), { authorization: 'Bearer x\r\nx-injected: 1' }), { code: 'UPSTREAM_PROTOCOL' })
+  await t.rejects(agent.request('GET', new URL(server.url + '/p'), { 'bad name': 'x' }), { code: 'UPSTREAM_PROTOCOL' })
   t.equal(server.connections, 0)
 })
 
 t.test('close() waits for the body under way, then takes no more', async t => {
   const server = await rawServer(t, socket => socket.write(ok(Buffer.from('body'))))
   const { agent } = agentFor(t)
-  const res = await agent.get(new URL(server.url + '/q'), {})
+  const res = await agent.request('GET', new URL(server.url + '/q'), {})
   const closing = agent.close()
   t.equal((await readAll(res.body)).toString(), 'body')
   await closing
-  await t.rejects(agent.get(new URL(server.url + '/q'), {}), { code: 'UPSTREAM_CLOSED' })
+  await t.rejects(agent.request('GET', new URL(server.url + '/q'), {}), { code: 'UPSTREAM_CLOSED' })
 })
 
 t.test('https: the server\'s certificate is checked against the CA given, and the body read through TLS', async t => {
@@ -335,9 +373,9 @@ t.test('https: the server\'s certificate is checked against the CA given, and th
   const bytes = randomBytes(5_000_000)
   const server = await rawServer(t, socket => socket.write(ok(bytes)), l => createTlsServer({ cert: leaf.cert, key: leaf.key }, l), 'https')
   const trusting = agentFor(t, { tls: { ca: ca.cert } })
-  const res = await trusting.agent.get(new URL(server.url.replace('127.0.0.1', 'localhost') + '/r'), {})
+  const res = await trusting.agent.request('GET', new URL(server.url.replace('127.0.0.1', 'localhost') + '/r'), {})
   t.ok((await readAll(res.body, trusting.pool)).equals(bytes))
-  t.ok((await readAll((await trusting.agent.get(new URL(server.url + '/r'), {})).body)).equals(bytes), 'by IP address too')
+  t.ok((await readAll((await trusting.agent.request('GET', new URL(server.url + '/r'), {})).body)).equals(bytes), 'by IP address too')
   const doubting = agentFor(t, { tls: { ca: stranger.cert } })
-  await t.rejects(doubting.agent.get(new URL(server.url + '/r'), {}), { code: /CERT|SELF_SIGNED|UNABLE_TO/ })
+  await t.rejects(doubting.agent.request('GET', new URL(server.url + '/r'), {}), { code: /CERT|SELF_SIGNED|UNABLE_TO/ })
 })
