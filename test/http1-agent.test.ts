@@ -276,6 +276,23 @@ t.test('a reader that stops: the socket is paused, the body timeout does not run
   t.equal(n, size, 'then it all arrives')
 })
 
+t.test('a body read or destroyed after its connection moved on to the next request leaves that request alone', async t => {
+  const big = randomBytes(3_000_000)
+  const server = await rawServer(t, (socket, request) => socket.write(request.includes('/small') ? ok(Buffer.from('small')) : ok(big)))
+  const { agent } = agentFor(t)
+  for (const late of ['read', 'destroyed'] as const) {
+    // The first body has all its bytes in memory, unread, when the connection carries the second request.
+    const first = await agent.request('GET', new URL(server.url + '/small'), {})
+    await sleep(20)
+    const second = await agent.request('GET', new URL(server.url + '/big'), {})
+    if (late === 'read') t.equal((await readAll(first.body)).toString(), 'small')
+    else first.body.destroy()
+    await sleep(20)
+    t.ok((await readAll(second.body)).equals(big), `the second body arrives whole, the first ${late} late`)
+  }
+  t.equal(server.connections, 1)
+})
+
 t.test('a body destroyed by its reader closes its connection; the next request gets a new one', async t => {
   const bytes = randomBytes(4_000_000)
   const server = await rawServer(t, socket => socket.write(ok(bytes)))

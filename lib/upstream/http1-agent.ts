@@ -423,7 +423,9 @@ class Connection {
       this.#head = undefined
       clearTimeout(this.#timer)
       if (!parsed.reusable) this.#reusable = false
-      const stream = new ResponseBody(() => this.#resume(), () => this.#abandon())
+      // Bound to this body: an earlier body of this connection, read or destroyed late, must not
+      // resume or abandon the exchange that came after it.
+      const stream: ResponseBody = new ResponseBody(() => this.#resume(stream), () => this.#abandon(stream))
       const framing = parsed.framing
       this.#body = { stream, framing, remaining: framing.kind === 'length' ? framing.length : 0, chunked: framing.kind === 'chunked' ? new ChunkedDecoder() : undefined }
       this.#phase = 'body'
@@ -478,17 +480,17 @@ class Connection {
     this.#owner.released(this)
   }
 
-  #resume (): void {
-    if (!this.#paused) return
+  #resume (stream: ResponseBody): void {
+    if (this.#body?.stream !== stream || !this.#paused) return
     this.#paused = false
     if (this.#phase !== 'body') return
     this.#socket.setTimeout(this.#options.bodyTimeout)
     this.#socket.resume()
   }
 
-  /** The body was destroyed by its reader: unless it had ended, the connection cannot be reused. */
-  #abandon (): void {
-    if (this.#body === undefined) return
+  /** A body was destroyed by its reader: unless it had ended, the connection cannot be reused. */
+  #abandon (stream: ResponseBody): void {
+    if (this.#body?.stream !== stream) return
     this.#body = undefined
     this.#reusable = false
     this.#phase = 'gone'
