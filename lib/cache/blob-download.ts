@@ -225,6 +225,11 @@ export class BlobDownload {
             return
           }
           const stop = limit() - 1 // the last byte waits for verification
+          // Bytes that start past this reader's position (it missed some) come from the file instead.
+          if (chunksStart > position) {
+            pump()
+            return
+          }
           const parts: Buffer[] = []
           let offset = chunksStart
           for (const chunk of chunks) {
@@ -235,7 +240,7 @@ export class BlobDownload {
             if (to > from) parts.push(buffers.view(chunk, from - offset, to - offset))
             offset += chunk.length
           }
-          if (parts.length === 0 || chunksStart > position) {
+          if (parts.length === 0) {
             pump()
             return
           }

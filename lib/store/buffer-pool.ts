@@ -21,6 +21,8 @@ export class BufferPool {
   readonly #out = new WeakSet<ArrayBufferLike>()
   /** Memory handed out shared: its views still out, and how many. */
   readonly #shared = new WeakMap<ArrayBufferLike, { refs: number, readonly views: WeakSet<Uint8Array> }>()
+  /** Every counted view ever handed out: given again after its memory went to take(), it must not free that. */
+  readonly #counted = new WeakSet<Uint8Array>()
 
   constructor (size: number, maxFree: number) {
     if (!Number.isInteger(size) || size <= 0) throw new RangeError(`BufferPool size must be a positive integer, got ${size}`)
@@ -49,6 +51,7 @@ export class BufferPool {
   takeShared (): Buffer {
     const buffer = this.#next()
     this.#shared.set(buffer.buffer, { refs: 1, views: new WeakSet([buffer]) })
+    this.#counted.add(buffer)
     return buffer
   }
 
@@ -64,6 +67,7 @@ export class BufferPool {
     // A view of one already given back could see its bytes overwritten: that is a bug, said loudly.
     if (!shared.views.has(of)) throw new Error('BufferPool.view of a shared buffer\'s view that was given back')
     shared.views.add(part)
+    this.#counted.add(part)
     shared.refs++
     return part
   }
@@ -90,7 +94,7 @@ export class BufferPool {
       if (!shared.views.delete(chunk) || --shared.refs > 0) return
       this.#shared.delete(memory)
     } else {
-      if (!this.#out.has(memory)) return
+      if (this.#counted.has(chunk) || !this.#out.has(memory)) return
       this.#out.delete(memory)
     }
     if (this.#free.length < this.#maxFree) this.#free.push(Buffer.from(memory, 0, this.size))
