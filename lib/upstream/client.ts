@@ -49,8 +49,6 @@ export interface UpstreamClientOptions {
   readonly now?: () => number
   /** The pool blob bodies are read into (store/buffer-pool.ts); whoever takes a chunk may give it back. */
   readonly buffers: ReadBuffers
-  /** Extra TLS settings for every upstream connection (a private CA). */
-  readonly tls?: { readonly ca: string | Buffer } | undefined
 }
 
 export class UpstreamClient {
@@ -92,7 +90,6 @@ export class UpstreamClient {
       maxConnectionsPerOrigin: connections,
       maxIdlePerOrigin: connections,
       lookup: guardedLookup,
-      tls: options.tls,
       buffers: options.buffers
     })
     const downloads = options.config.maxConcurrentDownloads ?? DEFAULT_CONCURRENT_DOWNLOADS

@@ -17,7 +17,7 @@ import { connect as netConnect, isIP, type LookupFunction, type OnReadOpts, type
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls'
 import { Readable } from 'node:stream'
 import { UpstreamClosedError, UpstreamProtocolError, UpstreamTimeoutError } from '../errors.js'
-import { ChunkedDecoder, MAX_HEAD_BYTES, parseResponseHead, type BodyFraming } from './h1-message.js'
+import { ChunkedDecoder, FIELD_NAME, MAX_HEAD_BYTES, parseResponseHead, type BodyFraming } from './h1-message.js'
 
 /** A socket read fills what is left of a pooled buffer; with less than this left, the next one is taken. */
 const MIN_READ = 64 * 1024
@@ -25,7 +25,6 @@ const MIN_READ = 64 * 1024
 const BODY_BUFFER = 1024 * 1024
 /** A body dumped (a redirect's, an error's) is read to its end up to this; a longer one closes its connection. */
 const MAX_DUMP_BYTES = 128 * 1024
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 const BAD_VALUE = /[\0\r\n]/
 
 /** Where socket reads go: shared buffers, handed on in counted views (store/buffer-pool.ts BufferPool). */
@@ -238,7 +237,7 @@ function requestHead (method: 'GET' | 'HEAD', url: URL, headers: Readonly<Record
   let head = `${method} ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\n`
   for (const [name, value] of Object.entries(headers)) {
     // A token from an upstream's token service ends up here: it must not end the line.
-    if (!TOKEN.test(name) || BAD_VALUE.test(value)) throw new UpstreamProtocolError(`header ${JSON.stringify(name)} cannot be sent: it holds a line break or is no field name`)
+    if (!FIELD_NAME.test(name) || BAD_VALUE.test(value)) throw new UpstreamProtocolError(`header ${JSON.stringify(name)} cannot be sent: it holds a line break or is no field name`)
     head += `${name}: ${value}\r\n`
   }
   return `${head}connection: keep-alive\r\n\r\n`
