@@ -84,7 +84,7 @@ export async function bigCache (options: { count: number, mirror: Omit<RegistryM
     const statsStarted = Date.now()
     const { stdout } = await run(process.execPath, [options.entryPoint, 'stats', '--json', '--config', join(dir, 'mirror.config.yml')], { maxBuffer: 1024 * 1024, env })
     const seconds = (Date.now() - statsStarted) / 1000
-    const blobs = (JSON.parse(stdout) as { blobs: number }).blobs
+    const blobs = (JSON.parse(stdout) as { cache: { blobs: number } }).cache.blobs
     if (blobs !== count) throw new Error(`workload 10: stats counted ${blobs} blobs, ${count} were written`)
     return seconds
   }

@@ -2,7 +2,8 @@
 // The command line: the only place that reads argv, prints and exits.
 
 import { parseArgs } from 'node:util'
-import { formatBytes, gc, pin, stats, unpin } from '../lib/cli/maintenance.js'
+import { formatBytes, gc, pin, unpin } from '../lib/cli/maintenance.js'
+import { buildReport } from '../lib/status/report.js'
 import { loadConfig } from '../lib/config/load.js'
 import type { MirrorConfig } from '../lib/config/types.js'
 import { BundleInvalidError, ConfigError, ExportFailedError, HtpasswdError, ImageListError, RegistryError, UsageError } from '../lib/errors.js'
@@ -313,22 +314,27 @@ async function maintenance (command: string, core: MirrorCore, config: MirrorCon
       return missing > 0 ? 1 : 0
     }
     case 'stats': {
-      const s = stats(core)
+      // The same report as a serving mirror's /status.json, less what only a running server knows.
+      const s = await buildReport({ config, cache: core.cache })
       if (json) {
         out(JSON.stringify(s, null, 2))
         return 0
       }
-      out(`status          ${s.degraded === null ? 'ok' : `degraded: ${s.degraded}`}`)
-      for (const d of s.upstreamsDown) out(`upstream down   ${d.upstream} since ${d.since}`)
-      out(`total size      ${formatBytes(s.totalBytes)}${config.storage.maxSize !== undefined ? ` of ${formatBytes(config.storage.maxSize)}` : ''}`)
-      out(`blobs           ${s.blobs} (${formatBytes(s.blobBytes)})`)
-      out(`manifests       ${s.manifests} (${formatBytes(s.manifestBytes)})`)
-      out(`tags            ${s.tags}`)
-      out(`repositories    ${s.repositories}`)
-      out(`pinned          ${s.pins} images, ${formatBytes(s.pinnedBytes)}`)
-      out(`hit ratio       ${s.hitRatio === null ? 'n/a (no requests yet)' : `${(s.hitRatio * 100).toFixed(1)}%`} (hit ${s.requests.hit}, revalidated ${s.requests.revalidated}, stale ${s.requests.stale}, miss ${s.requests.miss}, joined ${s.requests.joined}, error ${s.requests.error})`)
-      out(`oldest access   ${s.oldestAccess ?? 'n/a'}`)
-      out(`newest access   ${s.newestAccess ?? 'n/a'}`)
+      const c = s.cache
+      const r = s.requests
+      out(`status          ${c.degraded === null ? 'ok' : `degraded: ${c.degraded}`}`)
+      for (const u of s.upstreams) if (u.state === 'down') out(`upstream down   ${u.name} since ${u.downSince ?? '?'}`)
+      out(`total size      ${formatBytes(c.totalBytes)}${c.maxSize !== null ? ` of ${formatBytes(c.maxSize)}` : ''}`)
+      out(`blobs           ${c.blobs} (${formatBytes(c.blobBytes)})`)
+      out(`manifests       ${c.manifests} (${formatBytes(c.manifestBytes)})`)
+      out(`tags            ${c.tags}`)
+      out(`repositories    ${c.repositories}`)
+      out(`pinned          ${c.pins} images, ${formatBytes(c.pinnedBytes)}`)
+      out(`hit ratio       ${r.hitRatio === null ? 'n/a (no requests yet)' : `${(r.hitRatio * 100).toFixed(1)}%`} (hit ${r.hit}, revalidated ${r.revalidated}, stale ${r.stale}, miss ${r.miss}, joined ${r.joined}, error ${r.error})`)
+      out(`oldest access   ${c.oldestAccess ?? 'n/a'}`)
+      out(`newest access   ${c.newestAccess ?? 'n/a'}`)
+      if (c.freeBytes !== null) out(`free on volume  ${formatBytes(c.freeBytes)}`)
+      for (const t of s.top.bySize.slice(0, 5)) out(`largest         ${t.repository} ${formatBytes(t.bytes)}`)
       return 0
     }
   }

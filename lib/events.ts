@@ -18,6 +18,14 @@ export interface RequestRecord {
   readonly outcome: CacheOutcome | 'error' | undefined
   readonly seconds: number
   readonly bytes: number
+  /** The client's User-Agent as sent; undefined when it sent none. */
+  readonly userAgent?: string | undefined
+  /** The repository's cache key (`<upstream>/<name>`) of a request the caller was let read. */
+  readonly repository?: string | undefined
+  /** A manifest asked for by tag, not by digest. */
+  readonly byTag?: boolean | undefined
+  /** An image manifest (not an index) sent whole: one image pulled, for one platform. */
+  readonly pull?: boolean | undefined
 }
 
 export interface UpstreamAnswer {
@@ -26,6 +34,16 @@ export interface UpstreamAnswer {
   readonly kind: string
   readonly method: string
   readonly status: number
+  /** What the upstream said is left of its rate limit (Docker Hub's `ratelimit-remaining`), when it said it. */
+  readonly rateLimit?: RateLimit | undefined
+}
+
+/** An upstream's rate limit as its `ratelimit-limit` and `ratelimit-remaining` headers put it (`100;w=21600`). */
+export interface RateLimit {
+  readonly remaining: number
+  readonly limit: number | undefined
+  /** The window the limit is counted over. */
+  readonly windowSeconds: number | undefined
 }
 
 export type RefusalReason = 'realm-host' | 'redirect-host' | 'link-local'

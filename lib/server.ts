@@ -27,6 +27,11 @@ import { HtpasswdFile } from './auth/htpasswd.js'
 import { PassthroughGate, type PassthroughUpstream } from './auth/passthrough.js'
 import { ConfigError, HtpasswdError } from './errors.js'
 import { Metrics } from './metrics.js'
+import { Activity } from './status/activity.js'
+import { STATUS_ASSETS } from './status/assets.js'
+import { renderLoginPage, renderStatusPage } from './status/page.js'
+import { forViewer, StatusReporter } from './status/report.js'
+import type { StatusPages } from './http/status-routes.js'
 import type { BufferPool } from './store/buffer-pool.js'
 
 export interface MirrorOptions extends Pick<CoreOptions, 'now' | 'freeBytes' | 'uploadRetryDelays'> {
@@ -59,22 +64,24 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   const tls = config.tls === undefined ? undefined : await TlsFiles.load(config.tls, log, config.source)
   const users = config.auth === undefined ? undefined : await loadUsers(config, log)
   const metrics = config.metrics.enabled ? new Metrics() : undefined
-  const sinks = [metrics, ...options.events ?? []]
+  const activity = new Activity({ upstreams: config.upstreams.keys(), now: options.now })
+  const sinks = [metrics, activity, ...options.events ?? []]
   const core = await openCore(config, log, { events: new Events(sinks), now: options.now, freeBytes: options.freeBytes, uploadRetryDelays: options.uploadRetryDelays, owner: true })
   const { cache, blobs, manifests, listings, routing } = core
   metrics?.watch({ summary: () => cache.summary(), downloadsInFlight: () => blobs.downloadsInFlight, downloadClients: () => blobs.downloadClients, logLinesDropped: options.logLinesDropped })
-  const ops: OpsOptions = {
-    metrics,
-    upstreams: core.upstreamStates,
-    token: config.metrics.token,
-    ready: async () => await cache.problems()
-  }
-  const separateOps = config.metrics.listen !== undefined
   // Finished requests also go to the counters `registry-mirror stats` reports.
   const events = new Events([...sinks, cache.access])
   const auth = config.auth === undefined
     ? undefined
     : authParts(config, config.auth, users, core, events, log, options.now)
+  const ops: OpsOptions = {
+    metrics,
+    upstreams: core.upstreamStates,
+    token: config.metrics.token,
+    ready: async () => await cache.problems(),
+    status: statusPages(config, core, activity, auth, options.now)
+  }
+  const separateOps = config.metrics.listen !== undefined
   if (auth !== undefined && tls === undefined) log.warn('auth is set without tls: passwords cross the network in clear text')
   const limits = config.limits
   const trusted = new TrustedProxies(limits.trustedProxies)
@@ -131,6 +138,29 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   }
 }
 
+/** Seconds between the status page's refreshes. */
+const STATUS_REFRESH_SECONDS = 5
+
+/**
+ * The status page for an anonymous viewer: with auth, only the repositories anonymous callers
+ * may pull are named on it, and never one of a passthrough upstream (which only says per login).
+ */
+function statusPages (config: MirrorConfig, core: MirrorCore, activity: Activity, auth: AppAuth | undefined, now: (() => number) | undefined): StatusPages {
+  const reporter = new StatusReporter({ config, cache: core.cache, now, live: { activity, downloads: () => core.blobs.downloads(), refreshSeconds: STATUS_REFRESH_SECONDS } })
+  const passthrough = new Set([...config.upstreams.values()].filter(u => u.passthrough !== undefined).map(u => u.name))
+  const mayRead = (repository: string): boolean => {
+    if (passthrough.has(repository.slice(0, repository.indexOf('/')))) return false
+    return auth === undefined || auth.rules.mayPull(undefined, repository)
+  }
+  const host = config.listen.host === '0.0.0.0' || config.listen.host === '::' ? '127.0.0.1' : config.listen.host
+  return {
+    html: async address => renderStatusPage(forViewer(await reporter.report(), mayRead), { address, now: (now ?? Date.now)() }),
+    json: async () => forViewer(await reporter.report(), mayRead),
+    login: renderLoginPage,
+    assets: STATUS_ASSETS,
+    address: `${host.includes(':') ? `[${host}]` : host}:${config.listen.port}`
+  }
+}
 
 function authParts (mirror: MirrorConfig, config: AuthConfig, users: HtpasswdFile | undefined, core: MirrorCore, events: Events, log: Logger, now: (() => number) | undefined): AppAuth {
   const tokens = new TokenIssuer(config.tokenTtl, now, config.tokenKey === undefined ? undefined : TokenIssuer.keyFrom(config.tokenKey))

@@ -94,15 +94,17 @@ t.test('stats and pin work on the data directory from the command line', async t
 
   const stats = await runCli(['stats', '--json', '--config', config])
   t.equal(stats.code, 0, stats.stderr)
-  const s = JSON.parse(stats.stdout) as { blobs: number, manifests: number, tags: number, pins: number, pinnedBytes: number, totalBytes: number, hitRatio: number, requests: { hit: number, miss: number } }
-  t.equal(s.blobs, 2)
-  t.equal(s.manifests, 1)
-  t.equal(s.tags, 1)
-  t.equal(s.pins, 1)
-  t.equal(s.pinnedBytes, s.totalBytes, 'the only image is pinned')
+  const s = JSON.parse(stats.stdout) as { cache: { blobs: number, manifests: number, tags: number, pins: number, pinnedBytes: number, totalBytes: number }, requests: { hit: number, miss: number, hitRatio: number }, pins: Array<{ repository: string, reference: string }> }
+  t.equal(s.cache.blobs, 2)
+  t.equal(s.cache.manifests, 1)
+  t.equal(s.cache.tags, 1)
+  t.equal(s.cache.pins, 1)
+  t.equal(s.cache.pinnedBytes, s.cache.totalBytes, 'the only image is pinned')
   t.equal(s.requests.miss, 3)
   t.equal(s.requests.hit, 1)
-  t.equal(s.hitRatio, 0.25)
+  t.equal(s.requests.hitRatio, 0.25)
+  t.match(s.pins, [{ repository: 'docker.io/library/app', reference: 'v1' }])
+  t.notOk('sinceStart' in s || 'clients' in s || 'downloads' in s || 'server' in s, 'what only a running server knows is absent, not zero')
 
   const unpin = await runCli(['unpin', 'docker.io/library/app:v1', '--config', config])
   t.equal(unpin.code, 0, unpin.stderr)

@@ -611,6 +611,11 @@ export class LocalCache {
     return this.#index.totals()
   }
 
+  /** The repositories holding the most bytes, most first (a scan of the index: the status page's, at most once a minute). */
+  largestRepositories (limit: number): Array<{ repository: string, bytes: number, blobs: number }> {
+    return this.#index.largestRepositories(limit)
+  }
+
   /** Request counters and marks (`stats`). */
   counters (): Map<string, number> {
     return this.#index.counters()

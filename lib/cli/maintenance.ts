@@ -1,11 +1,10 @@
-// The maintenance commands (gc, pin, unpin, stats). They work on the data
+// The maintenance commands (gc, pin, unpin; stats is the status report, lib/status/report.ts). They work on the data
 // directory directly, whether or not a mirror is serving it: SQLite in WAL
 // mode lets both at the index, and files only ever appear by rename.
 
 import type { Logger } from 'pino'
 import type { SweepReport } from '../cache/consistency.js'
 import type { EvictionResult } from '../cache/eviction.js'
-import type { WriteFailure } from '../cache/local-cache.js'
 import type { MirrorConfig } from '../config/types.js'
 import { openCore, type MirrorCore } from '../core.js'
 import { formatImageReference, parseImageReference } from '../image-ref.js'
@@ -37,57 +36,6 @@ export function pin ({ cache, routing }: MirrorCore, images: readonly string[]):
 export function unpin ({ cache, routing }: MirrorCore, images: readonly string[]): Array<{ image: string, wasPinned: boolean }> {
   const refs = images.map(text => parseImageReference(text, routing))
   return refs.map(ref => ({ image: formatImageReference(ref), wasPinned: cache.deletePin(ref.repository, ref.reference) }))
-}
-
-export interface Stats {
-  totalBytes: number
-  blobs: number
-  blobBytes: number
-  manifests: number
-  manifestBytes: number
-  tags: number
-  repositories: number
-  pins: number
-  pinnedBytes: number
-  requests: { hit: number, miss: number, joined: number, stale: number, revalidated: number, error: number }
-  /** Null when the index can be written; else why not (the cache is degraded: a full disk, an I/O error). */
-  degraded: string | null
-  /** Upstreams the serving mirror has marked down (its circuit open), with since when. */
-  upstreamsDown: Array<{ upstream: string, since: string }>
-  /** Share of blob and manifest requests answered from the cache, 0..1; null before any. */
-  hitRatio: number | null
-  oldestAccess: string | null
-  newestAccess: string | null
-}
-
-export function stats ({ cache }: MirrorCore): Stats {
-  const totals = cache.totals()
-  const counters = cache.counters()
-  const sum = (outcome: string): number => (counters.get(`blob.${outcome}`) ?? 0) + (counters.get(`manifest.${outcome}`) ?? 0)
-  const requests = { hit: sum('hit'), miss: sum('miss'), joined: sum('joined'), stale: sum('stale'), revalidated: sum('revalidated'), error: sum('error') }
-  const fromCache = requests.hit + requests.stale + requests.revalidated
-  const served = fromCache + requests.miss + requests.joined
-  return {
-    totalBytes: totals.blobBytes + totals.manifestBytes,
-    blobs: totals.blobs,
-    blobBytes: totals.blobBytes,
-    manifests: totals.manifests,
-    manifestBytes: totals.manifestBytes,
-    tags: totals.tags,
-    repositories: totals.repositories,
-    pins: cache.pins().length,
-    pinnedBytes: cache.bytesOf(cache.pinnedContent().digests),
-    degraded: degradation(cache.probeWrite()),
-    upstreamsDown: cache.upstreamsDown().map(d => ({ upstream: d.upstream, since: new Date(d.since).toISOString() })),
-    requests,
-    hitRatio: served === 0 ? null : fromCache / served,
-    oldestAccess: totals.oldestAccess === null ? null : new Date(totals.oldestAccess).toISOString(),
-    newestAccess: totals.newestAccess === null ? null : new Date(totals.newestAccess).toISOString()
-  }
-}
-
-function degradation (failure: WriteFailure | undefined): string | null {
-  return failure === undefined ? null : `the index cannot be written (${failure.message})`
 }
 
 export function formatBytes (n: number): string {

@@ -353,6 +353,22 @@ export class CacheIndex {
     })()
   }
 
+  /**
+   * The repositories holding the most bytes of blobs (fetched under the repository, or named by
+   * one of its cached manifests), most first. A scan of every blob: the status page asks rarely.
+   */
+  largestRepositories (limit: number): Array<{ repository: string, bytes: number, blobs: number }> {
+    return this.#db.prepare(`
+      WITH held (repository, digest) AS (
+        SELECT repository, digest FROM blob_repositories
+        UNION
+        SELECT mr.repository, mb.blob FROM manifest_repositories mr JOIN manifest_blobs mb ON mb.manifest = mr.digest
+      )
+      SELECT held.repository AS repository, sum(b.size) AS bytes, count(*) AS blobs
+      FROM held JOIN blobs b ON b.digest = held.digest
+      GROUP BY held.repository ORDER BY bytes DESC, repository LIMIT ?`).all(limit) as Array<{ repository: string, bytes: number, blobs: number }>
+  }
+
   totals (): CacheTotals {
     // One scan per table for the count and the bytes; the oldest and newest from the access index.
     const b = this.#db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes, (SELECT min(accessed_at) FROM blobs) AS oldest, (SELECT max(accessed_at) FROM blobs) AS newest FROM blobs')

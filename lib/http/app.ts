@@ -17,7 +17,7 @@ import { parsePage } from '../mirror/listings.js'
 import type { ManifestService } from '../mirror/manifests.js'
 import type { CacheOutcome, MirrorEvents, RequestKind } from '../events.js'
 import { parseDigest, parseManifestReference } from '../oci/reference.js'
-import { MediaTypes } from '../oci/media-types.js'
+import { INDEX_TYPES, MediaTypes } from '../oci/media-types.js'
 import { route, type Route, type RoutingTable } from '../upstream/routing.js'
 import { sendError } from './envelope.js'
 import { sendBody } from './response-sink.js'
@@ -38,6 +38,12 @@ export interface AppState {
   cache?: CacheOutcome
   kind?: RequestKind
   upstream?: string
+  /** The repository's cache key, once the caller was let read it. */
+  repository?: string
+  /** A manifest asked for by tag. */
+  byTag?: boolean
+  /** An image manifest (not an index) answered to a GET: one image pulled. */
+  pull?: boolean
   /** The authenticated user; undefined for anonymous callers (and when there is no auth). */
   user?: string
   /** The request carried credentials that checked out: a login, or a token (anonymous or not). */
@@ -436,7 +442,18 @@ function requestLog (options: AppOptions) {
         user: ctx.state.user,
         upstreamUser: ctx.state.login?.username
       }, 'request')
-      options.events.requestFinished({ method: ctx.method, kind: ctx.state.kind ?? 'other', status, outcome, seconds, bytes: bodyBytes })
+      options.events.requestFinished({
+        method: ctx.method,
+        kind: ctx.state.kind ?? 'other',
+        status,
+        outcome,
+        seconds,
+        bytes: bodyBytes,
+        userAgent: ctx.req.headers['user-agent'],
+        repository: ctx.state.repository,
+        byTag: ctx.state.byTag,
+        pull: ctx.state.pull === true && outcome !== 'error'
+      })
     })
     await next()
   }
@@ -473,6 +490,7 @@ function distribution (options: AppOptions) {
     const routed = route(options.routing, rawName, ns)
     ctx.state.upstream = routed.upstream
     const r = await authorize(ctx, options, routed, rawName, () => probeOf(what, ref, path))
+    ctx.state.repository = r.repository
     ctx.set('Docker-Distribution-API-Version', API_VERSION)
     // The spec's "Registry Proxying": a registry that scopes a request by `ns` says so.
     if (ns !== undefined && ns === r.upstream) ctx.set('OCI-Namespace', ns)
@@ -508,8 +526,10 @@ function probeOf (what: string, ref: string, path: string): Probe {
 async function manifest (ctx: Ctx, options: AppOptions, r: Route, ref: string): Promise<void> {
   ctx.state.kind = 'manifest'
   const reference = parseManifestReference(ref)
+  ctx.state.byTag = reference.kind === 'tag'
   const answer = await options.manifests.get(r, reference, ctx.get('accept') || undefined)
   ctx.state.cache = answer.outcome
+  ctx.state.pull = ctx.method === 'GET' && !INDEX_TYPES.has(answer.mediaType)
   ctx.set(CACHE_HEADER, answer.outcome)
   for (const [k, v] of Object.entries(answer.headers)) ctx.set(k, v)
   ctx.body = answer.content

@@ -1,12 +1,14 @@
 // Operational endpoints: /metrics (Prometheus), /healthz (the process is up),
-// /readyz (the index answers and storage is writable). Mounted on the main
-// listener, or on their own when metrics.listen is set.
+// /readyz (the index answers and storage is writable), and the status page
+// (status-routes.ts) behind the metrics token. Mounted on the main listener,
+// or on their own when metrics.listen is set.
 
 import { timingSafeEqual } from 'node:crypto'
 import Koa from 'koa'
 import Router from '@koa/router'
 import { UnauthorizedError } from '../errors.js'
 import { sendError } from './envelope.js'
+import { statusRoutes, type StatusPages } from './status-routes.js'
 
 export interface OpsOptions {
   readonly metrics: { text: () => Promise<string>, contentType: string } | undefined
@@ -16,6 +18,8 @@ export interface OpsOptions {
   readonly ready: () => Promise<string[]>
   /** Each upstream's state ("up", or down since when), shown by /readyz without making the mirror unready: the cache still answers. */
   readonly upstreams?: (() => Record<string, string>) | undefined
+  /** The status page and /status.json; undefined: not served. */
+  readonly status?: StatusPages | undefined
 }
 
 export function opsRouter<S> (options: OpsOptions): Router<S> {
@@ -29,6 +33,7 @@ export function opsRouter<S> (options: OpsOptions): Router<S> {
     ctx.status = problems.length === 0 ? 200 : 503
     ctx.body = problems.length === 0 ? { status: 'ready', upstreams } : { status: 'unready', problems, upstreams }
   })
+  if (options.status !== undefined) statusRoutes(router, options.status, options.token, header => options.token !== undefined && bearerMatches(header, options.token))
   const metrics = options.metrics
   if (metrics !== undefined) {
     router.get('/metrics', async ctx => {

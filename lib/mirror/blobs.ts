@@ -54,12 +54,27 @@ export interface BlobServiceOptions extends ServiceOptions {
   readonly redirect?: boolean | undefined
 }
 
+/** A blob download under way, as the status page shows it. */
+export interface DownloadInFlight {
+  readonly digest: string
+  /** The cache key of the repository it was asked under. */
+  readonly repository: string
+  readonly upstream: string
+  /** Epoch milliseconds. */
+  readonly startedAt: number
+  readonly bytes: number
+  /** As upstream announced it; undefined when it did not. */
+  readonly size: number | undefined
+  /** Client responses reading from it. */
+  readonly clients: number
+}
+
 export class BlobService {
   readonly #o: BlobServiceOptions
   /** Downloads under way, by digest: present from the first request until the file is committed or given up. */
   readonly #downloads = new Map<string, Promise<Started>>()
-  /** Downloads writing to disk now, for the free-space check. */
-  readonly #active = new Set<BlobDownload>()
+  /** Downloads writing to disk now (for the free-space check and the status page), with what they are of. */
+  readonly #active = new Map<BlobDownload, { digest: string, repository: string, upstream: string, startedAt: number }>()
   /**
    * What a full disk taught about blobs upstream sends without a length: how far one got before
    * the disk filled up under it (`exact` false), or its true size, once served uncached and
@@ -78,8 +93,13 @@ export class BlobService {
   /** Client responses streaming from downloads under way. */
   get downloadClients (): number {
     let n = 0
-    for (const d of this.#active) n += d.readers
+    for (const d of this.#active.keys()) n += d.readers
     return n
+  }
+
+  /** Each download writing to disk now: what it is of, how far it got and how many clients read from it. */
+  downloads (): DownloadInFlight[] {
+    return [...this.#active].map(([d, of]) => ({ ...of, bytes: d.written, size: d.size, clients: d.readers }))
   }
 
   /** Resolves once no download is under way. */
@@ -211,8 +231,8 @@ export class BlobService {
         throw err
       }
       events.downloadStarted(digest, route.upstream)
-      this.#active.add(download)
       const startedAt = Date.now()
+      this.#active.set(download, { digest, repository: route.repository, upstream: route.upstream, startedAt })
       download.run(res.body).then(() => {
         log.info({ digest, upstream: route.upstream, repository: route.name, bytes: download.written, ms: Date.now() - startedAt }, 'blob cached')
         events.downloadEnded(digest, route.upstream, 'ok', download.written)
@@ -255,7 +275,7 @@ export class BlobService {
   async #hasRoom (route: Route, digest: string, size: number | undefined): Promise<boolean> {
     const { cache } = this.#o
     let reserved = SPACE_MARGIN + (size ?? this.#sizes.get(digest)?.bytes ?? 0)
-    for (const download of this.#active) {
+    for (const download of this.#active.keys()) {
       // Space the downloads under way will still take, at their announced sizes.
       reserved += Math.max(0, (download.size ?? 0) - download.written)
     }

@@ -1,5 +1,5 @@
-// The two things the mirror reads from HTTP headers it did not write: a
-// header's first value, and a Content-Length that is a plain decimal number.
+// What the mirror reads from HTTP headers it did not write: a header's first
+// value, a Content-Length that is a plain decimal number, and a rate limit.
 
 export type HeaderMap = Readonly<Record<string, string | string[] | undefined>>
 
@@ -27,6 +27,25 @@ export function passedThroughHeaders (headers: HeaderMap): Record<string, string
     if (v !== undefined) out[name] = v
   }
   return out
+}
+
+/** `100;w=21600`: a count, then optionally its window in seconds; anything else is not read. */
+const RATE = /^\s*(\d{1,12})\s*(?:;\s*w=(\d{1,12}))?\s*(?:;|$)/
+
+/**
+ * What an upstream says is left of its rate limit (Docker Hub's `ratelimit-remaining`
+ * and `ratelimit-limit`); undefined when it says nothing readable.
+ */
+export function rateLimit (headers: HeaderMap): { remaining: number, limit: number | undefined, windowSeconds: number | undefined } | undefined {
+  const remaining = RATE.exec(header(headers, 'ratelimit-remaining') ?? '')
+  if (remaining === null) return undefined
+  const limit = RATE.exec(header(headers, 'ratelimit-limit') ?? '')
+  const window = remaining[2] ?? limit?.[2]
+  return {
+    remaining: Number(remaining[1]),
+    limit: limit === null ? undefined : Number(limit[1]),
+    windowSeconds: window === undefined ? undefined : Number(window)
+  }
 }
 
 /** The Authorization value of HTTP Basic credentials. */

@@ -7,7 +7,7 @@ import type { Readable } from 'node:stream'
 import type { Logger } from 'pino'
 import type { UpstreamConfig } from '../config/types.js'
 import type { MirrorEvents } from '../events.js'
-import { basicAuthorization, contentLength, header, passedThroughHeaders, type HeaderMap } from '../oci/headers.js'
+import { basicAuthorization, contentLength, header, passedThroughHeaders, rateLimit, type HeaderMap } from '../oci/headers.js'
 import { DeniedError, errnoCode, RegistryError, TooManyRequestsError, UnavailableError } from '../errors.js'
 import { MAX_TOKEN_BYTES } from '../oci/limits.js'
 import { readLimited } from '../read-limited.js'
@@ -154,7 +154,7 @@ export class UpstreamClient {
         throw this.#unavailable(err, url)
       }
       if (url.origin === new URL(this.#config.url).origin) this.#circuit.succeeded()
-      this.#events.upstreamResponse({ upstream: this.name, kind: options.kind, method, status: res.statusCode })
+      this.#events.upstreamResponse({ upstream: this.name, kind: options.kind, method, status: res.statusCode, rateLimit: rateLimit(res.headers) })
       const status = res.statusCode
       if (status === 401 && sameOrigin && !authTried) {
         authTried = true

@@ -23,7 +23,7 @@ const skip = requireTools(t, ['docker-registry', 'skopeo', 'containerd', 'ctr', 
 /** What a data directory holds: the counts stats reports and every file under blobs/ and tmp/. */
 async function cacheState (site: MirrorSite): Promise<unknown> {
   const { stdout } = await site.cli(['stats', '--json'])
-  const stats = JSON.parse(stdout) as Record<string, unknown>
+  const stats = (JSON.parse(stdout) as { cache: Record<string, unknown> }).cache
   const files: string[] = []
   const walk = (dir: string): void => {
     for (const name of readdirSync(dir)) {

@@ -1,0 +1,176 @@
+// The status page's routes, beside /metrics and behind the same token: /status
+// (HTML), /status.json, /status/login (a browser cannot be made to send a
+// Bearer header, so the token is posted once and kept in an HttpOnly,
+// SameSite=Strict cookie, signed with a key made at start) and
+// the page's own assets. Every answer carries a CSP that lets the page load
+// nothing but those assets and talk to nothing but this origin.
+
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
+import type Router from '@koa/router'
+import type { Context } from 'koa'
+import { UnauthorizedError } from '../errors.js'
+import { sendError } from './envelope.js'
+
+/** What the status module gives HTTP: the page and its data, already cut to what an anonymous viewer may read. */
+export interface StatusPages {
+  /** `address`: host[:port] the viewer reached the mirror at, for the page's first-run hint. */
+  readonly html: (address: string) => Promise<string>
+  readonly json: () => Promise<unknown>
+  readonly login: (failed: boolean) => string
+  readonly assets: ReadonlyMap<string, { readonly body: string, readonly type: string, readonly etag: string }>
+  /** host:port of the listener, when the request's Host header is not a plain host. */
+  readonly address: string
+}
+
+export const STATUS_COOKIE = 'registry_mirror_status'
+const COOKIE_SECONDS = 12 * 3600
+const LOGIN_BODY_LIMIT = 4096
+const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+const HOST = /^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?$/
+
+function secure (ctx: Context): void {
+  ctx.set('Content-Security-Policy', CSP)
+  ctx.set('X-Content-Type-Options', 'nosniff')
+  ctx.set('Referrer-Policy', 'no-referrer')
+  ctx.set('X-Frame-Options', 'DENY')
+}
+
+/** Signs and checks the page's cookie; its key changes with every start, so a restart signs everyone out. */
+class CookieSigner {
+  readonly #key: Buffer
+  readonly #now: () => number
+
+  constructor (token: string, now: () => number) {
+    this.#key = createHmac('sha256', randomBytes(32)).update(token).digest()
+    this.#now = now
+  }
+
+  #mac (expires: number): string {
+    return createHmac('sha256', this.#key).update(`status:${expires}`).digest('base64url')
+  }
+
+  issue (): string {
+    const expires = Math.floor(this.#now() / 1000) + COOKIE_SECONDS
+    return `${expires}.${this.#mac(expires)}`
+  }
+
+  valid (value: string | undefined): boolean {
+    const m = /^(\d{1,12})\.([A-Za-z0-9_-]{43})$/.exec(value ?? '')
+    if (m === null) return false
+    const expires = Number(m[1])
+    if (expires * 1000 <= this.#now()) return false
+    const given = Buffer.from(m[2] ?? '')
+    const wanted = Buffer.from(this.#mac(expires))
+    return given.length === wanted.length && timingSafeEqual(given, wanted)
+  }
+}
+
+/**
+ * The login form's body, or undefined past LOGIN_BODY_LIMIT (a length that says so is not read
+ * at all; the connection closes after the answer, so what was not read is never taken for a
+ * next request).
+ */
+async function readForm (ctx: Context): Promise<string | undefined> {
+  const length = Number(ctx.get('content-length') || '0')
+  if (!(length <= LOGIN_BODY_LIMIT)) {
+    ctx.set('Connection', 'close')
+    return undefined
+  }
+  return await new Promise<string | undefined>((resolve, reject) => {
+    const chunks: Buffer[] = []
+    let size = 0
+    const req = ctx.req
+    const done = (value: string | undefined): void => {
+      req.off('data', data)
+      req.off('end', end)
+      req.off('error', reject)
+      resolve(value)
+    }
+    const data = (chunk: Buffer): void => {
+      size += chunk.length
+      if (size > LOGIN_BODY_LIMIT) {
+        req.pause()
+        ctx.set('Connection', 'close')
+        done(undefined)
+        return
+      }
+      chunks.push(chunk)
+    }
+    const end = (): void => done(Buffer.concat(chunks).toString('utf8'))
+    req.on('data', data)
+    req.on('end', end)
+    req.on('error', reject)
+  })
+}
+
+export function statusRoutes<S> (router: Router<S>, pages: StatusPages, token: string | undefined, bearerMatches: (header: string) => boolean, now: () => number = Date.now): void {
+  const signer = token === undefined ? undefined : new CookieSigner(token, now)
+  const allowed = (ctx: Context): boolean =>
+    signer === undefined || bearerMatches(ctx.get('authorization')) || signer.valid(ctx.cookies.get(STATUS_COOKIE))
+
+  router.get('/status/assets/:name', ctx => {
+    const asset = pages.assets.get(ctx.params.name ?? '')
+    secure(ctx)
+    if (asset === undefined) {
+      ctx.status = 404
+      ctx.type = 'text/plain'
+      ctx.body = 'not found'
+      return
+    }
+    ctx.set('Cache-Control', 'no-cache')
+    ctx.set('ETag', asset.etag)
+    ctx.type = asset.type
+    if (ctx.get('if-none-match') === asset.etag) {
+      ctx.status = 304
+      return
+    }
+    ctx.body = asset.body
+  })
+
+  router.get('/status', async ctx => {
+    secure(ctx)
+    ctx.set('Cache-Control', 'no-store')
+    ctx.type = 'text/html; charset=utf-8'
+    if (!allowed(ctx)) {
+      ctx.status = 401
+      ctx.body = pages.login(false)
+      return
+    }
+    const host = ctx.get('host')
+    ctx.body = await pages.html(HOST.test(host) ? host : pages.address)
+  })
+
+  router.get('/status.json', async ctx => {
+    secure(ctx)
+    ctx.set('Cache-Control', 'no-store')
+    if (!allowed(ctx)) {
+      sendError(ctx, new UnauthorizedError('the status needs the metrics token', null, { 'WWW-Authenticate': 'Bearer realm="registry-mirror metrics"' }))
+      return
+    }
+    ctx.body = await pages.json()
+  })
+
+  router.post('/status/login', async ctx => {
+    secure(ctx)
+    ctx.set('Cache-Control', 'no-store')
+    if (signer === undefined || token === undefined) {
+      ctx.redirect('/status')
+      ctx.status = 303
+      return
+    }
+    const form = ctx.is('application/x-www-form-urlencoded') !== false
+    const body = form ? await readForm(ctx) : undefined
+    const given = body === undefined ? undefined : new URLSearchParams(body).get('token')
+    const a = Buffer.from(given ?? '')
+    const b = Buffer.from(token)
+    if (given === null || given === undefined || a.length !== b.length || !timingSafeEqual(a, b)) {
+      ctx.status = 401
+      ctx.type = 'text/html; charset=utf-8'
+      ctx.body = pages.login(true)
+      return
+    }
+    ctx.cookies.set(STATUS_COOKIE, signer.issue(), { path: '/', httpOnly: true, sameSite: 'strict', maxAge: COOKIE_SECONDS * 1000, secure: ctx.protocol === 'https', overwrite: true })
+    ctx.redirect('/status')
+    ctx.status = 303
+  })
+}
