@@ -99,8 +99,10 @@ export interface MirrorProcessOptions {
   readonly upstreams: readonly UpstreamEntry[]
   readonly tagTtl?: string
   readonly tls?: MirrorTls
-  /** Client authentication; metrics are then turned off (on the main listener they would need a token). */
+  /** Client authentication; metrics are then turned off (on the main listener they would need a token) unless metricsToken is given. */
   readonly auth?: MirrorAuth
+  /** metrics.token: /metrics and the status page then need `Authorization: Bearer <token>` (a browser signs in with it). */
+  readonly metricsToken?: string
   readonly access?: MirrorAccess
   /** The address to listen on (default 127.0.0.1); the port is the system's choice. */
   readonly address?: string
@@ -186,8 +188,9 @@ export class MirrorProcess implements Mirror {
     if (options.auth !== undefined) {
       lines.push('auth:', `  htpasswd: ${JSON.stringify(options.auth.htpasswd)}`)
       if (options.auth.maxFailures !== undefined) lines.push(`  maxFailures: ${options.auth.maxFailures}`)
-      lines.push('metrics:', '  enabled: false')
+      if (options.metricsToken === undefined) lines.push('metrics:', '  enabled: false')
     }
+    if (options.metricsToken !== undefined) lines.push('metrics:', `  token: ${JSON.stringify(options.metricsToken)}`)
     if (options.access !== undefined) {
       lines.push('access:', '  rules:')
       for (const rule of options.access.rules) lines.push(`    - ${JSON.stringify(rule)}`)

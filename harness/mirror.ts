@@ -37,13 +37,15 @@ export interface StartMirrorOptions {
   /** Client authentication (htpasswd users) and the access rules. */
   readonly auth?: MirrorAuth
   readonly access?: MirrorAccess
+  /** metrics.token (with auth, metrics are otherwise off). */
+  readonly metricsToken?: string
 }
 
 export async function startMirror (upstreams: readonly UpstreamEntry[], options: StartMirrorOptions = {}): Promise<ObservedMirror> {
-  if (mirrorKind() === 'reference' && (options.tls !== undefined || options.address !== undefined || options.auth !== undefined || options.access !== undefined)) {
+  if (mirrorKind() === 'reference' && (options.tls !== undefined || options.address !== undefined || options.auth !== undefined || options.access !== undefined || options.metricsToken !== undefined)) {
     throw new Error('E2E_MIRROR=reference: the reference proxy is started on 127.0.0.1 without TLS or auth')
   }
-  const processOptions = { upstreams, tagTtl: E2E_TAG_TTL, tls: options.tls, address: options.address, auth: options.auth, access: options.access }
+  const processOptions = { upstreams, tagTtl: E2E_TAG_TTL, tls: options.tls, address: options.address, auth: options.auth, access: options.access, metricsToken: options.metricsToken }
   if (options.tls !== undefined) {
     return new UnrecordedMirror(await MirrorProcess.start(processOptions))
   }

@@ -24,7 +24,9 @@ const packages: Readonly<Record<string, string>> = {
   radosgw: 'radosgw',
   ceph: 'ceph-common',
   'radosgw-admin': 'ceph-common',
-  monmaptool: 'ceph-base'
+  monmaptool: 'ceph-base',
+  // The status page's browser tests (harness/browser.ts).
+  chromium: 'chromium'
 }
 
 export function findOnPath (tool: string): string | undefined {

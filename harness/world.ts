@@ -73,6 +73,8 @@ export interface WorldOptions {
   /** Clients log in with users from this htpasswd file; metrics are turned off. */
   readonly auth?: MirrorAuth
   readonly access?: MirrorAccess
+  /** metrics.token: with auth, metrics (and the status page) are off without one. */
+  readonly metricsToken?: string
 }
 
 export class World {
@@ -126,7 +128,7 @@ export class World {
     }
 
     const entries = [...upstreams].map(([name, upstream]) => ({ name, url: upstream.url, default: name === 'docker.io' }))
-    const mirror = await startMirror(entries, { tls: options.tls, address: options.address, auth: options.auth, access: options.access })
+    const mirror = await startMirror(entries, { tls: options.tls, address: options.address, auth: options.auth, access: options.access, metricsToken: options.metricsToken })
     t.teardown(() => mirror.close())
     t.comment(`mirror at ${mirror.url}; upstreams ${[...upstreams].map(([name, upstream]) => `${name}=${upstream.url}`).join(', ')}`)
     return new World(upstreams, mirror, images.filter(image => mirror.registries.includes(image.registry)), seed)

@@ -74,12 +74,15 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
   const auth = config.auth === undefined
     ? undefined
     : authParts(config, config.auth, users, core, events, log, options.now)
+  /** host:port of the main listener once it listens: the status page's first-run hint when a request's Host is no host. */
+  let listening = `${config.listen.host}:${config.listen.port}`
   const ops: OpsOptions = {
     metrics,
     upstreams: core.upstreamStates,
     token: config.metrics.token,
     ready: async () => await cache.problems(),
-    status: statusPages(config, core, activity, auth, options.now)
+    // Where /metrics is, and only then: behind the same token.
+    status: metrics === undefined ? undefined : statusPages(config, core, activity, auth, options.now, () => listening)
   }
   const separateOps = config.metrics.listen !== undefined
   if (auth !== undefined && tls === undefined) log.warn('auth is set without tls: passwords cross the network in clear text')
@@ -99,6 +102,7 @@ export async function createMirror (config: MirrorConfig, log: Logger, options: 
     throw err
   }
   const url = urlOf(server, tls !== undefined)
+  listening = new URL(url).host
   let opsServer: Server | undefined
   if (config.metrics.listen !== undefined) {
     // Its own connection counts: a flood on the main listener leaves /healthz and /metrics answering.
@@ -145,20 +149,19 @@ const STATUS_REFRESH_SECONDS = 5
  * The status page for an anonymous viewer: with auth, only the repositories anonymous callers
  * may pull are named on it, and never one of a passthrough upstream (which only says per login).
  */
-function statusPages (config: MirrorConfig, core: MirrorCore, activity: Activity, auth: AppAuth | undefined, now: (() => number) | undefined): StatusPages {
+function statusPages (config: MirrorConfig, core: MirrorCore, activity: Activity, auth: AppAuth | undefined, now: (() => number) | undefined, listening: () => string): StatusPages {
   const reporter = new StatusReporter({ config, cache: core.cache, now, live: { activity, downloads: () => core.blobs.downloads(), refreshSeconds: STATUS_REFRESH_SECONDS } })
   const passthrough = new Set([...config.upstreams.values()].filter(u => u.passthrough !== undefined).map(u => u.name))
   const mayRead = (repository: string): boolean => {
     if (passthrough.has(repository.slice(0, repository.indexOf('/')))) return false
     return auth === undefined || auth.rules.mayPull(undefined, repository)
   }
-  const host = config.listen.host === '0.0.0.0' || config.listen.host === '::' ? '127.0.0.1' : config.listen.host
   return {
     html: async address => renderStatusPage(forViewer(await reporter.report(), mayRead), { address, now: (now ?? Date.now)() }),
     json: async () => forViewer(await reporter.report(), mayRead),
     login: renderLoginPage,
     assets: STATUS_ASSETS,
-    address: `${host.includes(':') ? `[${host}]` : host}:${config.listen.port}`
+    address: listening
   }
 }
 

@@ -314,3 +314,16 @@ t.test('user agents, rate-limit headers and the viewer cut', async t => {
   t.equal(cut.hidden, 5)
   t.equal(report.top.bySize.length, 2, 'the shared report is left whole')
 })
+
+t.test('the page lives where /metrics does: not at all with metrics off, only on metrics.listen when it is set', async t => {
+  const hub = await startFakeRegistry()
+  t.teardown(async () => await hub.close())
+  const off = await startMirror(t, { upstreams: { 'docker.io': hub.url }, metrics: { enabled: false } })
+  t.equal((await fetch(`${off.url}/status`)).status, 404)
+  t.equal((await fetch(`${off.url}/status.json`)).status, 404)
+  const own = await startMirror(t, { upstreams: { 'docker.io': hub.url }, metrics: { listen: { host: '127.0.0.1', port: 0 } } })
+  t.equal((await fetch(`${own.url}/status.json`)).status, 404, 'not on the main listener')
+  t.equal((await fetch(`${own.opsUrl ?? ''}/status.json`)).status, 200, 'on the metrics listener')
+  const page = await (await fetch(`${own.opsUrl ?? ''}/status`)).text()
+  t.match(page, `"registry-mirrors": ["http://${new URL(own.opsUrl ?? '').host}"]`, 'the hint names the address the viewer used')
+})

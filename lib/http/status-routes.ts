@@ -18,8 +18,8 @@ export interface StatusPages {
   readonly json: () => Promise<unknown>
   readonly login: (failed: boolean) => string
   readonly assets: ReadonlyMap<string, { readonly body: string, readonly type: string, readonly etag: string }>
-  /** host:port of the listener, when the request's Host header is not a plain host. */
-  readonly address: string
+  /** host:port of the main listener, when the request's Host header is not a plain host. */
+  readonly address: () => string
 }
 
 export const STATUS_COOKIE = 'registry_mirror_status'
@@ -137,7 +137,7 @@ export function statusRoutes<S> (router: Router<S>, pages: StatusPages, token: s
       return
     }
     const host = ctx.get('host')
-    ctx.body = await pages.html(HOST.test(host) ? host : pages.address)
+    ctx.body = await pages.html(HOST.test(host) ? host : pages.address())
   })
 
   router.get('/status.json', async ctx => {
