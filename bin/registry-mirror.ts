@@ -245,7 +245,7 @@ async function exportCommand (config: MirrorConfig, args: string[], files: strin
 
 async function importCommand (config: MirrorConfig, bundle: string): Promise<number> {
   const log = createLogger('warn', process.stderr)
-  const core = await openCore(config, log)
+  const core = await openCore(config, log, { command: 'import' })
   const progress = createProgress(process.stderr, 'importing')
   const row = progress.row(bundle)
   try {

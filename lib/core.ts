@@ -60,6 +60,8 @@ export interface CoreOptions {
    * clients, and the HTTP client library not even loaded (a sixth of such a command's time).
    */
   readonly upstreams?: boolean | undefined
+  /** The command opening the data directory, as the eviction log names it; `serve` for the owner. */
+  readonly command?: string | undefined
 }
 
 /** The cache and its pull-through services, without an HTTP server. */
@@ -116,9 +118,10 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
     }
   }
   const index = new CacheIndex({ path: join(config.storage.path, 'index.db'), now })
-  const cache = new LocalCache({ index, store, staging, readBuffers, hotEntries: config.cache.hotEntries, log, now, events: outer, uploadRetryDelays: options.uploadRetryDelays, node: nodeName(config) })
-  // A serving mirror notes in the index which upstreams are down (the cache listens), for `registry-mirror stats`.
-  const events = options.owner === true ? new Events([outer, cache]) : outer
+  const cache = new LocalCache({ index, store, staging, readBuffers, hotEntries: config.cache.hotEntries, log, now, events: outer, uploadRetryDelays: options.uploadRetryDelays, node: nodeName(config), process: options.command ?? (options.owner === true ? 'serve' : 'cli') })
+  // Evictions and scrub removals go into the index's log, whichever command made them; a serving
+  // mirror also notes which upstreams are down (the cache listens), for `registry-mirror stats`.
+  const events = new Events(options.owner === true ? [outer, cache.evictions, cache] : [outer, cache.evictions])
   if (options.owner === true) for (const name of config.upstreams.keys()) cache.noteUpstreamDown(name, 0)
   const dryRun = options.sweep?.dryRun === true
   let consistency: SweepReport

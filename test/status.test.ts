@@ -9,7 +9,9 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setUser } from '../lib/auth/htpasswd.js'
-import { Activity, MAX_EVICTIONS, MAX_REPOSITORIES, MINUTES } from '../lib/status/activity.js'
+import { Activity, MAX_REPOSITORIES, MINUTES } from '../lib/status/activity.js'
+import { EvictionLog, KEPT_EVICTIONS } from '../lib/cache/eviction-log.js'
+import { CacheIndex } from '../lib/db/cache-index.js'
 import { clientKind } from '../lib/status/client-kind.js'
 import { forViewer, type StatusReport } from '../lib/status/report.js'
 import { rateLimit } from '../lib/oci/headers.js'
@@ -247,7 +249,7 @@ t.test('stats --json prints the same shape from the data directory, without what
   const out = await runCli(['stats', '--json', '--config', config])
   t.equal(out.code, 0, out.stderr)
   const offline = JSON.parse(out.stdout) as StatusReport
-  for (const key of ['server', 'sinceStart', 'lastHour', 'clients', 'evictions', 'downloads']) {
+  for (const key of ['server', 'sinceStart', 'lastHour', 'clients', 'downloads']) {
     t.ok(key in live, `${key}: from the server`)
     t.notOk(key in offline, `${key}: absent from stats, not zero`)
   }
@@ -266,14 +268,11 @@ t.test('what clients send cannot grow the status memory', async t => {
   for (let i = 0; i < 5000; i++) {
     a.requestFinished({ method: 'GET', kind: 'manifest', status: 200, outcome: 'hit', seconds: 0, bytes: 10, userAgent: `made-up/${i} ${'x'.repeat(1000)}`, repository: `docker.io/r/${i}`, pull: true })
     a.upstreamResponse({ upstream: `other-${i}.example`, kind: 'manifest', method: 'GET', status: 500 })
-    a.evicted({ kind: 'blob', digest: `sha256:${String(i).padStart(64, '0')}`, size: i, reason: 'size', tags: [] })
     now += 1000
   }
   t.equal(a.clients().length, 1, 'one row for every made-up user agent')
   t.ok((a.clients()[0]?.userAgent.length ?? 0) <= 200, 'cut to 200 characters')
   t.equal(a.upstreams().length, 1, 'no row for an upstream the config does not name')
-  t.equal(a.evictions().length, MAX_EVICTIONS)
-  t.equal(a.evictions()[0]?.bytes, 4999, 'newest first')
   t.equal(a.pulls().length, MAX_REPOSITORIES, 'pulls counted for at most MAX_REPOSITORIES repositories')
   t.equal(a.lastHour().length, MINUTES)
   const first = Math.floor(now / 60_000) - MINUTES + 1
@@ -326,4 +325,77 @@ t.test('the page lives where /metrics does: not at all with metrics off, only on
   t.equal((await fetch(`${own.opsUrl ?? ''}/status.json`)).status, 200, 'on the metrics listener')
   const page = await (await fetch(`${own.opsUrl ?? ''}/status`)).text()
   t.match(page, `"registry-mirrors": ["http://${new URL(own.opsUrl ?? '').host}"]`, 'the hint names the address the viewer used')
+})
+
+t.test('a download under way: its repository, progress and the clients joined to it', async t => {
+  const hub = await startFakeRegistry()
+  t.teardown(async () => await hub.close())
+  const bytes = Buffer.alloc(3 * 1024 * 1024, 7)
+  const digest = hub.addBlob('library/app', bytes)
+  const gate = hub.gateBlob(digest, 1024 * 1024)
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': hub.url } })
+  const clients = Array.from({ length: 3 }, async () => await fetch(`${mirror.url}/v2/library/app/blobs/${digest}`))
+  await gate.reached
+  await new Promise(resolve => setTimeout(resolve, 1100))
+  const s = await (await fetch(`${mirror.url}/status.json`)).json() as StatusReport
+  t.match(s.downloads, [{ digest, repository: 'docker.io/library/app', upstream: 'docker.io', size: bytes.length, clients: 3 }], 'one download, three clients on it')
+  const d = s.downloads?.[0]
+  t.ok((d?.bytes ?? 0) > 0 && (d?.bytes ?? 0) < bytes.length, `part of it so far (${d?.bytes ?? 0} bytes)`)
+  t.ok((d?.bytesPerSecond ?? 0) > 0)
+  const page = await (await fetch(`${mirror.url}/status`)).text()
+  t.match(page, `<progress max="${bytes.length}" value="${d?.bytes ?? -1}"></progress>`, 'a progress bar on the page')
+  gate.release()
+  for (const c of clients) await (await c).arrayBuffer()
+  await new Promise(resolve => setTimeout(resolve, 1100))
+  const after = await (await fetch(`${mirror.url}/status.json`)).json() as StatusReport
+  t.same(after.downloads, [], 'gone once done')
+  t.equal(after.sinceStart?.avoided.joinedDownloads, 2, 'two clients joined the one download')
+})
+
+t.test('evictions are kept in the index, the last 100, whichever command made them', async t => {
+  const hub = await startFakeRegistry()
+  t.teardown(async () => await hub.close())
+  const app = makeImage(hub, 'library/app', 'v1', { layers: [2000, 3000] })
+  makeImage(hub, 'library/tool', 'v1', { layers: [1000] })
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': hub.url }, eviction: { maxAge: 1 } })
+  await pull(mirror, 'library/app', 'v1', {})
+  mirror.flushAccess()
+  await new Promise(resolve => setTimeout(resolve, 20))
+  const result = await mirror.evictor.run()
+  t.ok(result.removed > 0, `the serving mirror evicted ${result.removed}`)
+  await new Promise(resolve => setImmediate(resolve))
+  await new Promise(resolve => setTimeout(resolve, 1100))
+  const s = await (await fetch(`${mirror.url}/status.json`)).json() as StatusReport
+  t.ok(s.evictions.length >= 3, 'listed')
+  t.ok(s.evictions.every(e => e.reason === 'age' && e.by === 'serve'), 'age, by serve')
+  t.ok(s.evictions.some(e => e.kind === 'manifest' && e.digest === app.manifestDigest && e.repositories.includes('docker.io/library/app')), 'the manifest with its repository')
+  t.match(await (await fetch(`${mirror.url}/status`)).text(), /<td>age<\/td>/, 'on the page')
+
+  // gc, run beside the serving mirror, evicts what was pulled since: its evictions are listed too.
+  await pull(mirror, 'library/tool', 'v1', {})
+  mirror.flushAccess()
+  await new Promise(resolve => setTimeout(resolve, 20))
+  const dir = await mkdtemp(join(tmpdir(), 'mirror-status-gc-'))
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const config = await writeConfig(dir, { storage: mirror.storage, upstreams: { 'docker.io': hub.url }, extraStorage: { maxAge: '1ms' } })
+  const gc = await runCli(['gc', '--config', config])
+  t.equal(gc.code, 0, gc.stderr)
+  const stats = JSON.parse((await runCli(['stats', '--json', '--config', config])).stdout) as StatusReport
+  t.ok(stats.evictions.some(e => e.by === 'gc'), 'gc\'s evictions, in stats')
+  t.ok(stats.evictions.some(e => e.by === 'serve'), 'and the serving mirror\'s')
+  t.equal(new Date(stats.evictions[0]?.at ?? 0) >= new Date(stats.evictions[stats.evictions.length - 1]?.at ?? 0), true, 'newest first')
+
+  // However many are evicted, the index keeps the last KEPT_EVICTIONS, written once per turn of the event loop.
+  const index = new CacheIndex({ path: join(dir, 'index.db') })
+  t.teardown(() => index.close())
+  let writes = 0
+  const log = new EvictionLog({ by: 'serve', write: entries => { writes++; index.logEvictions(entries, KEPT_EVICTIONS) } })
+  for (let i = 0; i < 5000; i++) log.evicted({ kind: 'blob', digest: `sha256:${String(i).padStart(64, '0')}`, size: i, reason: 'size', tags: [] })
+  await new Promise(resolve => setImmediate(resolve))
+  for (let i = 0; i < 300; i++) log.corruptRemoved('blob', `sha256:${String(i).padStart(64, 'f')}`)
+  log.flush()
+  t.equal(writes, 2, 'two writes for 5,300 removals')
+  const kept = index.recentEvictions(1000)
+  t.equal(kept.length, KEPT_EVICTIONS)
+  t.match(kept[0], { reason: 'scrub mismatch', bytes: null }, 'newest first')
 })

@@ -29,6 +29,7 @@ import type { BlobStore } from '../store/blob-store.js'
 import type { BufferPool } from '../store/buffer-pool.js'
 import type { Staging } from '../store/staging.js'
 import { AccessRecorder } from './access-recorder.js'
+import { EvictionLog, KEPT_EVICTIONS, type LoggedEviction } from './eviction-log.js'
 import { evictBucket, publishPins, type BucketEvictionResult } from './bucket-eviction.js'
 import type { EvictionPolicy } from './eviction.js'
 import { FleetShare } from './fleet-share.js'
@@ -91,6 +92,8 @@ export interface LocalCacheOptions {
   readonly uploadRetryDelays?: readonly number[] | undefined
   /** This node's name among a fleet's: its pins in a shared store go under it. */
   readonly node?: string | undefined
+  /** The command that opened the cache (`serve`, `gc`…), as the eviction log names it. */
+  readonly process?: string | undefined
 }
 
 /** A failed index write, as the cache reports it. */
@@ -116,6 +119,8 @@ export class LocalCache {
   readonly #fleet: FleetShare | undefined
   /** Last-access times and request counters, written to the index in batches. */
   readonly access: AccessRecorder
+  /** The last evictions and scrub removals, written to the index (listens to `evicted` and `corruptRemoved`). */
+  readonly evictions: EvictionLog
   readonly #log: Logger
   readonly #hot: LRUCache<string, HotEntry>
   readonly #now: () => number
@@ -153,6 +158,11 @@ export class LocalCache {
       sink: { recordAccess: batch => { this.#write('access', () => options.index.recordAccess(batch)) } },
       now: this.#now,
       onError: err => options.log.error({ err }, 'could not record last access')
+    })
+    this.evictions = new EvictionLog({
+      write: entries => { this.#write('eviction log', () => options.index.logEvictions(entries, KEPT_EVICTIONS)) },
+      by: options.process ?? 'serve',
+      now: this.#now
     })
     this.#hot = new LRUCache<string, HotEntry>({
       max: options.hotEntries,
@@ -784,8 +794,14 @@ export class LocalCache {
     await this.#fleet?.idle()
   }
 
+  /** The last evictions (of every command), newest first. */
+  recentEvictions (limit: number): LoggedEviction[] {
+    return this.#index.recentEvictions(limit).map(e => ({ ...e, reason: e.reason as LoggedEviction['reason'] }))
+  }
+
   close (): void {
     this.access.close()
+    this.evictions.flush()
     this.#index.close()
   }
 }

@@ -16,7 +16,7 @@ export interface GcResult { consistency: SweepReport, eviction: EvictionResult }
  * verify, every cached blob and manifest re-hashed), then evicts what the bounds say must go.
  */
 export async function gc (config: MirrorConfig, log: Logger, dryRun: boolean, verify = false): Promise<GcResult> {
-  const core = await openCore(config, log, { sweep: { dryRun, verify }, upstreams: false })
+  const core = await openCore(config, log, { sweep: { dryRun, verify }, upstreams: false, command: 'gc' })
   try {
     return { consistency: core.consistency, eviction: await core.evictor.run({ dryRun }) }
   } finally {

@@ -102,6 +102,19 @@ const MIGRATIONS: readonly string[] = [
     WHERE json_valid(CAST(m.content AS TEXT)) AND json_type(CAST(m.content AS TEXT), '$.fsLayers') = 'array' AND json_type(e.value, '$.blobSum') = 'text';
   CREATE INDEX IF NOT EXISTS referrers_fetched ON referrers (fetched_at);
   CREATE INDEX IF NOT EXISTS referrers_subject ON referrers (subject);
+  `,
+  // The last evictions, whichever command made them (cache/eviction-log.ts keeps at most 100).
+  `
+  CREATE TABLE IF NOT EXISTS eviction_log (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    bytes INTEGER,
+    reason TEXT NOT NULL,
+    by TEXT NOT NULL,
+    repositories TEXT NOT NULL
+  );
   `
 ]
 
@@ -353,6 +366,21 @@ export class CacheIndex {
     })()
   }
 
+  /** Adds evictions to the log and keeps only its last `keep` rows. */
+  logEvictions (entries: ReadonlyArray<{ at: number, kind: string, digest: string, bytes: number | null, reason: string, by: string, repositories: readonly string[] }>, keep: number): void {
+    const insert = this.#db.prepare('INSERT INTO eviction_log (at, kind, digest, bytes, reason, by, repositories) VALUES (?, ?, ?, ?, ?, ?, ?)')
+    this.#db.transaction(() => {
+      for (const e of entries) insert.run(e.at, e.kind, e.digest, e.bytes, e.reason, e.by, JSON.stringify(e.repositories))
+      this.#db.prepare('DELETE FROM eviction_log WHERE id <= (SELECT max(id) FROM eviction_log) - ?').run(keep)
+    })()
+  }
+
+  /** The last evictions, newest first. */
+  recentEvictions (limit: number): Array<{ at: number, kind: 'blob' | 'manifest', digest: string, bytes: number | null, reason: string, by: string, repositories: string[] }> {
+    const rows = this.#db.prepare('SELECT at, kind, digest, bytes, reason, by, repositories FROM eviction_log ORDER BY id DESC LIMIT ?').all(limit) as Array<{ at: number, kind: 'blob' | 'manifest', digest: string, bytes: number | null, reason: string, by: string, repositories: string }>
+    return rows.map(r => ({ ...r, repositories: parseNames(r.repositories) }))
+  }
+
   /**
    * The repositories holding the most bytes of blobs (fetched under the repository, or named by
    * one of its cached manifests), most first. A scan of every blob: the status page asks rarely.
@@ -466,5 +494,15 @@ export class CacheIndex {
 
   close (): void {
     if (this.#db.open) this.#db.close()
+  }
+}
+
+/** A JSON list of names as the eviction log stores it; anything else reads as none. */
+function parseNames (text: string): string[] {
+  try {
+    const v: unknown = JSON.parse(text)
+    return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []
+  } catch {
+    return []
   }
 }

@@ -1,16 +1,16 @@
 // What the status page shows of the mirror's own work since it started, from
 // its events (events.ts), in memory of a fixed size: a ring of 60 one-minute
-// slots, totals, a row per client kind and per configured upstream, the last
-// evictions, and pulls per repository (only repositories a client was let read
-// and was served, and at most MAX_REPOSITORIES of them). Nothing a client sends
+// slots, totals, a row per client kind and per configured upstream, and pulls
+// per repository (only repositories a client was let read and was served, and
+// at most MAX_REPOSITORIES of them). The last evictions are in the index
+// (cache/eviction-log.ts), where `gc`'s are too. Nothing a client sends
 // can add a row: user agents map onto a fixed set of kinds, unknown upstream
 // names are ignored, and a repository counts only once it was served.
 
-import type { CacheOutcome, EvictedItem, EventSink, RateLimit, RequestRecord, UpstreamAnswer, DownloadResult, UncachedResult, RefusalReason } from '../events.js'
+import type { CacheOutcome, EventSink, RateLimit, RequestRecord, UpstreamAnswer, DownloadResult, UncachedResult, RefusalReason } from '../events.js'
 import { clientKind, type ClientKind } from './client-kind.js'
 
 export const MINUTES = 60
-export const MAX_EVICTIONS = 50
 export const MAX_REPOSITORIES = 1000
 /** The longest user agent kept per client kind; longer ones are cut. */
 export const MAX_USER_AGENT = 200
@@ -61,17 +61,6 @@ export interface UpstreamActivity {
   rateLimit: (RateLimit & { at: number }) | undefined
 }
 
-export interface EvictionSeen {
-  readonly at: number
-  readonly kind: 'blob' | 'manifest'
-  readonly digest: string
-  /** Undefined when the reason does not say (a corrupt file is removed whatever its size). */
-  readonly bytes: number | undefined
-  readonly reason: EvictedItem['reason'] | 'scrub mismatch'
-  /** Repositories whose tags went with a manifest. */
-  readonly repositories: readonly string[]
-}
-
 function emptyFigures (): Figures {
   return { requests: 0, pulls: 0, hits: 0, misses: 0, cacheBytes: 0, upstreamBytes: 0, fetchedBytes: 0 }
 }
@@ -85,7 +74,6 @@ export class Activity implements EventSink {
   readonly #totals: Totals = { ...emptyFigures(), joined: 0, tagsWithinTtl: 0, errors: 0 }
   readonly #clients = new Map<ClientKind, ClientSeen>()
   readonly #upstreams = new Map<string, UpstreamActivity>()
-  readonly #evictions: EvictionSeen[] = []
   readonly #pulls = new Map<string, number>()
 
   constructor (options: { upstreams: Iterable<string>, now?: (() => number) | undefined }) {
@@ -188,19 +176,6 @@ export class Activity implements EventSink {
     else if (result === 'error') u.lastError = { at: this.#now(), message: `download of ${digest} failed` }
   }
 
-  evicted (item: EvictedItem): void {
-    this.#evictedNow({ kind: item.kind, digest: item.digest, bytes: item.size, reason: item.reason, repositories: [...new Set(item.tags.map(t => t.repository))] })
-  }
-
-  corruptRemoved (kind: 'blob' | 'manifest', digest: string): void {
-    this.#evictedNow({ kind, digest, bytes: undefined, reason: 'scrub mismatch', repositories: [] })
-  }
-
-  #evictedNow (e: Omit<EvictionSeen, 'at'>): void {
-    this.#evictions.push({ at: this.#now(), ...e })
-    if (this.#evictions.length > MAX_EVICTIONS) this.#evictions.shift()
-  }
-
   get totals (): Readonly<Totals> { return { ...this.#totals } }
 
   /** The last MINUTES minutes, oldest first, the current one last (minutes without a request are zeros). */
@@ -216,8 +191,6 @@ export class Activity implements EventSink {
 
   clients (): ClientSeen[] { return [...this.#clients.values()].map(c => ({ ...c })) }
   upstreams (): UpstreamActivity[] { return [...this.#upstreams.values()].map(u => ({ ...u })) }
-  /** Newest first. */
-  evictions (): EvictionSeen[] { return this.#evictions.slice().reverse() }
   /** Repositories by pulls since start, most first. */
   pulls (): Array<{ repository: string, pulls: number }> {
     return [...this.#pulls].map(([repository, pulls]) => ({ repository, pulls })).sort((a, b) => b.pulls - a.pulls || (a.repository < b.repository ? -1 : 1))

@@ -199,9 +199,13 @@ export function renderStatusPage (r: StatusReport, options: PageOptions): string
   out.push('</div></div><h3>Pinned</h3>')
   out.push(table(['repository', 'reference', 'since'], r.pins.map(p => [esc(p.repository), `<code>${esc(p.reference)}</code>`, time(p.createdAt, now)]), 'Nothing is pinned.'))
   out.push('<h3>Recent evictions</h3>')
-  out.push(r.evictions === undefined
-    ? '<p class="empty">Listed by a running mirror.</p>'
-    : table(['when', 'what', 'size', 'reason', 'repositories'], r.evictions.map(e => [time(e.at, now), `${esc(e.kind)} <code>${esc(e.digest.slice(0, 19))}…</code>`, e.bytes === null ? '—' : esc(formatBytes(e.bytes)), esc(e.reason), esc(e.repositories.join(', '))]), 'Nothing evicted since the mirror started.'))
+  out.push(table(['when', 'what', 'size', 'reason', 'repositories'], r.evictions.map(e => [
+    time(e.at, now),
+    `${esc(e.kind)} <code>${esc(e.digest.slice(0, 19))}…</code>`,
+    e.bytes === null ? '—' : esc(formatBytes(e.bytes)),
+    `${esc(e.reason)}${e.by === 'serve' ? '' : ` <small>(${esc(e.by)})</small>`}`,
+    esc(e.repositories.join(', '))
+  ]), 'Nothing evicted yet.'))
   out.push('</section>')
 
   // Downloads

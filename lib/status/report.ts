@@ -17,6 +17,8 @@ import { CLIENT_KIND_NAMES, CLIENT_KINDS, type ClientKind } from './client-kind.
 export const STATUS_SCHEMA = 1
 /** Repositories listed by size and by pulls. */
 export const TOP = 10
+/** Evictions listed. */
+export const EVICTIONS = 50
 const REPORT_MS = 1000
 /** The index scan for the largest repositories takes at most this share of the time between two. */
 const LARGEST_SHARE = 50
@@ -100,7 +102,8 @@ export interface StatusReport {
     byPulls?: Array<{ repository: string, pulls: number }>
   }
   pins: Array<{ repository: string, reference: string, createdAt: string }>
-  evictions?: Array<{ at: string, kind: 'blob' | 'manifest', digest: string, bytes: number | null, reason: string, repositories: string[] }>
+  /** The last evictions of every command (serve, gc), newest first, from the index. */
+  evictions: Array<{ at: string, kind: 'blob' | 'manifest', digest: string, bytes: number | null, reason: string, by: string, repositories: string[] }>
   downloads?: Array<{ digest: string, repository: string, upstream: string, startedAt: string, bytes: number, size: number | null, bytesPerSecond: number, clients: number }>
   upstreams: UpstreamSection[]
   /** Entries left out because the viewer may not read their repository. */
@@ -214,6 +217,7 @@ export async function buildReport (sources: ReportSources, largest?: StatusRepor
     requests: requestCounts(cache.counters()),
     top: { bySize: largest ?? cache.largestRepositories(TOP) },
     pins: cache.pins().map(p => ({ repository: p.repository, reference: p.reference, createdAt: iso(p.createdAt) })),
+    evictions: cache.recentEvictions(EVICTIONS).map(e => ({ at: iso(e.at), kind: e.kind, digest: e.digest, bytes: e.bytes, reason: e.reason, by: e.by, repositories: [...e.repositories] })),
     upstreams: [...config.upstreams.values()].map(u => {
       const section: UpstreamSection = {
         name: u.name,
@@ -275,7 +279,6 @@ export async function buildReport (sources: ReportSources, largest?: StatusRepor
     }
   })
   report.top.byPulls = activity.pulls().slice(0, TOP)
-  report.evictions = activity.evictions().map(e => ({ at: iso(e.at), kind: e.kind, digest: e.digest, bytes: e.bytes ?? null, reason: e.reason, repositories: [...e.repositories] }))
   report.downloads = live.downloads().map(d => ({
     digest: d.digest,
     repository: d.repository,
@@ -307,13 +310,11 @@ export function forViewer (report: StatusReport, mayRead: (repository: string) =
     pins: keep(report.pins)
   }
   if (report.downloads !== undefined) out.downloads = keep(report.downloads)
-  if (report.evictions !== undefined) {
-    out.evictions = report.evictions.map(e => {
-      const repositories = e.repositories.filter(r => mayRead(r))
-      hidden += e.repositories.length - repositories.length
-      return { ...e, repositories }
-    })
-  }
+  out.evictions = report.evictions.map(e => {
+    const repositories = e.repositories.filter(r => mayRead(r))
+    hidden += e.repositories.length - repositories.length
+    return { ...e, repositories }
+  })
   out.hidden = hidden
   return out
 }

@@ -59,7 +59,7 @@ export interface ExportReport {
 }
 
 export async function exportBundle (options: ExportOptions): Promise<ExportReport> {
-  const core = await openCore(options.config, options.log)
+  const core = await openCore(options.config, options.log, { command: 'export' })
   try {
     const fetching = options.progress('fetching')
     let results: WarmResult[]

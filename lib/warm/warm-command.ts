@@ -47,7 +47,7 @@ export async function warm (options: WarmOptions): Promise<WarmReport> {
       await source.close()
     }
   }
-  const core = await openCore(options.config, options.log)
+  const core = await openCore(options.config, options.log, { command: 'warm' })
   try {
     const warmer = new Warmer({ source: coreSource(core), platforms: options.platforms, concurrency, verifyCached: true, progress: options.progress })
     const results = await warmer.run(options.images)
