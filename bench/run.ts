@@ -25,6 +25,7 @@ import { bigCache } from './big-cache.js'
 import { fleetOnBucket, type FleetSideResult } from './fleet.js'
 import { blobGetsOf, UpstreamMeter, type UpstreamTraffic } from './upstream-meter.js'
 import { wrk, WRK_THREADS, type WrkResult } from './wrk.js'
+import { startStatusViewers } from './status-viewers.js'
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
 
@@ -527,6 +528,47 @@ async function fleetWorkload (bench: Bench, upstream: ReferenceRegistry, entryPo
  * digest, with proxy_cache_lock (bench/servers.ts NginxCacheServer). The same cold and warm blob
  * workloads as 1-3 on blobs of its own, set beside registry-mirror's figures from them.
  */
+const STATUS_VIEWERS = 200
+/** p99 of manifests by digest with the viewers, at most this many times the p99 without (on a quiet machine the two swing by about that much alone). */
+const STATUS_P99_LIMIT = 1.5
+
+/**
+ * 13. 200 people with the status page open, each loading it every second: manifests by digest
+ * measured without them and with them (registry-mirror only: the reference has no such page).
+ */
+async function statusPageViewers (bench: Bench): Promise<void> {
+  const img = image(bench, 'bench/warm')
+  const mirror = bench.mirrors.rm
+  const url = `${mirror.url}/v2/${img.repository}/manifests/${img.manifestDigest}`
+  const measure = async (what: string): Promise<WrkResult> => {
+    checkWrk(`warm-up (${what})`, await wrk({ url, connections: MANIFEST_CONNECTIONS, seconds: WARMUP_SECONDS, headers: { Accept: ACCEPT }, workDir: bench.work }))
+    return checkWrk(`manifest by digest ${what}`, await wrk({ url, connections: MANIFEST_CONNECTIONS, seconds: MANIFEST_SECONDS, headers: { Accept: ACCEPT }, workDir: bench.work }))
+  }
+  log(`13. manifest by digest, ${MANIFEST_CONNECTIONS} connections, ${MANIFEST_SECONDS} s, without status-page viewers: ${mirror.label}`)
+  const without = await measure('without viewers')
+  log(`13. the same with ${STATUS_VIEWERS} status-page viewers, each loading it every second`)
+  const viewers = startStatusViewers(`${mirror.url}/status`, STATUS_VIEWERS)
+  let beside: WrkResult | undefined
+  try {
+    beside = await measure('beside the viewers')
+  } finally {
+    const seen = await viewers.stop()
+    bench.details.push(`workload 13: ${seen.pages} status pages served (${megabytes(seen.bytes)} of HTML), ${seen.errors} failed, while wrk made ${beside?.requests ?? 0} manifest requests`)
+  }
+  const name = `13. manifest by digest, ${MANIFEST_CONNECTIONS} connections, beside ${STATUS_VIEWERS} status-page viewers (reference column: registry-mirror without them)`
+  bench.rows.push(
+    { workload: `${name}: requests/s`, mirror: perSecond(beside.requestsPerSecond), reference: perSecond(without.requestsPerSecond), ratio: ratio(beside.requestsPerSecond, without.requestsPerSecond), target: '', met: undefined },
+    {
+      workload: `${name}: latency p50 / p99`,
+      mirror: `${milliseconds(beside.p50Ms)} / ${milliseconds(beside.p99Ms)}`,
+      reference: `${milliseconds(without.p50Ms)} / ${milliseconds(without.p99Ms)}`,
+      ratio: ratio(beside.p99Ms, without.p99Ms),
+      target: `p99 ≤ ${STATUS_P99_LIMIT}×`,
+      met: beside.p99Ms <= STATUS_P99_LIMIT * without.p99Ms
+    }
+  )
+}
+
 async function nginxCacheWorkload (bench: Bench): Promise<void> {
   const nginx = await NginxCacheServer.start(join(bench.work, 'nginx-cache'), bench.upstreamUrl)
   const url = (repository: string, digest: string): string => `${nginx.url}/v2/${repository}/blobs/${digest}`
@@ -617,7 +659,7 @@ function required<T> (partial: Partial<PerMirror<T>>): PerMirror<T> {
   return { rm, ref }
 }
 
-const WORKLOADS = ['1', '2', '3', '4', '5', '7', '8', '9', '10', '11', '12'] as const
+const WORKLOADS = ['1', '2', '3', '4', '5', '7', '8', '9', '10', '11', '12', '13'] as const
 type Workload = typeof WORKLOADS[number]
 
 function imagePlans (selected: ReadonlySet<Workload>): ImagePlan[] {
@@ -738,6 +780,7 @@ async function main (): Promise<number> {
       if (selected.has('10')) await measured('10', async b => await manyCachedBlobs(b, upstream.url, entryPoint))
       if (selected.has('11')) await measured('11', async b => await fleetWorkload(b, upstream, entryPoint))
       if (selected.has('12')) await measured('12', nginxCacheWorkload)
+      if (selected.has('13')) await measured('13', statusPageViewers)
     } catch (err) {
       if (err instanceof Error) err.message += `\n${rmServer.tail()}\n${proxy.tail()}`
       throw err

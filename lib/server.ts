@@ -30,7 +30,7 @@ import { Metrics } from './metrics.js'
 import { Activity } from './status/activity.js'
 import { STATUS_ASSETS } from './status/assets.js'
 import { renderLoginPage, renderStatusPage } from './status/page.js'
-import { forViewer, StatusReporter } from './status/report.js'
+import { forViewer, StatusReporter, type StatusReport } from './status/report.js'
 import type { StatusPages } from './http/status-routes.js'
 import type { BufferPool } from './store/buffer-pool.js'
 
@@ -156,9 +156,24 @@ function statusPages (config: MirrorConfig, core: MirrorCore, activity: Activity
     if (passthrough.has(repository.slice(0, repository.indexOf('/')))) return false
     return auth === undefined || auth.rules.mayPull(undefined, repository)
   }
+  // One cut, one page per address and one JSON text per report (a second), however many viewers.
+  let cut: { from: StatusReport, report: StatusReport, json: string } | undefined
+  let page: { from: StatusReport, address: string, html: string } | undefined
+  const viewed = async (): Promise<{ from: StatusReport, report: StatusReport, json: string }> => {
+    const from = await reporter.report()
+    if (cut?.from !== from) {
+      const report = forViewer(from, mayRead)
+      cut = { from, report, json: JSON.stringify(report) }
+    }
+    return cut
+  }
   return {
-    html: async address => renderStatusPage(forViewer(await reporter.report(), mayRead), { address, now: (now ?? Date.now)() }),
-    json: async () => forViewer(await reporter.report(), mayRead),
+    html: async address => {
+      const { from, report } = await viewed()
+      if (page?.from !== from || page.address !== address) page = { from, address, html: renderStatusPage(report, { address, now: Date.parse(report.generatedAt) }) }
+      return page.html
+    },
+    json: async () => (await viewed()).json,
     login: renderLoginPage,
     assets: STATUS_ASSETS,
     address: listening

@@ -15,7 +15,8 @@ import { sendError } from './envelope.js'
 export interface StatusPages {
   /** `address`: host[:port] the viewer reached the mirror at, for the page's first-run hint. */
   readonly html: (address: string) => Promise<string>
-  readonly json: () => Promise<unknown>
+  /** /status.json's body, JSON text. */
+  readonly json: () => Promise<string>
   readonly login: (failed: boolean) => string
   readonly assets: ReadonlyMap<string, { readonly body: string, readonly type: string, readonly etag: string }>
   /** host:port of the main listener, when the request's Host header is not a plain host. */
@@ -147,6 +148,7 @@ export function statusRoutes<S> (router: Router<S>, pages: StatusPages, token: s
       sendError(ctx, new UnauthorizedError('the status needs the metrics token', null, { 'WWW-Authenticate': 'Bearer realm="registry-mirror metrics"' }))
       return
     }
+    ctx.type = 'application/json; charset=utf-8'
     ctx.body = await pages.json()
   })
 
