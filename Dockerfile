@@ -35,8 +35,9 @@ COPY lib ./lib
 RUN npm run build \
  && npm prune --omit=dev
 
-# The shipped config, pointed at the image's data volume. MIRROR_STORAGE_PATH
-# below says the same; the file agrees so that it is right on its own too.
+# The shipped config, pointed at the image's data volume. A config of your
+# own is taken as written (no MIRROR_STORAGE_PATH here to override it): point
+# its storage.path at a volume, e.g. /var/lib/registry-mirror.
 COPY mirror.config.yml ./
 RUN sed 's#^  path: \./data$#  path: /var/lib/registry-mirror#' mirror.config.yml > config.yml \
  && grep -q '^  path: /var/lib/registry-mirror$' config.yml
@@ -49,7 +50,6 @@ FROM node:22-bookworm-slim
 # after the first frees, and memory taken by a flood of slow clients (1,000:
 # ~380 MB) stays resident after they leave (~340 MB, against ~110 MB with it).
 ENV NODE_ENV=production \
-    MIRROR_STORAGE_PATH=/var/lib/registry-mirror \
     MALLOC_MMAP_THRESHOLD_=131072
 
 WORKDIR /app

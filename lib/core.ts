@@ -94,11 +94,12 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
   // Staging is on the data directory's volume: a blob file moves into the store by rename.
   const staging = new Staging({ dir: join(config.storage.path, 'tmp'), freeBytes: options.freeBytes, readBuffers })
   const s3 = config.storage.s3
-  await staging.init()
+  await usablePath(config, async () => await staging.init())
   let store: BlobStore
   if (s3 === undefined) {
-    store = new FsBlobStore({ root: config.storage.path, readBuffers })
-    await store.init()
+    const fs = new FsBlobStore({ root: config.storage.path, readBuffers })
+    await usablePath(config, async () => await fs.init())
+    store = fs
   } else {
     // The AWS SDK is loaded only for a bucket: a third of a second of every command's start.
     const { BucketSetupError, S3BlobStore } = await import('./store/s3-blob-store.js')
@@ -192,6 +193,24 @@ export async function openCore (config: MirrorConfig, log: Logger, options: Core
     return [u.name, down === undefined ? 'up' : `down since ${new Date(down.since).toISOString()}, tried again after ${new Date(down.until).toISOString()}`]
   }))
   return { config, cache, evictor, eviction, blobs, manifests, listings, routing: routingTable(config), upstream, upstreamStates, consistency, readBuffers, swept, close }
+}
+
+/**
+ * Runs a step that makes directories under storage.path; a path that cannot hold them (not
+ * a directory, not writable by this user, a read-only volume) is a problem of the config,
+ * said as one, naming the path.
+ */
+async function usablePath (config: MirrorConfig, step: () => Promise<void>): Promise<void> {
+  try {
+    await step()
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'EACCES' || code === 'EPERM' || code === 'ENOTDIR' || code === 'EROFS' || code === 'EEXIST') {
+      const where = (err as NodeJS.ErrnoException).path ?? config.storage.path
+      throw new ConfigError(config.source ?? 'config', [`storage.path: ${config.storage.path} cannot be used (${code} on ${where}): it must be a directory this user (uid ${process.getuid?.() ?? '?'}) can write, such as a mounted volume`])
+    }
+    throw err
+  }
 }
 
 /** This node's name among a fleet's: its host, and its data directory (two mirrors may share a host). */
