@@ -26,6 +26,8 @@ export interface RequestRecord {
   readonly byTag?: boolean | undefined
   /** An image manifest (not an index) sent whole: one image pulled, for one platform. */
   readonly pull?: boolean | undefined
+  /** A request of the registry API (/v2/…, the token endpoint), not of /metrics, /healthz or the status page. */
+  readonly api?: boolean | undefined
 }
 
 export interface UpstreamAnswer {

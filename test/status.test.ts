@@ -266,7 +266,8 @@ t.test('what clients send cannot grow the status memory', async t => {
   let now = Date.UTC(2026, 11, 4, 10, 0, 0)
   const a = new Activity({ upstreams: ['docker.io'], now: () => now })
   for (let i = 0; i < 5000; i++) {
-    a.requestFinished({ method: 'GET', kind: 'manifest', status: 200, outcome: 'hit', seconds: 0, bytes: 10, userAgent: `made-up/${i} ${'x'.repeat(1000)}`, repository: `docker.io/r/${i}`, pull: true })
+    a.requestFinished({ method: 'GET', kind: 'manifest', status: 200, outcome: 'hit', seconds: 0, bytes: 10, userAgent: `made-up/${i} ${'x'.repeat(1000)}`, repository: `docker.io/r/${i}`, pull: true, api: true })
+    a.requestFinished({ method: 'GET', kind: 'other', status: 200, outcome: undefined, seconds: 0, bytes: 10, api: false })
     a.upstreamResponse({ upstream: `other-${i}.example`, kind: 'manifest', method: 'GET', status: 500 })
     now += 1000
   }
@@ -278,7 +279,7 @@ t.test('what clients send cannot grow the status memory', async t => {
   const first = Math.floor(now / 60_000) - MINUTES + 1
   const inLastHour = Array.from({ length: 5000 }, (_, i) => Date.UTC(2026, 11, 4, 10, 0, 0) + i * 1000).filter(at => Math.floor(at / 60_000) >= first).length
   t.equal(a.lastHour().reduce((n, m) => n + m.requests, 0), inLastHour, `the last hour only (${inLastHour} of 5000)`)
-  t.equal(a.totals.requests, 5000, 'the totals keep counting')
+  t.equal(a.totals.requests, 5000, 'the totals keep counting (the status page\'s own requests not among them)')
   now += 2 * 3600_000
   t.equal(a.lastHour().reduce((n, m) => n + m.requests, 0), 0, 'an idle hour later the chart is empty')
 })

@@ -452,7 +452,8 @@ function requestLog (options: AppOptions) {
         userAgent: ctx.req.headers['user-agent'],
         repository: ctx.state.repository,
         byTag: ctx.state.byTag,
-        pull: ctx.state.pull === true && outcome !== 'error'
+        pull: ctx.state.pull === true && outcome !== 'error',
+        api: ctx.path === '/v2' || ctx.path.startsWith('/v2/') || ctx.path.startsWith(TOKEN_PATH)
       })
     })
     await next()

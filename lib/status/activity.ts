@@ -20,7 +20,7 @@ const FROM_UPSTREAM: ReadonlySet<string> = new Set<CacheOutcome>(['miss', 'joine
 
 /** One minute's figures (and, summed, the totals since start). */
 export interface Figures {
-  /** Client requests answered, of every kind. */
+  /** Registry API requests answered (/v2/…, tokens), of every kind. */
   requests: number
   /** Image manifests sent whole (see RequestRecord.pull). */
   pulls: number
@@ -102,6 +102,8 @@ export class Activity implements EventSink {
   }
 
   requestFinished (r: RequestRecord): void {
+    // The page's own refreshes, /metrics scrapes and probes are not what it reports on.
+    if (r.api !== true) return
     this.#add('requests', 1)
     const outcome = r.outcome
     if (outcome === 'error' || r.status >= 400) {
