@@ -40,6 +40,12 @@ commands:
                         a corrupt or truncated bundle changes nothing
   htpasswd FILE USER    add USER to an htpasswd file (auth.htpasswd) or change its password,
                         read from stdin (bcrypt); the mirror takes the change without a restart
+  node-config --mirror URL --registries LIST [--certs-dir DIR|none] [--crio-dir DIR] [--once]
+       [--interval 10s] [--probe-timeout 2s] [--dial-timeout 1s] [--status-file PATH]
+       [--containerd-config FILE] [--containerd-bin PATH] [--containerd-version X.Y.Z]
+                        point this node's containerd (certs.d hosts.toml) and CRI-O (registries.conf.d)
+                        at the mirror while it answers, and take it out again while it does not
+                        (docs/node-config.md); MIRROR_URL and MIRROR_REGISTRIES stand in for the flags
 
 options:
   -c, --config FILE       configuration file (default: ./mirror.config.yml)
@@ -63,6 +69,7 @@ the configured upstreams.
 `
 
 async function main (argv: string[]): Promise<number> {
+  if (argv[0] === 'node-config') return await nodeConfigCommand(argv.slice(1))
   let parsed
   try {
     parsed = parseArgs({
@@ -177,6 +184,58 @@ async function firstLineOfStdin (prompt: string): Promise<string> {
     if ((chunk as Buffer).includes(10) || Buffer.concat(chunks).length > 4096) break
   }
   return (Buffer.concat(chunks).toString('utf8').split('\n')[0] ?? '').replace(/\r$/, '')
+}
+
+/**
+ * node-config has options of its own and no mirror config: parsed apart from the other commands.
+ * Once: one pass, exit 1 when it left a problem. Else passes until SIGTERM or SIGINT, after
+ * which this node's entries are taken out, as nothing would take them out once it is gone.
+ */
+async function nodeConfigCommand (argv: string[]): Promise<number> {
+  let values
+  try {
+    values = parseArgs({
+      args: argv,
+      options: {
+        mirror: { type: 'string' },
+        registries: { type: 'string' },
+        'certs-dir': { type: 'string' },
+        'crio-dir': { type: 'string' },
+        'containerd-config': { type: 'string' },
+        'containerd-bin': { type: 'string' },
+        'containerd-version': { type: 'string' },
+        interval: { type: 'string' },
+        'probe-timeout': { type: 'string' },
+        'dial-timeout': { type: 'string' },
+        'status-file': { type: 'string' },
+        once: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' }
+      }
+    }).values
+  } catch (err) {
+    throw new UsageError(`node-config: ${err instanceof Error ? err.message : String(err)}`)
+  }
+  if (values.help === true) {
+    process.stdout.write(USAGE)
+    return 0
+  }
+  const { nodeConfigOptions } = await import('../lib/node-config/options.js')
+  const { NodeConfigurator } = await import('../lib/node-config/node-config.js')
+  const { kubernetesNode } = await import('../lib/node-config/kubernetes.js')
+  const options = nodeConfigOptions(values, process.env)
+  const log = createLogger(process.env.MIRROR_LOG_LEVEL ?? 'info', process.stdout)
+  const kubernetes = await kubernetesNode(process.env)
+  const configurator = new NodeConfigurator({ options, log, kubernetes })
+  if (options.once) return (await configurator.runOnce()).ok ? 0 : 1
+  const stop = new AbortController()
+  const onSignal = (signal: string): void => {
+    log.info({ signal }, 'taking this node\'s entries out, then exiting')
+    stop.abort()
+  }
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
+  await configurator.run(stop.signal)
+  return 0
 }
 
 async function htpasswdCommand (file: string, user: string): Promise<number> {

@@ -23,15 +23,23 @@ export interface PodmanOptions {
    * every registry and mirror it connects to.
    */
   readonly certDir?: string
+  /**
+   * HOME for podman: it reads registries.conf.d drop-ins from $HOME/.config/containers/registries.conf.d
+   * after CONTAINERS_REGISTRIES_CONF (and /etc/containers/registries.conf.d), which is how a test
+   * gives it a drop-in directory of its own (a node's /etc/containers/registries.conf.d).
+   */
+  readonly home?: string
 }
 
 export class Podman {
   readonly dir: string
   readonly #certDir: string | undefined
+  readonly #home: string | undefined
 
   private constructor (dir: string, options: PodmanOptions) {
     this.dir = dir
     this.#certDir = options.certDir
+    this.#home = options.home
   }
 
   static async create (mirrors: readonly PodmanMirror[], options: PodmanOptions = {}): Promise<Podman> {
@@ -109,7 +117,8 @@ export class Podman {
         CONTAINERS_REGISTRIES_CONF: join(this.dir, 'registries.conf'),
         CONTAINERS_STORAGE_CONF: join(this.dir, 'storage.conf'),
         CONTAINERS_CONF: join(this.dir, 'containers.conf'),
-        TMPDIR: join(this.dir, 'tmp')
+        TMPDIR: join(this.dir, 'tmp'),
+        ...this.#home === undefined ? {} : { HOME: this.#home }
       },
       timeoutMs,
       ...options

@@ -166,6 +166,12 @@ export class BundleInvalidError extends MirrorFailure { readonly code = 'BUNDLE_
 /** The command line is wrong: the CLI prints the message and the usage, and exits 2. */
 export class UsageError extends MirrorFailure { readonly code = 'USAGE' }
 
+/**
+ * node-config cannot do its work on this node: a configuration directory that is missing or is not a
+ * directory. The message names the path and what to mount or create; the loop reports it and tries again.
+ */
+export class NodeConfigError extends MirrorFailure { readonly code = 'NODE_CONFIG' }
+
 // --- Errors without a class ---
 
 /**

@@ -17,11 +17,13 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseAllDocuments } from 'yaml'
 import { ConfigMap, Namespace, Service, ServiceAccount } from 'kubernetes-models/v1'
-import { Deployment, StatefulSet } from 'kubernetes-models/apps/v1'
+import { DaemonSet, Deployment, StatefulSet } from 'kubernetes-models/apps/v1'
+import { ClusterRole, ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1'
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1'
 import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1'
 import { ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1'
 import { parseConfig } from '../lib/config/load.js'
+import { nodeConfigOptions, type NodeConfigArgs } from '../lib/node-config/options.js'
 import { findOnPath } from '../harness/tools.js'
 import { runCli, writeConfig } from './helpers/child-mirror.js'
 import { startMirror } from './helpers/mirror.js'
@@ -41,6 +43,9 @@ const MODELS: Record<string, (o: Obj) => void> = {
   'v1/ServiceAccount': o => new ServiceAccount(o as never).validate(),
   'apps/v1/StatefulSet': o => new StatefulSet(o as never).validate(),
   'apps/v1/Deployment': o => new Deployment(o as never).validate(),
+  'apps/v1/DaemonSet': o => new DaemonSet(o as never).validate(),
+  'rbac.authorization.k8s.io/v1/ClusterRole': o => new ClusterRole(o as never).validate(),
+  'rbac.authorization.k8s.io/v1/ClusterRoleBinding': o => new ClusterRoleBinding(o as never).validate(),
   'policy/v1/PodDisruptionBudget': o => new PodDisruptionBudget(o as never).validate(),
   'networking.k8s.io/v1/NetworkPolicy': o => new NetworkPolicy(o as never).validate(),
   'monitoring.coreos.com/v1/ServiceMonitor': o => new ServiceMonitor(o as never).validate()
@@ -68,7 +73,7 @@ function render (dir: string): Obj[] {
 
 /** The overlays people apply, rendered; without kubectl, nothing (the raw files are checked instead). */
 const OVERLAYS = ['single', 'fleet', 'examples/single-monitored-tls']
-const rendered = new Map<string, Obj[]>(KUBECTL === undefined ? [] : OVERLAYS.map(o => [o, render(join(K8S, o))]))
+const rendered = new Map<string, Obj[]>(KUBECTL === undefined ? [] : [...OVERLAYS, 'node-config'].map(o => [o, render(join(K8S, o))]))
 
 function one (objects: Obj[], kind: string, name: string): Obj {
   const found = objects.filter(o => o.kind === kind && o.metadata.name.startsWith(name))
@@ -76,7 +81,7 @@ function one (objects: Obj[], kind: string, name: string): Obj {
   return found[0] as Obj
 }
 
-interface Container { name: string, image: string, args?: string[], ports?: Array<{ name: string, containerPort: number }>, volumeMounts?: Array<{ name: string, mountPath: string }>, startupProbe?: Probe, livenessProbe?: Probe, readinessProbe?: Probe, resources?: { requests?: Record<string, string>, limits?: Record<string, string> }, securityContext?: Record<string, unknown> }
+interface Container { name: string, image: string, args?: string[], env?: Array<{ name: string, value?: string, valueFrom?: { fieldRef?: { fieldPath: string } } }>, ports?: Array<{ name: string, containerPort: number }>, volumeMounts?: Array<{ name: string, mountPath: string }>, startupProbe?: Probe, livenessProbe?: Probe, readinessProbe?: Probe, resources?: { requests?: Record<string, string>, limits?: Record<string, string> }, securityContext?: Record<string, unknown> }
 interface Probe { httpGet?: { path: string, port: string | number, scheme?: string } }
 interface PodSpec { containers: Container[], volumes?: Array<{ name: string, configMap?: { name: string }, secret?: { secretName: string } }>, securityContext?: Record<string, unknown> }
 
@@ -113,7 +118,7 @@ t.test('every kustomization renders, and every object validates against the API 
 })
 
 t.test('the raw resource files validate without kubectl too', async t => {
-  for (const dir of ['base', 'namespace', 'fleet', 'components/monitoring']) {
+  for (const dir of ['base', 'namespace', 'fleet', 'components/monitoring', 'node-config']) {
     for (const name of readdirSync(join(K8S, dir)).filter(n => n.endsWith('.yaml') && n !== 'kustomization.yaml')) {
       for (const doc of parseAllDocuments(readFileSync(join(K8S, dir, name), 'utf8'))) {
         const o = doc.toJS() as Obj
@@ -245,4 +250,36 @@ t.test('a config mounted from a ConfigMap is taken as written, and a path it can
   const good = await runCli(['stats', '--json', '--config', await writeConfig(dir, { storage: join(dir, 'here'), upstreams: { 'docker.io': hub.url } })])
   t.equal(good.code, 0, good.stderr)
   t.ok(existsSync(join(dir, 'here', 'index.db')), 'the cache is where the config says')
+})
+
+t.test('the node configurator\'s DaemonSet: arguments its own parser takes, the mirror\'s NodePort and upstreams, its paths mounted', { skip: KUBECTL === undefined ? 'kubectl is not on the PATH' : false }, async t => {
+  const objects = rendered.get('node-config') ?? []
+  const daemonSet = one(objects, 'DaemonSet', 'registry-mirror-node-config')
+  const pod = podOf(daemonSet) as PodSpec & { hostNetwork?: boolean, serviceAccountName?: string }
+  const c = pod.containers[0] as Container
+  t.equal(pod.hostNetwork, true, 'probes from the node\'s network, as containerd connects')
+  t.match(c.image, /(^|\/)registry-mirror:/, 'the mirror\'s own image')
+  t.equal(c.args?.[0], 'node-config')
+  // The real option parser, with the environment the pod gets (the downward API's values stood in).
+  const flags = c.args?.slice(1) ?? []
+  const args: Record<string, string> = {}
+  for (let i = 0; i < flags.length; i += 2) args[(flags[i] ?? '').replace(/^--/, '')] = flags[i + 1] ?? ''
+  const env: NodeJS.ProcessEnv = {}
+  for (const e of c.env ?? []) env[e.name] = e.value?.replace('$(NODE_IP)', '10.0.0.7') ?? (e.valueFrom?.fieldRef?.fieldPath === 'status.hostIP' ? '10.0.0.7' : 'node-a')
+  t.ok(c.env?.some(e => e.name === 'NODE_NAME' && e.valueFrom?.fieldRef?.fieldPath === 'spec.nodeName'), 'NODE_NAME from the downward API, for the annotation')
+  const options = nodeConfigOptions(args as NodeConfigArgs, env)
+  const nodePort = (parseAllDocuments(readFileSync(join(K8S, 'base', 'service.yaml'), 'utf8')).map(d => d.toJS() as Obj).find(o => o.metadata.name === 'registry-mirror-node')?.spec as { ports: Array<{ nodePort: number }> }).ports[0]?.nodePort
+  t.equal(options.mirror, `http://10.0.0.7:${nodePort ?? '?'}`, 'the mirror at the node\'s own address and the NodePort Service\'s port')
+  const upstreams = [...parseConfig(readFileSync(join(K8S, 'base', 'mirror.config.yml'), 'utf8'), 'base', {}).upstreams.keys()]
+  t.same([...options.registries].sort(), [...upstreams].sort(), 'the registries are the mirror\'s upstreams')
+  const mounted = (path: string): boolean => (c.volumeMounts ?? []).some(m => path === m.mountPath || path.startsWith(`${m.mountPath}/`))
+  t.ok(options.certsDir !== undefined && mounted(options.certsDir), `certs.d mounted (${options.certsDir ?? ''})`)
+  t.notOk((c.volumeMounts as Array<{ mountPath: string, readOnly?: boolean }> | undefined)?.find(m => m.mountPath === options.certsDir)?.readOnly, 'and writable')
+  t.ok(mounted(options.containerdConfig), 'containerd\'s config.toml readable')
+  t.ok(mounted(dirname(options.statusFile)), 'the status file on the host')
+  const role = one(objects, 'ClusterRole', 'registry-mirror-node-config') as Obj & { rules: Array<{ resources: string[], verbs: string[] }> }
+  t.same(role.rules, [{ apiGroups: [''], resources: ['nodes'], verbs: ['get', 'patch'] }], 'it may read and annotate nodes, nothing else')
+  t.equal(pod.serviceAccountName, 'registry-mirror-node-config')
+  const binding = one(objects, 'ClusterRoleBinding', 'registry-mirror-node-config') as Obj & { subjects: Array<{ namespace: string, name: string }> }
+  t.same(binding.subjects.map(x => [x.namespace, x.name]), [[daemonSet.metadata.namespace, 'registry-mirror-node-config']], 'bound to its service account, in its namespace')
 })
