@@ -400,3 +400,21 @@ t.test('evictions are kept in the index, the last 100, whichever command made th
   t.equal(kept.length, KEPT_EVICTIONS)
   t.match(kept[0], { reason: 'scrub mismatch', bytes: null }, 'newest first')
 })
+
+t.test('the metrics token cannot be guessed: past 10 wrong ones from an address, /metrics, the page and its form answer 429', async t => {
+  const hub = await startFakeRegistry()
+  t.teardown(async () => await hub.close())
+  const mirror = await startMirror(t, { upstreams: { 'docker.io': hub.url }, metrics: { token: 'the-right-token' } })
+  const login = async (token: string): Promise<Response> =>
+    await fetch(`${mirror.url}/status/login`, { method: 'POST', body: `token=${token}`, headers: { 'content-type': 'application/x-www-form-urlencoded' }, redirect: 'manual' })
+  for (let i = 0; i < 5; i++) t.equal((await login(`guess-${i}`)).status, 401)
+  for (let i = 0; i < 5; i++) t.equal((await fetch(`${mirror.url}/metrics`, { headers: { authorization: `Bearer guess-${i}` } })).status, 401)
+  const limited = await login('the-right-token')
+  t.equal(limited.status, 429, 'the right token too, once the address is past its failures')
+  t.match(limited.headers.get('retry-after'), /^\d+$/)
+  t.match(await limited.json(), { errors: [{ code: 'TOOMANYREQUESTS' }] })
+  t.equal((await fetch(`${mirror.url}/metrics`, { headers: { authorization: 'Bearer the-right-token' } })).status, 429, '/metrics shares the count')
+  t.equal((await fetch(`${mirror.url}/status.json`, { headers: { authorization: 'Bearer x' } })).status, 429)
+  t.equal((await fetch(`${mirror.url}/status`)).status, 401, 'without a token given: the form, not counted')
+  t.equal((await fetch(`${mirror.url}/v2/`)).status, 200, 'pulls are not affected')
+})

@@ -3,12 +3,14 @@
 // (status-routes.ts) behind the metrics token. Mounted on the main listener,
 // or on their own when metrics.listen is set.
 
-import { timingSafeEqual } from 'node:crypto'
 import Koa from 'koa'
 import Router from '@koa/router'
-import { UnauthorizedError } from '../errors.js'
+import { RegistryError, UnauthorizedError } from '../errors.js'
 import { sendError } from './envelope.js'
+import { bearerOf, tokenCheck } from './metrics-token.js'
 import { statusRoutes, type StatusPages } from './status-routes.js'
+
+
 
 export interface OpsOptions {
   readonly metrics: { text: () => Promise<string>, contentType: string } | undefined
@@ -33,14 +35,22 @@ export function opsRouter<S> (options: OpsOptions): Router<S> {
     ctx.status = problems.length === 0 ? 200 : 503
     ctx.body = problems.length === 0 ? { status: 'ready', upstreams } : { status: 'unready', problems, upstreams }
   })
-  if (options.status !== undefined) statusRoutes(router, options.status, options.token, header => options.token !== undefined && bearerMatches(header, options.token))
+  const check = tokenCheck(options.token)
+  if (options.status !== undefined) statusRoutes(router, options.status, check)
   const metrics = options.metrics
   if (metrics !== undefined) {
     router.get('/metrics', async ctx => {
-      if (options.token !== undefined && !bearerMatches(ctx.get('authorization'), options.token)) {
-        // Written here, not thrown: the separate ops app has no error middleware.
-        sendError(ctx, new UnauthorizedError('metrics need a bearer token', null, { 'WWW-Authenticate': 'Bearer realm="registry-mirror metrics"' }))
-        return
+      if (check !== undefined) {
+        let allowed: boolean
+        try {
+          const given = bearerOf(ctx.get('authorization'))
+          allowed = given !== undefined && check(ctx, given)
+        } catch (err) {
+          // Written here, not thrown: the separate ops app has no error middleware.
+          if (err instanceof RegistryError) return sendError(ctx, err)
+          throw err
+        }
+        if (!allowed) return sendError(ctx, new UnauthorizedError('metrics need a bearer token', null, { 'WWW-Authenticate': 'Bearer realm="registry-mirror metrics"' }))
       }
       ctx.type = metrics.contentType
       ctx.body = await metrics.text()
@@ -56,12 +66,4 @@ export function createOpsApp (options: OpsOptions): Koa {
   app.use(router.routes())
   app.use(router.allowedMethods())
   return app
-}
-
-function bearerMatches (header: string, token: string): boolean {
-  const m = /^Bearer\s+(.+)$/i.exec(header)
-  if (m === null) return false
-  const given = Buffer.from(m[1] ?? '')
-  const wanted = Buffer.from(token)
-  return given.length === wanted.length && timingSafeEqual(given, wanted)
 }

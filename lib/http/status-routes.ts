@@ -1,15 +1,17 @@
 // The status page's routes, beside /metrics and behind the same token: /status
 // (HTML), /status.json, /status/login (a browser cannot be made to send a
 // Bearer header, so the token is posted once and kept in an HttpOnly,
-// SameSite=Strict cookie, signed with a key made at start) and
+// SameSite=Strict cookie, signed with a key made at start; wrong tokens are
+// counted per address, as for /metrics, ops.ts) and
 // the page's own assets. Every answer carries a CSP that lets the page load
 // nothing but those assets and talk to nothing but this origin.
 
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import type Router from '@koa/router'
 import type { Context } from 'koa'
-import { UnauthorizedError } from '../errors.js'
+import { RegistryError, UnauthorizedError } from '../errors.js'
 import { sendError } from './envelope.js'
+import { bearerOf, type TokenCheck } from './metrics-token.js'
 
 /** What the status module gives HTTP: the page and its data, already cut to what an anonymous viewer may read. */
 export interface StatusPages {
@@ -41,8 +43,8 @@ class CookieSigner {
   readonly #key: Buffer
   readonly #now: () => number
 
-  constructor (token: string, now: () => number) {
-    this.#key = createHmac('sha256', randomBytes(32)).update(token).digest()
+  constructor (now: () => number) {
+    this.#key = randomBytes(32)
     this.#now = now
   }
 
@@ -60,9 +62,7 @@ class CookieSigner {
     if (m === null) return false
     const expires = Number(m[1])
     if (expires * 1000 <= this.#now()) return false
-    const given = Buffer.from(m[2] ?? '')
-    const wanted = Buffer.from(this.#mac(expires))
-    return given.length === wanted.length && timingSafeEqual(given, wanted)
+    return timingSafeEqualText(m[2] ?? '', this.#mac(expires))
   }
 }
 
@@ -104,10 +104,24 @@ async function readForm (ctx: Context): Promise<string | undefined> {
   })
 }
 
-export function statusRoutes<S> (router: Router<S>, pages: StatusPages, token: string | undefined, bearerMatches: (header: string) => boolean, now: () => number = Date.now): void {
-  const signer = token === undefined ? undefined : new CookieSigner(token, now)
-  const allowed = (ctx: Context): boolean =>
-    signer === undefined || bearerMatches(ctx.get('authorization')) || signer.valid(ctx.cookies.get(STATUS_COOKIE))
+export function statusRoutes<S> (router: Router<S>, pages: StatusPages, check: TokenCheck | undefined, now: () => number = Date.now): void {
+  const signer = check === undefined ? undefined : new CookieSigner(now)
+  /** Open without a token; else a valid cookie or the token as a Bearer header (a wrong one counted; past the bound a 429 is thrown). */
+  const allowed = (ctx: Context): boolean => {
+    if (signer === undefined || check === undefined || signer.valid(ctx.cookies.get(STATUS_COOKIE))) return true
+    const given = bearerOf(ctx.get('authorization'))
+    return given !== undefined && check(ctx, given)
+  }
+  /** Runs a handler, writing a refusal it throws (a 429) as the envelope: the separate ops app has no error middleware. */
+  const guarded = (handler: (ctx: Context) => Promise<void>) => async (ctx: Context): Promise<void> => {
+    try {
+      await handler(ctx)
+    } catch (err) {
+      if (!(err instanceof RegistryError)) throw err
+      secure(ctx)
+      sendError(ctx, err)
+    }
+  }
 
   router.get('/status/assets/:name', ctx => {
     const asset = pages.assets.get(ctx.params.name ?? '')
@@ -128,7 +142,7 @@ export function statusRoutes<S> (router: Router<S>, pages: StatusPages, token: s
     ctx.body = asset.body
   })
 
-  router.get('/status', async ctx => {
+  router.get('/status', guarded(async ctx => {
     secure(ctx)
     ctx.set('Cache-Control', 'no-store')
     ctx.type = 'text/html; charset=utf-8'
@@ -139,9 +153,9 @@ export function statusRoutes<S> (router: Router<S>, pages: StatusPages, token: s
     }
     const host = ctx.get('host')
     ctx.body = await pages.html(HOST.test(host) ? host : pages.address())
-  })
+  }))
 
-  router.get('/status.json', async ctx => {
+  router.get('/status.json', guarded(async ctx => {
     secure(ctx)
     ctx.set('Cache-Control', 'no-store')
     if (!allowed(ctx)) {
@@ -150,12 +164,12 @@ export function statusRoutes<S> (router: Router<S>, pages: StatusPages, token: s
     }
     ctx.type = 'application/json; charset=utf-8'
     ctx.body = await pages.json()
-  })
+  }))
 
-  router.post('/status/login', async ctx => {
+  router.post('/status/login', guarded(async ctx => {
     secure(ctx)
     ctx.set('Cache-Control', 'no-store')
-    if (signer === undefined || token === undefined) {
+    if (signer === undefined || check === undefined) {
       ctx.redirect('/status')
       ctx.status = 303
       return
@@ -163,9 +177,7 @@ export function statusRoutes<S> (router: Router<S>, pages: StatusPages, token: s
     const form = ctx.is('application/x-www-form-urlencoded') !== false
     const body = form ? await readForm(ctx) : undefined
     const given = body === undefined ? undefined : new URLSearchParams(body).get('token')
-    const a = Buffer.from(given ?? '')
-    const b = Buffer.from(token)
-    if (given === null || given === undefined || a.length !== b.length || !timingSafeEqual(a, b)) {
+    if (given === null || given === undefined || !check(ctx, given)) {
       ctx.status = 401
       ctx.type = 'text/html; charset=utf-8'
       ctx.body = pages.login(true)
@@ -174,5 +186,11 @@ export function statusRoutes<S> (router: Router<S>, pages: StatusPages, token: s
     ctx.cookies.set(STATUS_COOKIE, signer.issue(), { path: '/', httpOnly: true, sameSite: 'strict', maxAge: COOKIE_SECONDS * 1000, secure: ctx.protocol === 'https', overwrite: true })
     ctx.redirect('/status')
     ctx.status = 303
-  })
+  }))
+}
+
+function timingSafeEqualText (a: string, b: string): boolean {
+  const x = Buffer.from(a)
+  const y = Buffer.from(b)
+  return x.length === y.length && timingSafeEqual(x, y)
 }

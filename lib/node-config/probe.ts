@@ -31,9 +31,10 @@ export const probeMirror: Probe = async (mirror, timeoutMs) => {
     }, timeoutMs)
     req.once('response', (res: IncomingMessage) => {
       clearTimeout(timer)
-      // The body is not needed; reading it to the end lets the socket close cleanly.
-      res.resume()
+      // The body is not needed, and one that never ends must not keep a socket reading: the
+      // connection (agent: false) is closed once the status is known.
       res.once('error', () => {})
+      res.destroy()
       resolve({ status: res.statusCode ?? 0 })
     })
     req.once('error', err => {
