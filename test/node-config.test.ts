@@ -587,3 +587,22 @@ t.test('MIRROR_URL and MIRROR_REGISTRIES stand in for the flags', async t => {
   t.equal(options.intervalMs, 10_000)
   t.equal(Object.isFrozen(options), true)
 })
+
+t.test('the probe takes the status and hangs up: a mirror that answers with an endless body holds no connection', async t => {
+  let closed = false
+  const server = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/octet-stream' })
+    const chunk = Buffer.alloc(64 * 1024)
+    const pump = (): void => { while (!res.destroyed && res.write(chunk)) { /* until the socket pushes back */ } }
+    res.on('drain', pump)
+    res.on('close', () => { closed = true })
+    pump()
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(() => { server.closeAllConnections(); server.close() })
+  const result = await probeMirror(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, 2000)
+  t.match(result, { answering: true, status: 200 })
+  await new Promise(resolve => setTimeout(resolve, 200))
+  t.ok(closed, 'the endless answer was cut by the probe, not left reading')
+})
