@@ -9,6 +9,9 @@
 /** How the cache answered a request; logged per request and counted in metrics. */
 export type CacheOutcome = 'hit' | 'miss' | 'joined' | 'stale' | 'revalidated'
 
+/** The outcomes answered from the cache (the rest came from upstream): one definition for /metrics, stats and the status page. */
+export const FROM_CACHE: ReadonlySet<string> = new Set<CacheOutcome>(['hit', 'stale', 'revalidated'])
+
 export type RequestKind = 'manifest' | 'blob' | 'tags' | 'referrers' | 'catalog' | 'other'
 
 export interface RequestRecord {

@@ -2,7 +2,7 @@
 // how the cache answered, what it cost upstream, and what the cache holds.
 
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
-import type { ConnectionRefusal, DownloadResult, EvictedItem, MirrorEvents, RefusalReason, AuthFailureReason, DenialReason, PassthroughResult, RequestRecord, StoreUploadResult, UncachedResult, UpstreamAnswer } from './events.js'
+import { FROM_CACHE, type ConnectionRefusal, type DownloadResult, type EvictedItem, type MirrorEvents, type RefusalReason, type AuthFailureReason, type DenialReason, type PassthroughResult, type RequestRecord, type StoreUploadResult, type UncachedResult, type UpstreamAnswer } from './events.js'
 
 /** What the gauges read, when Prometheus scrapes. */
 export interface CacheState {
@@ -16,8 +16,6 @@ export interface CacheState {
 
 /** How long one reading of the cache's summary serves the gauges. */
 const SUMMARY_MS = 1000
-
-const FROM_CACHE = new Set(['hit', 'stale', 'revalidated'])
 
 export class Metrics implements MirrorEvents {
   readonly registry = new Registry()

@@ -7,7 +7,7 @@
 // can add a row: user agents map onto a fixed set of kinds, unknown upstream
 // names are ignored, and a repository counts only once it was served.
 
-import type { CacheOutcome, EventSink, RateLimit, RequestRecord, UpstreamAnswer, DownloadResult, UncachedResult, RefusalReason } from '../events.js'
+import { FROM_CACHE, type CacheOutcome, type EventSink, type RateLimit, type RequestRecord, type UpstreamAnswer, type DownloadResult, type UncachedResult, type RefusalReason } from '../events.js'
 import { clientKind, type ClientKind } from './client-kind.js'
 
 export const MINUTES = 60
@@ -15,7 +15,6 @@ export const MAX_REPOSITORIES = 1000
 /** The longest user agent kept per client kind; longer ones are cut. */
 export const MAX_USER_AGENT = 200
 
-const FROM_CACHE: ReadonlySet<string> = new Set<CacheOutcome>(['hit', 'stale', 'revalidated'])
 const FROM_UPSTREAM: ReadonlySet<string> = new Set<CacheOutcome>(['miss', 'joined'])
 
 /** One minute's figures (and, summed, the totals since start). */
@@ -96,27 +95,27 @@ export class Activity implements EventSink {
     return slot
   }
 
-  #add (field: keyof Figures, by: number): void {
-    this.#slot()[field] += by
-    this.#totals[field] += by
-  }
-
   requestFinished (r: RequestRecord): void {
     // The page's own refreshes, /metrics scrapes and probes are not what it reports on.
     if (r.api !== true) return
-    this.#add('requests', 1)
+    const slot = this.#slot()
+    const add = (field: keyof Figures, by: number): void => {
+      slot[field] += by
+      this.#totals[field] += by
+    }
+    add('requests', 1)
     const outcome = r.outcome
     if (outcome === 'error' || r.status >= 400) {
       this.#totals.errors++
       return
     }
-    if (r.pull === true) this.#add('pulls', 1)
+    if (r.pull === true) add('pulls', 1)
     if (r.kind !== 'blob' && r.kind !== 'manifest') return
     if (outcome === undefined) return
     const fromCache = FROM_CACHE.has(outcome)
     if (!fromCache && !FROM_UPSTREAM.has(outcome)) return
-    this.#add(fromCache ? 'hits' : 'misses', 1)
-    if (r.bytes > 0) this.#add(fromCache ? 'cacheBytes' : 'upstreamBytes', r.bytes)
+    add(fromCache ? 'hits' : 'misses', 1)
+    if (r.bytes > 0) add(fromCache ? 'cacheBytes' : 'upstreamBytes', r.bytes)
     if (outcome === 'joined') this.#totals.joined++
     if (outcome === 'hit' && r.kind === 'manifest' && r.byTag === true) this.#totals.tagsWithinTtl++
     this.#sawClient(r.userAgent, fromCache ? 'cache' : 'upstream')
@@ -170,7 +169,9 @@ export class Activity implements EventSink {
   }
 
   #fetched (digest: string, upstream: string, result: string, bytes: number): void {
-    this.#add('fetchedBytes', bytes)
+    const slot = this.#slot()
+    slot.fetchedBytes += bytes
+    this.#totals.fetchedBytes += bytes
     const u = this.#upstreams.get(upstream)
     if (u === undefined) return
     u.fetchedBytes += bytes

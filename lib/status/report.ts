@@ -7,6 +7,7 @@
 // repositories the access rules let it read.
 
 import type { LocalCache } from '../cache/local-cache.js'
+import { FROM_CACHE } from '../events.js'
 import type { MirrorConfig } from '../config/types.js'
 import type { DownloadInFlight } from '../mirror/blobs.js'
 import { mirrorVersion } from '../version.js'
@@ -171,7 +172,7 @@ function iso (ms: number): string { return new Date(ms).toISOString() }
 function requestCounts (counters: Map<string, number>): RequestCounts {
   const sum = (outcome: string): number => (counters.get(`blob.${outcome}`) ?? 0) + (counters.get(`manifest.${outcome}`) ?? 0)
   const r = { hit: sum('hit'), miss: sum('miss'), joined: sum('joined'), stale: sum('stale'), revalidated: sum('revalidated'), error: sum('error') }
-  const fromCache = r.hit + r.stale + r.revalidated
+  const fromCache = [...FROM_CACHE].reduce((n, outcome) => n + sum(outcome), 0)
   const served = fromCache + r.miss + r.joined
   return { ...r, hitRatio: served === 0 ? null : fromCache / served }
 }
